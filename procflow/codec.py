@@ -1,0 +1,226 @@
+"""Job field encoding, exactly as JavaScript writes it.
+
+Every job hash field holds the text ``JSON.stringify(value)`` would produce: compact
+separators, UTF-8, no ASCII escaping, and numbers formatted the JavaScript way (``1.0`` is
+``1``, ``1e-7`` is ``1e-7``, ``1e21`` is ``1e+21``). Lookup list names hold a value as
+JavaScript's ``String(value)`` writes it. See docs/wire-format.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import DecodeError, EncodeError
+
+__all__ = [
+    "decode",
+    "decode_field",
+    "encode",
+    "encode_fields",
+    "js_number",
+    "js_string",
+    "lookup_texts",
+]
+
+_encode_str: Any = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def js_number(value: float) -> str:
+    """``Number.prototype.toString()`` for a finite float."""
+    if value == 0:
+        return "0"  # JSON.stringify(-0) is "0" too
+    text = repr(abs(value))
+    mantissa, _, exponent = text.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    if fraction == "0":
+        fraction = ""
+    digits = (whole + fraction).lstrip("0")
+    # position of the decimal point relative to the first significant digit
+    point = len(whole) + (int(exponent) if exponent else 0) - (len(whole + fraction) - len(digits))
+    digits = digits.rstrip("0")
+    k = len(digits)
+    sign = "-" if value < 0 else ""
+    if k <= point <= 21:
+        return sign + digits + "0" * (point - k)
+    if 0 < point <= 21:
+        return sign + digits[:point] + "." + digits[point:]
+    if -6 < point <= 0:
+        return sign + "0." + "0" * (-point) + digits
+    exp = point - 1
+    head = digits[0] + ("." + digits[1:] if k > 1 else "")
+    return f"{sign}{head}e{'+' if exp >= 0 else '-'}{abs(exp)}"
+
+
+def _plain_float(value: float) -> bool:
+    """True when Python's ``repr`` already equals JavaScript's text for this float."""
+    if value != value or value in (math.inf, -math.inf):
+        return False
+    magnitude = abs(value)
+    return not value.is_integer() and 1e-4 <= magnitude < 1e16
+
+
+def _check(value: Any, where: str, depth: int) -> bool:
+    """Raise EncodeError for what JSON cannot hold; return True if floats need JS formatting."""
+    if depth > 500:
+        raise EncodeError(where, "nested too deeply (a reference cycle?)")
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return False
+    if isinstance(value, str | bool):
+        return False
+    if isinstance(value, int):
+        return False
+    if isinstance(value, float):
+        if value != value or value in (math.inf, -math.inf):
+            raise EncodeError(where, f"{value!r} is not a JSON number (JSON.stringify writes null)")
+        return not _plain_float(value)
+    special = False
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            special = _check(item, f"{where}[{index}]", depth + 1) or special
+        return special
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EncodeError(
+                    where, f"object key {key!r} is a {type(key).__name__}; JSON keys are strings"
+                )
+            special = _check(item, f"{where}.{key}", depth + 1) or special
+        return special
+    raise EncodeError(where, f"a {type(value).__name__} is not JSON-encodable ({value!r:.80})")
+
+
+def _encode_js(value: Any) -> str:
+    """Slow path: the whole value written with JavaScript number formatting."""
+    if isinstance(value, str):
+        return str(_encode_str(value))
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return js_number(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_encode_js(item) for item in value) + "]"
+    return (
+        "{"
+        + ",".join(f"{_encode_str(key)}:{_encode_js(item)}" for key, item in value.items())
+        + "}"
+    )
+
+
+def encode(value: Any, where: str = "value") -> str:
+    """The JSON text ``JSON.stringify(value)`` writes, or EncodeError naming ``where``."""
+    kind = type(value)
+    if kind is str:
+        return str(_encode_str(value))
+    if kind is int:
+        return int.__repr__(value)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    try:
+        if _check(value, where, 0):
+            return _encode_js(value)
+        return _dumps(value)
+    except ValueError as exc:  # e.g. an int with more digits than Python will print
+        raise EncodeError(where, str(exc)) from None
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogates(text: str) -> str:
+    """JSON.stringify escapes a lone UTF-16 surrogate as ``\\udXXX``; a pair is a character."""
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def encode_fields(values: Mapping[str, Any], what: str = "option") -> list[tuple[str, str]]:
+    """Encode every field of a mapping; the first bad one raises before anything is written."""
+    if not isinstance(values, Mapping):
+        raise EncodeError(what + "s", f"expected a mapping, got a {type(values).__name__}")
+    encoded: list[tuple[str, str]] = []
+    for field, value in values.items():
+        if not isinstance(field, str):
+            raise EncodeError(what + "s", f"field name {field!r} is not a string")
+        if not field:
+            raise EncodeError(what + "s", "a field name is empty")
+        text = encode(value, f"{what} {field!r}")
+        try:
+            field.encode()
+        except UnicodeEncodeError:
+            raise EncodeError(what + "s", f"field name {field!r} is not valid UTF-8") from None
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = _escape_surrogates(text)
+        encoded.append((field, text))
+    return encoded
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode(raw: bytes | str) -> Any:
+    """Parse stored JSON text (ValueError if it is not JSON; NaN/Infinity are not)."""
+    return json.loads(raw, parse_constant=_reject_constant)
+
+
+def decode_field(key: str, field: str, raw: bytes | str) -> Any:
+    """Parse one stored field; a bad one raises DecodeError with the key, field and raw bytes."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:
+        data = raw if isinstance(raw, bytes) else raw.encode()
+        raise DecodeError(key, field, data, str(exc)) from None
+
+
+def js_string(value: Any) -> str:
+    """``String(value)`` in JavaScript, for the value part of a lookup list name."""
+    if isinstance(value, str):
+        return value
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value in (math.inf, -math.inf):
+            return "Infinity" if value > 0 else "-Infinity"
+        return js_number(value)
+    if isinstance(value, list | tuple):
+        return ",".join("" if item is None else js_string(item) for item in value)
+    return "[object Object]"
+
+
+def lookup_texts(value: Any) -> Iterable[str]:
+    """The lookup list values a job option yields: one for a string or number, one per
+    element for a list, none for anything else (booleans, objects, null)."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, bool) or value is None:
+        return ()
+    if isinstance(value, int | float):
+        return (js_string(value),)
+    if isinstance(value, list | tuple):
+        return [js_string(item) for item in value]
+    return ()

@@ -1,0 +1,175 @@
+"""FlowMonitor: the flow's caretaker, one active per flow and Redis.
+
+Every supervisor runs a monitor thread, but only the one holding the leader lock
+(``procflow:F:monitor``, a short TTL renewed each tick) acts; when its node dies another
+takes over within the TTL. The leader:
+
+- moves retries whose time has come from each stage's delayed set to its waiting list;
+- finds jobs in processing lists with no lock (their worker or whole node died and the
+  lock expired) and retries or fails them. A job must be seen without a lock on two scans
+  at least ``grace`` seconds apart first, so a job that BLMOVE has just moved and whose lock
+  is about to be set is never mistaken for an orphan; one that was never claimed goes back
+  to waiting without costing an attempt. A scan costs O(jobs in processing);
+- now and then checks parents parked for a while, in case their children finished without
+  telling them (children completed by another library, or expired).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import codec
+from .errors import RedisUnavailableError
+from .store import keys
+from .worker import log_outcome
+
+if TYPE_CHECKING:
+    from .flow import Flow, Stage
+
+__all__ = ["FlowMonitor"]
+
+
+class FlowMonitor:
+    """Runs in a thread of a supervisor (or on its own: ``start`` / ``stop``)."""
+
+    def __init__(
+        self,
+        flow: Flow[Any, Any, Any],
+        holder: str,
+        *,
+        interval: float = 1.0,
+        leader_ttl: float = 5.0,
+        grace: float = 2.0,
+        parked_check: float = 10.0,
+    ) -> None:
+        self.flow = flow
+        self.holder = holder
+        self.interval = interval
+        self.leader_ttl = max(leader_ttl, 3 * interval)
+        self.grace = grace
+        self.parked_check = parked_check
+        self.log = flow.logger.bind(worker="monitor")
+        self.leader_key = keys.monitor_leader(flow.name)
+        self.is_leader = False
+        self.recovered = 0
+        self._lockless: dict[tuple[str, str], float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_parked = 0.0
+        self._outage = False
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="procflow-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._thread = None
+        if self.is_leader:
+            try:
+                self.flow.store.release_if_holder(self.leader_key, self.holder)
+            except RedisUnavailableError:
+                pass
+            self.is_leader = False
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wait = self.interval
+            try:
+                wait = min(wait, self.tick())
+                if self._outage:
+                    self.log.info("monitor: Redis is reachable again")
+                    self._outage = False
+            except RedisUnavailableError as exc:
+                if not self._outage:
+                    self.log.warning("monitor: {}", exc)
+                    self._outage = True
+                self.is_leader = False
+            except Exception:
+                self.log.exception("monitor tick failed")
+            self._stop.wait(max(0.01, wait))
+
+    def tick(self) -> float:
+        """One round; returns how soon the next is wanted (seconds)."""
+        store = self.flow.store
+        leader = store.acquire_or_renew(self.leader_key, self.holder, int(self.leader_ttl * 1000))
+        if leader != self.is_leader:
+            self.log.info("monitor: {} the leader for flow {!r}", "now" if leader else "no longer", self.flow.name)
+            self.is_leader = leader
+            self._lockless.clear()
+        if not leader:
+            return self.interval
+        stages = list(self.flow.stages.values())
+        soonest = self.interval
+        for moved, wait_ms in store.promote([s.keys for s in stages]):
+            if wait_ms >= 0:
+                soonest = min(soonest, wait_ms / 1000)
+            if moved:
+                soonest = 0.0 if moved >= 1000 else soonest
+        self._scan_orphans(stages)
+        now = time.monotonic()
+        if now >= self._next_parked:
+            self._next_parked = now + self.parked_check
+            self._check_parked(stages)
+        return soonest
+
+    def _scan_orphans(self, stages: list[Stage]) -> None:
+        store = self.flow.store
+        snapshot = store.processing_snapshot([s.keys for s in stages])
+        now = time.monotonic()
+        seen: dict[tuple[str, str], float] = {}
+        for stage, held in zip(stages, snapshot, strict=True):
+            for job, lock in held:
+                if lock is not None:
+                    continue
+                first = self._lockless.get((stage.name, job), now)
+                if now - first < self.grace:
+                    seen[(stage.name, job)] = first
+                    continue
+                self._recover(stage, job)
+        self._lockless = seen
+
+    def _recover(self, stage: Stage, job: str) -> None:
+        message = f"the job's lock in {stage.name!r} expired: its worker or node stopped"
+        record = {"error": message, "kind": "lock-expired", "at": int(time.time() * 1000)}
+        outcome = self.flow.store.fail(
+            stage.keys,
+            job,
+            "",
+            codec.encode(record),
+            codec.encode(message),
+            stage.spec.max_attempts,
+            stage.retry_delays_ms(),
+            mode="orphan",
+        )
+        if outcome.outcome is not None:
+            self.recovered += 1
+            log_outcome(self.log.bind(queue=stage.name, job=job), job, message, outcome)
+
+    def _check_parked(self, stages: list[Stage]) -> None:
+        store = self.flow.store
+        for stage in stages:
+            if not stage.is_parent:
+                continue
+            cutoff = int(time.time() * 1000 - self.parked_check * 1000)
+            for parent_id in store.parked_before(stage.keys, cutoff):
+                field = keys.children_jobs_field(stage.name)
+                raw = store.hash_fields(stage.keys.job(parent_id), [field])[0]
+                child_keys = codec.decode(raw) if raw else []
+                from .parent import children_state
+
+                with store.wire() as w:
+                    replies = store.children_status(w, child_keys)
+                all_done, _ = children_state(child_keys, replies)
+                if all_done and store.unpark(stage.keys, parent_id):
+                    self.log.bind(queue=stage.name, job=parent_id).info(
+                        "parent job {} had every child done but was still parked; resumed",
+                        parent_id,
+                    )

@@ -1,0 +1,88 @@
+"""Fan-out and fan-in for a stage with children.
+
+A parent worker leases a parent job, creates its child jobs from ``children:Q:params`` and
+parks the parent (one atomic script, done once), then is free for other jobs. The last child
+to finish puts the parent back on its stage's waiting list; a parent worker leases it again,
+finds every child done, and passes it on with ``children:Q:failed`` listing the children that
+failed. A parent never occupies a worker while its children run, and nothing polls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import codec
+from .errors import EncodeError
+from .ids import uuid7_batch
+from .store import keys
+from .store.keys import StageKeys
+
+__all__ = ["ChildPlan", "ParentError", "children_state", "plan_children"]
+
+
+class ParentError(ValueError):
+    """The parent job's child parameters cannot be turned into child jobs."""
+
+
+@dataclass(frozen=True)
+class ChildPlan:
+    """The child jobs to create for one parent."""
+
+    children: list[tuple[str, str, str, list[tuple[str, str]]]]  # id, key, waiting, fields
+    jobs_json: str
+
+
+def plan_children(
+    parent_queue: str, params: Any, child_stages: Mapping[str, StageKeys]
+) -> ChildPlan:
+    """Child jobs for ``params`` (the decoded ``children:Q:params``): each object needs a
+    ``childName`` naming one of the stage's child queues; its other fields become the child
+    job's fields. Raises ParentError with a message fit for ``failedErrorMsg``."""
+    field = keys.children_params_field(parent_queue)
+    if params is None:
+        params = []
+    if not isinstance(params, list):
+        raise ParentError(f"{field} must be a list of objects, got {type(params).__name__}")
+    ids = uuid7_batch(len(params))
+    children = []
+    for n, (param, child_id) in enumerate(zip(params, ids, strict=True)):
+        if not isinstance(param, dict):
+            raise ParentError(f"{field}[{n}] must be an object, got {type(param).__name__}")
+        name = param.get("childName")
+        if name not in child_stages:
+            known = ", ".join(child_stages)
+            raise ParentError(
+                f"{field}[{n}]: childName {name!r} is not a child queue of {parent_queue!r} "
+                f"(its children: {known})"
+            )
+        stage = child_stages[name]
+        try:
+            fields = codec.encode_fields(
+                {k: v for k, v in param.items() if k != "childName"}, "child field"
+            )
+        except EncodeError as exc:  # pragma: no cover - params were decoded from JSON
+            raise ParentError(f"{field}[{n}]: {exc}") from None
+        children.append((child_id, stage.job(child_id), stage.waiting, fields))
+    return ChildPlan(children, codec.encode([c[1] for c in children]))
+
+
+def children_state(
+    child_keys: Sequence[str], replies: Sequence[Any]
+) -> tuple[bool, list[str]]:
+    """From pipelined ``EXISTS`` / ``HMGET done failed`` replies per child: whether every child
+    is done, and the keys of those that failed. A child whose hash is gone counts as done
+    and failed (it expired or was deleted)."""
+    all_done = True
+    failed = []
+    for n, key in enumerate(child_keys):
+        exists, (done, has_failed) = replies[2 * n], replies[2 * n + 1]
+        if not exists:
+            failed.append(key)
+            continue
+        if done != b"true":
+            all_done = False
+        if has_failed == b"true":
+            failed.append(key)
+    return all_done, failed

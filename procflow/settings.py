@@ -1,0 +1,232 @@
+"""Connection settings and the documented defaults.
+
+A :class:`RedisSettings` is what travels to worker processes: connection options, never a
+client (a client must not cross ``fork``). Every default below is documented in
+docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_BLOCK_TIMEOUT",
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_KEY_TTL",
+    "DEFAULT_LOCK_TIME",
+    "DEFAULT_REDIS_URL",
+    "REDIS_URL_ENV",
+    "RedisSettings",
+    "parse_size",
+]
+
+#: seconds a job hash and its lookup lists live (the TypeScript library's default)
+DEFAULT_KEY_TTL = 86_400
+#: seconds a job lock lives without renewal; the supervisor renews it every third of that
+DEFAULT_LOCK_TIME = 30.0
+#: seconds a worker blocks in BLMOVE before it looks at its stop flag again
+DEFAULT_BLOCK_TIMEOUT = 3.0
+#: seconds SIGTERM lets in-flight jobs run before they are killed and put back
+DEFAULT_DRAIN_TIMEOUT = 30.0
+#: environment variable read when no Redis URL is given
+REDIS_URL_ENV = "PROCFLOW_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+_SCHEMES = ("redis", "rediss", "unix")
+_SSL_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """How to reach one Redis (or Valkey) server. Build it with :meth:`from_url`."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    unix_socket_path: str | None = None
+    ssl: bool = False
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: str = "required"
+    ssl_check_hostname: bool = True
+    socket_connect_timeout: float = 5.0
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisSettings:
+        """Parse ``redis://[user:password@]host[:port][/db]``, ``rediss://…`` (TLS) or
+        ``unix:///path/to/socket[?db=N]``. Query options: ``db``, ``ssl_cert_reqs``
+        (none/optional/required), ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+        ``ssl_check_hostname`` (true/false), ``socket_connect_timeout`` (seconds)."""
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigurationError(f"Redis URL must be a non-empty string, got {url!r}")
+        try:
+            parts = urlsplit(url.strip())
+            scheme = parts.scheme.lower()
+            if scheme not in _SCHEMES:
+                raise ValueError(f"scheme must be one of {', '.join(_SCHEMES)}, not {scheme!r}")
+            query = {k: v[-1] for k, v in parse_qs(parts.query, strict_parsing=False).items()}
+            unknown = set(query) - {
+                "db",
+                "ssl_cert_reqs",
+                "ssl_ca_certs",
+                "ssl_certfile",
+                "ssl_keyfile",
+                "ssl_check_hostname",
+                "socket_connect_timeout",
+            }
+            if unknown:
+                raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
+            options: dict[str, Any] = {
+                "username": unquote(parts.username) if parts.username else None,
+                "password": unquote(parts.password) if parts.password is not None else None,
+            }
+            if scheme == "unix":
+                if not parts.path:
+                    raise ValueError("a unix URL needs a socket path: unix:///path/to/redis.sock")
+                options["unix_socket_path"] = unquote(parts.path)
+                db_text = query.get("db", "0")
+            else:
+                if not parts.hostname:
+                    raise ValueError("no host")
+                options["host"] = parts.hostname
+                options["port"] = parts.port if parts.port is not None else 6379
+                path = parts.path.lstrip("/")
+                db_text = query.get("db", path or "0")
+                options["ssl"] = scheme == "rediss"
+            if not re.fullmatch(r"\d+", db_text):
+                raise ValueError(f"database must be a number, not {db_text!r}")
+            options["db"] = int(db_text)
+            if "ssl_cert_reqs" in query:
+                reqs = query["ssl_cert_reqs"].lower()
+                if reqs not in _SSL_REQS:
+                    raise ValueError("ssl_cert_reqs must be none, optional or required")
+                options["ssl_cert_reqs"] = reqs
+            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+                if name in query:
+                    options[name] = query[name]
+            if "ssl_check_hostname" in query:
+                options["ssl_check_hostname"] = query["ssl_check_hostname"].lower() in (
+                    "1",
+                    "true",
+                    "yes",
+                )
+            if "socket_connect_timeout" in query:
+                options["socket_connect_timeout"] = float(query["socket_connect_timeout"])
+        except ValueError as exc:  # urlsplit's port parsing raises ValueError too
+            raise ConfigurationError(
+                f"cannot parse Redis URL {_redact(url)!r}: {exc}; expected "
+                "redis://[user:password@]host[:port][/db], rediss://… or unix:///path"
+            ) from None
+        return cls(**options)
+
+    @classmethod
+    def from_env(cls, url: str | None = None) -> RedisSettings:
+        """From ``url``, else ``$PROCFLOW_REDIS_URL``, else ``redis://127.0.0.1:6379/0``."""
+        return cls.from_url(url or os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL)
+
+    @property
+    def address(self) -> str:
+        """Where the server is, for messages: ``host:port`` or ``unix:/path``."""
+        if self.unix_socket_path:
+            return f"unix:{self.unix_socket_path}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """A URL for these settings with the password left out."""
+        user = f"{self.username}@" if self.username else ""
+        if self.unix_socket_path:
+            return f"unix://{user}{self.unix_socket_path}?db={self.db}"
+        scheme = "rediss" if self.ssl else "redis"
+        return f"{scheme}://{user}{self.host}:{self.port}/{self.db}"
+
+    def connection_kwargs(self, **overrides: Any) -> dict[str, Any]:
+        """Keyword arguments for a redis-py ``Connection`` of the right class."""
+        kwargs: dict[str, Any] = {
+            "db": self.db,
+            "username": self.username,
+            "password": self.password,
+            "socket_connect_timeout": self.socket_connect_timeout,
+            "client_name": None,
+        }
+        if self.unix_socket_path:
+            kwargs["path"] = self.unix_socket_path
+        else:
+            kwargs["host"] = self.host
+            kwargs["port"] = self.port
+            kwargs["socket_keepalive"] = True
+        if self.ssl:
+            kwargs.update(
+                ssl_cert_reqs=_SSL_REQS[self.ssl_cert_reqs],
+                ssl_ca_certs=self.ssl_ca_certs,
+                ssl_certfile=self.ssl_certfile,
+                ssl_keyfile=self.ssl_keyfile,
+                ssl_check_hostname=self.ssl_check_hostname
+                and self.ssl_cert_reqs == "required",
+            )
+        kwargs.update(overrides)
+        return kwargs
+
+    def connection_class(self) -> type[Any]:
+        """The redis-py connection class for these settings."""
+        import redis
+
+        if self.unix_socket_path:
+            return redis.UnixDomainSocketConnection
+        if self.ssl:
+            return redis.SSLConnection
+        return redis.Connection
+
+    def with_options(self, **changes: Any) -> RedisSettings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_size(value: int | str, what: str = "size") -> int:
+    """Bytes from an int or a text like ``512MiB``, ``1.5GB``, ``200m``."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{what} must be a number of bytes or a size like '512MiB'")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ConfigurationError(f"{what} must be positive, got {value}")
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match and match.group(2).lower() in _UNITS:
+            size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+            if size > 0:
+                return size
+    raise ConfigurationError(f"{what} must be a positive size like 536870912 or '512MiB', got {value!r}")

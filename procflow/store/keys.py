@@ -1,0 +1,232 @@
+"""Every Redis key, hash field and channel name procflow uses, in one place.
+
+The first group is the wire format of the TypeScript library (npm ``@guildxyz/queues``) and is
+fixed; the second group is procflow's own bookkeeping, added beside it. docs/wire-format.md
+mirrors this module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+__all__ = [
+    "ATTEMPTS_PREFIX",
+    "COMPLETED_QUEUE",
+    "DONE",
+    "ERRORS_PREFIX",
+    "FAILED",
+    "FAILED_ERROR_MSG",
+    "FAILED_QUEUE",
+    "LEASE_PREFIX",
+    "PARENT_JOB",
+    "PARENT_NOTIFIED",
+    "StageKeys",
+    "attempts_field",
+    "child_job",
+    "child_queue",
+    "children_failed_field",
+    "children_jobs_field",
+    "children_params_field",
+    "children_pending_field",
+    "delayed",
+    "done_channel",
+    "errors_field",
+    "failed",
+    "job",
+    "job_prefix",
+    "lease_field",
+    "lock",
+    "lock_prefix",
+    "lookup",
+    "monitor_leader",
+    "parked",
+    "processing",
+    "waiting",
+]
+
+# --- the TypeScript library's layout (fixed) -------------------------------------------
+
+#: reserved job fields
+DONE = "done"
+FAILED = "failed"
+FAILED_QUEUE = "failedQueue"
+FAILED_ERROR_MSG = "failedErrorMsg"
+COMPLETED_QUEUE = "completed-queue"
+
+
+def job_prefix(flow: str) -> str:
+    """``job:F:`` — a job hash's key is this prefix plus the job id."""
+    return f"job:{flow}:"
+
+
+def job(flow: str, job_id: str) -> str:
+    """``job:F:ID`` — the job hash."""
+    return f"job:{flow}:{job_id}"
+
+
+def lookup(flow: str, attribute: str, text: str) -> str:
+    """``job:F:ATTR:VALUE`` — list of the ids whose lookup attribute has that value."""
+    return f"job:{flow}:{attribute}:{text}"
+
+
+def waiting(queue: str) -> str:
+    """``queue:Q:waiting`` — ids waiting for stage Q."""
+    return f"queue:{queue}:waiting"
+
+
+def processing(queue: str) -> str:
+    """``queue:Q:processing`` — ids leased by a worker of stage Q."""
+    return f"queue:{queue}:processing"
+
+
+def lock_prefix(queue: str) -> str:
+    """``lock:Q:`` — a lock's key is this prefix plus the job id."""
+    return f"lock:{queue}:"
+
+
+def lock(queue: str, job_id: str) -> str:
+    """``lock:Q:ID`` — held while a worker has job ID in stage Q."""
+    return f"lock:{queue}:{job_id}"
+
+
+def child_queue(parent_queue: str, child: str) -> str:
+    """``PARENT:CHILD`` — the name of a child queue; its jobs live under ``job:PARENT:CHILD:``."""
+    return f"{parent_queue}:{child}"
+
+
+def child_job(parent_queue: str, child: str, child_id: str) -> str:
+    """``job:PARENT:CHILD:CHILDID`` — a child job's hash."""
+    return job(child_queue(parent_queue, child), child_id)
+
+
+def children_params_field(parent_queue: str) -> str:
+    """``children:PARENT:params`` — parent job field: the child parameter objects."""
+    return f"children:{parent_queue}:params"
+
+
+def children_jobs_field(parent_queue: str) -> str:
+    """``children:PARENT:jobs`` — parent job field: the child job keys."""
+    return f"children:{parent_queue}:jobs"
+
+
+# --- procflow's bookkeeping ------------------------------------------------------------
+
+
+def delayed(queue: str) -> str:
+    """``queue:Q:delayed`` — sorted set of ids waiting to be retried, score = due time (ms)."""
+    return f"queue:{queue}:delayed"
+
+
+def failed(queue: str) -> str:
+    """``queue:Q:failed`` — list of ids that failed in stage Q after their last attempt."""
+    return f"queue:{queue}:failed"
+
+
+def parked(queue: str) -> str:
+    """``queue:Q:parked`` — sorted set of parent ids waiting for their children, score = ms."""
+    return f"queue:{queue}:parked"
+
+
+def monitor_leader(flow: str) -> str:
+    """``procflow:F:monitor`` — the lock held by the one active FlowMonitor of flow F."""
+    return f"procflow:{flow}:monitor"
+
+
+def done_channel(flow: str) -> str:
+    """``procflow:F:done`` — pub/sub channel: the id of every job of flow F that became done."""
+    return f"procflow:{flow}:done"
+
+
+ATTEMPTS_PREFIX = "attempts:"
+LEASE_PREFIX = "lease:"
+ERRORS_PREFIX = "errors:"
+#: child job field: JSON string, the parent job's key
+PARENT_JOB = "parentJob"
+#: child job field: set once the parent has been told this child is done
+PARENT_NOTIFIED = "parentNotified"
+
+
+def attempts_field(queue: str) -> str:
+    """``attempts:Q`` — job field: how many times stage Q leased the job."""
+    return f"{ATTEMPTS_PREFIX}{queue}"
+
+
+def errors_field(queue: str) -> str:
+    """``errors:Q`` — job field: JSON list of every failure in stage Q, oldest first."""
+    return f"{ERRORS_PREFIX}{queue}"
+
+
+def lease_field(queue: str) -> str:
+    """``lease:Q`` — job field: JSON string, the lock token of the lease holding it in stage Q
+    (absent when no lease holds it)."""
+    return f"{LEASE_PREFIX}{queue}"
+
+
+def children_pending_field(parent_queue: str) -> str:
+    """``children:PARENT:pending`` — parent job field: children not yet done."""
+    return f"children:{parent_queue}:pending"
+
+
+def children_failed_field(parent_queue: str) -> str:
+    """``children:PARENT:failed`` — parent job field: keys of the children that failed."""
+    return f"children:{parent_queue}:failed"
+
+
+@dataclass(frozen=True)
+class StageKeys:
+    """Every name one stage (queue) touches, computed once."""
+
+    queue: str
+    flow: str
+    waiting: str
+    processing: str
+    delayed: str
+    failed: str
+    parked: str
+    lock_prefix: str
+    job_prefix: str
+    attempts_field: str
+    errors_field: str
+    lease_field: str
+    queue_json: str
+    done_channel: str
+    #: for a child queue: its parent stage's waiting list, parked set and pending field
+    parent_waiting: str = ""
+    parent_parked: str = ""
+    parent_pending_field: str = ""
+
+    @classmethod
+    def build(cls, flow: str, queue: str, parent_queue: str | None = None) -> StageKeys:
+        """Names for stage ``queue`` of flow ``flow``; a child queue (``PARENT:CHILD``) keeps
+        its jobs under ``job:PARENT:CHILD:`` as the TypeScript library does."""
+        extra = {}
+        if parent_queue is not None:
+            extra = {
+                "parent_waiting": waiting(parent_queue),
+                "parent_parked": parked(parent_queue),
+                "parent_pending_field": children_pending_field(parent_queue),
+            }
+        return cls(
+            queue=queue,
+            flow=flow,
+            waiting=waiting(queue),
+            processing=processing(queue),
+            delayed=delayed(queue),
+            failed=failed(queue),
+            parked=parked(queue),
+            lock_prefix=lock_prefix(queue),
+            job_prefix=job_prefix(queue if parent_queue is not None else flow),
+            attempts_field=attempts_field(queue),
+            errors_field=errors_field(queue),
+            lease_field=lease_field(queue),
+            queue_json=json.dumps(queue, ensure_ascii=False),
+            done_channel=done_channel(flow),
+            **extra,
+        )
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    def lock(self, job_id: str) -> str:
+        return self.lock_prefix + job_id

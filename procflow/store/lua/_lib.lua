@@ -1,0 +1,87 @@
+-- Shared by every procflow script: prepended to each one when it is loaded.
+-- Key names arrive in KEYS, or as prefixes in ARGV that a job id popped inside the
+-- script completes (lock:Q: .. id, job:F: .. id): the naming lives in procflow/store/keys.py.
+
+local function pf_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Claim a job that is already in the processing list: lock it for this lease, count the
+-- attempt, note the holder in the job (lease:Q, so that the monitor can tell a job that was
+-- claimed from one BLMOVE moved but nobody claimed), read the fields the stage wants
+-- (argv[first_field .. last_field]).
+-- Returns {id, attempts, value...}, or {id, -1} when the job hash no longer exists
+-- (expired or deleted): such an id is dropped from processing.
+local function pf_claim(id, processing, job_prefix, lock_prefix, token, lock_ms,
+                        attempts_field, lease_field, argv, first_field, last_field)
+  local job = job_prefix .. id
+  if redis.call('EXISTS', job) == 0 then
+    redis.call('LREM', processing, -1, id)
+    return {id, -1}
+  end
+  redis.call('SET', lock_prefix .. id, token, 'PX', lock_ms)
+  local attempts = redis.call('HINCRBY', job, attempts_field, 1)
+  redis.call('HSET', job, lease_field, '"' .. token .. '"')
+  local reply = {id, attempts}
+  if last_field >= first_field then
+    local values = redis.call('HMGET', job, unpack(argv, first_field, last_field))
+    for i = 1, #values do reply[i + 2] = values[i] end
+  end
+  return reply
+end
+
+-- Give back the attempt a lease counted (the job was not tried: shutdown, parking).
+local function pf_uncount(job, attempts_field)
+  if tonumber(redis.call('HGET', job, attempts_field) or '0') > 0 then
+    redis.call('HINCRBY', job, attempts_field, -1)
+  end
+end
+
+-- Find the job in a processing list whose lock holds this token (a lease whose reply the
+-- holder never saw). O(length of the processing list).
+local function pf_find(processing, lock_prefix, token)
+  local ids = redis.call('LRANGE', processing, 0, -1)
+  for i = #ids, 1, -1 do
+    if redis.call('GET', lock_prefix .. ids[i]) == token then return ids[i] end
+  end
+  return false
+end
+
+-- Resolve and check ownership. mode 'token': the lock must hold the token (id may be ''
+-- to search by token). mode 'orphan': the id must be in processing with no lock at all.
+local function pf_owned(id, token, mode, processing, lock_prefix)
+  if mode == 'orphan' then
+    if redis.call('EXISTS', lock_prefix .. id) == 1 then return false end
+    if not redis.call('LPOS', processing, id) then return false end
+    return id
+  end
+  if id == '' then return pf_find(processing, lock_prefix, token) end
+  if redis.call('GET', lock_prefix .. id) ~= token then return false end
+  return id
+end
+
+-- A child job is done: tell its parent once; the last child puts the parked parent back
+-- on its stage's waiting list.
+local function pf_notify_parent(job, parent_waiting, parent_parked, pending_field)
+  if pending_field == '' then return end
+  local ref = redis.call('HGET', job, 'parentJob')
+  if not ref then return end
+  if redis.call('HSETNX', job, 'parentNotified', 'true') == 0 then return end
+  local parent = cjson.decode(ref)
+  if type(parent) ~= 'string' or redis.call('EXISTS', parent) == 0 then return end
+  local left = redis.call('HINCRBY', parent, pending_field, -1)
+  if left <= 0 then
+    local parent_id = string.match(parent, '([^:]+)$')
+    if redis.call('ZREM', parent_parked, parent_id) == 1 then
+      redis.call('RPUSH', parent_waiting, parent_id)
+    end
+  end
+end
+
+-- The job left its flow (finished or failed for good).
+local function pf_finished(job, id, channel, parent_waiting, parent_parked, pending_field)
+  redis.call('HSET', job, 'done', 'true')
+  pf_notify_parent(job, parent_waiting, parent_parked, pending_field)
+  redis.call('PUBLISH', channel, id)
+end

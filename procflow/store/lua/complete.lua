@@ -1,0 +1,49 @@
+-- complete: write the result, pass the job on (or mark it done), then lease the next job.
+-- KEYS[1] queue:Q:processing  KEYS[2] queue:Q:waiting  KEYS[3] next stage's waiting list,
+--   or '' when the job leaves the flow  KEYS[4] parent stage's waiting list  KEYS[5] parked set
+-- ARGV[1] job prefix  ARGV[2] lock prefix  ARGV[3] lock ms  ARGV[4] attempts field
+-- ARGV[5] lease field  ARGV[6] F  ARGV[7 .. 6+F] fields to read for the next job
+-- then, from b = 7+F: ARGV[b] JSON of this queue's name (completed-queue)  ARGV[b+1] done
+-- channel  ARGV[b+2] children pending field of the parent stage ('' unless a child queue)
+-- ARGV[b+3] id  ARGV[b+4] token  ARGV[b+5] next token ('' = do not lease another)
+-- ARGV[b+6 ..] result field/value pairs
+-- Returns {status} or {status, lease reply}; status 1 done, 0 the lease was lost (nothing
+-- changed), -1 the job hash is gone.
+local f = tonumber(ARGV[6])
+local b = 7 + f
+local id, token = ARGV[b + 3], ARGV[b + 4]
+local job = ARGV[1] .. id
+local lock = ARGV[2] .. id
+local status
+if redis.call('GET', lock) ~= token then
+  status = 0
+elseif redis.call('EXISTS', job) == 0 then
+  redis.call('LREM', KEYS[1], -1, id)
+  redis.call('DEL', lock)
+  status = -1
+else
+  local finished = KEYS[3] == ''
+  if finished then
+    redis.call('HSET', job, 'completed-queue', ARGV[b], 'done', 'true', unpack(ARGV, b + 6))
+  else
+    redis.call('HSET', job, 'completed-queue', ARGV[b], unpack(ARGV, b + 6))
+  end
+  redis.call('LREM', KEYS[1], -1, id)
+  redis.call('DEL', lock)
+  if finished then
+    pf_notify_parent(job, KEYS[4], KEYS[5], ARGV[b + 2])
+    redis.call('PUBLISH', ARGV[b + 1], id)
+  else
+    redis.call('RPUSH', KEYS[3], id)
+  end
+  status = 1
+end
+local next_token = ARGV[b + 5]
+if next_token ~= '' then
+  local next_id = redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT')
+  if next_id then
+    return {status, pf_claim(next_id, KEYS[1], ARGV[1], ARGV[2], next_token, ARGV[3], ARGV[4],
+                             ARGV[5], ARGV, 7, 6 + f)}
+  end
+end
+return {status}

@@ -1,0 +1,13 @@
+-- promote: move retries whose time has come from the delayed set to the waiting list.
+-- KEYS[1] queue:Q:delayed  KEYS[2] queue:Q:waiting  ARGV[1] most ids to move
+-- Returns {moved, ms until the next one is due (-1: none left)}.
+local now = pf_now_ms()
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+if #ids > 0 then
+  redis.call('ZREM', KEYS[1], unpack(ids))
+  redis.call('RPUSH', KEYS[2], unpack(ids))
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = -1
+if first[2] then wait = math.max(0, tonumber(first[2]) - now) end
+return {#ids, wait}

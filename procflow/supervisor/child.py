@@ -1,0 +1,124 @@
+"""The entry point of a worker process.
+
+The process puts itself in its own process group (so the supervisor can kill whatever the job
+started, and Ctrl-C in a terminal reaches only the supervisor), asks the kernel to kill it if
+the supervisor dies (Linux), then follows the supervisor's events: connect, start, stop,
+disconnect. It reports each step with the time on the shared monotonic clock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
+
+__all__ = ["WorkerEvents", "worker_main"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerEvents(NamedTuple):
+    """The four lifecycle events of one worker (multiprocessing.Event each)."""
+
+    connect: Any
+    start: Any
+    stop: Any
+    disconnect: Any
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        os._exit(70)
+
+
+def _wait(event: Any, parent_pid: int, abort: Any = None) -> bool:
+    """Wait for ``event``; False if ``abort`` is set first or the supervisor is gone."""
+    while True:
+        if event.wait(0.5):
+            return True
+        if abort is not None and abort.is_set():
+            return False
+        if os.getppid() != parent_pid:
+            return False
+
+
+def worker_main(
+    blob: bytes,
+    worker: str,
+    raw_slot: Any,
+    events: WorkerEvents,
+    conn: Connection,
+    parent_pid: int,
+    log_level: str,
+) -> None:
+    """Run one worker process from its cloudpickled WorkerPayload."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_signal = {"seen": False}
+
+    def on_term(signum: int, frame: Any) -> None:
+        stop_signal["seen"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    import cloudpickle
+    from loguru import logger
+
+    from ..worker import WorkerLoop
+    from .logs import install_child_logging
+    from .slots import SlotWriter
+
+    pid = os.getpid()
+    payload = cloudpickle.loads(blob)
+    install_child_logging(
+        conn, log_level, flow=payload.flow, queue=payload.stage.name, worker=worker, pid=pid
+    )
+    log = logger.bind(flow=payload.flow, queue=payload.stage.name, worker=worker, pid=pid)
+    slot = SlotWriter(raw_slot)
+    loop = WorkerLoop(payload, slot, log, stop_flag=lambda: stop_signal["seen"])
+
+    def send(*message: Any) -> None:
+        try:
+            conn.send(message)
+        except (OSError, ValueError):
+            pass
+
+    if not _wait(events.connect, parent_pid, events.disconnect):
+        return
+    try:
+        loop.connect()
+    except Exception as exc:
+        send("connect_failed", f"{type(exc).__name__}: {exc}")
+        sys.exit(3)
+    send("connected", time.monotonic_ns(), loop.client_id)
+    if not _wait(events.start, parent_pid, events.disconnect):
+        loop.disconnect()
+        send("disconnected", time.monotonic_ns())
+        return
+    send("started", time.monotonic_ns())
+    try:
+        reason = loop.run()
+    except Exception:
+        log.exception("worker loop crashed")
+        sys.exit(1)
+    send("stopped", time.monotonic_ns(), reason)
+    if reason == "stop" and not stop_signal["seen"]:
+        _wait(events.disconnect, parent_pid)
+    loop.disconnect()
+    send("disconnected", time.monotonic_ns())
+    sys.stdout.flush()
+    sys.stderr.flush()

@@ -1,0 +1,104 @@
+"""Waiting for jobs to finish, for batch pipelines.
+
+Every job that leaves its flow is announced on ``procflow:F:done`` (pub/sub) by the script
+that marks it done. ``wait_for_jobs`` subscribes first, then reads which ids are done already,
+then takes announcements as they come, and re-reads the rest every couple of seconds (jobs
+finished by another library, or an announcement lost in a reconnect).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ProcflowError, RedisUnavailableError, WaitTimeoutError
+from ..store import keys
+from ..store.wire import make_client
+
+if TYPE_CHECKING:
+    from ..flow import Flow
+
+__all__ = ["wait_for_jobs"]
+
+_RECHECK = 2.0
+
+
+def _still_pending(flow: Flow[Any, Any, Any], pending: set[str]) -> set[str]:
+    ids = list(pending)
+    replies = flow.store.hash_field_many([flow.job_key(i) for i in ids], [keys.DONE])
+    return {i for i, reply in zip(ids, replies, strict=True) if reply[0] != b"true"}
+
+
+def wait_for_jobs(
+    flow: Flow[Any, Any, Any],
+    job_ids: Sequence[str],
+    timeout: float | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """See :meth:`procflow.Supervisor.wait`."""
+    ids = list(job_ids)
+    if not ids:
+        return []
+    client = make_client(flow.redis, socket_timeout=None)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+    try:
+        try:
+            pubsub.subscribe(keys.done_channel(flow.name))
+        except Exception as exc:
+            raise RedisUnavailableError(flow.redis.address, exc) from None
+        pending = _still_pending(flow, set(ids))
+        listed = sorted(pending)
+        there = flow.store.exists_many([flow.job_key(i) for i in listed])
+        unknown = [i for i, ok in zip(listed, there, strict=True) if not ok]
+        if unknown:
+            raise ProcflowError(f"no such job(s) in flow {flow.name!r}: {', '.join(unknown[:5])}")
+        next_check = time.monotonic() + _RECHECK
+        last_shown = 0.0
+        while pending:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise WaitTimeoutError(sorted(pending), timeout or 0.0)
+            left = 1.0 if deadline is None else min(1.0, deadline - now)
+            try:
+                message = pubsub.get_message(timeout=max(0.0, min(left, next_check - now)))
+            except Exception as exc:  # reconnect on the next call; re-read below
+                message = None
+                if not isinstance(exc, OSError | ConnectionError):
+                    raise
+                next_check = now
+            if message is not None and message.get("type") == "message":
+                pending.discard(message["data"].decode())
+                # drain what else is there without waiting
+                while pending:
+                    more = pubsub.get_message(timeout=0)
+                    if more is None:
+                        break
+                    if more.get("type") == "message":
+                        pending.discard(more["data"].decode())
+            if time.monotonic() >= next_check:
+                pending = _still_pending(flow, pending)
+                next_check = time.monotonic() + _RECHECK
+            every = 0.2 if sys.stderr.isatty() else 5.0
+            if progress and time.monotonic() - last_shown > every:
+                last_shown = time.monotonic()
+                _show(len(ids) - len(pending), len(ids), last_shown - start)
+        if progress:
+            _show(len(ids), len(ids), time.monotonic() - start, final=True)
+    finally:
+        pubsub.close()
+        client.close()
+    return flow.get_jobs(ids)  # type: ignore[return-value]
+
+
+def _show(done: int, total: int, elapsed: float, final: bool = False) -> None:
+    rate = done / elapsed if elapsed > 0 else 0.0
+    line = f"procflow: {done}/{total} jobs done ({rate:,.0f}/s)"
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line + ("\n" if final else ""))
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()

