@@ -399,13 +399,14 @@ class Store:
                 reply = own.evalsha(script("requeue"), (stage.processing, stage.waiting), args)
         return reply.decode() if reply else None
 
-    def renew(self, locks: Sequence[tuple[str, str]], ttl_ms: int) -> list[bool]:
-        """Extend every (lock key, token) that still holds its token, in one round trip."""
+    def renew(self, locks: Sequence[tuple[str, str, int]]) -> list[bool]:
+        """Extend every (lock key, token, ttl ms) whose lock still holds its token, in one
+        round trip."""
         if not locks:
             return []
         s = script("renew")
         with self.wire() as w:
-            packed = [w.pack_evalsha(s, (key,), (token, ttl_ms)) for key, token in locks]
+            packed = [w.pack_evalsha(s, (key,), (token, ttl)) for key, token, ttl in locks]
             replies = w.run_scripts([s] * len(packed), packed)
         return [reply == 1 for reply in replies]
 
