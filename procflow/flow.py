@@ -396,8 +396,6 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         max_jobs_per_child: int | None,
         max_age: float | None,
     ) -> list[WorkerHandle]:
-        if self.supervisor is not None and self.supervisor.running:
-            raise SupervisorStateError("create workers before start_all()")
         group = WorkerGroup(
             flow=self,
             stage=stage,

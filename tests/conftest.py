@@ -70,7 +70,17 @@ def fresh_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
 
 
 def _descendants() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    found = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            # multiprocessing's own helper, started once for the spawn start method and
+            # living as long as this test process: not something a test leaked
+            if "multiprocessing.resource_tracker" in " ".join(p.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        found.add(p.pid)
+    return found
 
 
 @pytest.fixture

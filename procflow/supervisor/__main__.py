@@ -64,7 +64,13 @@ def load_app(spec: str) -> Any:
         except AttributeError:
             raise ConfigurationError(f"{module_name!r} has no attribute {attribute!r}") from None
     if not isinstance(target, Flow) and callable(target):
-        target = target()
+        try:
+            target = target()
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{spec} is not a Flow, and calling it as a factory failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     if not isinstance(target, Flow):
         raise ConfigurationError(
             f"{spec} is a {type(target).__name__}, not a Flow or a function returning one"
