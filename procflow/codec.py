@@ -26,7 +26,7 @@ __all__ = [
     "lookup_texts",
 ]
 
-_encode_str: Any = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_str: Any = json.encoder.encode_basestring
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
@@ -58,7 +58,7 @@ def js_number(value: float) -> str:
 
 def _plain_float(value: float) -> bool:
     """True when Python's ``repr`` already equals JavaScript's text for this float."""
-    if value != value or value in (math.inf, -math.inf):
+    if not math.isfinite(value):
         return False
     magnitude = abs(value)
     return not value.is_integer() and 1e-4 <= magnitude < 1e16
@@ -76,7 +76,7 @@ def _check(value: Any, where: str, depth: int) -> bool:
     if isinstance(value, int):
         return False
     if isinstance(value, float):
-        if value != value or value in (math.inf, -math.inf):
+        if not math.isfinite(value):
             raise EncodeError(where, f"{value!r} is not a JSON number (JSON.stringify writes null)")
         return not _plain_float(value)
     special = False
@@ -202,7 +202,7 @@ def js_string(value: Any) -> str:
     if isinstance(value, int):
         return int.__repr__(value)
     if isinstance(value, float):
-        if value != value:
+        if math.isnan(value):
             return "NaN"
         if value in (math.inf, -math.inf):
             return "Infinity" if value > 0 else "-Infinity"

@@ -6,8 +6,8 @@
     ├── ConfigurationError          a flow, queue, worker or setting that cannot work
     │   ├── UnknownQueueError       a queue name the flow does not have
     │   └── UnknownLookupAttributeError
-    ├── EncodeError                 a value that is not JSON as JavaScript writes it (TypeError too)
-    ├── DecodeError                 a stored field that is not valid JSON (keeps key, field, raw bytes)
+    ├── EncodeError                 a value JavaScript's JSON.stringify cannot write (a TypeError)
+    ├── DecodeError                 a stored field that is not JSON (keeps key, field, raw bytes)
     ├── RedisUnavailableError       the server cannot be reached (names the address)
     ├── WorkerStartError            a worker process failed to connect or start
     ├── SupervisorStateError        an operation in the wrong lifecycle state
@@ -115,9 +115,7 @@ class WaitTimeoutError(ProcflowError, TimeoutError):
     def __init__(self, pending: Sequence[str], timeout: float) -> None:
         self.pending = tuple(pending)
         shown = ", ".join(self.pending[:5]) + (" …" if len(self.pending) > 5 else "")
-        super().__init__(
-            f"{len(self.pending)} job(s) not done after {timeout:g} s: {shown}"
-        )
+        super().__init__(f"{len(self.pending)} job(s) not done after {timeout:g} s: {shown}")
 
 
 def describe_exit(exitcode: int | None) -> str:

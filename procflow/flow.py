@@ -62,8 +62,7 @@ class Backoff:
     def __post_init__(self) -> None:
         if self.base < 0 or self.max < 0 or self.factor < 1 or not 0 <= self.jitter <= 1:
             raise ConfigurationError(
-                "Backoff needs base >= 0, max >= 0, factor >= 1 and 0 <= jitter <= 1, got "
-                f"{self}"
+                f"Backoff needs base >= 0, max >= 0, factor >= 1 and 0 <= jitter <= 1, got {self}"
             )
 
     def delays_ms(self, max_attempts: int) -> list[int]:
@@ -172,7 +171,9 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
             if not isinstance(attr, str) or not attr:
                 raise ConfigurationError(f"lookup attribute {attr!r} must be a non-empty string")
         if not isinstance(key_ttl, int) or isinstance(key_ttl, bool) or key_ttl <= 0:
-            raise ConfigurationError(f"key_ttl must be a positive number of seconds, got {key_ttl!r}")
+            raise ConfigurationError(
+                f"key_ttl must be a positive number of seconds, got {key_ttl!r}"
+            )
         if redis is not None and redis_url is not None:
             raise ConfigurationError("give either redis_url or redis settings, not both")
         self.name = name
@@ -191,7 +192,9 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         self.supervisor: Supervisor | None = None
 
     def __repr__(self) -> str:
-        return f"Flow({self.name!r}, queues={[q.name for q in self.queues]}, redis={self.redis.url!r})"
+        return (
+            f"Flow({self.name!r}, queues={[q.name for q in self.queues]}, redis={self.redis.url!r})"
+        )
 
     # -- connection ----------------------------------------------------------------------
 
@@ -279,9 +282,7 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
             job[name] = codec.decode_field(key, name, v)
         return job
 
-    def _fetch(
-        self, refs: Sequence[tuple[str, str]], resolve: bool
-    ) -> list[dict[str, Any] | None]:
+    def _fetch(self, refs: Sequence[tuple[str, str]], resolve: bool) -> list[dict[str, Any] | None]:
         """Jobs by (key prefix, id), aligned with ``refs``; None where the hash is gone."""
         hash_keys = [prefix + job_id for prefix, job_id in refs]
         raws = self.store.get_hashes(hash_keys)
@@ -356,7 +357,9 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
                     if isinstance(child_key, str) and ":" in child_key:
                         prefix, child_id = child_key.rsplit(":", 1)
                         child_stages = [
-                            s.keys for s in self.stages.values() if s.keys.job_prefix == prefix + ":"
+                            s.keys
+                            for s in self.stages.values()
+                            if s.keys.job_prefix == prefix + ":"
                         ]
                         self.store.delete_job(child_key, child_id, (), child_stages)
         top = [s.keys for s in self.stages.values() if s.parent is None]
@@ -380,7 +383,8 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         """Per queue: waiting, processing, delayed, parked and failed."""
         stages = list(self.stages.values())
         return {
-            s.name: c for s, c in zip(stages, self.store.counts([s.keys for s in stages]), strict=True)
+            s.name: c
+            for s, c in zip(stages, self.store.counts([s.keys for s in stages]), strict=True)
         }
 
     # -- workers -------------------------------------------------------------------------

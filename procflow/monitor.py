@@ -16,6 +16,7 @@ takes over within the TTL. The leader:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -73,10 +74,8 @@ class FlowMonitor:
             self._thread.join(10)
         self._thread = None
         if self.is_leader:
-            try:
+            with contextlib.suppress(RedisUnavailableError):
                 self.flow.store.release_if_holder(self.leader_key, self.holder)
-            except RedisUnavailableError:
-                pass
             self.is_leader = False
 
     def _run(self) -> None:
@@ -101,7 +100,11 @@ class FlowMonitor:
         store = self.flow.store
         leader = store.acquire_or_renew(self.leader_key, self.holder, int(self.leader_ttl * 1000))
         if leader != self.is_leader:
-            self.log.info("monitor: {} the leader for flow {!r}", "now" if leader else "no longer", self.flow.name)
+            self.log.info(
+                "monitor: {} the leader for flow {!r}",
+                "now" if leader else "no longer",
+                self.flow.name,
+            )
             self.is_leader = leader
             self._lockless.clear()
         if not leader:

@@ -51,7 +51,7 @@ def plan_children(
         if not isinstance(param, dict):
             raise ParentError(f"{field}[{n}] must be an object, got {type(param).__name__}")
         name = param.get("childName")
-        if name not in child_stages:
+        if not isinstance(name, str) or name not in child_stages:
             known = ", ".join(child_stages)
             raise ParentError(
                 f"{field}[{n}]: childName {name!r} is not a child queue of {parent_queue!r} "
@@ -68,9 +68,7 @@ def plan_children(
     return ChildPlan(children, codec.encode([c[1] for c in children]))
 
 
-def children_state(
-    child_keys: Sequence[str], replies: Sequence[Any]
-) -> tuple[bool, list[str]]:
+def children_state(child_keys: Sequence[str], replies: Sequence[Any]) -> tuple[bool, list[str]]:
     """From pipelined ``EXISTS`` / ``HMGET done failed`` replies per child: whether every child
     is done, and the keys of those that failed. A child whose hash is gone counts as done
     and failed (it expired or was deleted)."""

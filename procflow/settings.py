@@ -171,8 +171,7 @@ class RedisSettings:
                 ssl_ca_certs=self.ssl_ca_certs,
                 ssl_certfile=self.ssl_certfile,
                 ssl_keyfile=self.ssl_keyfile,
-                ssl_check_hostname=self.ssl_check_hostname
-                and self.ssl_cert_reqs == "required",
+                ssl_check_hostname=self.ssl_check_hostname and self.ssl_cert_reqs == "required",
             )
         kwargs.update(overrides)
         return kwargs
@@ -229,4 +228,6 @@ def parse_size(value: int | str, what: str = "size") -> int:
             size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
             if size > 0:
                 return size
-    raise ConfigurationError(f"{what} must be a positive size like 536870912 or '512MiB', got {value!r}")
+    raise ConfigurationError(
+        f"{what} must be a positive size like 536870912 or '512MiB', got {value!r}"
+    )

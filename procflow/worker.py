@@ -133,17 +133,21 @@ class WorkerLoop:
                 continue
             if self.should_end():
                 # leased together with the last completion and never started: give it back
-                held = lease
-                self._redis(lambda: self.store.requeue(self.k, held.id, held.token, self.wire))
+                self._give_back(lease)
                 self.slot.finished()
                 break
             lease = self._process(lease)
         self.slot.stopped()
         return self.end_reason
 
+    def _give_back(self, lease: Lease) -> None:
+        self._redis(lambda: self.store.requeue(self.k, lease.id, lease.token, self.wire))
+
     # -- Redis calls that survive outages ------------------------------------------------
 
-    def _redis(self, op: Callable[[], T], lost_token: str = "", abort_on_stop: bool = False) -> T | None:
+    def _redis(
+        self, op: Callable[[], T], lost_token: str = "", abort_on_stop: bool = False
+    ) -> T | None:
         """Run ``op`` until it works. After a broken connection, a lease that may have
         happened under ``lost_token`` is given back before ``op`` runs again."""
         delay = 0.05
@@ -301,7 +305,9 @@ class WorkerLoop:
     def _debug(self) -> bool:
         return self.p.log_level in ("DEBUG", "TRACE")
 
-    def _fail(self, lease: Lease, message: str, kind: str, tb: str | None = None) -> None:
+    def _fail(self, lease: Lease, message: str, kind: str, tb: str | None = None) -> Lease | None:
+        """Record one failed attempt (retry or fail per the queue's policy); the loop then
+        leases its next job on its own, so this returns None."""
         self.jobs_done += 1
         record: dict[str, Any] = {
             "error": message,
@@ -344,7 +350,9 @@ class WorkerLoop:
             child_keys = None if raw_jobs is None else codec.decode_field(key, jobs_field, raw_jobs)
             if child_keys is None:
                 params = (
-                    None if raw_params is None else codec.decode_field(key, params_field, raw_params)
+                    None
+                    if raw_params is None
+                    else codec.decode_field(key, params_field, raw_params)
                 )
                 plan = plan_children(queue, params, self.p.child_stages)
                 if not plan.children:
@@ -384,7 +392,9 @@ class WorkerLoop:
         all_done, failed = children_state(child_keys, replies)
         if all_done:
             return self._complete(
-                lease, [(keys.children_failed_field(queue), codec.encode(failed))], self.next_waiting
+                lease,
+                [(keys.children_failed_field(queue), codec.encode(failed))],
+                self.next_waiting,
             )
         self._redis(lambda: self.store.park(self.wire, self.k, lease.id, lease.token))
         self.slot.finished()

@@ -7,6 +7,7 @@ test failure, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -95,10 +96,8 @@ def no_leaks(server: RedisServer) -> Iterator[None]:
         left = {p for p in left if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"}
     described = []
     for pid in left:
-        try:
+        with contextlib.suppress(psutil.Error):
             described.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())}")
-        except psutil.Error:
-            pass
     assert not described, f"processes left behind: {described}"
 
 

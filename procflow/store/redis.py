@@ -173,8 +173,9 @@ class Store:
             if isinstance(reply, rex.ResponseError):
                 raise ProcflowError(f"cannot read a job hash: {reply}")
             if isinstance(reply, list):  # RESP2 gives a flat list
-                reply = dict(zip(reply[::2], reply[1::2], strict=True))
-            out.append(reply)
+                out.append(dict(zip(reply[::2], reply[1::2], strict=True)))
+            else:
+                out.append(reply)
         return out
 
     def list_range(self, key: str, start: int = 0, stop: int = -1) -> list[str]:
@@ -237,7 +238,9 @@ class Store:
 
     # -- the per-job protocol ------------------------------------------------------------
 
-    def _prepared(self, name: str, stage: StageKeys, fields: Sequence[str], *extra: str) -> Prepared:
+    def _prepared(
+        self, name: str, stage: StageKeys, fields: Sequence[str], *extra: str
+    ) -> Prepared:
         """The constant head of a lease/claim/complete call for one stage (cached)."""
         cache_key = (name, stage, tuple(fields), extra)
         prepared = self._templates.get(cache_key)
@@ -330,7 +333,7 @@ class Store:
         max_attempts: int,
         delays_ms: Sequence[int],
     ) -> tuple[tuple[Arg, ...], tuple[Arg, ...]]:
-        keys_ = (
+        keys_: tuple[Arg, ...] = (
             stage.processing,
             stage.waiting,
             stage.delayed,
@@ -338,7 +341,7 @@ class Store:
             stage.parent_waiting,
             stage.parent_parked,
         )
-        args = (
+        args: tuple[Arg, ...] = (
             job_id,
             token,
             mode,
@@ -381,7 +384,9 @@ class Store:
         with self.wire() as own:
             return FailOutcome.from_reply(own.evalsha(script("fail"), keys_, args))
 
-    def requeue(self, stage: StageKeys, job_id: str, token: str, w: Wire | None = None) -> str | None:
+    def requeue(
+        self, stage: StageKeys, job_id: str, token: str, w: Wire | None = None
+    ) -> str | None:
         """Give a leased job back to the front of its waiting list, uncounted. ``job_id`` ''
         finds it by token. Returns the id, or None when no job of this lease was found."""
         args = (
@@ -467,7 +472,7 @@ class Store:
 
     def unpark(self, stage: StageKeys, job_id: str) -> bool:
         with self.wire() as w:
-            return w.evalsha(script("unpark"), (stage.parked, stage.waiting), (job_id,)) == 1
+            return bool(w.evalsha(script("unpark"), (stage.parked, stage.waiting), (job_id,)) == 1)
 
     def parked_before(self, stage: StageKeys, before_ms: int, limit: int = 1000) -> list[str]:
         """Parents parked since before ``before_ms`` (server time, ms)."""
@@ -492,7 +497,9 @@ class Store:
             out.append((int(reply[0]), int(reply[1])))
         return out
 
-    def processing_snapshot(self, stages: Sequence[StageKeys]) -> list[list[tuple[str, str | None]]]:
+    def processing_snapshot(
+        self, stages: Sequence[StageKeys]
+    ) -> list[list[tuple[str, str | None]]]:
         """For every stage, its processing ids with their lock values (None: no lock).
         Two round trips; cost proportional to the number of jobs in processing."""
         if not stages:

@@ -43,7 +43,7 @@ def pack(*args: Arg) -> bytes:
         elif isinstance(arg, float):
             data = repr(arg).encode()
         else:
-            data = bytes(arg)
+            raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
         append(b"$%d\r\n" % len(data))
         append(data)
         append(b"\r\n")

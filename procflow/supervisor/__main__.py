@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_DRAIN_TIMEOUT,
         metavar="SECONDS",
-        help=f"how long a graceful stop lets running jobs finish (default: {DEFAULT_DRAIN_TIMEOUT:g})",
+        help="how long a graceful stop lets running jobs finish "
+        f"(default: {DEFAULT_DRAIN_TIMEOUT:g})",
     )
     parser.add_argument(
         "--node-id",

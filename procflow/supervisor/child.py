@@ -8,6 +8,7 @@ disconnect. It reports each step with the time on the shared monotonic clock.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -62,10 +63,8 @@ def worker_main(
     log_level: str,
 ) -> None:
     """Run one worker process from its cloudpickled WorkerPayload."""
-    try:
+    with contextlib.suppress(OSError):
         os.setpgid(0, 0)
-    except OSError:
-        pass
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop_signal = {"seen": False}
@@ -92,10 +91,8 @@ def worker_main(
     loop = WorkerLoop(payload, slot, log, stop_flag=lambda: stop_signal["seen"])
 
     def send(*message: Any) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             conn.send(message)
-        except (OSError, ValueError):
-            pass
 
     if not _wait(events.connect, parent_pid, events.disconnect):
         return

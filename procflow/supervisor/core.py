@@ -11,6 +11,7 @@ manager thread signals.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -142,7 +143,7 @@ class Supervisor:
                 f"start_method {method!r} is not available here; choose from "
                 f"{', '.join(multiprocessing.get_all_start_methods())}"
             )
-        self.ctx = multiprocessing.get_context(method)
+        self.ctx: Any = multiprocessing.get_context(method)
         self.drain_timeout = drain_timeout
         self.log_level = log_level.upper()
         self.limit_interval = limit_interval
@@ -155,9 +156,7 @@ class Supervisor:
         self._cond = threading.Condition()
         self._children: dict[WorkerHandle, _Child] = {}
         self._blobs: dict[WorkerGroup, bytes] = {}
-        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], list[Any]]] = (
-            queue.SimpleQueue()
-        )
+        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], list[Any]]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._thread: threading.Thread | None = None
@@ -179,7 +178,9 @@ class Supervisor:
     def state(self) -> str:
         return self._state
 
-    def _record(self, who: str, what: str, time_ns: int | None = None, pid: int | None = None) -> None:
+    def _record(
+        self, who: str, what: str, time_ns: int | None = None, pid: int | None = None
+    ) -> None:
         with self._cond:
             self.lifecycle.append(
                 LifecycleEvent(who, what, time_ns or time.monotonic_ns(), pid or self.pid)
@@ -206,10 +207,8 @@ class Supervisor:
     # -- the manager thread ----------------------------------------------------------------
 
     def _poke(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
 
     def _in_manager(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the manager thread and return its result (or raise its error)."""
@@ -245,7 +244,9 @@ class Supervisor:
         self._reclaim()
         self._respawn = True
         self._immediate = False
-        self._thread = threading.Thread(target=self._manage, name="procflow-supervisor", daemon=True)
+        self._thread = threading.Thread(
+            target=self._manage, name="procflow-supervisor", daemon=True
+        )
         self._thread.start()
 
     def _manage(self) -> None:
@@ -263,10 +264,8 @@ class Supervisor:
                     objects.append(c.process.sentinel)
                 ready = wait(objects, timeout=self._timeout())
                 if self._wake_r in ready:
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
                 for c in live:
                     if c.conn is not None and c.conn in ready:
                         self._drain(c)
@@ -458,10 +457,8 @@ class Supervisor:
         snap = slots.read_slot(child.raw)
         pid = child.pid
         if pid is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)  # whatever the job started
-            except (ProcessLookupError, PermissionError, OSError):
-                pass
         if child.conn is not None:
             child.conn.close()
             child.conn = None
@@ -499,7 +496,9 @@ class Supervisor:
         elif not planned and child.phase != "failed" and self._respawn and self._state == "running":
             lived = time.monotonic() - child.spawned_at
             child.crashes = 1 if (lived > 30 or snap.jobs > 0) else child.crashes + 1
-            delay = 0.0 if child.crashes <= 1 else min(_RESPAWN_MAX, 0.25 * 2 ** (child.crashes - 2))
+            delay = (
+                0.0 if child.crashes <= 1 else min(_RESPAWN_MAX, 0.25 * 2 ** (child.crashes - 2))
+            )
             if delay:
                 log.warning(
                     "worker {} crashed {} times in a row; restarting it in {:.2f} s",
@@ -509,17 +508,25 @@ class Supervisor:
                 )
             child.respawn_at = time.monotonic() + delay
 
-    def _settle(self, child: _Child, snap: slots.SlotView, reason: str | None, code: int | None) -> None:
+    def _settle(
+        self, child: _Child, snap: slots.SlotView, reason: str | None, code: int | None
+    ) -> None:
         """Deal with the job a dead worker held. ``reason`` None: put it back uncounted
         (shutdown); else one failed attempt recorded with the exit code and signal."""
         stage = child.handle.group.stage
         store = self.flow.store
-        sig = signal.Signals(-code).name if code is not None and code < 0 and -code in signal.valid_signals() else None
+        sig = (
+            signal.Signals(-code).name
+            if code is not None and code < 0 and -code in signal.valid_signals()
+            else None
+        )
         ops: list[Callable[[], None]] = []
         if reason is None or snap.state == slots.LEASING:
             if snap.state in (slots.LEASING, slots.RUNNING, slots.COMPLETING):
                 job, token = snap.job, snap.token
-                ops.append(lambda: self._requeue(stage, job if snap.state != slots.LEASING else "", token))
+                ops.append(
+                    lambda: self._requeue(stage, job if snap.state != slots.LEASING else "", token)
+                )
                 if snap.state == slots.LEASING and job:
                     ops.append(lambda: self._orphan(stage, job))
         elif snap.state in (slots.RUNNING, slots.COMPLETING) and snap.job:
@@ -566,7 +573,13 @@ class Supervisor:
         """A job our dead worker moved with BLMOVE but may not have claimed."""
         record = codec.encode({"error": "worker died before claiming the job", "kind": "crash"})
         outcome = self.flow.store.fail(
-            stage.keys, job, "", record, codec.encode("worker died"), stage.spec.max_attempts, [],
+            stage.keys,
+            job,
+            "",
+            record,
+            codec.encode("worker died"),
+            stage.spec.max_attempts,
+            [],
             mode="orphan",
         )
         if outcome.outcome is not None:
@@ -596,7 +609,9 @@ class Supervisor:
             snap = slots.read_slot(c.raw)
             if snap.state in (slots.RUNNING, slots.COMPLETING) and snap.job and snap.token:
                 stage = c.handle.group.stage
-                locks.append((stage.keys.lock(snap.job), snap.token, int(c.handle.group.lock_time * 1000)))
+                locks.append(
+                    (stage.keys.lock(snap.job), snap.token, int(c.handle.group.lock_time * 1000))
+                )
         if not locks:
             return
         try:
@@ -730,13 +745,19 @@ class Supervisor:
             self.node_id,
         )
 
-    def _await_all(self, children: Sequence[_Child], phases: Sequence[str], step: str, timeout: float) -> None:
+    def _await_all(
+        self, children: Sequence[_Child], phases: Sequence[str], step: str, timeout: float
+    ) -> None:
         def settled() -> bool:
-            return all(c.phase in phases or c.phase in ("failed", "dead") or c.gone for c in children)
+            return all(
+                c.phase in phases or c.phase in ("failed", "dead") or c.gone for c in children
+            )
 
         if not self._wait_for(settled, timeout):
             late = [c.name for c in children if c.phase not in phases]
-            raise WorkerStartError(f"worker(s) {', '.join(late)} did not {step} within {timeout:g} s")
+            raise WorkerStartError(
+                f"worker(s) {', '.join(late)} did not {step} within {timeout:g} s"
+            )
         bad = [c for c in children if c.phase not in phases]
         if bad:
             first = bad[0]
@@ -773,9 +794,14 @@ class Supervisor:
         self._unblock(children)
         deadline = time.monotonic() + drain
         self._wait_for(
-            lambda: self._immediate
-            or time.monotonic() >= deadline
-            or all(c.phase in ("stopped", "disconnected", "failed", "dead") or c.gone for c in children),
+            lambda: (
+                self._immediate
+                or time.monotonic() >= deadline
+                or all(
+                    c.phase in ("stopped", "disconnected", "failed", "dead") or c.gone
+                    for c in children
+                )
+            ),
             None,
         )
         left = [c for c in children if not c.gone and c.phase not in ("stopped", "disconnected")]
@@ -861,7 +887,9 @@ class Supervisor:
         child.raw.stop = 1
         child.events.stop.set()
         self._unblock([child])
-        self._wait_for(lambda: child.phase in ("stopped", "disconnected", "dead") or child.gone, timeout)
+        self._wait_for(
+            lambda: child.phase in ("stopped", "disconnected", "dead") or child.gone, timeout
+        )
 
     def disconnect_worker(self, handle: WorkerHandle, timeout: float = 30.0) -> None:
         child = self._children.get(handle)
@@ -921,10 +949,8 @@ def _tree_rss(proc: psutil.Process) -> int:
     try:
         total = int(proc.memory_info().rss)
         for kid in proc.children(recursive=True):
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += int(kid.memory_info().rss)
-            except psutil.Error:
-                pass
         return total
     except psutil.Error:
         return 0
@@ -939,11 +965,7 @@ def _kill_tree(pid: int | None) -> None:
     except psutil.Error:
         kids = []
     for target in (pid, *(k.pid for k in kids)):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(target, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass

@@ -2,14 +2,15 @@
 
 In a worker process every loguru record (and every line written to stdout or stderr) goes to
 the supervisor over the worker's pipe as one message; the supervisor re-emits it to its own
-sinks with the worker's module, function and line (and its own clock's time). A record is never split, so lines
-from different workers never interleave. The re-emitted record keeps its original module
-name, so ``logger.disable("procflow")`` in the supervisor silences procflow's own lines but
-not the user's.
+sinks with the worker's module, function and line (and its own clock's time). A record is
+never split, so lines from different workers never interleave. The re-emitted record keeps
+its original module name, so ``logger.disable("procflow")`` in the supervisor silences
+procflow's own lines but not the user's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import traceback
@@ -52,10 +53,8 @@ class PipeSink:
             "extra": {k: _safe(v) for k, v in r["extra"].items()},
             "exception": exc_text,
         }
-        try:
+        with contextlib.suppress(OSError, ValueError):  # the supervisor is gone: nobody to tell
             self.conn.send(("log", data))
-        except (OSError, ValueError):  # the supervisor is gone: nobody to tell
-            pass
 
 
 class LineWriter(io.TextIOBase):
@@ -110,6 +109,7 @@ def _emitter(module: str) -> Any:
 
 def reemit(data: dict[str, Any]) -> None:
     """Emit a record received from a worker through this process's sinks."""
+
     def patch(record: Any) -> None:
         record["function"] = data["function"]
         record["line"] = data["line"]

@@ -42,7 +42,7 @@ def wait_for_jobs(
     if not ids:
         return []
     client = make_client(flow.redis, socket_timeout=None)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     try:
@@ -91,7 +91,7 @@ def wait_for_jobs(
     finally:
         pubsub.close()
         client.close()
-    return flow.get_jobs(ids)  # type: ignore[return-value]
+    return flow.get_jobs(ids)
 
 
 def _show(done: int, total: int, elapsed: float, final: bool = False) -> None:

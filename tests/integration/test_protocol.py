@@ -9,7 +9,6 @@ import redis
 
 from procflow import Flow, QueueSpec
 from procflow.codec import encode
-from procflow.store.redis import Store
 from procflow.store.wire import Wire
 
 LOCK_MS = 30_000
@@ -59,7 +58,12 @@ def test_complete_writes_result_and_routes(flow: Flow, wire: Wire, r: redis.Redi
     assert got is not None
     stage = flow.stage("a")
     status, following = flow.store.complete(
-        wire, stage.keys, job_id, "T1", [("result", encode({"ok": True})), ("n", "3")], "queue:b:waiting"
+        wire,
+        stage.keys,
+        job_id,
+        "T1",
+        [("result", encode({"ok": True})), ("n", "3")],
+        "queue:b:waiting",
     )
     assert (status, following) == (1, None)
     job = r.hgetall(f"job:F:{job_id}")
@@ -88,7 +92,9 @@ def test_last_stage_marks_done_and_announces(flow: Flow, wire: Wire, r: redis.Re
     assert any(m and m["type"] == "message" and m["data"] == job_id.encode() for m in messages)
 
 
-def test_complete_leases_the_next_job_in_the_same_call(flow: Flow, wire: Wire, r: redis.Redis) -> None:
+def test_complete_leases_the_next_job_in_the_same_call(
+    flow: Flow, wire: Wire, r: redis.Redis
+) -> None:
     first, second = flow.create_jobs([{"x": 1}, {"x": 2}])
     got = lease(flow, wire, "a")
     assert got is not None and got.id == first
@@ -107,7 +113,9 @@ def test_a_stale_completion_changes_nothing(flow: Flow, wire: Wire, r: redis.Red
     assert lease(flow, wire, "a", "OLD") is not None
     r.set(f"lock:a:{job_id}", "NEW")  # the lock expired and another worker re-leased it
     before = r.hgetall(f"job:F:{job_id}")
-    status, _ = flow.store.complete(wire, flow.stage("a").keys, job_id, "OLD", [("r", "1")], "queue:b:waiting")
+    status, _ = flow.store.complete(
+        wire, flow.stage("a").keys, job_id, "OLD", [("r", "1")], "queue:b:waiting"
+    )
     assert status == 0
     assert r.hgetall(f"job:F:{job_id}") == before
     assert r.lrange("queue:a:processing", 0, -1) == [job_id.encode()]
@@ -115,7 +123,9 @@ def test_a_stale_completion_changes_nothing(flow: Flow, wire: Wire, r: redis.Red
     assert r.llen("queue:b:waiting") == 0
 
 
-def fail(flow: Flow, queue: str, job_id: str, token: str, message: str = "boom", mode: str = "token"):  # type: ignore[no-untyped-def]
+def fail(
+    flow: Flow, queue: str, job_id: str, token: str, message: str = "boom", mode: str = "token"
+):  # type: ignore[no-untyped-def]
     stage = flow.stage(queue)
     return flow.store.fail(
         stage.keys,
@@ -150,7 +160,11 @@ def test_failures_retry_then_fail_for_good(flow: Flow, wire: Wire, r: redis.Redi
     assert job[b"failed"] == b"true"
     assert job[b"failedQueue"] == b'"a"'
     assert job[b"failedErrorMsg"] == b'"third"'
-    assert json.loads(job[b"errors:a"]) == [{"error": "first"}, {"error": "second"}, {"error": "third"}]
+    assert json.loads(job[b"errors:a"]) == [
+        {"error": "first"},
+        {"error": "second"},
+        {"error": "third"},
+    ]
     assert job[b"attempts:a"] == b"3"
     assert r.lrange("queue:a:failed", 0, -1) == [job_id.encode()]
     assert r.llen("queue:a:processing") == 0
@@ -169,7 +183,9 @@ def test_fail_with_a_foreign_token_changes_nothing(flow: Flow, wire: Wire, r: re
     assert r.get(f"lock:a:{job_id}") == b"MINE"
 
 
-def test_requeue_finds_the_job_by_token_and_gives_the_attempt_back(flow: Flow, wire: Wire, r: redis.Redis) -> None:
+def test_requeue_finds_the_job_by_token_and_gives_the_attempt_back(
+    flow: Flow, wire: Wire, r: redis.Redis
+) -> None:
     job_id = flow.create_job({"x": 1})
     flow.create_job({"x": 2})
     assert lease(flow, wire, "a", "LOST") is not None
@@ -229,7 +245,10 @@ def test_renew_extends_only_locks_still_held(flow: Flow, wire: Wire, r: redis.Re
     lease(flow, wire, "a", "TA")
     lease(flow, wire, "a", "TB")
     r.set(f"lock:a:{b}", "SOMEONE-ELSE", px=1000)
-    assert flow.store.renew([(f"lock:a:{a}", "TA", 90_000), (f"lock:a:{b}", "TB", 90_000)]) == [True, False]
+    assert flow.store.renew([(f"lock:a:{a}", "TA", 90_000), (f"lock:a:{b}", "TB", 90_000)]) == [
+        True,
+        False,
+    ]
     assert r.pttl(f"lock:a:{a}") > 60_000
     assert r.pttl(f"lock:a:{b}") <= 1000
 
@@ -237,7 +256,11 @@ def test_renew_extends_only_locks_still_held(flow: Flow, wire: Wire, r: redis.Re
 def test_fan_out_and_fan_in(flow: Flow, wire: Wire, r: redis.Redis) -> None:
     parent_id = flow.create_job({"x": 1})
     r.delete("queue:a:waiting")
-    r.hset(f"job:F:{parent_id}", "children:p:params", '[{"childName":"c1","v":1},{"childName":"c2","v":2}]')
+    r.hset(
+        f"job:F:{parent_id}",
+        "children:p:params",
+        '[{"childName":"c1","v":1},{"childName":"c2","v":2}]',
+    )
     r.rpush("queue:p:waiting", parent_id)
     stage = flow.stage("p")
     got = flow.store.lease(wire, stage.keys, "TP", LOCK_MS, stage.fields)

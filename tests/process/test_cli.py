@@ -69,10 +69,22 @@ def tree(pid: int) -> list[int]:
 def test_help_explains_the_options() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "procflow.supervisor", "--help"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    for text in ("APP", "--redis-url", "--workers", "QUEUE=N", "auto", "--log-level", "SIGTERM",
-                 "second SIGINT", "--drain-timeout"):
+    for text in (
+        "APP",
+        "--redis-url",
+        "--workers",
+        "QUEUE=N",
+        "auto",
+        "--log-level",
+        "SIGTERM",
+        "second SIGINT",
+        "--drain-timeout",
+    ):
         assert text in out
 
 
@@ -88,7 +100,9 @@ def test_help_explains_the_options() -> None:
         (["tests.process.apps:plain_flow"], "has no workers"),
     ],
 )
-def test_bad_arguments_exit_2_with_a_clear_message(redis_url: str, args: list[str], message: str) -> None:
+def test_bad_arguments_exit_2_with_a_clear_message(
+    redis_url: str, args: list[str], message: str
+) -> None:
     proc = run_cli(*args, url=redis_url)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2, out
@@ -102,13 +116,18 @@ def test_unreachable_redis_exits_1_naming_the_address() -> None:
     assert "127.0.0.1:1" in out
 
 
-def test_sigterm_mid_run_finishes_in_flight_jobs_and_loses_nothing(redis_url: str, r: redis.Redis) -> None:
+def test_sigterm_mid_run_finishes_in_flight_jobs_and_loses_nothing(
+    redis_url: str, r: redis.Redis
+) -> None:
     flow = cli_flow(redis_url)
     ids = flow.create_jobs([{"sleep": 0.2} for _ in range(40)])
     proc = run_cli("tests.process.apps:cli_flow", "--workers", "work=3", url=redis_url)
     try:
-        wait_until(lambda: sum(1 for j in flow.get_jobs(ids) if j.get("done")) >= 4, timeout=30,
-                   what="a few jobs done")
+        wait_until(
+            lambda: sum(1 for j in flow.get_jobs(ids) if j.get("done")) >= 4,
+            timeout=30,
+            what="a few jobs done",
+        )
         workers = tree(proc.pid)
         assert len(workers) == 3
         proc.send_signal(signal.SIGTERM)
@@ -125,7 +144,9 @@ def test_sigterm_mid_run_finishes_in_flight_jobs_and_loses_nothing(redis_url: st
         assert jobs[job_id].get("done") is True or job_id in waiting, jobs[job_id]
         assert "failed" not in jobs[job_id]
     assert waiting, "the run was stopped mid-way, some jobs should still wait"
-    assert not [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not [
+        p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+    ]
 
 
 def test_second_sigint_puts_running_jobs_back_at_once(redis_url: str, r: redis.Redis) -> None:

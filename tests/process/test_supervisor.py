@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 from typing import Any
 
 import psutil
@@ -33,7 +31,9 @@ def test_connect_then_start_and_stop_then_disconnect_order(redis_url: str) -> No
         return [e.time_ns for e in events if e.who in workers and e.what == what]
 
     flow_connected = next(e.time_ns for e in events if e.who == "flow" and e.what == "connected")
-    flow_disconnected = next(e.time_ns for e in events if e.who == "flow" and e.what == "disconnected")
+    flow_disconnected = next(
+        e.time_ns for e in events if e.who == "flow" and e.what == "disconnected"
+    )
     assert len(times("connected")) == len(times("started")) == 9
     assert len(times("stopped")) == len(times("disconnected")) == 9
     assert flow_connected < min(times("connected"))
@@ -63,7 +63,11 @@ def test_thousand_jobs_through_three_stages_with_fan_out(redis_url: str, r: redi
         assert len(job["children:fanout:jobs"]) == 2
     sample = flow.get_jobs_by_key("n", 7, resolve_children=True)[0]
     alpha, beta = sample["children:fanout:jobs"]
-    assert alpha["alphaResult"] == 8 and alpha["done"] is True and alpha["completed-queue"] == "fanout:alpha"
+    assert (
+        alpha["alphaResult"] == 8
+        and alpha["done"] is True
+        and alpha["completed-queue"] == "fanout:alpha"
+    )
     assert beta["betaResult"] == -8 and beta["done"] is True
     assert all(c == dict.fromkeys(c, 0) for c in flow.counts().values())
     assert r.keys("lock:*") == []
@@ -122,7 +126,7 @@ def test_failing_worker_functions_fail_the_job_and_the_worker_lives_on(redis_url
     expected = {
         "raise": "ValueError: bad input 42",
         "list": "worker function returned list, not a mapping of result fields",
-        "none": "returned NoneType, not a mapping of result fields (return {} for no result fields)",
+        "none": "returned NoneType, not a mapping of result fields (return {} for no result",
         "set": "result field 's': a set is not JSON-encodable",
         "route": "result nextQueue 'nowhere' is not a queue of flow 'errs'",
         "exit": "SystemExit: 3",
@@ -165,7 +169,9 @@ def test_closures_travel_with_cloudpickle_under_spawn(redis_url: str) -> None:
     assert [j["y"] for j in jobs] == [x * 3 + 1000 for x in range(10)]
 
 
-def test_a_worker_that_cannot_connect_fails_start_and_leaves_nothing(redis_url: str, r: redis.Redis) -> None:
+def test_a_worker_that_cannot_connect_fails_start_and_leaves_nothing(
+    redis_url: str, r: redis.Redis
+) -> None:
     flow = Flow("noconn", [QueueSpec("w")], redis_url=redis_url)
     flow.create_workers("w", lambda j: {}, count=3)
     flow.connect()
@@ -193,7 +199,9 @@ def test_one_worker_by_hand(redis_url: str, r: redis.Redis) -> None:
     handle.stop()
     assert handle.state == "stopped"
     handle.disconnect()
-    assert handle.pid is None and not psutil.pid_exists(pid or 0) or psutil.Process(pid).status() == "zombie"
+    assert (handle.pid is None and not psutil.pid_exists(pid or 0)) or psutil.Process(
+        pid
+    ).status() == "zombie"
     assert flow.supervisor is not None
     flow.supervisor.stop()
 
@@ -212,6 +220,7 @@ def test_worker_logs_reach_the_supervisor_whole(redis_url: str) -> None:
     lines: list[dict[str, Any]] = []
     sink = logger.add(lambda m: lines.append({"text": str(m), **m.record["extra"]}), level="INFO")
     try:
+
         def chatty(job: dict[str, Any]) -> dict[str, Any]:
             from loguru import logger as lg
 

@@ -17,8 +17,20 @@ URL = "redis://127.0.0.1:1/0"  # never connected to in these tests
 
 def test_public_api_is_exactly_all() -> None:
     public = {n for n in dir(procflow) if not n.startswith("_")}
-    modules = {"codec", "errors", "flow", "ids", "settings", "store", "supervisor", "workers",
-               "monitor", "parent", "worker", "server"}
+    modules = {
+        "codec",
+        "errors",
+        "flow",
+        "ids",
+        "settings",
+        "store",
+        "supervisor",
+        "workers",
+        "monitor",
+        "parent",
+        "worker",
+        "server",
+    }
     assert public - modules == set(procflow.__all__) - {"__version__"}
 
 
@@ -122,7 +134,9 @@ def test_uuid7() -> None:
     ids = [uuid7() for _ in range(100)] + uuid7_batch(100)
     assert len(set(ids)) == 200
     for i in ids:
-        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", i)
+        assert re.fullmatch(
+            r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", i
+        )
 
 
 def test_backoff_delays() -> None:
