@@ -68,12 +68,14 @@ class FlowMonitor:
         self._thread = threading.Thread(target=self._run, name="procflow-monitor", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, release: bool = True) -> None:
+        """Stop the thread and give up leadership (``release=False`` leaves the leader lock to
+        expire, as when a node dies)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
         self._thread = None
-        if self.is_leader:
+        if self.is_leader and release:
             with contextlib.suppress(RedisUnavailableError):
                 self.flow.store.release_if_holder(self.leader_key, self.holder)
             self.is_leader = False

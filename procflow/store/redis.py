@@ -99,6 +99,8 @@ class Store:
         """Borrow a connection (a broken one reconnects on its next use)."""
         with self._lock:
             w = self._idle.pop() if self._idle else Wire(self.settings)
+        if w.stale():
+            w.close()  # reconnects on first use: nothing was sent on the dead connection
         try:
             yield w
         finally:

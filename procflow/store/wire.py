@@ -127,6 +127,16 @@ class Wire:
     def connected(self) -> bool:
         return self._conn._sock is not None
 
+    def stale(self) -> bool:
+        """True if an idle connection has something to read: the server closed it (a
+        restart) or it is out of step. Checked before a pooled connection is reused."""
+        if self._conn._sock is None:
+            return False
+        try:
+            return bool(self._conn.can_read(timeout=0))
+        except Exception:
+            return True
+
     def connect(self) -> None:
         """Connect now (calls connect lazily otherwise)."""
         try:

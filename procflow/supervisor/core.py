@@ -162,7 +162,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._pending: list[Callable[[], None]] = []
         self._next_pending = 0.0
-        self._next_renew = 0.0
+        self._last_renew = 0.0
         self._next_limits = 0.0
         self._immediate = False
         self._respawn = True
@@ -285,9 +285,14 @@ class Supervisor:
                 return
             run()
 
+    def _renew_interval(self) -> float:
+        """A third of the shortest lock time among live workers (at least 0.3 s)."""
+        times = [c.handle.group.lock_time for c in self._children.values() if not c.gone]
+        return max(0.3, min(times, default=30.0) / 3)
+
     def _timeout(self) -> float:
         now = time.monotonic()
-        deadlines = [self._next_renew]
+        deadlines = [self._last_renew + self._renew_interval()]
         if self._limits_wanted():
             deadlines.append(self._next_limits)
         if self._pending:
@@ -305,10 +310,9 @@ class Supervisor:
 
     def _timers(self) -> None:
         now = time.monotonic()
-        if now >= self._next_renew:
+        if now >= self._last_renew + self._renew_interval():
+            self._last_renew = now
             self._renew()
-            intervals = [c.handle.group.lock_time / 3 for c in self._children.values()]
-            self._next_renew = now + max(0.5, min(intervals, default=10.0))
         if self._limits_wanted() and now >= self._next_limits:
             self._check_limits()
             self._next_limits = now + self.limit_interval
@@ -452,7 +456,8 @@ class Supervisor:
     def _on_exit(self, child: _Child) -> None:
         """A worker process ended: learn why, deal with its job, maybe respawn it."""
         self._drain(child)
-        child.process.join(0)
+        # the sentinel closes while the process exits, a moment before it can be reaped
+        child.process.join(5)
         code = child.process.exitcode
         snap = slots.read_slot(child.raw)
         pid = child.pid

@@ -1,0 +1,306 @@
+"""Crashes, hangs, limits, retries, dead holders, outages: one mechanism per test."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+import psutil
+import pytest
+import redis
+
+from procflow import Backoff, Flow, QueueSpec, Supervisor
+from procflow.monitor import FlowMonitor
+from procflow.server import RedisServer
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+def client_for(url: str) -> Any:
+    """A lazily created per-process Redis client for worker functions."""
+    cache: dict[str, redis.Redis] = {}
+
+    def get() -> redis.Redis:
+        if "c" not in cache or cache.get("pid") != os.getpid():  # type: ignore[comparison-overlap]
+            cache["c"] = redis.Redis.from_url(url)
+            cache["pid"] = os.getpid()  # type: ignore[assignment]
+        return cache["c"]
+
+    return get
+
+
+def test_a_sigkilled_workers_job_is_retried_within_a_second(redis_url: str, r: redis.Redis) -> None:
+    get = client_for(redis_url)
+
+    def work(job: dict[str, Any]) -> dict[str, Any]:
+        c = get()
+        if c.incr(f"runs:{job['id']}") == 1:
+            c.set("victim", os.getpid())
+            time.sleep(60)  # the test kills us here
+        return {"pid": os.getpid()}
+
+    backoff = Backoff(base=0.2, jitter=0)
+    flow = Flow(
+        "kill", [QueueSpec("w", max_attempts=2, retry_backoff=backoff)], redis_url=redis_url
+    )
+    flow.create_workers("w", work, count=1)
+    with flow.start_all() as sup:
+        job_id = flow.create_job({"a": 1})
+        victim = int(wait_until(lambda: r.get("victim"), what="the job to start"))
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_until(
+            lambda: r.zscore("queue:w:delayed", job_id), timeout=5, what="the retry scheduled"
+        )
+        recovered_after = time.monotonic() - killed_at
+        wait_until(lambda: r.get(f"runs:{job_id}") == b"2", timeout=5, what="the retry")
+        rerun_after = time.monotonic() - killed_at
+        job = sup.wait([job_id], timeout=10)[0]
+        assert sup.worker_pids() and victim not in sup.worker_pids()
+    assert recovered_after < 1.0, recovered_after
+    assert rerun_after < 1.0 + 0.2, rerun_after
+    assert job["done"] is True and "failed" not in job and job["pid"] != victim
+    (record,) = job["errors:w"]
+    assert record["kind"] == "crash"
+    assert record["signal"] == "SIGKILL" and record["exitCode"] == -9
+    assert "killed by SIGKILL" in record["error"]
+    assert job["attempts:w"] == 2
+
+
+def test_a_job_that_segfaults_every_time_is_quarantined(redis_url: str, r: redis.Redis) -> None:
+    def crash(job: dict[str, Any]) -> dict[str, Any]:
+        ctypes.string_at(0)  # SIGSEGV
+        return {}
+
+    flow = Flow(
+        "poison",
+        [QueueSpec("w", max_attempts=3, retry_backoff=Backoff(base=0))],
+        redis_url=redis_url,
+    )
+    flow.create_workers("w", crash, count=1)
+    with flow.start_all() as sup:
+        job_id = flow.create_job({"a": 1})
+        job = sup.wait([job_id], timeout=30)[0]
+    assert job["failed"] is True and job["failedQueue"] == "w"
+    assert "SIGSEGV" in job["failedErrorMsg"]
+    assert [e["signal"] for e in job["errors:w"]] == ["SIGSEGV"] * 3
+    assert job["attempts:w"] == 3
+    assert flow.failed_jobs("w") == [job_id]
+
+
+def test_exit_code_is_recorded(redis_url: str) -> None:
+    flow = Flow("exits", [QueueSpec("w")], redis_url=redis_url)
+    flow.create_workers("w", lambda j: os._exit(7), count=1)
+    with flow.start_all() as sup:
+        job = sup.wait([flow.create_job({"a": 1})], timeout=20)[0]
+    assert job["failed"] is True
+    assert "exit code 7" in job["failedErrorMsg"]
+    assert job["errors:w"][0]["exitCode"] == 7 and job["errors:w"][0]["signal"] is None
+
+
+def test_a_long_job_keeps_its_short_lease(redis_url: str, r: redis.Redis) -> None:
+    get = client_for(redis_url)
+
+    def long_job(job: dict[str, Any]) -> dict[str, Any]:
+        get().incr("long:runs")
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:  # busy CPU, three and a half lock lifetimes
+            pass
+        return {"ok": True}
+
+    flow = Flow("lease", [QueueSpec("w", max_attempts=5)], redis_url=redis_url)
+    flow.create_workers("w", long_job, count=2, lock_time=1)
+    with flow.start_all() as sup:
+        job = sup.wait([flow.create_job({"a": 1})], timeout=30)[0]
+    assert job["done"] is True and "errors:w" not in job
+    assert job["attempts:w"] == 1
+    assert r.get("long:runs") == b"1"
+
+
+def test_a_hung_job_is_killed_at_its_timeout_with_its_children(
+    redis_url: str, r: redis.Redis
+) -> None:
+    get = client_for(redis_url)
+
+    def hang(job: dict[str, Any]) -> dict[str, Any]:
+        child = subprocess.Popen(["sleep", "300"])
+        get().rpush("hang:children", child.pid)
+        time.sleep(300)
+        return {}
+
+    flow = Flow(
+        "hang",
+        [QueueSpec("w", timeout=1.0, max_attempts=2, retry_backoff=Backoff(base=0))],
+        redis_url=redis_url,
+    )
+    flow.create_workers("w", hang, count=1)
+    with flow.start_all() as sup:
+        started = time.monotonic()
+        job = sup.wait([flow.create_job({"a": 1})], timeout=30)[0]
+        took = time.monotonic() - started
+    assert job["failed"] is True
+    assert "ran longer than its 1 s time limit" in job["failedErrorMsg"]
+    assert [e["kind"] for e in job["errors:w"]] == ["timeout", "timeout"]
+    assert 2.0 <= took < 6.0
+    for pid in r.lrange("hang:children", 0, -1):
+        assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == "zombie"
+
+
+def test_a_job_past_its_memory_limit_is_killed(redis_url: str) -> None:
+    def hog(job: dict[str, Any]) -> dict[str, Any]:
+        hoard = []
+        for _ in range(200):  # up to 4 GB, 20 MB at a time
+            hoard.append(bytearray(20 * 2**20))
+            time.sleep(0.005)
+        return {"survived": len(hoard)}
+
+    flow = Flow("mem", [QueueSpec("w", memory_limit="300MiB")], redis_url=redis_url)
+    flow.create_workers("w", hog, count=1)
+    with flow.start_all() as sup:
+        job = sup.wait([flow.create_job({"a": 1})], timeout=30)[0]
+    assert job["failed"] is True, job
+    assert "over the queue's memory limit of 300 MiB" in job["failedErrorMsg"]
+    assert job["errors:w"][0]["kind"] == "memory"
+
+
+def test_workers_are_recycled_after_max_jobs(redis_url: str) -> None:
+    flow = Flow("recycle", [QueueSpec("w")], redis_url=redis_url)
+    flow.create_workers("w", lambda j: {"pid": os.getpid()}, count=1, max_jobs_per_child=3)
+    with flow.start_all() as sup:
+        jobs = sup.wait(flow.create_jobs([{"n": n} for n in range(9)]), timeout=30)
+    pids = [j["pid"] for j in jobs]
+    assert len(set(pids)) == 3
+    assert all(pids.count(p) == 3 for p in set(pids))
+    assert all(j["done"] and "failed" not in j for j in jobs)
+
+
+def test_failures_retry_with_backoff_through_the_delayed_set(
+    redis_url: str, r: redis.Redis
+) -> None:
+    get = client_for(redis_url)
+
+    def flaky(job: dict[str, Any]) -> dict[str, Any]:
+        if get().incr(f"tries:{job['id']}") < 3:
+            raise RuntimeError("not yet")
+        return {"ok": True}
+
+    flow = Flow(
+        "retry",
+        [QueueSpec("w", max_attempts=3, retry_backoff=Backoff(base=0.3, jitter=0))],
+        redis_url=redis_url,
+    )
+    flow.create_workers("w", flaky, count=1)
+    with flow.start_all() as sup:
+        job_id = flow.create_job({"a": 1})
+        wait_until(lambda: r.zscore("queue:w:delayed", job_id), what="the retry to be delayed")
+        assert r.llen("queue:w:processing") == 0  # a waiting retry holds no worker
+        started = time.monotonic()
+        job = sup.wait([job_id], timeout=20)[0]
+        took = time.monotonic() - started
+    assert job["done"] is True and job["ok"] is True
+    assert [e["error"] for e in job["errors:w"]] == ["RuntimeError: not yet"] * 2
+    assert job["attempts:w"] == 3
+    assert took >= 0.5  # the second retry waited its 0.6 s (the first 0.3 s partly before)
+
+
+def test_drain_deadline_kills_and_puts_jobs_back_uncounted(redis_url: str, r: redis.Redis) -> None:
+    flow = Flow("drain", [QueueSpec("w")], redis_url=redis_url)
+    flow.create_workers("w", lambda j: time.sleep(60) or {}, count=2)
+    sup = Supervisor(flow, drain_timeout=0.5)
+    sup.start()
+    ids = flow.create_jobs([{"n": n} for n in range(3)])
+    wait_until(lambda: r.llen("queue:w:processing") == 2, what="two jobs running")
+    started = time.monotonic()
+    sup.stop()
+    assert time.monotonic() - started < 10
+    assert r.llen("queue:w:processing") == 0
+    assert sorted(i.decode() for i in r.lrange("queue:w:waiting", 0, -1)) == sorted(ids)
+    for job in flow.get_jobs(ids):
+        assert "failed" not in job and job.get("attempts:w", 0) == 0
+
+
+@pytest.mark.parametrize("fresh_server", ["redis", "valkey"], indirect=True)
+def test_workers_survive_a_redis_restart_and_consume_again(fresh_server: RedisServer) -> None:
+    flow = Flow("outage", [QueueSpec("w")], redis_url=fresh_server.url)
+    flow.create_workers("w", lambda j: {"pid": os.getpid()}, count=2, block_timeout=1)
+    with flow.start_all() as sup:
+        before = sup.wait(flow.create_jobs([{"n": 1}]), timeout=10)
+        pids = sup.worker_pids()
+        fresh_server.kill()
+        time.sleep(0.5)  # Redis stays down for a while (the outage itself)
+        fresh_server.start()
+        after = sup.wait(flow.create_jobs([{"n": n} for n in range(20)]), timeout=30)
+        assert sorted(sup.worker_pids()) == sorted(pids)  # the same processes, not respawned
+    assert before[0]["done"] is True
+    assert all(j["done"] for j in after)
+
+
+def test_one_monitor_leads_and_another_takes_over(redis_url: str) -> None:
+    flow = Flow("lead", [QueueSpec("w")], redis_url=redis_url)
+    first = FlowMonitor(flow, "node-a", interval=0.1, leader_ttl=0.5)
+    second = FlowMonitor(flow, "node-b", interval=0.1, leader_ttl=0.5)
+    first.start()
+    wait_until(lambda: first.is_leader, what="a leader")
+    second.start()
+    wait_until(lambda: second.tick() is not None, what="a second tick")
+    assert first.is_leader and not second.is_leader
+    first.stop(release=False)  # dies holding the lock
+    started = time.monotonic()
+    wait_until(lambda: second.is_leader, timeout=5, what="the takeover")
+    assert time.monotonic() - started < 2.0
+    second.stop()
+
+
+def test_a_dead_nodes_job_is_recovered_after_its_lock_expires(
+    redis_url: str, r: redis.Redis
+) -> None:
+    flow = Flow("dead", [QueueSpec("w", max_attempts=2)], redis_url=redis_url)
+    stage = flow.stage("w")
+    job_id = flow.create_job({"a": 1})
+    with flow.store.wire() as w:  # another node leased it, then the node vanished
+        assert flow.store.lease(w, stage.keys, "othernode|1|1.00|2|1", 1000, ()) is not None
+    flow.create_workers("w", lambda j: {"by": os.getpid()}, count=1)
+    with Supervisor(flow, monitor_interval=0.2) as sup:
+        job = sup.wait([job_id], timeout=15)[0]
+    assert job["done"] is True
+    assert job["errors:w"][0]["kind"] == "lock-expired"
+    assert job["attempts:w"] == 2
+
+
+def test_a_restarted_supervisor_reclaims_its_nodes_jobs_at_once(
+    redis_url: str, r: redis.Redis
+) -> None:
+    flow = Flow("reclaim", [QueueSpec("w", max_attempts=2)], redis_url=redis_url)
+    stage = flow.stage("w")
+    job_id = flow.create_job({"a": 1})
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    holder = f"mynode|{dead.pid}|{time.time():.2f}|{dead.pid}|1"
+    with flow.store.wire() as w:
+        assert flow.store.lease(w, stage.keys, holder, 600_000, ()) is not None
+    flow.create_workers("w", lambda j: {"ok": True}, count=1)
+    with Supervisor(flow, node_id="mynode") as sup:
+        job = sup.wait([job_id], timeout=10)[0]  # well before the 600 s lock expires
+    assert job["done"] is True
+    assert job["errors:w"][0]["kind"] == "supervisor"
+
+
+def test_failed_jobs_cli_lists_and_retries(redis_url: str, r: redis.Redis) -> None:
+    env = {**os.environ, "PROCFLOW_REDIS_URL": redis_url}
+    flow = Flow("cli", [QueueSpec("work", attributes_to_get=["sleep"])], redis_url=redis_url)
+    job_id = flow.create_job({"sleep": 0})
+    with flow.store.wire() as w:
+        lease = flow.store.lease(w, flow.stage("work").keys, "T", 10_000, ())
+    assert lease is not None
+    flow.store.fail(flow.stage("work").keys, job_id, "T", '{"error":"x"}', '"broken"', 1, [])
+    run = ["python", "-m", "procflow", "failed", "tests.process.apps:cli_flow", "work"]
+    listed = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout
+    assert f"{job_id}  broken" in listed
+    retried = subprocess.run([*run, "--retry"], env=env, capture_output=True, text=True, check=True)
+    assert "put 1 job(s) back" in retried.stdout
+    assert r.lrange("queue:work:waiting", 0, -1) == [job_id.encode()]
