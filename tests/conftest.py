@@ -36,12 +36,18 @@ def server_binary(kind: str) -> str:
     pytest.fail(f"unknown server kind {kind!r} in PROCFLOW_TEST_SERVERS")
 
 
+#: pids of the servers the session fixtures started (not leaks)
+SESSION_SERVERS: set[int] = set()
+
+
 @pytest.fixture(scope="session", params=SERVER_KINDS)
 def server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """One private server of each kind for the whole session (flushed before each test)."""
     srv = RedisServer(server_binary(request.param))
     srv.start()
+    SESSION_SERVERS.add(srv.pid or 0)
     yield srv
+    SESSION_SERVERS.discard(srv.pid or 0)
     srv.stop()
 
 
@@ -85,12 +91,12 @@ def _descendants() -> set[int]:
 
 
 @pytest.fixture
-def no_leaks(server: RedisServer) -> Iterator[None]:
+def no_leaks() -> Iterator[None]:
     """Fails the test if it leaves any process behind (checked with psutil)."""
     before = _descendants()
     yield
     deadline = time.monotonic() + 10
-    left = _descendants() - before
+    left = _descendants() - before - SESSION_SERVERS
     while left and time.monotonic() < deadline:
         time.sleep(0.05)  # processes being reaped after a stop
         left = {p for p in left if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"}
@@ -111,3 +117,30 @@ def wait_until(condition, timeout: float = 10.0, interval: float = 0.01, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+# -- the chaos report, printed at the end of the run --------------------------------------
+
+CHAOS_REPORT: list[dict[str, object]] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if not CHAOS_REPORT:
+        return
+    columns = (
+        "case",
+        "server",
+        "jobs",
+        "kills",
+        "lost",
+        "misplaced",
+        "failed",
+        "duplicates",
+        "wall_s",
+    )
+    terminalreporter.section("chaos report")
+    rows = [[str(row.get(c, "")) for c in columns] for row in CHAOS_REPORT]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    terminalreporter.write_line("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in rows:
+        terminalreporter.write_line("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))

@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import redis.exceptions as rex
+
 from ..errors import ProcflowError, RedisUnavailableError, WaitTimeoutError
 from ..store import keys
 from ..store.wire import make_client
@@ -58,6 +60,7 @@ def wait_for_jobs(
             raise ProcflowError(f"no such job(s) in flow {flow.name!r}: {', '.join(unknown[:5])}")
         next_check = time.monotonic() + _RECHECK
         last_shown = 0.0
+        outage = False
         while pending:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -65,33 +68,42 @@ def wait_for_jobs(
             left = 1.0 if deadline is None else min(1.0, deadline - now)
             try:
                 message = pubsub.get_message(timeout=max(0.0, min(left, next_check - now)))
-            except Exception as exc:  # reconnect on the next call; re-read below
-                message = None
-                if not isinstance(exc, OSError | ConnectionError):
-                    raise
+                while message is not None:
+                    if message.get("type") == "message":
+                        pending.discard(message["data"].decode())
+                    message = pubsub.get_message(timeout=0) if pending else None
+            except rex.RedisError:
+                # redis-py reconnects and subscribes again on the next call; whatever was
+                # announced meanwhile is found by the re-read below
                 next_check = now
-            if message is not None and message.get("type") == "message":
-                pending.discard(message["data"].decode())
-                # drain what else is there without waiting
-                while pending:
-                    more = pubsub.get_message(timeout=0)
-                    if more is None:
-                        break
-                    if more.get("type") == "message":
-                        pending.discard(more["data"].decode())
+                time.sleep(min(0.2, left))  # back-off while the server is away
             if time.monotonic() >= next_check:
-                pending = _still_pending(flow, pending)
-                next_check = time.monotonic() + _RECHECK
+                try:
+                    pending = _still_pending(flow, pending)
+                    if outage:
+                        outage = False
+                        flow.logger.info("wait: Redis is reachable again")
+                except RedisUnavailableError as exc:
+                    if not outage:
+                        outage = True
+                        flow.logger.warning("wait: {}; still waiting", exc)
+                next_check = time.monotonic() + (0.2 if outage else _RECHECK)
             every = 0.2 if sys.stderr.isatty() else 5.0
             if progress and time.monotonic() - last_shown > every:
                 last_shown = time.monotonic()
                 _show(len(ids) - len(pending), len(ids), last_shown - start)
         if progress:
             _show(len(ids), len(ids), time.monotonic() - start, final=True)
+        while True:  # the final read rides out an outage too, until the deadline
+            try:
+                return flow.get_jobs(ids)
+            except RedisUnavailableError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)  # back-off while the server is away
     finally:
         pubsub.close()
         client.close()
-    return flow.get_jobs(ids)
 
 
 def _show(done: int, total: int, elapsed: float, final: bool = False) -> None:

@@ -1,0 +1,310 @@
+"""The chaos suite: jobs counted one by one while processes and servers are killed.
+
+Each case asserts lost = 0 (every id done, or failed for a stated reason), no id in two
+places, no process left behind, and reports duplicate executions in the chaos report.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+
+from procflow import Backoff, Flow, QueueSpec, Supervisor
+from procflow.server import RedisServer
+from tests.chaos.harness import Audit, Killer, audit, chaos_flow, lazy_client, timed
+from tests.conftest import CHAOS_REPORT, SERVER_KINDS, server_binary, wait_until
+
+pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("no_leaks")]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kind_of(server: RedisServer) -> str:
+    return "valkey" if "valkey" in server.binary else "redis"
+
+
+def report(case: str, result: Audit, kills: int, wall: float, server: str = "") -> None:
+    CHAOS_REPORT.append(
+        {
+            "case": case,
+            "server": server,
+            "jobs": result.jobs,
+            "kills": kills,
+            "lost": len(result.lost),
+            "misplaced": len(result.misplaced),
+            "failed": result.failed,
+            "duplicates": result.duplicates,
+            "wall_s": f"{wall:.1f}",
+        }
+    )
+    assert result.lost == [], result.lost[:10]
+    assert result.misplaced == [], result.misplaced[:10]
+    assert result.unstated == []
+
+
+def done_count(flow: Flow, ids: list[str]) -> int:
+    return sum(1 for j in flow.get_jobs(ids) if j.get("done"))
+
+
+def test_a_random_worker_sigkilled_every_200ms(redis_url: str, server: RedisServer) -> None:
+    flow = chaos_flow(redis_url)
+    clock = timed()
+    with Supervisor(flow, monitor_interval=0.5) as sup:
+        ids = flow.create_jobs([{"n": n} for n in range(3000)])
+        with Killer(sup.worker_pids, 0.2) as killer:
+            sup.wait(ids, timeout=240)
+    result = audit(flow, ids)
+    assert result.done == 3000
+    assert killer.kills >= 10
+    report("a: SIGKILL a worker every 200 ms", result, killer.kills, clock(), kind_of(server))
+
+
+def _cli(url: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "procflow.supervisor",
+            "tests.chaos.harness:chaos_app",
+            "--log-level",
+            "WARNING",
+            *args,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PROCFLOW_REDIS_URL": url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its own process group, killed whole below
+    )
+
+
+def test_the_whole_supervisor_sigkilled_then_restarted(redis_url: str, server: RedisServer) -> None:
+    flow = chaos_flow(redis_url)
+    ids = flow.create_jobs([{"n": n} for n in range(1500)])
+    clock = timed()
+    first = _cli(redis_url)
+    try:
+        wait_until(lambda: done_count(flow, ids) >= 300, timeout=60, what="a fifth done")
+        workers = [p.pid for p in psutil.Process(first.pid).children(recursive=True)]
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+        # the workers die with their supervisor (PR_SET_PDEATHSIG), leaving their jobs locked
+        wait_until(
+            lambda: (
+                not [
+                    p
+                    for p in workers
+                    if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                ]
+            ),
+            timeout=10,
+            what="the orphaned workers to die",
+        )
+        restarted = time.monotonic()
+        second = _cli(redis_url)
+        try:
+            wait_until(
+                lambda: done_count(flow, ids) == 1500,
+                timeout=120,
+                interval=0.2,
+                what="everything done after the restart",
+            )
+            finished_after = time.monotonic() - restarted
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(60) == 0
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    result = audit(flow, ids)
+    # reclaimed at once: well before the 30 s locks of the dead supervisor expire
+    assert finished_after < 25, finished_after
+    report(
+        "b: SIGKILL the supervisor's group, restart",
+        result,
+        1 + len(workers),
+        clock(),
+        kind_of(server),
+    )
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+def test_redis_with_aof_sigkilled_and_restarted_twice(kind: str) -> None:
+    with RedisServer(server_binary(kind), appendonly=True, appendfsync="always") as server:
+        flow = chaos_flow(server.url)
+        ids = flow.create_jobs([{"n": n} for n in range(1000)])
+        clock = timed()
+        restarts = 0
+        with Supervisor(flow, monitor_interval=0.5) as sup:
+
+            def crash_redis() -> None:
+                nonlocal restarts
+                for fraction in (0.3, 0.6):
+                    wait_until(
+                        lambda f=fraction: _finished(server.url) >= f * len(ids),
+                        timeout=120,
+                        interval=0.01,
+                        what=f"{fraction:.0%} done",
+                    )
+                    server.kill()
+                    time.sleep(0.3)  # the server stays down a moment
+                    server.start()
+                    restarts += 1
+
+            chaos = threading.Thread(target=crash_redis)
+            chaos.start()
+            sup.wait(ids, timeout=240)
+            chaos.join(60)
+        result = audit(flow, ids)
+    assert restarts == 2
+    report("c: Redis with AOF SIGKILLed twice", result, restarts, clock(), kind)
+
+
+def _finished(url: str) -> int:
+    """How many jobs ran their last stage (cheap: one HLEN)."""
+    try:
+        return int(redis.Redis.from_url(url).hlen("exec:finish"))
+    except redis.RedisError:
+        return 0
+
+
+def test_hangs_segfaults_and_memory_hogs(redis_url: str, server: RedisServer) -> None:
+    def work(job: dict[str, Any]) -> dict[str, Any]:
+        kind = job["kind"]
+        if kind == "hang":
+            time.sleep(600)
+        elif kind == "segv":
+            ctypes.string_at(0)
+        elif kind == "hog":
+            hoard = [bytearray(25 * 2**20) for _ in range(400)]  # 10 GB if nobody stops it
+            return {"n": len(hoard)}
+        return {"ok": True}
+
+    flow = Flow(
+        "limits",
+        [
+            QueueSpec(
+                "w",
+                attributes_to_get=["kind"],
+                timeout=1.0,
+                memory_limit="400MiB",
+                max_attempts=2,
+                retry_backoff=Backoff(base=0.05),
+            )
+        ],
+        redis_url=redis_url,
+    )
+    flow.create_workers("w", work, count=2)
+    kinds = ["ok"] * 200 + ["hang", "segv", "hog"] * 2
+    clock = timed()
+    with flow.start_all() as sup:
+        ids = flow.create_jobs([{"kind": k} for k in kinds])
+        jobs = sup.wait(ids, timeout=120)
+    result = audit(flow, ids)
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        by_kind.setdefault(job["kind"], []).append(job)
+    assert all(j["done"] and "failed" not in j for j in by_kind["ok"])
+    for kind, words, record_kind in (
+        ("hang", "time limit", "timeout"),
+        ("segv", "SIGSEGV", "crash"),
+        ("hog", "memory limit", "memory"),
+    ):
+        for job in by_kind[kind]:
+            assert job["failed"] is True and words in job["failedErrorMsg"], job
+            assert [e["kind"] for e in job["errors:w"]] == [record_kind] * 2
+    report("d: hangs, segfaults, memory hogs", result, 12, clock(), kind_of(server))
+
+
+def test_a_parent_moves_on_when_its_childs_worker_is_killed(
+    redis_url: str, server: RedisServer
+) -> None:
+    get = lazy_client(redis_url)
+    r = redis.Redis.from_url(redis_url)
+
+    def child(queue: str) -> Any:
+        def run(job: dict[str, Any]) -> dict[str, Any]:
+            get().rpush(f"running:{queue}", f"{os.getpid()}:{job['id']}")
+            time.sleep(0.3)  # the child's work; one worker of each queue is killed meanwhile
+            return {"v": job["v"]}
+
+        return run
+
+    flow = Flow(
+        "parents",
+        [
+            QueueSpec(
+                "p",
+                next_queue="after",
+                children=[
+                    QueueSpec(
+                        "kid",
+                        attributes_to_get=["v"],
+                        max_attempts=2,
+                        retry_backoff=Backoff(base=0.05),
+                    ),
+                    QueueSpec("once", attributes_to_get=["v"], max_attempts=1),
+                ],
+            ),
+            QueueSpec("after"),
+        ],
+        redis_url=redis_url,
+    )
+    flow.create_parent_workers("p")
+    flow.create_child_workers("p", "kid", child("kid"), count=2)
+    flow.create_child_workers("p", "once", child("once"), count=1)
+    flow.create_workers("after", lambda j: {"moved": True})
+    params = [{"childName": "kid", "v": 1}, {"childName": "once", "v": 2}]
+    clock = timed()
+    victims = {}
+    with flow.start_all() as sup:
+        ids = flow.create_jobs([{"children:p:params": params} for _ in range(10)])
+        for queue in ("kid", "once"):
+            entry = wait_until(lambda q=queue: r.lpop(f"running:{q}"), timeout=30, what=queue)
+            pid, child_id = entry.decode().split(":")
+            os.kill(int(pid), signal.SIGKILL)
+            victims[queue] = child_id
+        jobs = sup.wait(ids, timeout=60)
+    result = audit(flow, ids)
+    assert all(j["moved"] is True and j["completed-queue"] == "after" for j in jobs)
+    failed = [k for j in jobs for k in j["children:p:failed"]]
+    assert failed == [f"job:p:once:{victims['once']}"]  # one attempt only: failed, parent moved on
+    once = r.hgetall(failed[0])
+    assert once[b"failed"] == b"true" and b"SIGKILL" in once[b"failedErrorMsg"]
+    kid = r.hgetall(f"job:p:kid:{victims['kid']}")
+    assert kid[b"done"] == b"true" and b"failed" not in kid and kid[b"attempts:p:kid"] == b"2"
+    report("e: child workers killed under parents", result, 2, clock(), kind_of(server))
+
+
+def test_sigterm_mid_run_loses_nothing(redis_url: str, server: RedisServer) -> None:
+    flow = chaos_flow(redis_url)
+    ids = flow.create_jobs([{"n": n} for n in range(1000)])
+    clock = timed()
+    proc = _cli(redis_url)
+    try:
+        wait_until(lambda: done_count(flow, ids) >= 200, timeout=60, what="a fifth done")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stopped = audit(flow, ids)
+    # after a graceful stop nothing is in processing: every job is done or waiting somewhere
+    assert not [m for m in stopped.misplaced if "processing" in m]
+    assert not redis.Redis.from_url(redis_url).keys("lock:*")
+    with Supervisor(chaos_flow(redis_url)) as sup:  # a new run finishes the rest
+        sup.wait(ids, timeout=120)
+    result = audit(flow, ids)
+    assert result.done == 1000
+    report("f: SIGTERM mid-run, then restart", result, 0, clock(), kind_of(server))
