@@ -148,11 +148,12 @@ def _escape_surrogates(text: str) -> str:
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def encode_fields(values: Mapping[str, Any], what: str = "option") -> list[tuple[str, str]]:
-    """Encode every field of a mapping; the first bad one raises before anything is written."""
+def encode_fields(values: Mapping[str, Any], what: str = "option") -> list[tuple[bytes, bytes]]:
+    """Every field of a mapping as (name, JSON text) in UTF-8, ready to send; the first bad
+    one raises before anything is written."""
     if not isinstance(values, Mapping):
         raise EncodeError(what + "s", f"expected a mapping, got a {type(values).__name__}")
-    encoded: list[tuple[str, str]] = []
+    encoded: list[tuple[bytes, bytes]] = []
     for field, value in values.items():
         if not isinstance(field, str):
             raise EncodeError(what + "s", f"field name {field!r} is not a string")
@@ -160,14 +161,14 @@ def encode_fields(values: Mapping[str, Any], what: str = "option") -> list[tuple
             raise EncodeError(what + "s", "a field name is empty")
         text = encode(value, f"{what} {field!r}")
         try:
-            field.encode()
+            name = field.encode()
         except UnicodeEncodeError:
             raise EncodeError(what + "s", f"field name {field!r} is not valid UTF-8") from None
         try:
-            text.encode()
+            data = text.encode()
         except UnicodeEncodeError:
-            text = _escape_surrogates(text)
-        encoded.append((field, text))
+            data = _escape_surrogates(text).encode()
+        encoded.append((name, data))
     return encoded
 
 

@@ -30,7 +30,7 @@ class ParentError(ValueError):
 class ChildPlan:
     """The child jobs to create for one parent."""
 
-    children: list[tuple[str, str, str, list[tuple[str, str]]]]  # id, key, waiting, fields
+    children: list[tuple[str, str, str, list[tuple[bytes, bytes]]]]  # id, key, waiting, fields
     jobs_json: str
 
 

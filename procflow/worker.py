@@ -245,7 +245,7 @@ class WorkerLoop:
             params[name] = None if raw is None else codec.decode_field(key, name, raw)
         return params
 
-    def _result(self, result: Any) -> tuple[list[tuple[str, str]], str]:
+    def _result(self, result: Any) -> tuple[list[tuple[bytes, bytes]], str]:
         if not isinstance(result, Mapping):
             hint = " (return {} for no result fields)" if result is None else ""
             raise ValueError(
@@ -265,7 +265,7 @@ class WorkerLoop:
         return codec.encode_fields(fields, "result field"), next_waiting
 
     def _complete(
-        self, lease: Lease, pairs: list[tuple[str, str]], next_waiting: str
+        self, lease: Lease, pairs: list[tuple[bytes, bytes]], next_waiting: str
     ) -> Lease | None:
         self.jobs_done += 1
         next_token = "" if self.should_end() else self._token()
@@ -357,7 +357,9 @@ class WorkerLoop:
                 plan = plan_children(queue, params, self.p.child_stages)
                 if not plan.children:
                     return self._complete(
-                        lease, [(keys.children_failed_field(queue), "[]")], self.next_waiting
+                        lease,
+                        [(keys.children_failed_field(queue).encode(), b"[]")],
+                        self.next_waiting,
                     )
                 status = self._redis(
                     lambda: self.store.spawn_children(
@@ -393,7 +395,7 @@ class WorkerLoop:
         if all_done:
             return self._complete(
                 lease,
-                [(keys.children_failed_field(queue), codec.encode(failed))],
+                [(keys.children_failed_field(queue).encode(), codec.encode(failed).encode())],
                 self.next_waiting,
             )
         self._redis(lambda: self.store.park(self.wire, self.k, lease.id, lease.token))

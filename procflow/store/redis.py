@@ -32,7 +32,7 @@ class NewJob:
 
     id: str
     key: str
-    fields: Sequence[tuple[str, str]]
+    fields: Sequence[tuple[bytes, bytes]]
     lookup_keys: Sequence[str]
     waiting: str
 
@@ -71,6 +71,20 @@ class FailOutcome:
         if not reply:
             return cls(None, None)
         return cls(reply[0].decode(), reply[1].decode(), int(reply[2]), int(reply[3]))
+
+
+_MULTI = pack("MULTI")
+_EXEC = pack("EXEC")
+_EXPIRE = b"*3\r\n$6\r\nEXPIRE\r\n"
+_RPUSH = b"*3\r\n$5\r\nRPUSH\r\n"
+
+
+def _read_create_replies(w: Wire, count: int) -> None:
+    """Read ``count`` replies of create blocks (+OK, +QUEUED …, the EXEC array); the first
+    refusal raises once every reply is read, so the connection stays in step."""
+    for reply in w.read_many(count):
+        if type(reply) is not bytes:
+            _check_exec(reply)
 
 
 def _check_exec(reply: Any) -> None:
@@ -134,35 +148,43 @@ class Store:
     # -- jobs: create, read, delete ------------------------------------------------------
 
     @staticmethod
-    def _pack_create(job: NewJob, ttl: int) -> list[bytes]:
-        hset: list[Arg] = ["HSET", job.key]
-        for field, value in job.fields:
-            hset.append(field)
-            hset.append(value)
-        commands = [pack(*hset), pack("EXPIRE", job.key, ttl)]
+    def _pack_create(job: NewJob, ttl: bytes) -> tuple[bytes, int]:
+        """One job's MULTI … EXEC block, packed in one pass, and how many replies it gets."""
+        key = job.key.encode()
+        ident = job.id.encode()
+        key_bulk = b"$%d\r\n%s\r\n" % (len(key), key)
+        id_bulk = b"$%d\r\n%s\r\n" % (len(ident), ident)
+        parts = [_MULTI, b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * len(job.fields)), key_bulk]
+        for f, v in job.fields:
+            parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(f), f, len(v), v))
+        parts += (_EXPIRE, key_bulk, ttl)
         for lookup in job.lookup_keys:
-            commands.append(pack("RPUSH", lookup, job.id))
-            commands.append(pack("EXPIRE", lookup, ttl))
-        commands.append(pack("RPUSH", job.waiting, job.id))
-        return commands
+            lk = lookup.encode()
+            lk_bulk = b"$%d\r\n%s\r\n" % (len(lk), lk)
+            parts += (_RPUSH, lk_bulk, id_bulk, _EXPIRE, lk_bulk, ttl)
+        waiting = job.waiting.encode()
+        parts += (_RPUSH, b"$%d\r\n%s\r\n" % (len(waiting), waiting), id_bulk, _EXEC)
+        return b"".join(parts), 5 + 2 * len(job.lookup_keys)
 
     def create_jobs(self, jobs: Sequence[NewJob], ttl: int) -> None:
-        """Write jobs, each in its own MULTI … EXEC, pipelined in chunks: the job hash and its
-        EXPIRE, each lookup list and its EXPIRE, then the id onto the first waiting list."""
-        multi, exec_ = pack("MULTI"), pack("EXEC")
+        """Write jobs, each in its own MULTI … EXEC: the job hash and its EXPIRE, each lookup
+        list and its EXPIRE, then the id onto the first waiting list. Pipelined in chunks,
+        the next chunk sent before the previous one's replies are read (at most two in
+        flight, so neither side's buffers can fill up)."""
+        ttl_bulk = b"$%d\r\n%d\r\n" % (len(str(ttl)), ttl)
+        if any(not job.fields for job in jobs):
+            raise ProcflowError("a job needs at least one field")
         with self.wire() as w:
+            in_flight = 0
             for start in range(0, len(jobs), _CREATE_CHUNK):
-                chunk = jobs[start : start + _CREATE_CHUNK]
-                packed: list[bytes] = []
-                for job in chunk:
-                    body = self._pack_create(job, ttl) if job.fields else []
-                    if not body:
-                        raise ProcflowError("a job needs at least one field")
-                    packed.append(multi)
-                    packed.extend(body)
-                    packed.append(exec_)
-                for reply in w.pipeline(packed):
-                    _check_exec(reply)
+                blocks = [
+                    self._pack_create(j, ttl_bulk) for j in jobs[start : start + _CREATE_CHUNK]
+                ]
+                w.send(b"".join(b for b, _ in blocks))
+                if in_flight:
+                    _read_create_replies(w, in_flight)
+                in_flight = sum(n for _, n in blocks)
+            _read_create_replies(w, in_flight)
 
     def get_hashes(self, hash_keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         """HGETALL of every key in one round trip (an absent key gives ``{}``)."""
@@ -306,7 +328,7 @@ class Store:
         stage: StageKeys,
         job_id: str,
         token: str,
-        result: Sequence[tuple[str, str]],
+        result: Sequence[tuple[bytes, bytes]],
         next_waiting: str,
         next_token: str = "",
         lock_ms: int = 0,
@@ -316,7 +338,7 @@ class Store:
         Returns (status, next lease): status 1 completed, 0 the lease was lost and nothing
         changed, -1 the job hash was gone."""
         prepared = self._prepared("complete", stage, fields, str(lock_ms), next_waiting)
-        tail = [job_id, token, next_token]
+        tail: list[str | bytes] = [job_id, token, next_token]
         for field, value in result:
             tail.append(field)
             tail.append(value)
@@ -425,7 +447,7 @@ class Store:
         stage: StageKeys,
         job_id: str,
         token: str,
-        children: Sequence[tuple[str, str, str, Sequence[tuple[str, str]]]],
+        children: Sequence[tuple[str, str, str, Sequence[tuple[bytes, bytes]]]],
         jobs_json: str,
         ttl: int,
     ) -> int:

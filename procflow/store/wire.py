@@ -1,19 +1,21 @@
-"""One Redis connection, driven with commands packed here.
+"""One Redis connection, driven with commands packed and replies parsed here.
 
 redis-py's client object costs about 35 µs of Python per command on top of the round trip;
-procflow's per-job path cannot afford that, so it packs RESP itself and uses a redis-py
-``Connection`` only for what that class does well: connecting, AUTH/ACL, TLS, unix sockets,
-and hiredis parsing. A Wire is used by one thread at a time.
+procflow's per-job path cannot afford that, so it packs RESP itself, reads replies from the
+socket into a hiredis reader of its own, and uses a redis-py ``Connection`` only to connect
+(handshake, AUTH/ACL, TLS, unix sockets). A Wire is used by one thread at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import select
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
+import hiredis
 import redis
 import redis.exceptions as rex
 from redis.backoff import NoBackoff
@@ -29,29 +31,29 @@ Arg = bytes | str | int | float
 _CONNECTION_ERRORS = (rex.ConnectionError, rex.TimeoutError, OSError)
 
 
+def _data(arg: Arg) -> bytes:
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, int):
+        return b"%d" % arg
+    if isinstance(arg, float):
+        return repr(arg).encode()
+    raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
+
+
 def pack(*args: Arg) -> bytes:
     """One command in RESP: ``*N`` then ``$len``-prefixed arguments."""
-    out = [b"*%d\r\n" % len(args)]
-    append = out.append
+    parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if type(arg) is str:
-            data = arg.encode()
-        elif type(arg) is bytes:
-            data = arg
-        elif isinstance(arg, int):
-            data = b"%d" % arg
-        elif isinstance(arg, float):
-            data = repr(arg).encode()
-        else:
-            raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
-        append(b"$%d\r\n" % len(data))
-        append(data)
-        append(b"\r\n")
-    return b"".join(out)
+        data = arg.encode() if type(arg) is str else _data(arg)
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def _bulk(arg: Arg) -> bytes:
-    data = arg.encode() if isinstance(arg, str) else arg if isinstance(arg, bytes) else b"%d" % arg
+    data = _data(arg)
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
@@ -67,11 +69,11 @@ class Prepared:
         self.count = len(fixed)
         self.head = b"".join(_bulk(a) for a in fixed)
 
-    def pack(self, tail: Sequence[str]) -> bytes:
-        """The full command with ``tail`` (strings) appended."""
+    def pack(self, tail: Sequence[str | bytes]) -> bytes:
+        """The full command with ``tail`` (text or bytes) appended."""
         parts = [b"*%d\r\n" % (self.count + len(tail)), self.head]
         for arg in tail:
-            data = arg.encode()
+            data = arg.encode() if isinstance(arg, str) else arg
             parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
         return b"".join(parts)
 
@@ -112,52 +114,105 @@ class Wire:
             socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
         )
         self._conn: Any = settings.connection_class()(**kwargs)
+        self._sock: Any = None
+        self._reader: Any = None
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _fail(self, exc: BaseException) -> RedisUnavailableError:
-        self._conn.disconnect()
+    def _fail(self, exc: BaseException | str) -> RedisUnavailableError:
+        self.close()
         return RedisUnavailableError(self.settings.address, exc)
 
     def close(self) -> None:
         """Drop the connection (the next call opens a new one)."""
+        self._sock = None
+        self._reader = None
         self._conn.disconnect()
 
     @property
     def connected(self) -> bool:
-        return self._conn._sock is not None
-
-    def stale(self) -> bool:
-        """True if an idle connection has something to read: the server closed it (a
-        restart) or it is out of step. Checked before a pooled connection is reused."""
-        if self._conn._sock is None:
-            return False
-        try:
-            return bool(self._conn.can_read(timeout=0))
-        except Exception:
-            return True
+        return self._sock is not None
 
     def connect(self) -> None:
         """Connect now (calls connect lazily otherwise)."""
+        if self._sock is not None:
+            return
         try:
             self._conn.connect()
         except _CONNECTION_ERRORS as exc:
             raise self._fail(exc) from None
+        self._sock = self._conn._sock
+        self._reader = hiredis.Reader(replyError=rex.ResponseError)
+
+    def stale(self) -> bool:
+        """True if an idle connection has something to read: the server closed it (a
+        restart) or it is out of step. Checked before a pooled connection is reused."""
+        if self._sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def send(self, packed: bytes) -> None:
+        if self._sock is None:
+            self.connect()
         try:
-            self._conn.send_packed_command([packed], check_health=False)
-        except _CONNECTION_ERRORS as exc:
+            self._sock.sendall(packed)
+        except OSError as exc:
             raise self._fail(exc) from None
 
     def read(self) -> Any:
         """One reply; an error reply is returned as a ResponseError, not raised."""
-        try:
-            return self._conn.read_response()
-        except rex.ResponseError as exc:
-            return exc
-        except _CONNECTION_ERRORS as exc:
-            raise self._fail(exc) from None
+        reader = self._reader
+        if reader is None:
+            raise self._fail("not connected")
+        reply = reader.gets()
+        while reply is False:
+            try:
+                data = self._sock.recv(65536)
+            except OSError as exc:  # includes socket timeouts
+                raise self._fail(exc) from None
+            if not data:
+                raise self._fail("connection closed by server")
+            reader.feed(data)
+            reply = reader.gets()
+        if isinstance(reply, rex.ResponseError):
+            text = str(reply)
+            if text.startswith("NOSCRIPT"):
+                return rex.NoScriptError(text)
+            if text.startswith(("LOADING", "MASTERDOWN", "TRYAGAIN")):
+                raise self._fail(text)  # not ready yet: like unreachable, try again later
+        return reply
+
+    def read_many(self, count: int) -> list[Any]:
+        """``count`` replies, read in one tight loop (errors as ResponseError values)."""
+        reader = self._reader
+        if reader is None:
+            raise self._fail("not connected")
+        out: list[Any] = []
+        append = out.append
+        gets = reader.gets
+        while len(out) < count:
+            reply = gets()
+            if reply is False:
+                try:
+                    data = self._sock.recv(1 << 18)
+                except OSError as exc:
+                    raise self._fail(exc) from None
+                if not data:
+                    raise self._fail("connection closed by server")
+                reader.feed(data)
+                continue
+            if isinstance(reply, rex.ResponseError):
+                text = str(reply)
+                if text.startswith("NOSCRIPT"):
+                    reply = rex.NoScriptError(text)
+                elif text.startswith(("LOADING", "MASTERDOWN", "TRYAGAIN")):
+                    raise self._fail(text)
+            append(reply)
+        return out
 
     # -- commands ------------------------------------------------------------------------
 
@@ -174,7 +229,7 @@ class Wire:
         if not commands:
             return []
         self.send(b"".join(commands))
-        return [self.read() for _ in commands]
+        return self.read_many(len(commands))
 
     def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Run a script by SHA; load it first if the server does not know it (a restart or
@@ -190,7 +245,7 @@ class Wire:
             raise reply
         return reply
 
-    def run(self, prepared: Prepared, tail: Sequence[str]) -> Any:
+    def run(self, prepared: Prepared, tail: Sequence[str | bytes]) -> Any:
         """Run a prepared script call with its per-call arguments."""
         packed = prepared.pack(tail)
         self.send(packed)

@@ -1,0 +1,457 @@
+"""procflow's benchmark, side by side with multiprocessing.Pool (and huey when installed).
+
+    python scripts/bench.py [--runs 3] [--jobs 10000] [--server PATH] [--no-huey]
+
+Workloads (../shared/BENCHMARKS.md):
+  W1   10,000 jobs whose task does one Redis INCR, all enqueued first, then 2 workers started;
+       jobs/s from the first job's start to the last completion observed
+  W1e  the same 10,000 jobs enqueued one call per job, and in batches of 1,000; jobs/s
+  W2   200 jobs of a pure-Python loop calibrated to ~20 ms, 2 workers already running;
+       parallel efficiency = (200 x single-job time) / (2 x wall)
+  W3   idle running workers, 200 no-op jobs enqueued 20 ms apart; p50/p99 of start - enqueue
+  W4   during W1: PSS of the whole worker tree (supervisor or consumer, and 2 workers)
+Every figure is the median of --runs runs, each system measured in the same run on a private
+server started here (never the machine's shared Redis). Not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import contextlib
+
+from procflow import Flow, QueueSpec, Supervisor
+from procflow.server import RedisServer, find_server_binary
+
+URL = ""
+_clients: dict[int, redis.Redis] = {}
+
+
+def client() -> redis.Redis:
+    c = _clients.get(os.getpid())
+    if c is None:
+        c = _clients[os.getpid()] = redis.Redis.from_url(URL)
+    return c
+
+
+# -- the tasks, shared by every system -----------------------------------------------------
+
+
+def incr_task(_: Any = None) -> dict[str, Any]:
+    """W1: one INCR; the first one notes the start time."""
+    c = client()
+    if c.incr("bench:count") == 1:
+        c.set("bench:start", repr(time.time()))
+    return {}
+
+
+def burn(rounds: int) -> int:
+    x = 0
+    for i in range(rounds):
+        x += i * i
+    return x
+
+
+def burn_task(job: dict[str, Any]) -> dict[str, Any]:
+    burn(job["rounds"])
+    return {}
+
+
+def latency_task(job: dict[str, Any]) -> dict[str, Any]:
+    client().rpush("bench:latency", repr(time.time() - job["t"]))
+    return {}
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def flush() -> redis.Redis:
+    r = redis.Redis.from_url(URL)
+    r.flushall()
+    return r
+
+
+def wait_count(r: redis.Redis, n: int, timeout: float = 300) -> float:
+    """Poll the INCR counter until it reaches n; the time it was seen there."""
+    deadline = time.monotonic() + timeout
+    while int(r.get("bench:count") or 0) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {r.get('bench:count')} of {n} jobs counted")
+        time.sleep(0.002)  # the benchmark driver's polling interval
+    return time.time()
+
+
+class PssSampler:
+    """Measures the PSS of a process tree once, when the run is half done: reading
+    /proc/*/smaps costs CPU, so it is done once per run, the same way for every system."""
+
+    def __init__(self, pids: Callable[[], list[int]], r: redis.Redis, half: int) -> None:
+        self.pids = pids
+        self.r = r
+        self.half = half
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            if int(self.r.get("bench:count") or 0) >= self.half:
+                for pid in self.pids():
+                    with contextlib.suppress(psutil.Error):
+                        self.peak += psutil.Process(pid).memory_full_info().pss / 2**20
+                return
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# -- procflow --------------------------------------------------------------------------------
+
+
+def pf_flow(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]], fields: list[str]) -> Flow:
+    flow = Flow(name, [QueueSpec("work", attributes_to_get=fields)], redis_url=URL)
+    flow.create_workers("work", fn, count=2)
+    return flow
+
+
+def pf_w1(n: int) -> tuple[float, float]:
+    r = flush()
+    flow = pf_flow("w1", lambda j: incr_task(), [])
+    flow.create_jobs([{"i": i} for i in range(n)])
+    sup = Supervisor(flow, log_level="WARNING")
+    with PssSampler(lambda: [os.getpid(), *sup.worker_pids()], r, n // 2) as pss:
+        sup.start()
+        end = wait_count(r, n)
+        start = float(r.get("bench:start") or 0)
+        sup.stop()
+    return n / (end - start), pss.peak
+
+
+def pf_w1e(n: int) -> tuple[float, float]:
+    flush()
+    flow = Flow("w1e", [QueueSpec("work")], redis_url=URL)
+    flow.create_job({"i": -1})
+    t = time.perf_counter()
+    for i in range(n):
+        flow.create_job({"i": i})
+    single = n / (time.perf_counter() - t)
+    flush()
+    options = [{"i": i} for i in range(n)]
+    t = time.perf_counter()
+    for start in range(0, n, 1000):
+        flow.create_jobs(options[start : start + 1000])
+    batch = n / (time.perf_counter() - t)
+    return single, batch
+
+
+def pf_w2(rounds: int) -> float:
+    flush()
+    flow = pf_flow("w2", burn_task, ["rounds"])
+    with Supervisor(flow, log_level="WARNING") as sup:
+        t = time.perf_counter()
+        sup.wait(flow.create_jobs([{"rounds": rounds}] * 200), timeout=120)
+        return time.perf_counter() - t
+
+
+def pf_w3() -> list[float]:
+    r = flush()
+    flow = pf_flow("w3", latency_task, ["t"])
+    with Supervisor(flow, log_level="WARNING"):
+        for _ in range(200):
+            flow.create_job({"t": time.time()})
+            time.sleep(0.02)  # the workload: one job every 20 ms
+        while r.llen("bench:latency") < 200:
+            time.sleep(0.01)
+    return [float(x) * 1000 for x in r.lrange("bench:latency", 0, -1)]
+
+
+# -- multiprocessing.Pool ----------------------------------------------------------------
+
+
+def pool_w1(n: int, chunksize: int | None) -> tuple[float, float]:
+    r = flush()
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(burn, [1] * 4)  # workers up before the clock starts
+        workers = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
+        with PssSampler(lambda: [os.getpid(), *workers], r, n // 2) as pss:
+            if chunksize is None:
+                pool.map(incr_task, range(n))
+            else:
+                for _ in pool.imap_unordered(incr_task, range(n), chunksize=chunksize):
+                    pass
+            end = time.time()
+    start = float(r.get("bench:start") or 0)
+    return n / (end - start), pss.peak
+
+
+def pool_w2(rounds: int) -> float:
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(burn, [1] * 4)
+        t = time.perf_counter()
+        pool.map(burn, [rounds] * 200, chunksize=1)
+        return time.perf_counter() - t
+
+
+# -- huey ----------------------------------------------------------------------------------
+
+HUEY_APP = """
+import os, time, redis
+from huey import RedisHuey
+URL = os.environ["BENCH_URL"]
+huey = RedisHuey("bench", url=URL)
+_c = {}
+def client():
+    c = _c.get(os.getpid())
+    if c is None:
+        c = _c[os.getpid()] = redis.Redis.from_url(URL)
+    return c
+@huey.task()
+def incr():
+    c = client()
+    if c.incr("bench:count") == 1:
+        c.set("bench:start", repr(time.time()))
+@huey.task()
+def burn(rounds):
+    x = 0
+    for i in range(rounds):
+        x += i * i
+    client().incr("bench:count")
+@huey.task()
+def latency(t):
+    client().rpush("bench:latency", repr(time.time() - t))
+"""
+
+
+class Huey:
+    def __init__(self, directory: str) -> None:
+        Path(directory, "bench_huey_app.py").write_text(textwrap.dedent(HUEY_APP))
+        self.directory = directory
+        os.environ["BENCH_URL"] = URL
+        sys.path.insert(0, directory)
+        import bench_huey_app
+
+        self.app = bench_huey_app
+
+    def consumer(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "huey.bin.huey_consumer",
+                "bench_huey_app.huey",
+                "-w",
+                "2",
+                "-k",
+                "process",
+                "-q",
+            ],
+            cwd=self.directory,
+            env={**os.environ, "BENCH_URL": URL},
+        )
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.terminate()
+        proc.wait(30)
+
+    def w1(self, n: int) -> tuple[float, float]:
+        r = flush()
+        for _ in range(n):
+            self.app.incr()
+        proc = self.consumer()
+        with PssSampler(
+            lambda: [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))],
+            r,
+            n // 2,
+        ) as pss:
+            end = wait_count(r, n)
+        self.stop(proc)
+        return n / (end - float(r.get("bench:start") or 0)), pss.peak
+
+    def w1e(self, n: int) -> float:
+        flush()
+        t = time.perf_counter()
+        for _ in range(n):
+            self.app.incr()
+        return n / (time.perf_counter() - t)
+
+    def w2(self, rounds: int) -> float:
+        r = flush()
+        proc = self.consumer()
+        self.app.incr()
+        wait_count(r, 1)  # consumer up
+        r.set("bench:count", 0)
+        t = time.perf_counter()
+        for _ in range(200):
+            self.app.burn(rounds)
+        wait_count(r, 200)
+        wall = time.perf_counter() - t
+        self.stop(proc)
+        return wall
+
+    def w3(self) -> list[float]:
+        r = flush()
+        proc = self.consumer()
+        self.app.incr()
+        wait_count(r, 1)
+        for _ in range(200):
+            self.app.latency(time.time())
+            time.sleep(0.02)
+        while r.llen("bench:latency") < 200:
+            time.sleep(0.01)
+        self.stop(proc)
+        return [float(x) * 1000 for x in r.lrange("bench:latency", 0, -1)]
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def calibrate(target: float = 0.020) -> tuple[int, float]:
+    rounds = 100_000
+    while True:
+        t = time.perf_counter()
+        burn(rounds)
+        took = time.perf_counter() - t
+        if took > 0.005:
+            break
+        rounds *= 2
+    rounds = int(rounds * target / took)
+    times = []
+    for _ in range(7):
+        t = time.perf_counter()
+        burn(rounds)
+        times.append(time.perf_counter() - t)
+    return rounds, statistics.median(times)
+
+
+def main() -> int:
+    global URL
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--server", default=None, help="server binary (default: redis-server)")
+    parser.add_argument("--no-huey", action="store_true")
+    args = parser.parse_args()
+    try:
+        import huey  # noqa: F401
+
+        use_huey = not args.no_huey
+    except ImportError:
+        use_huey = False
+    server = RedisServer(args.server or find_server_binary())
+    server.start()
+    URL = server.url
+    began = time.monotonic()
+    figures: dict[str, dict[str, list[float]]] = {}
+
+    def add(system: str, name: str, value: float) -> None:
+        figures.setdefault(name, {}).setdefault(system, []).append(value)
+
+    try:
+        rounds, single = calibrate()
+        hy = Huey(tempfile.mkdtemp(prefix="bench-huey-")) if use_huey else None
+        for run in range(args.runs):
+            print(f"run {run + 1}/{args.runs} …", file=sys.stderr)
+            rate, pss = pf_w1(args.jobs)
+            add("procflow", "W1", rate)
+            add("procflow", "W4", pss)
+            rate, pss = pool_w1(args.jobs, None)
+            add("pool", "W1", rate)
+            add("pool", "W4", pss)
+            add("pool1", "W1", pool_w1(args.jobs, 1)[0])
+            single_rate, batch_rate = pf_w1e(args.jobs)
+            add("procflow", "W1e one", single_rate)
+            add("procflow", "W1e batch", batch_rate)
+            add("procflow", "W2", 200 * single / (2 * pf_w2(rounds)))
+            add("pool", "W2", 200 * single / (2 * pool_w2(rounds)))
+            lat = pf_w3()
+            add("procflow", "W3 p50", percentile(lat, 0.5))
+            add("procflow", "W3 p99", percentile(lat, 0.99))
+            if hy is not None:
+                rate, pss = hy.w1(args.jobs)
+                add("huey", "W1", rate)
+                add("huey", "W4", pss)
+                add("huey", "W1e one", hy.w1e(args.jobs))
+                add("huey", "W2", 200 * single / (2 * hy.w2(rounds)))
+                lat = hy.w3()
+                add("huey", "W3 p50", percentile(lat, 0.5))
+                add("huey", "W3 p99", percentile(lat, 0.99))
+        version = server.version().split()[2]
+    finally:
+        server.stop()
+
+    def med(name: str, system: str) -> float | None:
+        values = figures.get(name, {}).get(system)
+        return statistics.median(values) if values else None
+
+    def show(value: float | None, fmt: str) -> str:
+        return "—" if value is None else format(value, fmt)
+
+    rows = [
+        ("W1 jobs/s", "W1", ",.0f", "≥ 14,000", "pool"),
+        ("W1e jobs/s, one call per job", "W1e one", ",.0f", "≥ 12,000", None),
+        ("W1e jobs/s, batches of 1,000", "W1e batch", ",.0f", "≥ 60,000", None),
+        ("W2 parallel efficiency", "W2", ".3f", "≥ 0.98 x Pool", "pool"),
+        ("W3 p50 start latency, ms", "W3 p50", ".2f", "≤ 0.5", None),
+        ("W3 p99 start latency, ms", "W3 p99", ".2f", "≤ 1.0", None),
+        ("W4 PSS during W1, MiB", "W4", ".1f", "≤ 45", "pool"),
+    ]
+    print()
+    print(
+        f"procflow benchmark — {version}, {psutil.cpu_count()} cores, Python "
+        f"{sys.version.split()[0]}, medians of {args.runs} runs, "
+        f"{args.jobs:,} jobs, W2 job = {single * 1000:.1f} ms"
+    )
+    header = ["figure", "procflow", "Pool(2)", "huey", "procflow/huey", "target"]
+    table = [header]
+    for label, name, fmt, target, _ in rows:
+        pf, pool, hy_v = med(name, "procflow"), med(name, "pool"), med(name, "huey")
+        ratio = f"{pf / hy_v:.2f}x" if pf and hy_v else "—"
+        pool_text = show(pool, fmt)
+        if name == "W1":
+            pool_text += f" (chunk 1: {show(med('W1', 'pool1'), fmt)})"
+        table.append([label, show(pf, fmt), pool_text, show(hy_v, fmt), ratio, target])
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for n, row in enumerate(table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    w2_ratio = (med("W2", "procflow") or 0) / (med("W2", "pool") or 1)
+    print(
+        f"\nW2 procflow/Pool efficiency ratio: {w2_ratio:.3f}   "
+        f"(W1 Pool uses map's default chunking; 'chunk 1' dispatches one task at a time)"
+    )
+    print(f"total time {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
