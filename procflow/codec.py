@@ -4,6 +4,11 @@ Every job hash field holds the text ``JSON.stringify(value)`` would produce: com
 separators, UTF-8, no ASCII escaping, and numbers formatted the JavaScript way (``1.0`` is
 ``1``, ``1e-7`` is ``1e-7``, ``1e21`` is ``1e+21``). Lookup list names hold a value as
 JavaScript's ``String(value)`` writes it. See docs/wire-format.md.
+
+Three JavaScript rules need care beyond ``json.dumps``: numbers are doubles (so integers beyond
+±(2**53 - 1) cannot be stored exactly and are refused, and floats are formatted as
+``Number.prototype.toString`` does); object keys that are array indexes (``"0"``, ``"7"``,
+``"10"``) come first, in ascending order; a lone UTF-16 surrogate in a string is escaped.
 """
 
 from __future__ import annotations
@@ -23,11 +28,41 @@ __all__ = [
     "encode_fields",
     "js_number",
     "js_string",
+    "lookup_text",
     "lookup_texts",
 ]
 
 _encode_str: Any = json.encoder.encode_basestring
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+#: Number.MAX_SAFE_INTEGER: larger integers lose precision in JavaScript
+MAX_SAFE_INTEGER = 2**53 - 1
+_MAX_INDEX = 2**32 - 2
+
+
+def _is_index(key: str) -> bool:
+    """An array-index key, which JavaScript objects list first, in ascending order."""
+    return (
+        key.isascii() and key.isdigit() and (key == "0" or key[0] != "0") and int(key) <= _MAX_INDEX
+    )
+
+
+def _safe_int(value: int, where: str) -> str:
+    """An integer's digits, when JavaScript (whose numbers are doubles) writes the same."""
+    text = int.__repr__(value)
+    if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        return text
+    try:
+        as_js = js_number(float(value))
+    except OverflowError:
+        as_js = "Infinity" if value > 0 else "-Infinity"
+    if as_js == text:  # the double holds the integer exactly and prints its digits
+        return text
+    raise EncodeError(
+        where,
+        f"the integer {value} cannot be stored as JavaScript stores numbers (it would read "
+        f"{as_js}); store it as a string",
+    )
 
 
 def js_number(value: float) -> str:
@@ -74,6 +109,7 @@ def _check(value: Any, where: str, depth: int) -> bool:
     if isinstance(value, str | bool):
         return False
     if isinstance(value, int):
+        _safe_int(value, where)
         return False
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -90,7 +126,7 @@ def _check(value: Any, where: str, depth: int) -> bool:
                 raise EncodeError(
                     where, f"object key {key!r} is a {type(key).__name__}; JSON keys are strings"
                 )
-            special = _check(item, f"{where}.{key}", depth + 1) or special
+            special = _check(item, f"{where}.{key}", depth + 1) or special or _is_index(key)
         return special
     raise EncodeError(where, f"a {type(value).__name__} is not JSON-encodable ({value!r:.80})")
 
@@ -111,20 +147,31 @@ def _encode_js(value: Any) -> str:
         return js_number(value)
     if isinstance(value, list | tuple):
         return "[" + ",".join(_encode_js(item) for item in value) + "]"
-    return (
-        "{"
-        + ",".join(f"{_encode_str(key)}:{_encode_js(item)}" for key, item in value.items())
-        + "}"
-    )
+    items = list(value.items())
+    indexes = sorted((kv for kv in items if _is_index(kv[0])), key=lambda kv: int(kv[0]))
+    if indexes:
+        items = indexes + [kv for kv in items if not _is_index(kv[0])]
+    return "{" + ",".join(f"{_encode_str(key)}:{_encode_js(item)}" for key, item in items) + "}"
+
+
+def _utf8_safe(text: str) -> str:
+    """The text with any lone surrogate escaped, so that it encodes to UTF-8."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return _escape_surrogates(text)
+    return text
 
 
 def encode(value: Any, where: str = "value") -> str:
     """The JSON text ``JSON.stringify(value)`` writes, or EncodeError naming ``where``."""
     kind = type(value)
     if kind is str:
-        return str(_encode_str(value))
+        return _utf8_safe(_encode_str(value))
     if kind is int:
-        return int.__repr__(value)
+        return _safe_int(value, where)
     if value is True:
         return "true"
     if value is False:
@@ -133,8 +180,8 @@ def encode(value: Any, where: str = "value") -> str:
         return "null"
     try:
         if _check(value, where, 0):
-            return _encode_js(value)
-        return _dumps(value)
+            return _utf8_safe(_encode_js(value))
+        return _utf8_safe(_dumps(value))
     except ValueError as exc:  # e.g. an int with more digits than Python will print
         raise EncodeError(where, str(exc)) from None
 
@@ -159,16 +206,11 @@ def encode_fields(values: Mapping[str, Any], what: str = "option") -> list[tuple
             raise EncodeError(what + "s", f"field name {field!r} is not a string")
         if not field:
             raise EncodeError(what + "s", "a field name is empty")
-        text = encode(value, f"{what} {field!r}")
         try:
             name = field.encode()
         except UnicodeEncodeError:
             raise EncodeError(what + "s", f"field name {field!r} is not valid UTF-8") from None
-        try:
-            data = text.encode()
-        except UnicodeEncodeError:
-            data = _escape_surrogates(text).encode()
-        encoded.append((name, data))
+        encoded.append((name, encode(value, f"{what} {field!r}").encode()))
     return encoded
 
 
@@ -213,15 +255,24 @@ def js_string(value: Any) -> str:
     return "[object Object]"
 
 
+def lookup_text(value: Any) -> str:
+    """The value part of a lookup list's name: ``String(value)``, sent as UTF-8 the way
+    node-redis sends it (a lone surrogate becomes U+FFFD)."""
+    text = js_string(value)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+            text = _LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
 def lookup_texts(value: Any) -> Iterable[str]:
     """The lookup list values a job option yields: one for a string or number, one per
     element for a list, none for anything else (booleans, objects, null)."""
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, bool) or value is None:
-        return ()
-    if isinstance(value, int | float):
-        return (js_string(value),)
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return (lookup_text(value),)
     if isinstance(value, list | tuple):
-        return [js_string(item) for item in value]
+        return [lookup_text(item) for item in value]
     return ()

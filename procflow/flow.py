@@ -334,7 +334,7 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
                 f"a lookup value must be a string, number, boolean or None, got a "
                 f"{type(value).__name__}"
             )
-        ids = self.store.list_range(keys.lookup(self.name, key, codec.js_string(value)))
+        ids = self.store.list_range(keys.lookup(self.name, key, codec.lookup_text(value)))
         return self.get_jobs(ids, resolve_children)
 
     def delete_job(self, job_id: str) -> bool:

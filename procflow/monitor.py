@@ -11,7 +11,7 @@ takes over within the TTL. The leader:
   is about to be set is never mistaken for an orphan; one that was never claimed goes back
   to waiting without costing an attempt. A scan costs O(jobs in processing);
 - now and then checks parents parked for a while, in case their children finished without
-  telling them (children completed by another library, or expired).
+  telling them (children marked done by another library, or expired).
 """
 
 from __future__ import annotations
@@ -163,8 +163,7 @@ class FlowMonitor:
         for stage in stages:
             if not stage.is_parent:
                 continue
-            cutoff = int(time.time() * 1000 - self.parked_check * 1000)
-            for parent_id in store.parked_before(stage.keys, cutoff):
+            for parent_id in store.parked_for(stage.keys, int(self.parked_check * 1000)):
                 field = keys.children_jobs_field(stage.name)
                 raw = store.hash_fields(stage.keys.job(parent_id), [field])[0]
                 child_keys = codec.decode(raw) if raw else []

@@ -79,8 +79,8 @@ def children_state(child_keys: Sequence[str], replies: Sequence[Any]) -> tuple[b
         if not exists:
             failed.append(key)
             continue
-        if done != b"true":
+        if not keys.is_true(done):
             all_done = False
-        if has_failed == b"true":
+        if keys.is_true(has_failed):
             failed.append(key)
     return all_done, failed

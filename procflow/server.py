@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from .errors import ConfigurationError, ProcflowError
 from .settings import RedisSettings
@@ -105,7 +106,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
         if self.unix_socket:
             return f"unix://{auth}{self.socket_path}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"

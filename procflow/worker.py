@@ -262,6 +262,12 @@ class WorkerLoop:
                 )
             next_waiting = self.p.routes[name]
         fields = {k: v for k, v in result.items() if k != "nextQueue"}
+        reserved = [k for k in fields if keys.is_reserved(k)]
+        if reserved:
+            raise ValueError(
+                f"result field {reserved[0]!r} is procflow's bookkeeping; a worker function "
+                "cannot set it"
+            )
         return codec.encode_fields(fields, "result field"), next_waiting
 
     def _complete(

@@ -56,7 +56,7 @@ class WorkerGroup:
 
     def set_count(self, count: int) -> None:
         """Change how many processes this group runs (before the supervisor starts)."""
-        if not isinstance(count, int) or count < 0:
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise ConfigurationError(f"workers for {self.stage.name!r}: count must be >= 0")
         self.count = count
         self.handles = [WorkerHandle(self, i) for i in range(count)]

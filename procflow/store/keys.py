@@ -21,6 +21,7 @@ __all__ = [
     "LEASE_PREFIX",
     "PARENT_JOB",
     "PARENT_NOTIFIED",
+    "TRUE_VALUES",
     "StageKeys",
     "attempts_field",
     "child_job",
@@ -33,6 +34,8 @@ __all__ = [
     "done_channel",
     "errors_field",
     "failed",
+    "is_reserved",
+    "is_true",
     "job",
     "job_prefix",
     "lease_field",
@@ -53,6 +56,16 @@ FAILED = "failed"
 FAILED_QUEUE = "failedQueue"
 FAILED_ERROR_MSG = "failedErrorMsg"
 COMPLETED_QUEUE = "completed-queue"
+
+
+#: raw values of ``done`` / ``failed`` that mean true: JSON true, and the JSON string "true"
+#: that the TypeScript library's FlowMonitor writes
+TRUE_VALUES = (b"true", b'"true"')
+
+
+def is_true(raw: bytes | None) -> bool:
+    """Whether a stored ``done`` or ``failed`` field is set."""
+    return raw in TRUE_VALUES
 
 
 def job_prefix(flow: str) -> str:
@@ -145,6 +158,21 @@ ERRORS_PREFIX = "errors:"
 PARENT_JOB = "parentJob"
 #: child job field: set once the parent has been told this child is done
 PARENT_NOTIFIED = "parentNotified"
+
+
+_RESERVED = frozenset(
+    {"failed", "failedQueue", "failedErrorMsg", "completed-queue", "parentJob", "parentNotified"}
+)
+
+
+def is_reserved(field: str) -> bool:
+    """Whether a job field is bookkeeping a worker's result may not write: the fail fields,
+    ``completed-queue``, ``attempts:Q``, ``errors:Q``, ``lease:Q``, a parent's
+    ``children:Q:jobs|pending|failed``. ``done`` is allowed (the TypeScript library's child
+    stages return it) and so is ``children:Q:params`` (how a stage asks for fan-out)."""
+    if field in _RESERVED or field.startswith((ATTEMPTS_PREFIX, ERRORS_PREFIX, LEASE_PREFIX)):
+        return True
+    return field.startswith("children:") and field.endswith((":jobs", ":pending", ":failed"))
 
 
 def attempts_field(queue: str) -> str:

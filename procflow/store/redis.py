@@ -73,6 +73,8 @@ class FailOutcome:
         return cls(reply[0].decode(), reply[1].decode(), int(reply[2]), int(reply[3]))
 
 
+_COMPLETED_QUEUE = keys.COMPLETED_QUEUE.encode()
+_DONE_TRUE = (keys.DONE.encode(), b"true")
 _MULTI = pack("MULTI")
 _EXEC = pack("EXEC")
 _EXPIRE = b"*3\r\n$6\r\nEXPIRE\r\n"
@@ -80,8 +82,8 @@ _RPUSH = b"*3\r\n$5\r\nRPUSH\r\n"
 
 
 def _read_create_replies(w: Wire, count: int) -> None:
-    """Read ``count`` replies of create blocks (+OK, +QUEUED …, the EXEC array); the first
-    refusal raises once every reply is read, so the connection stays in step."""
+    """Read ``count`` replies of create blocks (+OK, +QUEUED …, the EXEC array), all of them
+    (the connection stays in step), then raise for the first refusal among them."""
     for reply in w.read_many(count):
         if type(reply) is not bytes:
             _check_exec(reply)
@@ -342,6 +344,9 @@ class Store:
         for field, value in result:
             tail.append(field)
             tail.append(value)
+        tail += (_COMPLETED_QUEUE, stage.queue_json)
+        if not next_waiting:
+            tail += _DONE_TRUE
         reply = w.run(prepared, tail)
         lease = Lease.from_reply(reply[1]) if len(reply) > 1 else None
         return int(reply[0]), lease
@@ -498,10 +503,10 @@ class Store:
         with self.wire() as w:
             return bool(w.evalsha(script("unpark"), (stage.parked, stage.waiting), (job_id,)) == 1)
 
-    def parked_before(self, stage: StageKeys, before_ms: int, limit: int = 1000) -> list[str]:
-        """Parents parked since before ``before_ms`` (server time, ms)."""
+    def parked_for(self, stage: StageKeys, age_ms: int, limit: int = 1000) -> list[str]:
+        """Parents parked for at least ``age_ms`` by the server's clock."""
         with self.wire() as w:
-            ids = w.call("ZRANGEBYSCORE", stage.parked, "-inf", before_ms, "LIMIT", 0, limit)
+            ids = w.evalsha(script("parked"), (stage.parked,), (age_ms, limit))
         return [i.decode() for i in ids]
 
     # -- retries, failed jobs, monitoring ------------------------------------------------
@@ -546,10 +551,10 @@ class Store:
                 return True
             return bool(w.evalsha(script("renew"), (key,), (holder, ttl_ms)) == 1)
 
-    def release_if_holder(self, key: str, holder: str) -> None:
+    def release_if_holder(self, key: str, holder: str) -> bool:
+        """Delete ``key`` if ``holder`` holds it, atomically."""
         with self.wire() as w:
-            if w.call("GET", key) == holder.encode():
-                w.call("DEL", key)
+            return bool(w.evalsha(script("release"), (key,), (holder,)) == 1)
 
     def revive(self, stage: StageKeys, job_ids: Sequence[str]) -> list[str]:
         """Failed jobs back onto their stage's waiting list with a fresh attempt count."""

@@ -83,6 +83,7 @@ def worker_main(
 
     pid = os.getpid()
     payload = cloudpickle.loads(blob)
+    payload.worker = worker
     install_child_logging(
         conn, log_level, flow=payload.flow, queue=payload.stage.name, worker=worker, pid=pid
     )

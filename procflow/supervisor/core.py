@@ -16,6 +16,7 @@ import ctypes
 import multiprocessing
 import os
 import queue
+import re
 import signal
 import socket
 import sys
@@ -100,8 +101,10 @@ def _default_start_method() -> str:
 
 
 def _node_id(value: str | None) -> str:
+    """The node's name in lock values: letters, digits, ``.``, ``_`` and ``-`` (anything else
+    becomes ``_``), at most 60 characters."""
     node = value or os.environ.get("PROCFLOW_NODE_ID") or socket.gethostname() or "node"
-    return node.replace("|", "_")[:60]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", node)[:60] or "node"
 
 
 class Supervisor:
@@ -576,7 +579,13 @@ class Supervisor:
 
     def _orphan(self, stage: Any, job: str) -> None:
         """A job our dead worker moved with BLMOVE but may not have claimed."""
-        record = codec.encode({"error": "worker died before claiming the job", "kind": "crash"})
+        record = codec.encode(
+            {
+                "error": "worker died before claiming the job",
+                "kind": "crash",
+                "at": int(time.time() * 1000),
+            }
+        )
         outcome = self.flow.store.fail(
             stage.keys,
             job,
@@ -584,7 +593,7 @@ class Supervisor:
             record,
             codec.encode("worker died"),
             stage.spec.max_attempts,
-            [],
+            stage.retry_delays_ms(),
             mode="orphan",
         )
         if outcome.outcome is not None:
@@ -937,17 +946,19 @@ class Supervisor:
                 self.stop_now()
 
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        status = 0
         try:
             self.start()
             while not stop.wait(1.0):
                 if self._thread is None or not self._thread.is_alive():
                     self.log.error("the supervisor's manager thread is gone; stopping")
+                    status = 1
                     break
             self.stop()
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
-        return 0
+        return status
 
 
 def _tree_rss(proc: psutil.Process) -> int:

@@ -30,7 +30,7 @@ _RECHECK = 2.0
 def _still_pending(flow: Flow[Any, Any, Any], pending: set[str]) -> set[str]:
     ids = list(pending)
     replies = flow.store.hash_field_many([flow.job_key(i) for i in ids], [keys.DONE])
-    return {i for i, reply in zip(ids, replies, strict=True) if reply[0] != b"true"}
+    return {i for i, reply in zip(ids, replies, strict=True) if not keys.is_true(reply[0])}
 
 
 def wait_for_jobs(

@@ -304,3 +304,31 @@ def test_failed_jobs_cli_lists_and_retries(redis_url: str, r: redis.Redis) -> No
     retried = subprocess.run([*run, "--retry"], env=env, capture_output=True, text=True, check=True)
     assert "put 1 job(s) back" in retried.stdout
     assert r.lrange("queue:work:waiting", 0, -1) == [job_id.encode()]
+
+
+def test_a_parent_is_resumed_when_its_children_were_finished_elsewhere(
+    redis_url: str, r: redis.Redis
+) -> None:
+    flow = Flow(
+        "safety",
+        [QueueSpec("p", children=[QueueSpec("c")], next_queue="after"), QueueSpec("after")],
+        redis_url=redis_url,
+    )
+    flow.create_parent_workers("p")
+    flow.create_workers("after", lambda j: {"after": True})
+    params = [{"childName": "c", "v": 1}]
+    monitor = FlowMonitor(flow, "node-x", interval=0.1, parked_check=0.3)
+    with Supervisor(flow, monitor=False) as sup:
+        job_id = flow.create_job({"children:p:params": params})
+        wait_until(lambda: r.zscore("queue:p:parked", job_id), what="the parent parked")
+        (child_key,) = flow.get_job(job_id)["children:p:jobs"]
+        # another library finishes the child without telling the parent (the TypeScript
+        # monitor writes done as the JSON string "true")
+        r.hset(child_key, "done", '"true"')
+        r.lrem("queue:p:c:waiting", 0, child_key.rsplit(":", 1)[1])
+        monitor.start()
+        try:
+            job = sup.wait([job_id], timeout=10)[0]
+        finally:
+            monitor.stop()
+    assert job["after"] is True and job["children:p:failed"] == []

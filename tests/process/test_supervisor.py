@@ -113,11 +113,13 @@ def test_failing_worker_functions_fail_the_job_and_the_worker_lives_on(redis_url
             return {"nextQueue": "nowhere"}
         if kind == "exit":
             sys.exit(3)
+        if kind == "reserved":
+            return {"failed": True}
         return {"pid": os.getpid()}
 
     flow = Flow("errs", [QueueSpec("w", attributes_to_get=["kind"])], redis_url=redis_url)
     flow.create_workers("w", work, count=1)
-    kinds = ["raise", "list", "none", "set", "route", "exit", "ok"]
+    kinds = ["raise", "list", "none", "set", "route", "exit", "reserved", "ok"]
     with flow.start_all() as sup:
         pid = sup.worker_pids()[0]
         ids = flow.create_jobs([{"kind": k} for k in kinds])
@@ -130,6 +132,7 @@ def test_failing_worker_functions_fail_the_job_and_the_worker_lives_on(redis_url
         "set": "result field 's': a set is not JSON-encodable",
         "route": "result nextQueue 'nowhere' is not a queue of flow 'errs'",
         "exit": "SystemExit: 3",
+        "reserved": "result field 'failed' is procflow's bookkeeping",
     }
     for kind, message in expected.items():
         job = jobs[kind]
@@ -137,6 +140,8 @@ def test_failing_worker_functions_fail_the_job_and_the_worker_lives_on(redis_url
         assert job["failedQueue"] == "w"
         assert message in job["failedErrorMsg"], job["failedErrorMsg"]
         assert job["errors:w"][0]["kind"] in ("exception", "result")
+    assert jobs["raise"]["errors:w"][0]["worker"] == "w#0"
+    assert jobs["raise"]["errors:w"][0]["pid"] == pid
     assert "traceback" in jobs["raise"]["errors:w"][0]
     assert "ValueError" in jobs["raise"]["errors:w"][0]["traceback"]
     assert jobs["ok"]["pid"] == pid and "failed" not in jobs["ok"]

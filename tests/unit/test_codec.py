@@ -9,7 +9,15 @@ import math
 import pytest
 
 from procflow import EncodeError
-from procflow.codec import decode_field, encode, encode_fields, js_number, js_string, lookup_texts
+from procflow.codec import (
+    decode_field,
+    encode,
+    encode_fields,
+    js_number,
+    js_string,
+    lookup_text,
+    lookup_texts,
+)
 from procflow.errors import DecodeError
 
 # [value, JSON.stringify(value)] from Node 20
@@ -63,12 +71,33 @@ def test_floats_are_written_as_javascript_writes_them(value: float, expected: st
         ({"nested": {"deep": [1.0, 2.5, 1e-7]}}, '{"nested":{"deep":[1,2.5,1e-7]}}'),
         (62, "62"),
         (-7, "-7"),
-        (2**60, "1152921504606846976"),
+        (2**53, "9007199254740992"),
+        (-(2**53), "-9007199254740992"),
         ((1, 2), "[1,2]"),
     ],
 )
 def test_values_match_json_stringify(value: object, expected: str) -> None:
     assert encode(value) == expected
+
+
+@pytest.mark.parametrize("value", [2**53 + 1, 2**60, 10**21, -(10**30), 10**400, [1, 2**63]])
+def test_integers_javascript_would_change_are_refused(value: object) -> None:
+    # JavaScript reads 2**60 as 1152921504606847000 and writes 10**21 as 1e+21 (Node 20)
+    with pytest.raises(EncodeError, match="cannot be stored as JavaScript stores numbers"):
+        encode_fields({"n": value})
+
+
+def test_integer_like_object_keys_come_first_as_in_javascript() -> None:
+    # JSON.stringify({b: 1, 10: 2, 2: 3}) in Node 20
+    assert encode({"b": 1, "10": 2, "2": 3}) == '{"2":3,"10":2,"b":1}'
+    assert encode({"b": 1, "02": 2, "-1": 3, "4294967295": 4}) == (
+        '{"b":1,"02":2,"-1":3,"4294967295":4}'
+    )  # not array indexes: insertion order
+    assert encode({"x": {"1": "a", "0": "b"}}) == '{"x":{"0":"b","1":"a"}}'
+
+
+def test_lookup_text_of_a_lone_surrogate_is_what_node_redis_sends() -> None:
+    assert lookup_text("\ud800x") == "\ufffdx"
 
 
 def test_lone_surrogates_are_escaped_like_javascript() -> None:

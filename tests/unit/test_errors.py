@@ -21,3 +21,34 @@ def test_tree() -> None:
     assert "127.0.0.1:1" in str(err) and isinstance(err, ConnectionError)
     assert isinstance(errors.EncodeError("x", "y"), TypeError)
     assert "2 job(s)" in str(errors.WaitTimeoutError(["a", "b"], 1.0))
+
+
+def test_node_ids_are_safe_in_lock_values() -> None:
+    from procflow.supervisor.core import _node_id
+
+    assert _node_id("web-1.example") == "web-1.example"
+    assert _node_id('bad"node|\\名前') == "bad_node____"
+    assert len(_node_id("x" * 200)) == 60
+
+
+def test_done_as_the_typescript_monitor_writes_it() -> None:
+    from procflow.parent import children_state
+    from procflow.store.keys import is_reserved, is_true
+
+    assert is_true(b"true") and is_true(b'"true"') and not is_true(b"false")
+    assert not is_true(None)
+    replies = [1, [b'"true"', b'"true"'], 1, [b"true", None], 0, [None, None]]
+    assert children_state(["a", "b", "c"], replies) == (True, ["a", "c"])
+    for field in (
+        "failed",
+        "completed-queue",
+        "attempts:q",
+        "errors:q",
+        "lease:q",
+        "children:q:jobs",
+        "children:q:pending",
+        "parentJob",
+    ):
+        assert is_reserved(field), field
+    for field in ("done", "children:q:params", "result", "failedCount"):
+        assert not is_reserved(field), field

@@ -3,10 +3,11 @@
 --   or '' when the job leaves the flow  KEYS[4] parent stage's waiting list  KEYS[5] parked set
 -- ARGV[1] job prefix  ARGV[2] lock prefix  ARGV[3] lock ms  ARGV[4] attempts field
 -- ARGV[5] lease field  ARGV[6] F  ARGV[7 .. 6+F] fields to read for the next job
--- then, from b = 7+F: ARGV[b] JSON of this queue's name (completed-queue)  ARGV[b+1] done
--- channel  ARGV[b+2] children pending field of the parent stage ('' unless a child queue)
--- ARGV[b+3] id  ARGV[b+4] token  ARGV[b+5] next token ('' = do not lease another)
--- ARGV[b+6 ..] result field/value pairs
+-- then, from b = 7+F: ARGV[b] (unused)  ARGV[b+1] done channel  ARGV[b+2] children pending
+-- field of the parent stage ('' unless a child queue)  ARGV[b+3] id  ARGV[b+4] token
+-- ARGV[b+5] next token ('' = do not lease another)  ARGV[b+6 ..] field/value pairs to write:
+-- the result's, then completed-queue (and done = true when the job leaves the flow) last, so
+-- that procflow's own fields win
 -- Returns {status} or {status, lease reply}; status 1 done, 0 the lease was lost (nothing
 -- changed), -1 the job hash is gone.
 local f = tonumber(ARGV[6])
@@ -22,18 +23,14 @@ elseif redis.call('EXISTS', job) == 0 then
   redis.call('DEL', lock)
   status = -1
 else
-  local finished = KEYS[3] == ''
-  if finished then
-    redis.call('HSET', job, 'completed-queue', ARGV[b], 'done', 'true', unpack(ARGV, b + 6))
-  else
-    redis.call('HSET', job, 'completed-queue', ARGV[b], unpack(ARGV, b + 6))
-  end
+  redis.call('HSET', job, unpack(ARGV, b + 6))
   redis.call('LREM', KEYS[1], -1, id)
   redis.call('DEL', lock)
-  if finished then
+  if KEYS[3] == '' then
     pf_notify_parent(job, KEYS[4], KEYS[5], ARGV[b + 2])
     redis.call('PUBLISH', ARGV[b + 1], id)
   else
+    redis.call('HDEL', job, ARGV[5])  -- no lease holds it in this stage any more
     redis.call('RPUSH', KEYS[3], id)
   end
   status = 1
