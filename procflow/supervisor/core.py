@@ -437,20 +437,14 @@ class Supervisor:
             return
         pid = child.pid or 0
         with self._cond:
-            if kind == "connected":
-                child.phase = "connected"
-                child.client_id = message[2]
-                self.lifecycle.append(LifecycleEvent(child.name, "connected", message[1], pid))
-            elif kind == "started":
-                child.phase = "started"
-                self.lifecycle.append(LifecycleEvent(child.name, "started", message[1], pid))
-            elif kind == "stopped":
-                child.phase = "stopped"
-                child.end_reason = message[2]
-                self.lifecycle.append(LifecycleEvent(child.name, "stopped", message[1], pid))
-            elif kind == "disconnected":
-                child.phase = "disconnected"
-                self.lifecycle.append(LifecycleEvent(child.name, "disconnected", message[1], pid))
+            if kind in ("connected", "started", "stopped", "disconnected"):
+                # (kind, time on the shared monotonic clock, extra)
+                child.phase = kind
+                self.lifecycle.append(LifecycleEvent(child.name, kind, message[1], pid))
+                if kind == "connected":
+                    child.client_id = message[2]
+                elif kind == "stopped":
+                    child.end_reason = message[2]
             elif kind == "connect_failed":
                 child.error = message[1]
                 child.phase = "failed"

@@ -21,23 +21,10 @@ from typing import Any
 import redis
 
 from procflow import Backoff, Flow, QueueSpec
+from tests.helpers import lazy_client
 
 RETRY = Backoff(base=0.05, factor=2.0, max=0.5)
 STAGES = ("prepare", "fanout", "fanout:alpha", "fanout:beta", "finish")
-
-
-def lazy_client(url: str) -> Callable[[], redis.Redis]:
-    """A Redis client made on first use in each process (a client must not cross fork, and
-    cannot be pickled)."""
-    cache: dict[int, redis.Redis] = {}
-
-    def get() -> redis.Redis:
-        client = cache.get(os.getpid())
-        if client is None:
-            client = cache[os.getpid()] = redis.Redis.from_url(url)
-        return client
-
-    return get
 
 
 def _counter(url: str) -> Callable[[str, str], None]:

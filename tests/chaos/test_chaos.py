@@ -22,8 +22,9 @@ import redis
 
 from procflow import Backoff, Flow, QueueSpec, Supervisor
 from procflow.server import RedisServer
-from tests.chaos.harness import Audit, Killer, audit, chaos_flow, lazy_client, timed
+from tests.chaos.harness import Audit, Killer, audit, chaos_flow, timed
 from tests.conftest import CHAOS_REPORT, SERVER_KINDS, server_binary, wait_until
+from tests.helpers import lazy_client
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("no_leaks")]
 ROOT = Path(__file__).resolve().parents[2]

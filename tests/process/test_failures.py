@@ -17,25 +17,13 @@ from procflow import Backoff, Flow, QueueSpec, Supervisor
 from procflow.monitor import FlowMonitor
 from procflow.server import RedisServer
 from tests.conftest import wait_until
+from tests.helpers import lazy_client
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
-def client_for(url: str) -> Any:
-    """A lazily created per-process Redis client for worker functions."""
-    cache: dict[str, redis.Redis] = {}
-
-    def get() -> redis.Redis:
-        if "c" not in cache or cache.get("pid") != os.getpid():  # type: ignore[comparison-overlap]
-            cache["c"] = redis.Redis.from_url(url)
-            cache["pid"] = os.getpid()  # type: ignore[assignment]
-        return cache["c"]
-
-    return get
-
-
 def test_a_sigkilled_workers_job_is_retried_within_a_second(redis_url: str, r: redis.Redis) -> None:
-    get = client_for(redis_url)
+    get = lazy_client(redis_url)
 
     def work(job: dict[str, Any]) -> dict[str, Any]:
         c = get()
@@ -104,7 +92,7 @@ def test_exit_code_is_recorded(redis_url: str) -> None:
 
 
 def test_a_long_job_keeps_its_short_lease(redis_url: str, r: redis.Redis) -> None:
-    get = client_for(redis_url)
+    get = lazy_client(redis_url)
 
     def long_job(job: dict[str, Any]) -> dict[str, Any]:
         get().incr("long:runs")
@@ -125,7 +113,7 @@ def test_a_long_job_keeps_its_short_lease(redis_url: str, r: redis.Redis) -> Non
 def test_a_hung_job_is_killed_at_its_timeout_with_its_children(
     redis_url: str, r: redis.Redis
 ) -> None:
-    get = client_for(redis_url)
+    get = lazy_client(redis_url)
 
     def hang(job: dict[str, Any]) -> dict[str, Any]:
         child = subprocess.Popen(["sleep", "300"])
@@ -182,7 +170,7 @@ def test_workers_are_recycled_after_max_jobs(redis_url: str) -> None:
 def test_failures_retry_with_backoff_through_the_delayed_set(
     redis_url: str, r: redis.Redis
 ) -> None:
-    get = client_for(redis_url)
+    get = lazy_client(redis_url)
 
     def flaky(job: dict[str, Any]) -> dict[str, Any]:
         if get().incr(f"tries:{job['id']}") < 3:
