@@ -54,7 +54,6 @@ class FlowMonitor:
         self.log = flow.logger.bind(worker="monitor")
         self.leader_key = keys.monitor_leader(flow.name)
         self.is_leader = False
-        self.recovered = 0
         self._lockless: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -155,7 +154,6 @@ class FlowMonitor:
             mode="orphan",
         )
         if outcome.outcome is not None:
-            self.recovered += 1
             log_outcome(self.log.bind(queue=stage.name, job=job), job, message, outcome)
 
     def _check_parked(self, stages: list[Stage]) -> None:

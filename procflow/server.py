@@ -73,7 +73,8 @@ def _free_port() -> int:
 class RedisServer:
     """One private server process. ``appendonly`` turns AOF persistence on (with
     ``appendfsync``); ``unix_socket`` listens on a socket file in its directory instead of a
-    port; ``password`` sets ``requirepass``."""
+    port; ``password`` sets ``requirepass``; ``tls`` = (certificate file, key file) serves TLS
+    only (the certificate is also the CA clients check it against)."""
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class RedisServer:
         password: str | None = None,
         directory: str | None = None,
         extra_args: tuple[str, ...] = (),
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.binary = binary or find_server_binary()
         self.port = 0 if unix_socket else (port or _free_port())
@@ -94,6 +96,7 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.password = password
         self.extra_args = extra_args
+        self.tls = tls
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="procflow-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -109,6 +112,8 @@ class RedisServer:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         if self.unix_socket:
             return f"unix://{auth}{self.socket_path}"
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={quote(self.tls[0])}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
@@ -153,6 +158,21 @@ class RedisServer:
             args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls:
+            cert, key = self.tls
+            args[1:3] = ["--port", "0"]
+            args += [
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                cert,
+                "--tls-auth-clients",
+                "no",
+            ]
         return args + list(self.extra_args)
 
     def start(self, timeout: float = 15.0) -> RedisServer:

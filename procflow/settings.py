@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -185,10 +185,6 @@ class RedisSettings:
         if self.ssl:
             return redis.SSLConnection
         return redis.Connection
-
-    def with_options(self, **changes: Any) -> RedisSettings:
-        """A copy with some fields changed."""
-        return replace(self, **changes)
 
 
 def _redact(url: str) -> str:

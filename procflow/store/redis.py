@@ -139,14 +139,6 @@ class Store:
         with self.wire() as w:
             w.call("PING")
 
-    def server_info(self) -> dict[str, str]:
-        """``INFO server`` as a dict (name and version of the server)."""
-        with self.wire() as w:
-            text = w.call("INFO", "server").decode()
-        return dict(
-            line.split(":", 1) for line in text.splitlines() if ":" in line and line[0] != "#"
-        )
-
     # -- jobs: create, read, delete ------------------------------------------------------
 
     @staticmethod

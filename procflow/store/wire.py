@@ -129,10 +129,6 @@ class Wire:
         self._reader = None
         self._conn.disconnect()
 
-    @property
-    def connected(self) -> bool:
-        return self._sock is not None
-
     def connect(self) -> None:
         """Connect now (calls connect lazily otherwise)."""
         if self._sock is not None:

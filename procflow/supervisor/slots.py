@@ -93,17 +93,6 @@ class SlotWriter:
     def __init__(self, raw: Any) -> None:
         self.raw = raw
 
-    def reset(self) -> None:
-        raw = self.raw
-        raw.seq += 1
-        raw.state = IDLE
-        raw.started = 0.0
-        raw.jobs = 0
-        raw.token = b""
-        raw.next_token = b""
-        raw.job = b""
-        raw.seq += 1
-
     def waiting(self) -> None:
         raw = self.raw
         raw.seq += 1
