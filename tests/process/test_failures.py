@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 import pytest
 import redis
+from loguru import logger
 
 from procflow import Backoff, Flow, QueueSpec, Supervisor
 from procflow.monitor import FlowMonitor
@@ -71,9 +72,17 @@ def test_a_job_that_segfaults_every_time_is_quarantined(redis_url: str, r: redis
         redis_url=redis_url,
     )
     flow.create_workers("w", crash, count=1)
-    with flow.start_all() as sup:
-        job_id = flow.create_job({"a": 1})
-        job = sup.wait([job_id], timeout=30)[0]
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="WARNING")
+    logger.enable("procflow")
+    try:
+        with flow.start_all() as sup:
+            job_id = flow.create_job({"a": 1})
+            job = sup.wait([job_id], timeout=30)[0]
+    finally:
+        logger.remove(sink)
+        logger.disable("procflow")
+    assert any("crashed 2 times in a row; restarting it in 0.25 s" in line for line in lines)
     assert job["failed"] is True and job["failedQueue"] == "w"
     assert "SIGSEGV" in job["failedErrorMsg"]
     assert [e["signal"] for e in job["errors:w"]] == ["SIGSEGV"] * 3
@@ -165,6 +174,34 @@ def test_workers_are_recycled_after_max_jobs(redis_url: str) -> None:
     assert len(set(pids)) == 3
     assert all(pids.count(p) == 3 for p in set(pids))
     assert all(j["done"] and "failed" not in j for j in jobs)
+
+
+def test_workers_are_recycled_after_max_age(redis_url: str) -> None:
+    flow = Flow("aged", [QueueSpec("w")], redis_url=redis_url)
+    flow.create_workers("w", lambda j: time.sleep(0.1) or {"pid": os.getpid()}, max_age=0.35)
+    with flow.start_all() as sup:
+        jobs = sup.wait(flow.create_jobs([{"n": n} for n in range(12)]), timeout=30)
+    pids = [j["pid"] for j in jobs]
+    assert len(set(pids)) >= 3  # ~1.2 s of work, a new process every ~0.4 s
+    assert all(j["done"] and "failed" not in j for j in jobs)
+
+
+def test_the_monitor_waits_a_grace_period_before_recovering(redis_url: str, r: redis.Redis) -> None:
+    flow = Flow("grace", [QueueSpec("w")], redis_url=redis_url)
+    job_id = flow.create_job({"a": 1})
+    with flow.store.wire() as w:  # BLMOVE done, the claim not yet: no lock
+        assert flow.store.wait_for_job(w, flow.stage("w").keys, 1) == job_id
+    monitor = FlowMonitor(flow, "node-m", interval=0.05, grace=0.5)
+    monitor.tick()
+    assert r.lrange("queue:w:processing", 0, -1) == [job_id.encode()]  # not taken for an orphan
+    wait_until(
+        lambda: monitor.tick() is not None and r.llen("queue:w:waiting") == 1,
+        timeout=5,
+        interval=0.05,
+        what="recovery after the grace period",
+    )
+    job = flow.get_job(job_id)
+    assert job is not None and "errors:w" not in job  # never claimed: put back, uncounted
 
 
 def test_failures_retry_with_backoff_through_the_delayed_set(
