@@ -144,9 +144,8 @@ def pf_flow(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]], fields: l
     return flow
 
 
-PF_APP = """
+APP_PRELUDE = """
 import os, time, redis
-from procflow import Flow, QueueSpec
 URL = os.environ["BENCH_URL"]
 _c = {}
 def client():
@@ -154,6 +153,12 @@ def client():
     if c is None:
         c = _c[os.getpid()] = redis.Redis.from_url(URL)
     return c
+"""
+
+PF_APP = (
+    APP_PRELUDE
+    + """
+from procflow import Flow, QueueSpec
 def incr(job):
     c = client()
     if c.incr("bench:count") == 1:
@@ -164,6 +169,7 @@ def flow():
     f.create_workers("work", incr, count=2)
     return f
 """
+)
 
 
 def pf_w1(n: int, directory: str) -> tuple[float, float]:
@@ -260,17 +266,11 @@ def pool_w2(rounds: int) -> float:
 
 # -- huey ----------------------------------------------------------------------------------
 
-HUEY_APP = """
-import os, time, redis
+HUEY_APP = (
+    APP_PRELUDE
+    + """
 from huey import RedisHuey
-URL = os.environ["BENCH_URL"]
 huey = RedisHuey("bench", url=URL)
-_c = {}
-def client():
-    c = _c.get(os.getpid())
-    if c is None:
-        c = _c[os.getpid()] = redis.Redis.from_url(URL)
-    return c
 @huey.task()
 def incr():
     c = client()
@@ -286,6 +286,7 @@ def burn(rounds):
 def latency(t):
     client().rpush("bench:latency", repr(time.time() - t))
 """
+)
 
 
 class Huey:

@@ -343,17 +343,22 @@ class Store:
         lease = Lease.from_reply(reply[1]) if len(reply) > 1 else None
         return int(reply[0]), lease
 
-    def fail_args(
+    def fail(
         self,
         stage: StageKeys,
         job_id: str,
         token: str,
-        mode: str,
         record_json: str,
         message_json: str,
         max_attempts: int,
         delays_ms: Sequence[int],
-    ) -> tuple[tuple[Arg, ...], tuple[Arg, ...]]:
+        *,
+        mode: str = "token",
+        w: Wire | None = None,
+    ) -> FailOutcome:
+        """One failed attempt: retry (now or delayed) or fail for good. ``job_id`` may be ''
+        to find the job by its lock token (mode 'token'); mode 'orphan' is the monitor's:
+        the job must be in processing with no lock."""
         keys_: tuple[Arg, ...] = (
             stage.processing,
             stage.waiting,
@@ -378,27 +383,6 @@ class Store:
             stage.done_channel,
             stage.parent_pending_field,
             *delays_ms,
-        )
-        return keys_, args
-
-    def fail(
-        self,
-        stage: StageKeys,
-        job_id: str,
-        token: str,
-        record_json: str,
-        message_json: str,
-        max_attempts: int,
-        delays_ms: Sequence[int],
-        *,
-        mode: str = "token",
-        w: Wire | None = None,
-    ) -> FailOutcome:
-        """One failed attempt: retry (now or delayed) or fail for good. ``job_id`` may be ''
-        to find the job by its lock token (mode 'token'); mode 'orphan' is the monitor's:
-        the job must be in processing with no lock."""
-        keys_, args = self.fail_args(
-            stage, job_id, token, mode, record_json, message_json, max_attempts, delays_ms
         )
         if w is not None:
             return FailOutcome.from_reply(w.evalsha(script("fail"), keys_, args))

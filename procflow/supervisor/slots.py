@@ -52,7 +52,6 @@ class SlotView:
     token: str
     next_token: str
     job: str
-    torn: bool = False  # the writer died mid-write: fields may mix two updates
 
     @property
     def state_name(self) -> str:
@@ -60,10 +59,11 @@ class SlotView:
 
 
 def read_slot(raw: Any) -> SlotView:
+    """A consistent copy: the sequence number is even and unchanged around the read. A writer
+    that died mid-write leaves it odd; its fields are then taken as they are (every recovery
+    step checks the lease token in Redis, so a mixed copy can only make one a no-op)."""
     for _ in range(1000):
         before = raw.seq
-        if before & 1:
-            continue
         view = SlotView(
             raw.state,
             raw.started,
@@ -72,17 +72,9 @@ def read_slot(raw: Any) -> SlotView:
             raw.next_token.decode(),
             raw.job.decode(),
         )
-        if raw.seq == before:
-            return view
-    return SlotView(
-        raw.state,
-        raw.started,
-        raw.jobs,
-        raw.token.decode(),
-        raw.next_token.decode(),
-        raw.job.decode(),
-        torn=True,
-    )
+        if not before & 1 and raw.seq == before:
+            break
+    return view
 
 
 class SlotWriter:

@@ -198,16 +198,18 @@ def test_one_worker_by_hand(redis_url: str, r: redis.Redis) -> None:
     assert handle.state == "connected" and other.state == "new"
     job_id = flow.create_job({"a": 1})
     assert r.llen("queue:w:waiting") == 1  # connected, not started: takes nothing
+    assert flow.supervisor is not None
+    assert flow.supervisor.slot(handle).state_name == "idle"
     handle.start()
-    wait_until(lambda: flow.get_job(job_id)["done"] if flow.get_job(job_id).get("done") else None)
+    wait_until(lambda: (flow.get_job(job_id) or {}).get("done"), what="the job done")
+    wait_until(lambda: flow.supervisor.slot(handle).state_name == "waiting", what="idle worker")
     pid = handle.pid
+    assert pid is not None
     handle.stop()
     assert handle.state == "stopped"
     handle.disconnect()
-    assert (handle.pid is None and not psutil.pid_exists(pid or 0)) or psutil.Process(
-        pid
-    ).status() == "zombie"
-    assert flow.supervisor is not None
+    assert handle.pid is None
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     flow.supervisor.stop()
 
 
