@@ -7,22 +7,29 @@ interoperates with it byte for byte. See docs/ for the guide.
 
 from loguru import logger as _logger
 
+from .definition import Backoff, QueueSpec
 from .errors import (
     ConfigurationError,
     DecodeError,
     EncodeError,
+    ParentError,
     ProcflowError,
+    RedisFullError,
+    RedisPermissionError,
+    RedisReadOnlyError,
+    RedisRefusedError,
     RedisUnavailableError,
     SupervisorStateError,
+    UnknownJobError,
     UnknownLookupAttributeError,
     UnknownQueueError,
     WaitTimeoutError,
     WorkerStartError,
 )
-from .flow import Backoff, Flow, QueueSpec
-from .settings import RedisSettings
+from .flow import Flow
+from .handles import WorkerGroup, WorkerHandle
+from .settings import RedisSettings, WorkerOptions
 from .supervisor import LifecycleEvent, Supervisor
-from .workers import WorkerGroup, WorkerHandle
 
 __version__ = "0.1.0"
 
@@ -33,17 +40,24 @@ __all__ = [
     "EncodeError",
     "Flow",
     "LifecycleEvent",
+    "ParentError",
     "ProcflowError",
     "QueueSpec",
+    "RedisFullError",
+    "RedisPermissionError",
+    "RedisReadOnlyError",
+    "RedisRefusedError",
     "RedisSettings",
     "RedisUnavailableError",
     "Supervisor",
     "SupervisorStateError",
+    "UnknownJobError",
     "UnknownLookupAttributeError",
     "UnknownQueueError",
     "WaitTimeoutError",
     "WorkerGroup",
     "WorkerHandle",
+    "WorkerOptions",
     "WorkerStartError",
     "__version__",
 ]

@@ -14,8 +14,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .app import load_app
+from .definition import QueueSpec
 from .errors import ProcflowError
+from .flow import Flow
+from .server import RedisServer, embedded_binary
 from .settings import REDIS_URL_ENV
+from .supervisor import Supervisor
 
 __all__ = ["main"]
 
@@ -55,10 +60,8 @@ def _prepare(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def demo_flow(redis_url: str) -> Any:
+def demo_flow(redis_url: str) -> Flow:
     """The demo pipeline: prepare → analyze (fan-out: primes, collatz) → report."""
-    from . import Flow, QueueSpec
-
     flow = Flow(
         "demo",
         [
@@ -94,9 +97,6 @@ def demo_flow(redis_url: str) -> Any:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .server import RedisServer, embedded_binary
-    from .supervisor import Supervisor
-
     server = None
     url = args.redis_url
     if not url:
@@ -139,9 +139,7 @@ def _demo(args: argparse.Namespace) -> int:
             server.stop()
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from .supervisor.__main__ import load_app
-
+def _load(args: argparse.Namespace) -> Flow:
     flow = load_app(args.app)
     if args.redis_url:
         flow.use_redis(args.redis_url)

@@ -8,9 +8,16 @@
     │   └── UnknownLookupAttributeError
     ├── EncodeError                 a value JavaScript's JSON.stringify cannot write (a TypeError)
     ├── DecodeError                 a stored field that is not JSON (keeps key, field, raw bytes)
+    ├── ParentError                 a parent job's child parameters cannot become child jobs
+    ├── UnknownJobError             ids that are no job of the flow (keeps the ids)
     ├── RedisUnavailableError       the server cannot be reached (names the address)
+    ├── RedisRefusedError           the server answered with an error (keeps its code)
+    │   ├── RedisPermissionError    NOPERM, NOAUTH, WRONGPASS: the user lacks a right
+    │   ├── RedisFullError          OOM: maxmemory reached with a no-eviction policy
+    │   └── RedisReadOnlyError      READONLY, MISCONF: the server takes no writes now
     ├── WorkerStartError            a worker process failed to connect or start
     ├── SupervisorStateError        an operation in the wrong lifecycle state
+    ├── ServerStartError            a private or embedded server did not start
     └── WaitTimeoutError            Supervisor.wait ran out of time (keeps the ids still pending)
 
 A message says what was wrong and, where it can, what to do about it.
@@ -25,14 +32,22 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "EncodeError",
+    "ParentError",
     "ProcflowError",
+    "RedisFullError",
+    "RedisPermissionError",
+    "RedisReadOnlyError",
+    "RedisRefusedError",
     "RedisUnavailableError",
+    "ServerStartError",
     "SupervisorStateError",
+    "UnknownJobError",
     "UnknownLookupAttributeError",
     "UnknownQueueError",
     "WaitTimeoutError",
     "WorkerStartError",
     "describe_exit",
+    "refusal",
 ]
 
 
@@ -93,6 +108,22 @@ class DecodeError(ProcflowError, ValueError):
         )
 
 
+class ParentError(ProcflowError, ValueError):
+    """The parent job's child parameters cannot be turned into child jobs."""
+
+
+class UnknownJobError(ProcflowError, KeyError):
+    """Job ids that are no job of the flow (never created, expired or deleted)."""
+
+    def __init__(self, flow: str, ids: Sequence[str]) -> None:
+        self.ids = tuple(ids)
+        shown = ", ".join(self.ids[:5]) + (" …" if len(self.ids) > 5 else "")
+        super().__init__(f"no such job(s) in flow {flow!r}: {shown}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class RedisUnavailableError(ProcflowError, ConnectionError):
     """The Redis server cannot be reached, or the connection broke."""
 
@@ -101,12 +132,80 @@ class RedisUnavailableError(ProcflowError, ConnectionError):
         super().__init__(f"Redis at {address} is unavailable: {cause}")
 
 
+class RedisRefusedError(ProcflowError):
+    """The server answered a command with an error reply. ``code`` is its first word
+    (``NOPERM``, ``OOM``, ``ERR`` …), ``reply`` the whole text."""
+
+    def __init__(self, address: str, reply: str, hint: str = "") -> None:
+        self.address = address
+        self.reply = reply
+        first = reply.split(" ", 1)[0]
+        self.code = first if first in REFUSAL_CODES else "ERR"
+        text = f"Redis at {address} refused a command: {reply}"
+        super().__init__(f"{text}; {hint}" if hint else text)
+
+
+class RedisPermissionError(RedisRefusedError):
+    """The connection's user may not run a command or touch a key procflow needs."""
+
+
+class RedisFullError(RedisRefusedError):
+    """The server is at ``maxmemory`` and evicts nothing (``OOM command not allowed``)."""
+
+
+class RedisReadOnlyError(RedisRefusedError):
+    """The server takes no writes now: a replica (``READONLY``) or failing to persist
+    (``MISCONF``)."""
+
+
+#: the error codes Redis and Valkey put first in an error reply (redis-py drops ``ERR``)
+REFUSAL_CODES = frozenset(
+    "ERR WRONGTYPE NOPERM NOAUTH WRONGPASS OOM BUSY LOADING READONLY MISCONF NOSCRIPT "
+    "EXECABORT MOVED ASK TRYAGAIN CLUSTERDOWN CROSSSLOT MASTERDOWN NOREPLICAS UNBLOCKED "
+    "NOGROUP BUSYGROUP NOTBUSY UNKILLABLE NOPROTO".split()
+)
+
+_REFUSALS: dict[str, tuple[type[RedisRefusedError], str]] = {
+    "NOPERM": (
+        RedisPermissionError,
+        "the Redis user lacks a permission procflow needs (docs/configuration.md lists them)",
+    ),
+    "NOAUTH": (RedisPermissionError, "the server needs a password: put it in the Redis URL"),
+    "WRONGPASS": (RedisPermissionError, "check the user name and password in the Redis URL"),
+    "OOM": (
+        RedisFullError,
+        "the server reached maxmemory: free memory, raise maxmemory or remove old jobs",
+    ),
+    "READONLY": (RedisReadOnlyError, "this server is a replica: point procflow at the master"),
+    "MISCONF": (
+        RedisReadOnlyError,
+        "the server cannot save to disk and refuses writes: check its disk and logs",
+    ),
+}
+
+
+def refusal(address: str, reply: str) -> RedisRefusedError:
+    """The procflow error for an error reply, with what to do about it."""
+    code = reply.split(" ", 1)[0]
+    kind, hint = _REFUSALS.get(code, (RedisRefusedError, ""))
+    if "DB index is out of range" in reply:
+        hint = "the URL's database number is higher than the server's 'databases' setting"
+    elif "unknown command" in reply:
+        hint = "procflow needs Redis 6.2 or later (or Valkey)"
+    return kind(address, reply, hint)
+
+
 class WorkerStartError(ProcflowError, RuntimeError):
     """A worker process could not connect or start; nothing was left running."""
 
 
 class SupervisorStateError(ProcflowError, RuntimeError):
     """A supervisor or worker operation called in a lifecycle state where it cannot run."""
+
+
+class ServerStartError(ProcflowError, RuntimeError):
+    """A private or embedded Redis-compatible server did not start (its log's end is in the
+    message)."""
 
 
 class WaitTimeoutError(ProcflowError, TimeoutError):

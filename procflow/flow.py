@@ -1,16 +1,19 @@
-"""Flow and QueueSpec: a pipeline's definition, job creation and look-up, worker factories."""
+"""Flow: a pipeline over one Redis — job creation and look-up, worker factories, start/stop.
+
+The definition (queues, stages, key names) is ``definition.py``; every Redis command is the
+store's; the processes are the supervisor's. This is the client a user holds.
+"""
 
 from __future__ import annotations
 
-import random
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, overload
 
-from typing_extensions import TypeVar
+from loguru import logger as default_logger
+from typing_extensions import TypeVar, Unpack
 
 from . import codec
+from .definition import Backoff, FlowDefinition, QueueSpec, Stage
 from .errors import (
     ConfigurationError,
     EncodeError,
@@ -18,130 +21,24 @@ from .errors import (
     UnknownLookupAttributeError,
     UnknownQueueError,
 )
+from .handles import PARENT, WORKER, WorkerGroup, WorkerHandle
 from .ids import uuid7, uuid7_batch
-from .settings import (
-    DEFAULT_BLOCK_TIMEOUT,
-    DEFAULT_KEY_TTL,
-    DEFAULT_LOCK_TIME,
-    RedisSettings,
-    parse_size,
-)
+from .settings import DEFAULT_KEY_TTL, RedisSettings, WorkerKwargs, WorkerOptions
 from .store import keys
-from .store.keys import StageKeys
-from .store.redis import NewJob, Store
-from .workers import WorkerGroup, WorkerHandle
+from .store.records import NewJob
+from .store.redis import Store
+from .supervisor import Supervisor
 
 if TYPE_CHECKING:
     from loguru import Logger
-
-    from .supervisor import Supervisor
 
 __all__ = ["Backoff", "Flow", "QueueSpec", "Stage"]
 
 JobT = TypeVar("JobT", bound=Mapping[str, Any], default=dict[str, Any])
 OptionsT = TypeVar("OptionsT", bound=Mapping[str, Any], default=dict[str, Any])
 LookupT = TypeVar("LookupT", bound=str, default=str)
-ParamsT = TypeVar("ParamsT", bound=Mapping[str, Any], default=dict[str, Any])
-ResultT = TypeVar("ResultT", bound=Mapping[str, Any], default=dict[str, Any])
 P = TypeVar("P", bound=Mapping[str, Any])
 R = TypeVar("R", bound=Mapping[str, Any])
-
-_CHILDREN_JOBS = re.compile(r"^children:.*:jobs$")
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Delay before retry n: ``min(max, base * factor ** (n - 1))``, then drawn uniformly from
-    ``[delay * (1 - jitter), delay]`` so that retries of many jobs do not arrive together."""
-
-    base: float = 1.0
-    factor: float = 2.0
-    max: float = 300.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.base < 0 or self.max < 0 or self.factor < 1 or not 0 <= self.jitter <= 1:
-            raise ConfigurationError(
-                f"Backoff needs base >= 0, max >= 0, factor >= 1 and 0 <= jitter <= 1, got {self}"
-            )
-
-    def delays_ms(self, max_attempts: int) -> list[int]:
-        """One drawn delay (ms) for each retry that ``max_attempts`` allows."""
-        out = []
-        for n in range(1, max_attempts):
-            delay = min(self.max, self.base * self.factor ** (n - 1))
-            delay *= 1 - self.jitter * random.random()
-            out.append(round(delay * 1000))
-        return out
-
-
-@dataclass(frozen=True)
-class QueueSpec(Generic[ParamsT, ResultT]):
-    """One stage of a flow.
-
-    ``name``: the queue's name. ``next_queue``: the stage a completed job goes to (a result's
-    ``nextQueue`` overrides it; with neither, the job is done). ``attributes_to_get``: the job
-    fields handed to the worker function. ``children``: child queues for fan-out (their
-    ``name`` is the child name; the queue is ``PARENT:CHILD``). ``max_attempts`` and
-    ``retry_backoff``: the retry policy for every kind of failure. ``timeout``: seconds after
-    which the supervisor kills the worker running a job. ``memory_limit``: bytes (or text like
-    ``'512MiB'``) the worker's process tree may use while it runs a job.
-
-    Type it as ``QueueSpec[Params, Result](...)`` to have a type checker match its worker
-    functions."""
-
-    name: str
-    next_queue: str | None = None
-    attributes_to_get: Sequence[str] = ()
-    children: Sequence[QueueSpec[Any, Any]] = ()
-    max_attempts: int = 1
-    retry_backoff: Backoff = field(default_factory=Backoff)
-    timeout: float | None = None
-    memory_limit: int | str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ConfigurationError(f"a queue name must be a non-empty string, got {self.name!r}")
-        if isinstance(self.attributes_to_get, str):
-            raise ConfigurationError(
-                f"queue {self.name!r}: attributes_to_get must be a list of field names, "
-                "not a string"
-            )
-        for attr in self.attributes_to_get:
-            if not isinstance(attr, str) or not attr:
-                raise ConfigurationError(
-                    f"queue {self.name!r}: attribute {attr!r} must be a non-empty string"
-                )
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ConfigurationError(
-                f"queue {self.name!r}: max_attempts must be an int >= 1, got {self.max_attempts!r}"
-            )
-        if self.timeout is not None and not self.timeout > 0:
-            raise ConfigurationError(f"queue {self.name!r}: timeout must be > 0 seconds")
-        if self.memory_limit is not None:
-            parse_size(self.memory_limit, f"queue {self.name!r}: memory_limit")
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A queue of a flow, resolved: its spec, full name, key names and the fields a worker
-    reads at lease time."""
-
-    spec: QueueSpec[Any, Any]
-    name: str
-    keys: StageKeys
-    fields: tuple[str, ...]
-    parent: str | None = None
-    #: for a parent stage: child name -> full child queue name
-    children: Mapping[str, str] = field(default_factory=dict)
-    memory_limit: int | None = None
-
-    @property
-    def is_parent(self) -> bool:
-        return bool(self.children)
-
-    def retry_delays_ms(self) -> list[int]:
-        return self.spec.retry_backoff.delays_ms(self.spec.max_attempts)
 
 
 class Flow(Generic[JobT, OptionsT, LookupT]):
@@ -163,30 +60,11 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         logger: Logger | None = None,
         key_ttl: int = DEFAULT_KEY_TTL,
     ) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigurationError(f"a flow name must be a non-empty string, got {name!r}")
-        if isinstance(lookup_attributes, str):
-            raise ConfigurationError("lookup_attributes must be a list of names, not a string")
-        for attr in lookup_attributes:
-            if not isinstance(attr, str) or not attr:
-                raise ConfigurationError(f"lookup attribute {attr!r} must be a non-empty string")
-        if not isinstance(key_ttl, int) or isinstance(key_ttl, bool) or key_ttl <= 0:
-            raise ConfigurationError(
-                f"key_ttl must be a positive number of seconds, got {key_ttl!r}"
-            )
+        self.definition = FlowDefinition.build(name, queues, lookup_attributes, key_ttl)
         if redis is not None and redis_url is not None:
             raise ConfigurationError("give either redis_url or redis settings, not both")
-        self.name = name
-        self.queues: tuple[QueueSpec[Any, Any], ...] = tuple(queues)
-        self.lookup_attributes: tuple[LookupT, ...] = tuple(lookup_attributes)
-        self.key_ttl = key_ttl
         self.redis = redis if redis is not None else RedisSettings.from_env(redis_url)
-        if logger is None:
-            from loguru import logger as base_logger
-
-            logger = base_logger
-        self.logger: Logger = logger.bind(flow=name)
-        self.stages: dict[str, Stage] = _resolve_stages(name, self.queues)
+        self.logger: Logger = (logger or default_logger).bind(flow=name)
         self.groups: list[WorkerGroup] = []
         self._store: Store | None = None
         self.supervisor: Supervisor | None = None
@@ -195,6 +73,39 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         return (
             f"Flow({self.name!r}, queues={[q.name for q in self.queues]}, redis={self.redis.url!r})"
         )
+
+    # -- the definition ------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def queues(self) -> tuple[QueueSpec[Any, Any], ...]:
+        return self.definition.queues
+
+    @property
+    def lookup_attributes(self) -> tuple[LookupT, ...]:
+        return self.definition.lookup_attributes  # type: ignore[return-value]
+
+    @property
+    def key_ttl(self) -> int:
+        return self.definition.key_ttl
+
+    @property
+    def stages(self) -> Mapping[str, Stage]:
+        return self.definition.stages
+
+    def stage(self, queue: str) -> Stage:
+        """The stage called ``queue`` (a child queue is ``PARENT:CHILD``)."""
+        return self.definition.stage(queue)
+
+    @property
+    def first_stage(self) -> Stage:
+        return self.definition.first_stage
+
+    def job_key(self, job_id: str) -> str:
+        return keys.job(self.name, job_id)
 
     # -- connection ----------------------------------------------------------------------
 
@@ -221,23 +132,15 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         self.redis = redis if isinstance(redis, RedisSettings) else RedisSettings.from_url(redis)
         self._store = None
 
-    # -- names ---------------------------------------------------------------------------
-
-    def stage(self, queue: str) -> Stage:
-        """The stage called ``queue`` (a child queue is ``PARENT:CHILD``)."""
-        try:
-            return self.stages[queue]
-        except KeyError:
-            raise UnknownQueueError(queue, list(self.stages)) from None
-
-    @property
-    def first_stage(self) -> Stage:
-        return self.stages[self.queues[0].name]
-
-    def job_key(self, job_id: str) -> str:
-        return keys.job(self.name, job_id)
-
     # -- jobs ----------------------------------------------------------------------------
+
+    def _lookup_keys(self, values: Mapping[str, Any]) -> list[str]:
+        return [
+            keys.lookup(self.name, attr, text)
+            for attr in self.lookup_attributes
+            if attr in values
+            for text in codec.lookup_texts(values[attr])
+        ]
 
     def _prepare(self, options: Mapping[str, Any], job_id: str, first: str) -> NewJob:
         fields = codec.encode_fields(options)
@@ -245,13 +148,7 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
             raise EncodeError(
                 "options", "a job needs at least one field (a Redis hash cannot be empty)"
             )
-        lookups = [
-            keys.lookup(self.name, attr, text)
-            for attr in self.lookup_attributes
-            if attr in options
-            for text in codec.lookup_texts(options[attr])
-        ]
-        return NewJob(job_id, keys.job(self.name, job_id), fields, lookups, first)
+        return NewJob(job_id, self.job_key(job_id), fields, self._lookup_keys(options), first)
 
     def create_job(self, options: OptionsT) -> str:
         """Create one job (one MULTI … EXEC) on the first queue and return its id. Options
@@ -283,43 +180,49 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         return job
 
     def _fetch(self, refs: Sequence[tuple[str, str]], resolve: bool) -> list[dict[str, Any] | None]:
-        """Jobs by (key prefix, id), aligned with ``refs``; None where the hash is gone."""
-        hash_keys = [prefix + job_id for prefix, job_id in refs]
-        raws = self.store.get_hashes(hash_keys)
+        """Jobs by (key, id), aligned with ``refs``; None where the hash is gone."""
+        raws = self.store.get_hashes([key for key, _ in refs])
         jobs = [
-            self._decode(k, job_id, raw) if raw else None
-            for k, (_, job_id), raw in zip(hash_keys, refs, raws, strict=True)
+            self._decode(key, job_id, raw) if raw else None
+            for (key, job_id), raw in zip(refs, raws, strict=True)
         ]
         if resolve:
             self._resolve_children([j for j in jobs if j is not None])
         return jobs
 
+    @staticmethod
+    def _child_refs(job: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Each ``children:Q:jobs`` field of a job, with its child jobs as (key, id)."""
+        out = []
+        for name, value in job.items():
+            if keys.is_children_jobs_field(name) and isinstance(value, list):
+                refs = []
+                for key in value:
+                    split = keys.split_job_key(key) if isinstance(key, str) else None
+                    if split is not None:
+                        refs.append((key, split[1]))
+                out.append((name, refs))
+        return out
+
     def _resolve_children(self, jobs: list[dict[str, Any]]) -> None:
         """Replace each ``children:Q:jobs`` list of keys by the child jobs (one round trip
         per level of nesting)."""
-        wanted: list[tuple[dict[str, Any], str, list[str]]] = []
-        for job in jobs:
-            for name, value in job.items():
-                if _CHILDREN_JOBS.match(name) and isinstance(value, list):
-                    child_keys = [v for v in value if isinstance(v, str) and ":" in v]
-                    wanted.append((job, name, child_keys))
+        wanted = [(job, name, refs) for job in jobs for name, refs in self._child_refs(job)]
         if not wanted:
             return
-        unique = list(dict.fromkeys(k for _, _, child_keys in wanted for k in child_keys))
-        refs = [(k.rsplit(":", 1)[0] + ":", k.rsplit(":", 1)[1]) for k in unique]
-        found = self._fetch(refs, resolve=True)
-        by_key = {k: child for k, child in zip(unique, found, strict=True) if child is not None}
-        for job, name, child_keys in wanted:
-            job[name] = [by_key[k] for k in child_keys if k in by_key]
+        unique = list(dict.fromkeys(ref for _, _, refs in wanted for ref in refs))
+        found = self._fetch(unique, resolve=True)
+        by_ref = {ref: child for ref, child in zip(unique, found, strict=True) if child is not None}
+        for job, name, refs in wanted:
+            job[name] = [by_ref[r] for r in refs if r in by_ref]
 
     def get_job(self, job_id: str) -> JobT | None:
         """The decoded job hash with its ``"id"``, or None when there is no such job."""
-        return self._fetch([(keys.job_prefix(self.name), job_id)], resolve=False)[0]  # type: ignore[return-value]
+        return self._fetch([(self.job_key(job_id), job_id)], resolve=False)[0]  # type: ignore[return-value]
 
     def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[JobT]:
         """Decoded job hashes (one round trip), skipping ids whose hash is gone."""
-        prefix = keys.job_prefix(self.name)
-        jobs = self._fetch([(prefix, i) for i in job_ids], resolve_children)
+        jobs = self._fetch([(self.job_key(i), i) for i in job_ids], resolve_children)
         return [j for j in jobs if j is not None]  # type: ignore[misc]
 
     def get_jobs_by_key(
@@ -345,25 +248,12 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         if not raw:
             return False
         job = self._decode(key, job_id, raw)
-        lookups = [
-            keys.lookup(self.name, attr, text)
-            for attr in self.lookup_attributes
-            if attr in job
-            for text in codec.lookup_texts(job[attr])
-        ]
-        for name, value in job.items():
-            if _CHILDREN_JOBS.match(name) and isinstance(value, list):
-                for child_key in value:
-                    if isinstance(child_key, str) and ":" in child_key:
-                        prefix, child_id = child_key.rsplit(":", 1)
-                        child_stages = [
-                            s.keys
-                            for s in self.stages.values()
-                            if s.keys.job_prefix == prefix + ":"
-                        ]
-                        self.store.delete_job(child_key, child_id, (), child_stages)
-        top = [s.keys for s in self.stages.values() if s.parent is None]
-        self.store.delete_job(key, job_id, lookups, top)
+        for _, refs in self._child_refs(job):
+            for child_key, child_id in refs:
+                child_stages = self.definition.stages_of_job(child_key)
+                self.store.delete_job(child_key, child_id, (), child_stages)
+        top = [s.keys for s in self.definition.top_stages]
+        self.store.delete_job(key, job_id, self._lookup_keys(job), top)
         return True
 
     # -- failed jobs ---------------------------------------------------------------------
@@ -395,22 +285,13 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         kind: str,
         fn: Callable[[Any], Any] | None,
         count: int,
-        lock_time: float,
-        block_timeout: float,
-        max_jobs_per_child: int | None,
-        max_age: float | None,
+        options: WorkerKwargs,
     ) -> list[WorkerHandle]:
-        group = WorkerGroup(
-            flow=self,
-            stage=stage,
-            kind=kind,
-            fn=fn,
-            count=count,
-            lock_time=lock_time,
-            block_timeout=block_timeout,
-            max_jobs_per_child=max_jobs_per_child,
-            max_age=max_age,
-        )
+        where = f"workers for {stage.name!r}"
+        if fn is not None and not callable(fn):
+            raise ConfigurationError(f"the worker function for {stage.name!r} is not callable")
+        built = WorkerOptions.build(where, **options)
+        group = WorkerGroup(self, stage, kind, fn, count, built)
         self.groups.append(group)
         return group.handles
 
@@ -420,11 +301,7 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         queue: QueueSpec[P, R],
         fn: Callable[[P], R],
         count: int = ...,
-        lock_time: float = ...,
-        block_timeout: float = ...,
-        *,
-        max_jobs_per_child: int | None = ...,
-        max_age: float | None = ...,
+        **options: Unpack[WorkerKwargs],
     ) -> list[WorkerHandle]: ...
 
     @overload
@@ -433,11 +310,7 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         queue: str,
         fn: Callable[[Any], Mapping[str, Any]],
         count: int = ...,
-        lock_time: float = ...,
-        block_timeout: float = ...,
-        *,
-        max_jobs_per_child: int | None = ...,
-        max_age: float | None = ...,
+        **options: Unpack[WorkerKwargs],
     ) -> list[WorkerHandle]: ...
 
     def create_workers(
@@ -445,16 +318,12 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         queue: QueueSpec[Any, Any] | str,
         fn: Callable[[Any], Any],
         count: int = 1,
-        lock_time: float = DEFAULT_LOCK_TIME,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        *,
-        max_jobs_per_child: int | None = None,
-        max_age: float | None = None,
+        **options: Unpack[WorkerKwargs],
     ) -> list[WorkerHandle]:
         """``count`` worker processes for ``queue``, each running ``fn(params) -> result``.
-        ``fn`` travels to the processes with cloudpickle (lambdas and closures work). A
-        worker is recycled (replaced between jobs) after ``max_jobs_per_child`` jobs or
-        ``max_age`` seconds."""
+        ``fn`` travels to the processes with cloudpickle (lambdas and closures work). The
+        options (``lock_time``, ``block_timeout``, ``max_jobs_per_child``, ``max_age``) are
+        :class:`procflow.WorkerOptions`'s."""
         stage = self.stage(queue if isinstance(queue, str) else queue.name)
         if stage.is_parent:
             raise ConfigurationError(
@@ -462,28 +331,20 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
             )
         if not callable(fn):
             raise ConfigurationError(f"the worker function for {stage.name!r} is not callable")
-        return self._add_group(
-            stage, "worker", fn, count, lock_time, block_timeout, max_jobs_per_child, max_age
-        )
+        return self._add_group(stage, WORKER, fn, count, options)
 
     def create_parent_workers(
         self,
         queue: QueueSpec[Any, Any] | str,
         count: int = 1,
-        lock_time: float = DEFAULT_LOCK_TIME,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        *,
-        max_jobs_per_child: int | None = None,
-        max_age: float | None = None,
+        **options: Unpack[WorkerKwargs],
     ) -> list[WorkerHandle]:
         """Workers for a stage with children: they create the child jobs from
         ``children:Q:params`` and pass the parent on once every child is done."""
         stage = self.stage(queue if isinstance(queue, str) else queue.name)
         if not stage.is_parent:
             raise ConfigurationError(f"queue {stage.name!r} has no children to fan out to")
-        return self._add_group(
-            stage, "parent", None, count, lock_time, block_timeout, max_jobs_per_child, max_age
-        )
+        return self._add_group(stage, PARENT, None, count, options)
 
     @overload
     def create_child_workers(
@@ -492,11 +353,7 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         child_name: QueueSpec[P, R],
         fn: Callable[[P], R],
         count: int = ...,
-        lock_time: float = ...,
-        block_timeout: float = ...,
-        *,
-        max_jobs_per_child: int | None = ...,
-        max_age: float | None = ...,
+        **options: Unpack[WorkerKwargs],
     ) -> list[WorkerHandle]: ...
 
     @overload
@@ -506,11 +363,7 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         child_name: str,
         fn: Callable[[Any], Mapping[str, Any]],
         count: int = ...,
-        lock_time: float = ...,
-        block_timeout: float = ...,
-        *,
-        max_jobs_per_child: int | None = ...,
-        max_age: float | None = ...,
+        **options: Unpack[WorkerKwargs],
     ) -> list[WorkerHandle]: ...
 
     def create_child_workers(
@@ -519,11 +372,7 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         child_name: QueueSpec[Any, Any] | str,
         fn: Callable[[Any], Any],
         count: int = 1,
-        lock_time: float = DEFAULT_LOCK_TIME,
-        block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
-        *,
-        max_jobs_per_child: int | None = None,
-        max_age: float | None = None,
+        **options: Unpack[WorkerKwargs],
     ) -> list[WorkerHandle]:
         """Workers for the child queue ``PARENT:CHILD``."""
         parent = self.stage(parent_queue if isinstance(parent_queue, str) else parent_queue.name)
@@ -535,18 +384,22 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         stage = self.stages[parent.children[child]]
         if not callable(fn):
             raise ConfigurationError(f"the worker function for {stage.name!r} is not callable")
-        return self._add_group(
-            stage, "worker", fn, count, lock_time, block_timeout, max_jobs_per_child, max_age
-        )
+        return self._add_group(stage, WORKER, fn, count, options)
 
     @property
     def handles(self) -> list[WorkerHandle]:
         return [h for g in self.groups for h in g.handles]
 
+    # -- the supervisor ------------------------------------------------------------------
+
+    def ensure_supervisor(self) -> Supervisor:
+        """The flow's supervisor, made with default options when it has none."""
+        if self.supervisor is None:
+            self.supervisor = Supervisor(self)
+        return self.supervisor
+
     def start_all(self, **supervisor_options: Any) -> Supervisor:
         """The flow connects; every worker process connects; then every worker starts."""
-        from .supervisor import Supervisor
-
         if self.supervisor is None or not self.supervisor.running:
             self.supervisor = Supervisor(self, **supervisor_options)
         self.supervisor.start()
@@ -557,62 +410,3 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         connection closes last."""
         if self.supervisor is not None:
             self.supervisor.stop()
-
-
-def _resolve_stages(flow: str, queues: Sequence[QueueSpec[Any, Any]]) -> dict[str, Stage]:
-    if isinstance(queues, QueueSpec) or not isinstance(queues, Sequence) or not queues:
-        raise ConfigurationError(f"flow {flow!r} needs a non-empty list of QueueSpec")
-    stages: dict[str, Stage] = {}
-    top = set()
-    for spec in queues:
-        if not isinstance(spec, QueueSpec):
-            raise ConfigurationError(f"flow {flow!r}: {spec!r} is not a QueueSpec")
-        if spec.name in top:
-            raise ConfigurationError(f"flow {flow!r}: queue name {spec.name!r} is used twice")
-        top.add(spec.name)
-    for spec in queues:
-        if spec.next_queue is not None and spec.next_queue not in top:
-            raise ConfigurationError(
-                f"flow {flow!r}: queue {spec.name!r} has next_queue {spec.next_queue!r}, "
-                f"which is not one of its queues ({', '.join(q.name for q in queues)})"
-            )
-        children: dict[str, str] = {}
-        for child in spec.children:
-            if not isinstance(child, QueueSpec):
-                raise ConfigurationError(f"queue {spec.name!r}: child {child!r} is not a QueueSpec")
-            full = keys.child_queue(spec.name, child.name)
-            if child.name in children:
-                raise ConfigurationError(f"queue {spec.name!r}: child {child.name!r} is used twice")
-            if full in top:
-                raise ConfigurationError(f"child queue {full!r} has the name of a top-level queue")
-            if child.children or child.next_queue:
-                raise ConfigurationError(
-                    f"child queue {full!r}: a child queue ends its job; it cannot have children "
-                    "or a next_queue"
-                )
-            children[child.name] = full
-            stages[full] = Stage(
-                spec=child,
-                name=full,
-                keys=StageKeys.build(flow, full, parent_queue=spec.name),
-                fields=tuple(child.attributes_to_get),
-                parent=spec.name,
-                memory_limit=_limit(child),
-            )
-        fields = tuple(spec.attributes_to_get)
-        if children:
-            extra = (keys.children_params_field(spec.name), keys.children_jobs_field(spec.name))
-            fields = tuple(dict.fromkeys(extra + fields))
-        stages[spec.name] = Stage(
-            spec=spec,
-            name=spec.name,
-            keys=StageKeys.build(flow, spec.name),
-            fields=fields,
-            children=children,
-            memory_limit=_limit(spec),
-        )
-    return stages
-
-
-def _limit(spec: QueueSpec[Any, Any]) -> int | None:
-    return None if spec.memory_limit is None else parse_size(spec.memory_limit)

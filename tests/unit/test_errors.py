@@ -24,16 +24,17 @@ def test_tree() -> None:
 
 
 def test_node_ids_are_safe_in_lock_values() -> None:
-    from procflow.supervisor.core import _node_id
+    from procflow.store.keys import safe_node_id
 
-    assert _node_id("web-1.example") == "web-1.example"
-    assert _node_id('bad"node|\\名前') == "bad_node____"
-    assert len(_node_id("x" * 200)) == 60
+    assert safe_node_id("web-1.example") == "web-1.example"
+    assert safe_node_id('bad"node|\\名前') == "bad_node____"
+    assert len(safe_node_id("x" * 200)) == 60
+    assert safe_node_id("") == "node"
 
 
 def test_done_as_the_typescript_monitor_writes_it() -> None:
-    from procflow.parent import children_state
     from procflow.store.keys import is_reserved, is_true
+    from procflow.worker.fanout import children_state
 
     assert is_true(b"true") and is_true(b'"true"') and not is_true(b"false")
     assert not is_true(None)

@@ -25,9 +25,11 @@ def test_public_api_is_exactly_all() -> None:
         "settings",
         "store",
         "supervisor",
-        "workers",
+        "handles",
+        "definition",
+        "failures",
         "monitor",
-        "parent",
+        "waiting",
         "worker",
         "server",
     }

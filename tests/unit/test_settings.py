@@ -4,6 +4,7 @@ import pytest
 
 from procflow import ConfigurationError, RedisSettings
 from procflow.settings import parse_size
+from procflow.store.wire import connection_class, connection_kwargs
 
 
 def test_plain_url() -> None:
@@ -28,18 +29,18 @@ def test_password_only() -> None:
 def test_tls_and_options() -> None:
     s = RedisSettings.from_url("rediss://h:6380/1?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem")
     assert s.ssl and s.ssl_cert_reqs == "none" and s.ssl_ca_certs == "/ca.pem"
-    kwargs = s.connection_kwargs()
+    kwargs = connection_kwargs(s)
     assert kwargs["ssl_check_hostname"] is False
     import redis
 
-    assert s.connection_class() is redis.SSLConnection
+    assert connection_class(s) is redis.SSLConnection
 
 
 def test_unix_socket() -> None:
     s = RedisSettings.from_url("unix:///tmp/r.sock?db=2")
     assert (s.unix_socket_path, s.db) == ("/tmp/r.sock", 2)
     assert s.address == "unix:/tmp/r.sock"
-    assert "host" not in s.connection_kwargs()
+    assert "host" not in connection_kwargs(s)
 
 
 @pytest.mark.parametrize(

@@ -13,24 +13,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import codec
-from .errors import EncodeError
-from .ids import uuid7_batch
-from .store import keys
-from .store.keys import StageKeys
+from .. import codec
+from ..errors import EncodeError, ParentError
+from ..ids import uuid7_batch
+from ..store import keys
+from ..store.keys import StageKeys
+from ..store.session import ChildJob
 
-__all__ = ["ChildPlan", "ParentError", "children_state", "plan_children"]
-
-
-class ParentError(ValueError):
-    """The parent job's child parameters cannot be turned into child jobs."""
+__all__ = ["ChildPlan", "child_keys_of", "children_state", "plan_children"]
 
 
 @dataclass(frozen=True)
 class ChildPlan:
     """The child jobs to create for one parent."""
 
-    children: list[tuple[str, str, str, list[tuple[bytes, bytes]]]]  # id, key, waiting, fields
+    children: list[ChildJob]
     jobs_json: str
 
 
@@ -46,7 +43,7 @@ def plan_children(
     if not isinstance(params, list):
         raise ParentError(f"{field} must be a list of objects, got {type(params).__name__}")
     ids = uuid7_batch(len(params))
-    children = []
+    children: list[ChildJob] = []
     for n, (param, child_id) in enumerate(zip(params, ids, strict=True)):
         if not isinstance(param, dict):
             raise ParentError(f"{field}[{n}] must be an object, got {type(param).__name__}")
@@ -84,3 +81,10 @@ def children_state(child_keys: Sequence[str], replies: Sequence[Any]) -> tuple[b
         if keys.is_true(has_failed):
             failed.append(key)
     return all_done, failed
+
+
+def child_keys_of(field: str, value: Any) -> list[str]:
+    """A decoded ``children:Q:jobs`` value, checked: a list of job keys."""
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise ParentError(f"{field} must be a list of job keys")
+    return value

@@ -1,4 +1,4 @@
-"""Waiting for jobs to finish, for batch pipelines.
+"""Waiting for jobs to finish, for batch pipelines (``Supervisor.wait``).
 
 Every job that leaves its flow is announced on ``procflow:F:done`` (pub/sub) by the script
 that marks it done. ``wait_for_jobs`` subscribes first, then reads which ids are done already,
@@ -11,30 +11,41 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis.exceptions as rex
-
-from ..errors import ProcflowError, RedisUnavailableError, WaitTimeoutError
-from ..store import keys
-from ..store.wire import make_client
+from .errors import RedisUnavailableError, UnknownJobError, WaitTimeoutError
+from .store import keys
+from .store.redis import Store
 
 if TYPE_CHECKING:
-    from ..flow import Flow
+    from loguru import Logger
 
-__all__ = ["wait_for_jobs"]
+__all__ = ["WaitableFlow", "wait_for_jobs"]
 
 _RECHECK = 2.0
 
 
-def _still_pending(flow: Flow[Any, Any, Any], pending: set[str]) -> set[str]:
+class WaitableFlow(Protocol):
+    """What waiting needs of a flow (a ``procflow.Flow``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def logger(self) -> Logger: ...
+    def job_key(self, job_id: str) -> str: ...
+    def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[Any]: ...
+
+
+def _still_pending(flow: WaitableFlow, pending: set[str]) -> set[str]:
     ids = list(pending)
     replies = flow.store.hash_field_many([flow.job_key(i) for i in ids], [keys.DONE])
     return {i for i, reply in zip(ids, replies, strict=True) if not keys.is_true(reply[0])}
 
 
 def wait_for_jobs(
-    flow: Flow[Any, Any, Any],
+    flow: WaitableFlow,
     job_ids: Sequence[str],
     timeout: float | None = None,
     progress: bool = False,
@@ -43,21 +54,15 @@ def wait_for_jobs(
     ids = list(job_ids)
     if not ids:
         return []
-    client = make_client(flow.redis, socket_timeout=None)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
-    try:
-        try:
-            pubsub.subscribe(keys.done_channel(flow.name))
-        except Exception as exc:
-            raise RedisUnavailableError(flow.redis.address, exc) from None
+    with flow.store.subscribe_done(flow.name) as subscription:
         pending = _still_pending(flow, set(ids))
         listed = sorted(pending)
         there = flow.store.exists_many([flow.job_key(i) for i in listed])
         unknown = [i for i, ok in zip(listed, there, strict=True) if not ok]
         if unknown:
-            raise ProcflowError(f"no such job(s) in flow {flow.name!r}: {', '.join(unknown[:5])}")
+            raise UnknownJobError(flow.name, unknown)
         next_check = time.monotonic() + _RECHECK
         last_shown = 0.0
         outage = False
@@ -67,14 +72,10 @@ def wait_for_jobs(
                 raise WaitTimeoutError(sorted(pending), timeout or 0.0)
             left = 1.0 if deadline is None else min(1.0, deadline - now)
             try:
-                message = pubsub.get_message(timeout=max(0.0, min(left, next_check - now)))
-                while message is not None:
-                    if message.get("type") == "message":
-                        pending.discard(message["data"].decode())
-                    message = pubsub.get_message(timeout=0) if pending else None
-            except rex.RedisError:
-                # redis-py reconnects and subscribes again on the next call; whatever was
-                # announced meanwhile is found by the re-read below
+                pending.difference_update(subscription.take(min(left, next_check - now)))
+            except RedisUnavailableError:
+                # the next take reconnects and subscribes again; whatever was announced
+                # meanwhile is found by the re-read below
                 next_check = now
                 time.sleep(min(0.2, left))  # back-off while the server is away
             if time.monotonic() >= next_check:
@@ -101,9 +102,6 @@ def wait_for_jobs(
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)  # back-off while the server is away
-    finally:
-        pubsub.close()
-        client.close()
 
 
 def _show(done: int, total: int, elapsed: float, final: bool = False) -> None:

@@ -3,7 +3,9 @@
 The process puts itself in its own process group (so the supervisor can kill whatever the job
 started, and Ctrl-C in a terminal reaches only the supervisor), asks the kernel to kill it if
 the supervisor dies (Linux), then follows the supervisor's events: connect, start, stop,
-disconnect. It reports each step with the time on the shared monotonic clock.
+disconnect. It reports each step on its pipe with the time on the shared monotonic clock.
+Nothing here imports the supervisor: the two sides share only this module's names, the
+status record and the log messages.
 """
 
 from __future__ import annotations
@@ -17,9 +19,37 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
-__all__ = ["WorkerEvents", "worker_main"]
+import cloudpickle
+from loguru import logger
+
+from ..store.session import StageSession
+from .logs import install_child_logging
+from .loop import WorkerLoop
+from .payload import WorkerPayload
+from .status import StatusWriter
+
+__all__ = [
+    "CONNECTED",
+    "CONNECT_FAILED",
+    "DISCONNECTED",
+    "STARTED",
+    "STOPPED",
+    "WorkerEvents",
+    "worker_main",
+]
+
+# What a worker reports on its pipe: (kind, monotonic ns, extra)
+CONNECTED = "connected"  # extra: the blocking connection's client id
+STARTED = "started"
+STOPPED = "stopped"  # extra: why the loop ended ("stop" or "recycle: …")
+DISCONNECTED = "disconnected"
+CONNECT_FAILED = "connect_failed"  # (kind, error text)
 
 _PR_SET_PDEATHSIG = 1
+#: exit status of a worker whose supervisor died before it was set up
+EXIT_ORPHANED = 70
+#: exit status of a worker that could not connect
+EXIT_CONNECT_FAILED = 3
 
 
 class WorkerEvents(NamedTuple):
@@ -39,7 +69,7 @@ def _die_with_parent(parent_pid: int) -> None:
         except (OSError, AttributeError):
             pass
     if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
-        os._exit(70)
+        os._exit(EXIT_ORPHANED)
 
 
 def _wait(event: Any, parent_pid: int, abort: Any = None) -> bool:
@@ -56,7 +86,7 @@ def _wait(event: Any, parent_pid: int, abort: Any = None) -> bool:
 def worker_main(
     blob: bytes,
     worker: str,
-    raw_slot: Any,
+    raw_status: Any,
     events: WorkerEvents,
     conn: Connection,
     parent_pid: int,
@@ -74,22 +104,24 @@ def worker_main(
 
     signal.signal(signal.SIGTERM, on_term)
 
-    import cloudpickle
-    from loguru import logger
-
-    from ..worker import WorkerLoop
-    from .logs import install_child_logging
-    from .slots import SlotWriter
-
     pid = os.getpid()
-    payload = cloudpickle.loads(blob)
+    payload: WorkerPayload = cloudpickle.loads(blob)
     payload.worker = worker
+    stage = payload.stage
     install_child_logging(
-        conn, log_level, flow=payload.flow, queue=payload.stage.name, worker=worker, pid=pid
+        conn, log_level, flow=payload.flow, queue=stage.name, worker=worker, pid=pid
     )
-    log = logger.bind(flow=payload.flow, queue=payload.stage.name, worker=worker, pid=pid)
-    slot = SlotWriter(raw_slot)
-    loop = WorkerLoop(payload, slot, log, stop_flag=lambda: stop_signal["seen"])
+    log = logger.bind(flow=payload.flow, queue=stage.name, worker=worker, pid=pid)
+    session = StageSession.open(
+        payload.redis,
+        stage.keys,
+        fields=stage.fields,
+        lock_ms=payload.options.lock_ms,
+        block_timeout=payload.options.block_timeout,
+    )
+    loop = WorkerLoop(
+        payload, session, StatusWriter(raw_status), log, stop_flag=lambda: stop_signal["seen"]
+    )
 
     def send(*message: Any) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -100,23 +132,23 @@ def worker_main(
     try:
         loop.connect()
     except Exception as exc:
-        send("connect_failed", f"{type(exc).__name__}: {exc}")
-        sys.exit(3)
-    send("connected", time.monotonic_ns(), loop.client_id)
+        send(CONNECT_FAILED, f"{type(exc).__name__}: {exc}")
+        sys.exit(EXIT_CONNECT_FAILED)
+    send(CONNECTED, time.monotonic_ns(), loop.client_id)
     if not _wait(events.start, parent_pid, events.disconnect):
         loop.disconnect()
-        send("disconnected", time.monotonic_ns())
+        send(DISCONNECTED, time.monotonic_ns())
         return
-    send("started", time.monotonic_ns())
+    send(STARTED, time.monotonic_ns())
     try:
         reason = loop.run()
     except Exception:
         log.exception("worker loop crashed")
         sys.exit(1)
-    send("stopped", time.monotonic_ns(), reason)
+    send(STOPPED, time.monotonic_ns(), reason)
     if reason == "stop" and not stop_signal["seen"]:
         _wait(events.disconnect, parent_pid)
     loop.disconnect()
-    send("disconnected", time.monotonic_ns())
+    send(DISCONNECTED, time.monotonic_ns())
     sys.stdout.flush()
     sys.stderr.flush()

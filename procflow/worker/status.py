@@ -1,83 +1,98 @@
-"""The shared-memory slot through which a worker process tells its supervisor what it holds.
+"""The shared-memory status record through which a worker process tells its supervisor what
+it holds.
 
 The worker writes, the supervisor reads; a sequence number (odd while a write is under way)
 lets the reader take a consistent copy. Writing costs a few attribute stores per job, no
 system call, so the supervisor always knows which job and lease token a worker holds — also
-after that worker was SIGKILLed.
+after that worker was SIGKILLed. The supervisor writes one field: ``stop``.
 """
 
 from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
-__all__ = [
-    "COMPLETING",
-    "IDLE",
-    "LEASING",
-    "RUNNING",
-    "STOPPED",
-    "WAITING",
-    "SlotData",
-    "SlotView",
-    "SlotWriter",
-    "read_slot",
-]
+__all__ = ["Activity", "StatusRecord", "StatusView", "StatusWriter", "clear_status", "read_status"]
 
-IDLE, WAITING, LEASING, RUNNING, COMPLETING, STOPPED = range(6)
-STATE_NAMES = ("idle", "waiting", "leasing", "running", "completing", "stopped")
+TOKEN_BYTES = 160
+JOB_BYTES = 96
 
 
-class SlotData(ctypes.Structure):
+class Activity(IntEnum):
+    """What a worker process is doing, as its status record says."""
+
+    IDLE = 0
+    WAITING = 1  # blocked in BLMOVE, holding nothing
+    LEASING = 2  # a lease call under ``token`` is in flight (the job may be known)
+    RUNNING = 3  # running ``job`` under ``token`` since ``started``
+    COMPLETING = 4  # completing ``job``; may lease the next under ``next_token``
+    STOPPED = 5
+
+    @property
+    def holds_job(self) -> bool:
+        """Whether a job may be held: the supervisor must settle it if the worker dies."""
+        return self in (Activity.LEASING, Activity.RUNNING, Activity.COMPLETING)
+
+
+class StatusRecord(ctypes.Structure):
     _fields_ = [
         ("seq", ctypes.c_uint64),
         ("state", ctypes.c_int32),
         ("stop", ctypes.c_int32),  # written by the supervisor: 1 = finish the job and stop
         ("started", ctypes.c_double),  # time.monotonic() when the job started
         ("jobs", ctypes.c_uint64),  # jobs finished by this process
-        ("token", ctypes.c_char * 160),
-        ("next_token", ctypes.c_char * 160),
-        ("job", ctypes.c_char * 96),
+        ("token", ctypes.c_char * TOKEN_BYTES),
+        ("next_token", ctypes.c_char * TOKEN_BYTES),
+        ("job", ctypes.c_char * JOB_BYTES),
     ]
 
 
 @dataclass(frozen=True)
-class SlotView:
-    """A consistent copy of a slot."""
+class StatusView:
+    """A consistent copy of a status record."""
 
-    state: int
+    activity: Activity
     started: float
     jobs: int
     token: str
     next_token: str
     job: str
 
-    @property
-    def state_name(self) -> str:
-        return STATE_NAMES[self.state] if 0 <= self.state < len(STATE_NAMES) else "?"
+
+def _activity(value: int) -> Activity:
+    try:
+        return Activity(value)
+    except ValueError:  # a torn write: take it as holding, so recovery checks the token
+        return Activity.LEASING
 
 
-def read_slot(raw: Any) -> SlotView:
+def read_status(raw: Any) -> StatusView:
     """A consistent copy: the sequence number is even and unchanged around the read. A writer
     that died mid-write leaves it odd; its fields are then taken as they are (every recovery
     step checks the lease token in Redis, so a mixed copy can only make one a no-op)."""
     for _ in range(1000):
         before = raw.seq
-        view = SlotView(
-            raw.state,
+        view = StatusView(
+            _activity(raw.state),
             raw.started,
             raw.jobs,
-            raw.token.decode(),
-            raw.next_token.decode(),
-            raw.job.decode(),
+            raw.token.decode(errors="replace"),
+            raw.next_token.decode(errors="replace"),
+            raw.job.decode(errors="replace"),
         )
         if not before & 1 and raw.seq == before:
             break
     return view
 
 
-class SlotWriter:
+def clear_status(raw: Any) -> None:
+    """Zero a record before a new process uses it."""
+    ctypes.memset(ctypes.addressof(raw), 0, ctypes.sizeof(raw))
+
+
+class StatusWriter:
     """The worker side: one method per transition."""
 
     __slots__ = ("raw",)
@@ -88,7 +103,7 @@ class SlotWriter:
     def waiting(self) -> None:
         raw = self.raw
         raw.seq += 1
-        raw.state = WAITING
+        raw.state = Activity.WAITING
         raw.job = b""
         raw.token = b""
         raw.next_token = b""
@@ -97,7 +112,7 @@ class SlotWriter:
     def leasing(self, token: str, job: str = "") -> None:
         raw = self.raw
         raw.seq += 1
-        raw.state = LEASING
+        raw.state = Activity.LEASING
         raw.token = token.encode()
         raw.next_token = b""
         raw.job = job.encode()
@@ -106,7 +121,7 @@ class SlotWriter:
     def running(self, job: str, token: str, started: float) -> None:
         raw = self.raw
         raw.seq += 1
-        raw.state = RUNNING
+        raw.state = Activity.RUNNING
         raw.job = job.encode()
         raw.token = token.encode()
         raw.next_token = b""
@@ -116,14 +131,14 @@ class SlotWriter:
     def completing(self, next_token: str) -> None:
         raw = self.raw
         raw.seq += 1
-        raw.state = COMPLETING
+        raw.state = Activity.COMPLETING
         raw.next_token = next_token.encode()
         raw.seq += 1
 
     def finished(self) -> None:
         raw = self.raw
         raw.seq += 1
-        raw.state = IDLE
+        raw.state = Activity.IDLE
         raw.jobs += 1
         raw.job = b""
         raw.token = b""
@@ -133,7 +148,7 @@ class SlotWriter:
     def stopped(self) -> None:
         raw = self.raw
         raw.seq += 1
-        raw.state = STOPPED
+        raw.state = Activity.STOPPED
         raw.seq += 1
 
     @property

@@ -1,0 +1,299 @@
+"""The per-job protocol of one stage, bound to one connection.
+
+A :class:`StageSession` is what a worker process talks to Redis through: lease, block for a
+job, claim, complete (which leases the next job in the same script call), fail, requeue, and
+the fan-out calls of a parent stage. A worker opens its own (two connections: one for
+scripts, one that blocks in BLMOVE); the supervisor and the monitor borrow one from their
+Store's pool (``Store.session``) to settle a job. The constant part of each hot-path script
+call is packed once per session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .. import codec
+from ..failures import FailOutcome, FailureRecord, RetryPolicy
+from ..settings import RedisSettings
+from . import keys
+from .keys import StageKeys
+from .records import Lease
+from .wire import Arg, Prepared, Wire, pack, script
+
+__all__ = ["ChildJob", "StageSession"]
+
+#: scripts a worker loads when it connects (so the first job pays no NOSCRIPT round trip)
+_WORKER_SCRIPTS = ("lease", "claim", "complete", "fail", "requeue", "spawn", "park")
+_COMPLETED_QUEUE = keys.COMPLETED_QUEUE.encode()
+_DONE_TRUE = (keys.DONE.encode(), b"true")
+
+#: a child job to create: id, key, its queue's waiting list, its fields
+ChildJob = tuple[str, str, str, Sequence[tuple[bytes, bytes]]]
+
+
+class StageSession:
+    """Stage ``stage``'s protocol on ``wire``. ``fields`` are the job fields a lease reads,
+    ``lock_ms`` the lock a lease sets. ``blocking`` is a second connection for
+    :meth:`wait_for_job` (a worker's; a borrowed session has none)."""
+
+    def __init__(
+        self,
+        wire: Wire,
+        stage: StageKeys,
+        *,
+        fields: Sequence[str] = (),
+        lock_ms: int = 0,
+        blocking: Wire | None = None,
+    ) -> None:
+        self.wire = wire
+        self.blocking = blocking
+        self.stage = stage
+        self.fields = tuple(fields)
+        self.lock_ms = lock_ms
+        self._lease = self._head("lease", (stage.waiting, stage.processing))
+        self._claim = self._head("claim", (stage.processing,))
+        self._complete: dict[str, Prepared] = {}
+
+    @classmethod
+    def open(
+        cls,
+        settings: RedisSettings,
+        stage: StageKeys,
+        *,
+        fields: Sequence[str],
+        lock_ms: int,
+        block_timeout: float,
+    ) -> StageSession:
+        """A worker's session with connections of its own (not connected yet). The blocking
+        connection's socket times out a little after the server should have answered, so a
+        silently dead server is noticed."""
+        return cls(
+            Wire(settings, socket_timeout=10.0),
+            stage,
+            fields=fields,
+            lock_ms=lock_ms,
+            blocking=Wire(settings, socket_timeout=block_timeout + 5.0),
+        )
+
+    # -- connections ---------------------------------------------------------------------
+
+    def connect(self) -> int | None:
+        """Connect, check the server answers, load the scripts; returns the blocking
+        connection's client id (for CLIENT UNBLOCK). Raises RedisUnavailableError."""
+        self.wire.connect()
+        self.wire.call("PING")
+        for name in _WORKER_SCRIPTS:
+            self.wire.load(script(name))
+        if self.blocking is None:
+            return None
+        self.blocking.connect()
+        return self.blocking.client_id()
+
+    def close(self) -> None:
+        self.wire.close()
+        if self.blocking is not None:
+            self.blocking.close()
+
+    # -- leasing -------------------------------------------------------------------------
+
+    def _head(self, name: str, script_keys: tuple[str, ...], *extra: Arg) -> Prepared:
+        stage = self.stage
+        args: list[Arg] = [
+            stage.job_prefix,
+            stage.lock_prefix,
+            str(self.lock_ms),
+            stage.attempts_field,
+            stage.lease_field,
+            len(self.fields),
+            *self.fields,
+            *extra,
+        ]
+        return Prepared(script(name), script_keys, args)
+
+    def lease(self, token: str) -> Lease | None:
+        """LMOVE the next waiting job to processing and claim it, atomically."""
+        reply = self.wire.run(self._lease, (token,))
+        return Lease.from_reply(reply, token) if reply else None
+
+    def wait_for_job(self, timeout: float) -> str | None:
+        """BLMOVE waiting → processing, up to ``timeout`` s, on the blocking connection (a
+        borrowed session blocks its only one)."""
+        stage = self.stage
+        reply = (self.blocking or self.wire).call(
+            "BLMOVE", stage.waiting, stage.processing, "LEFT", "RIGHT", timeout
+        )
+        return reply.decode() if reply is not None else None
+
+    def claim(self, job_id: str, token: str) -> Lease | None:
+        """Lock a job that BLMOVE moved; None when someone else has it now."""
+        reply = self.wire.run(self._claim, (token, job_id))
+        return Lease.from_reply(reply, token) if reply else None
+
+    def complete(
+        self,
+        job_id: str,
+        token: str,
+        result: Sequence[tuple[bytes, bytes]],
+        next_waiting: str,
+        next_token: str = "",
+    ) -> tuple[int, Lease | None]:
+        """Complete a job (write ``result``, pass it to ``next_waiting`` or mark it done) and,
+        given ``next_token``, lease the next one in the same call. Returns (status, next
+        lease): status 1 completed, 0 the lease was lost and nothing changed, -1 the job hash
+        was gone."""
+        prepared = self._complete.get(next_waiting)
+        if prepared is None:
+            stage = self.stage
+            prepared = self._complete[next_waiting] = self._head(
+                "complete",
+                (
+                    stage.processing,
+                    stage.waiting,
+                    next_waiting,
+                    stage.parent_waiting,
+                    stage.parent_parked,
+                ),
+                stage.queue_json,
+                stage.done_channel,
+                stage.parent_pending_field,
+            )
+        tail: list[str | bytes] = [job_id, token, next_token]
+        for field, value in result:
+            tail.append(field)
+            tail.append(value)
+        tail += (_COMPLETED_QUEUE, self.stage.queue_json)
+        if not next_waiting:
+            tail += _DONE_TRUE
+        reply = self.wire.run(prepared, tail)
+        lease = Lease.from_reply(reply[1], next_token) if len(reply) > 1 else None
+        return int(reply[0]), lease
+
+    # -- failing and giving back -----------------------------------------------------------
+
+    def fail(
+        self,
+        job_id: str,
+        token: str,
+        record: FailureRecord,
+        policy: RetryPolicy,
+        mode: str = "token",
+    ) -> FailOutcome:
+        """One failed attempt: retry (now or delayed) or fail for good. ``job_id`` may be ''
+        to find the job by its lock token (mode ``token``); in mode ``orphan`` the job must
+        be in processing with no lock."""
+        stage = self.stage
+        script_keys: tuple[Arg, ...] = (
+            stage.processing,
+            stage.waiting,
+            stage.delayed,
+            stage.failed,
+            stage.parent_waiting,
+            stage.parent_parked,
+        )
+        args: tuple[Arg, ...] = (
+            job_id,
+            token,
+            mode,
+            stage.job_prefix,
+            stage.lock_prefix,
+            stage.queue_json,
+            stage.attempts_field,
+            stage.errors_field,
+            stage.lease_field,
+            record.record_json(),
+            record.message_json(),
+            policy.max_attempts,
+            stage.done_channel,
+            stage.parent_pending_field,
+            *policy.delays_ms,
+        )
+        return FailOutcome.from_reply(self.wire.evalsha(script("fail"), script_keys, args))
+
+    def requeue(self, job_id: str, token: str) -> str | None:
+        """Give a leased job back to the front of its waiting list, uncounted. ``job_id`` ''
+        finds it by token. Returns the id, or None when no job of this lease was found."""
+        stage = self.stage
+        reply = self.wire.evalsha(
+            script("requeue"),
+            (stage.processing, stage.waiting),
+            (
+                job_id,
+                token,
+                stage.job_prefix,
+                stage.lock_prefix,
+                stage.attempts_field,
+                stage.lease_field,
+            ),
+        )
+        return reply.decode() if reply else None
+
+    # -- fan-out / fan-in ----------------------------------------------------------------
+
+    def spawn_children(
+        self, job_id: str, token: str, children: Sequence[ChildJob], jobs_json: str, ttl: int
+    ) -> int:
+        """Create child jobs and park the parent: 1 parked, 0 lease lost, -1 the children
+        existed already."""
+        stage = self.stage
+        script_keys: list[Arg] = [stage.processing, stage.parked]
+        args: list[Arg] = [
+            job_id,
+            token,
+            stage.job_prefix,
+            stage.lock_prefix,
+            keys.children_jobs_field(stage.queue),
+            jobs_json,
+            keys.children_pending_field(stage.queue),
+            ttl,
+            codec.encode(stage.job(job_id)),
+            len(children),
+            stage.lease_field,
+            stage.attempts_field,
+        ]
+        for child_id, child_key, child_waiting, fields in children:
+            script_keys.append(child_key)
+            script_keys.append(child_waiting)
+            args.append(child_id)
+            args.append(len(fields))
+            for field, value in fields:
+                args.append(field)
+                args.append(value)
+        return int(self.wire.evalsha(script("spawn"), script_keys, args))
+
+    def park(self, job_id: str, token: str) -> int:
+        """Park a leased parent whose children are not all done."""
+        stage = self.stage
+        return int(
+            self.wire.evalsha(
+                script("park"),
+                (stage.processing, stage.parked),
+                (
+                    job_id,
+                    token,
+                    stage.lock_prefix,
+                    stage.job_prefix,
+                    stage.lease_field,
+                    stage.attempts_field,
+                ),
+            )
+        )
+
+    def children_jobs(self, job_id: str) -> bytes | None:
+        """The raw ``children:Q:jobs`` field of a parent job of this stage."""
+        field = keys.children_jobs_field(self.stage.queue)
+        value: bytes | None = self.wire.call("HMGET", self.stage.job(job_id), field)[0]
+        return value
+
+    def children_status(self, child_keys: Sequence[str]) -> list[Any]:
+        """Per child: EXISTS, then HMGET done failed — pipelined in one round trip."""
+        return children_status(self.wire, child_keys)
+
+
+def children_status(wire: Wire, child_keys: Sequence[str]) -> list[Any]:
+    """Per child: EXISTS, then HMGET done failed, pipelined (see fanout.children_state)."""
+    commands = []
+    for key in child_keys:
+        commands.append(pack("EXISTS", key))
+        commands.append(pack("HMGET", key, keys.DONE, keys.FAILED))
+    return [wire.check(r) for r in wire.pipeline(commands)]

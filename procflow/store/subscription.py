@@ -1,0 +1,59 @@
+"""A subscription to a flow's ``done`` channel: the ids of jobs as they leave the flow.
+
+The scripts that mark a job done PUBLISH its id. A subscriber misses what was published
+while it was disconnected, so its users re-read the jobs now and then (``waiting.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.exceptions as rex
+
+from ..errors import RedisUnavailableError
+from ..settings import RedisSettings
+from .wire import make_client
+
+__all__ = ["DoneSubscription"]
+
+
+class DoneSubscription:
+    """Subscribed on :meth:`open`; :meth:`take` returns the ids announced so far."""
+
+    def __init__(self, settings: RedisSettings, channel: str) -> None:
+        self.settings = settings
+        self.channel = channel
+        self._client = make_client(settings, socket_timeout=None)
+        self._pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+
+    def open(self) -> DoneSubscription:
+        try:
+            self._pubsub.subscribe(self.channel)
+        except rex.RedisError as exc:
+            raise RedisUnavailableError(self.settings.address, exc) from None
+        return self
+
+    def take(self, timeout: float) -> list[str]:
+        """Ids announced, waiting up to ``timeout`` seconds for the first. A broken
+        connection raises RedisUnavailableError; the next call reconnects and subscribes
+        again (what was announced meanwhile is lost)."""
+        ids: list[str] = []
+        try:
+            message = self._pubsub.get_message(timeout=max(0.0, timeout))
+            while message is not None:
+                if message.get("type") == "message":
+                    ids.append(message["data"].decode())
+                message = self._pubsub.get_message(timeout=0)
+        except rex.RedisError as exc:
+            raise RedisUnavailableError(self.settings.address, exc) from None
+        return ids
+
+    def close(self) -> None:
+        self._pubsub.close()
+        self._client.close()
+
+    def __enter__(self) -> DoneSubscription:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

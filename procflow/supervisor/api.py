@@ -1,0 +1,451 @@
+"""The Supervisor: the public face of process management for one flow.
+
+Its methods run in the caller's thread: they hand process work to the manager thread
+(``manager.py``) and wait on the worker table's condition for the workers' reports. It owns
+the order of the lifecycle — connect → start for all workers, stop → disconnect, the flow's
+connection last — and the flow's monitor thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psutil
+
+from ..definition import FlowDefinition
+from ..errors import (
+    ConfigurationError,
+    SupervisorStateError,
+    WorkerStartError,
+    describe_exit,
+)
+from ..handles import WorkerGroup, WorkerHandle
+from ..monitor import FlowMonitor
+from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
+from ..store.keys import Holder, safe_node_id
+from ..store.redis import Store
+from ..waiting import wait_for_jobs
+from ..worker.status import StatusView, read_status
+from .manager import Manager
+from .process import (
+    LifecycleEvent,
+    SupervisorState,
+    WorkerProcess,
+    WorkerState,
+    WorkerTable,
+    kill_tree,
+)
+from .settle import Settler
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+__all__ = ["SupervisedFlow", "Supervisor"]
+
+_SHUTDOWN = "shutdown"
+_STOP_GRACE = 15.0
+
+
+class SupervisedFlow(Protocol):
+    """What a supervisor needs of its flow (a ``procflow.Flow``)."""
+
+    supervisor: Supervisor | None
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def definition(self) -> FlowDefinition: ...
+    @property
+    def redis(self) -> RedisSettings: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def logger(self) -> Logger: ...
+    @property
+    def groups(self) -> list[WorkerGroup]: ...
+    @property
+    def handles(self) -> list[WorkerHandle]: ...
+    def connect(self) -> None: ...
+    def disconnect(self) -> None: ...
+    def job_key(self, job_id: str) -> str: ...
+    def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[Any]: ...
+
+
+def _default_start_method() -> str:
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def _node_id(value: str | None) -> str:
+    return safe_node_id(
+        value or os.environ.get("PROCFLOW_NODE_ID") or socket.gethostname() or "node"
+    )
+
+
+class Supervisor:
+    """The process manager behind ``start_all`` / ``stop_all``, and a context manager for
+    batch pipelines::
+
+        with Supervisor(flow) as sup:
+            ids = flow.create_jobs(options)
+            jobs = sup.wait(ids, timeout=600)
+
+    ``node_id`` names this machine in lock values (default: ``$PROCFLOW_NODE_ID`` or the host
+    name); ``drain_timeout`` is how long a graceful stop lets running jobs finish;
+    ``monitor=False`` leaves expired-lock recovery to other nodes; ``start_method`` is the
+    multiprocessing start method (``fork`` on Linux, else ``spawn``)."""
+
+    def __init__(
+        self,
+        flow: SupervisedFlow,
+        *,
+        node_id: str | None = None,
+        start_method: str | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        monitor: bool = True,
+        log_level: str = "INFO",
+        limit_interval: float = 0.1,
+        monitor_interval: float = 1.0,
+    ) -> None:
+        self.flow = flow
+        if flow.supervisor is not None and flow.supervisor is not self and flow.supervisor.running:
+            raise SupervisorStateError(f"flow {flow.name!r} already has a running supervisor")
+        flow.supervisor = self
+        self.node_id = _node_id(node_id)
+        me = psutil.Process()
+        self.pid = me.pid
+        holder = Holder(self.node_id, me.pid, me.create_time())
+        self.holder = str(holder)
+        method = start_method or _default_start_method()
+        if method not in multiprocessing.get_all_start_methods():
+            raise ConfigurationError(
+                f"start_method {method!r} is not available here; choose from "
+                f"{', '.join(multiprocessing.get_all_start_methods())}"
+            )
+        self.drain_timeout = drain_timeout
+        self.log_level = log_level.upper()
+        self.log = flow.logger.bind(worker="supervisor", pid=me.pid)
+        self.monitor = (
+            FlowMonitor(flow, self.holder, interval=monitor_interval) if monitor else None
+        )
+        self._state = SupervisorState.NEW
+        self._immediate = False
+        self.table = WorkerTable()
+        self.manager = Manager(
+            self.table,
+            Settler(flow.store, holder, self.log),
+            ctx=multiprocessing.get_context(method),
+            definition=flow.definition,
+            redis=flow.redis,
+            holder=self.holder,
+            log=self.log,
+            log_level=self.log_level,
+            state=lambda: self._state,
+            limit_interval=limit_interval,
+        )
+        atexit.register(self._at_exit)
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._state in (
+            SupervisorState.STARTING,
+            SupervisorState.RUNNING,
+            SupervisorState.STOPPING,
+        )
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    @property
+    def lifecycle(self) -> list[LifecycleEvent]:
+        """Every connect/start/stop/disconnect/exit, in order, with monotonic times."""
+        return self.table.lifecycle
+
+    def worker_state(self, handle: WorkerHandle) -> str:
+        w = self.table.get(handle)
+        return WorkerState.NEW.value if w is None else w.state.value
+
+    def worker_pid(self, handle: WorkerHandle) -> int | None:
+        w = self.table.get(handle)
+        return None if w is None or w.gone else w.pid
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the worker processes alive now."""
+        return [w.pid for w in self.table.live() if w.pid is not None]
+
+    def worker_status(self, handle: WorkerHandle) -> StatusView:
+        """What a worker holds now (activity, job, lease token), from its status record."""
+        w = self.table.get(handle)
+        if w is None:
+            raise SupervisorStateError(f"worker {handle.name} was never spawned")
+        return read_status(w.status)
+
+    # -- the flow's side ---------------------------------------------------------------
+
+    def _ensure_core(self) -> None:
+        """Connect the flow and start the manager thread, once."""
+        if self.manager.alive:
+            return
+        self.flow.connect()
+        self.table.record("flow", "connected")
+        self.manager.settler.reclaim(list(self.flow.definition.stages.values()))
+        self._immediate = False
+        self.manager.start_thread()
+
+    def _start_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.start()
+
+    def _finish(self) -> None:
+        self._state = SupervisorState.STOPPED
+        self.manager.join(30)
+        self.flow.disconnect()
+        self.table.record("flow", "disconnected")
+        self.log.info("supervisor stopped")
+
+    # -- lifecycle: all workers --------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        """The flow connects; every worker process connects; only then does any start."""
+        if self._state.active:
+            raise SupervisorStateError("the supervisor is already running")
+        handles = self.flow.handles
+        for group in self.flow.groups:
+            self.manager.blob(group)  # a function that cannot be pickled fails here
+        self._state = SupervisorState.STARTING
+        try:
+            self._ensure_core()
+        except BaseException:
+            self._state = SupervisorState.STOPPED
+            raise
+        try:
+            workers = self.manager.call(lambda: [self.manager.spawn(h) for h in handles])
+            for w in workers:
+                w.events.connect.set()
+            self._await_all(workers, (WorkerState.CONNECTED,), "connect", timeout)
+            for w in workers:
+                w.events.start.set()
+            self._await_all(workers, (WorkerState.STARTED,), "start", timeout)
+        except BaseException:
+            self._abort()
+            raise
+        self._state = SupervisorState.RUNNING
+        self._start_monitor()
+        self.log.info(
+            "supervisor running {} worker process(es) for flow {!r} on {} (node {})",
+            len(workers),
+            self.flow.name,
+            self.flow.redis.address,
+            self.node_id,
+        )
+
+    def _await_all(
+        self,
+        workers: Sequence[WorkerProcess],
+        states: Sequence[WorkerState],
+        step: str,
+        timeout: float,
+    ) -> None:
+        def settled() -> bool:
+            return all(
+                w.state in states or w.state in (WorkerState.FAILED, WorkerState.DEAD) or w.gone
+                for w in workers
+            )
+
+        if not self.table.wait_for(settled, timeout):
+            late = [w.name for w in workers if w.state not in states]
+            raise WorkerStartError(
+                f"worker(s) {', '.join(late)} did not {step} within {timeout:g} s"
+            )
+        bad = [w for w in workers if w.state not in states]
+        if bad:
+            first = bad[0]
+            why = first.error or f"its process ended ({describe_exit(first.exitcode)})"
+            raise WorkerStartError(f"worker {first.name} could not {step}: {why}")
+
+    def _abort(self) -> None:
+        """A failed start: end every process, disconnect, leave nothing running."""
+        self.manager.respawn = False
+        workers = self.table.live()
+        for w in workers:
+            w.kill_reason = _SHUTDOWN
+            kill_tree(w.pid)
+        self.table.wait_for(lambda: all(w.gone for w in workers), 10)
+        self._finish()
+
+    def stop(self, drain_timeout: float | None = None) -> None:
+        """Every worker stops (the job in hand finishes and completes); only when all have
+        stopped do they disconnect; the flow's connection closes last. Jobs still running
+        after ``drain_timeout`` seconds are killed and put back on their waiting lists."""
+        if not self._state.active:
+            return
+        self._state = SupervisorState.STOPPING
+        self.manager.respawn = False
+        if self.monitor is not None:
+            self.monitor.stop()
+        drain = self.drain_timeout if drain_timeout is None else drain_timeout
+        workers = self.table.live()
+        for w in workers:
+            w.status.stop = 1
+            w.events.stop.set()
+        self._unblock(workers)
+        deadline = time.monotonic() + drain
+        self.table.wait_for(
+            lambda: (
+                self._immediate
+                or time.monotonic() >= deadline
+                or all(w.state.ended or w.gone for w in workers)
+            ),
+            None,
+        )
+        left = [
+            w
+            for w in workers
+            if not w.gone and w.state not in (WorkerState.STOPPED, WorkerState.DISCONNECTED)
+        ]
+        if left:
+            why = "immediate stop" if self._immediate else f"drain timeout of {drain:g} s"
+            self.log.warning(
+                "{}: killing {} worker(s) still running; their jobs go back to waiting",
+                why,
+                len(left),
+            )
+            for w in left:
+                w.kill_reason = _SHUTDOWN
+                kill_tree(w.pid)
+        for w in workers:
+            w.events.disconnect.set()
+        if not self.table.wait_for(lambda: all(w.gone for w in workers), _STOP_GRACE):
+            for w in workers:
+                if not w.gone:
+                    w.kill_reason = w.kill_reason or _SHUTDOWN
+                    kill_tree(w.pid)
+            self.table.wait_for(lambda: all(w.gone for w in workers), _STOP_GRACE)
+        self._finish()
+
+    def _unblock(self, workers: Sequence[WorkerProcess]) -> None:
+        ids = [w.client_id for w in workers if w.client_id is not None]
+        try:
+            self.flow.store.unblock([i for i in ids if i is not None])
+        except Exception as exc:  # workers return within block_timeout anyway
+            self.log.debug("CLIENT UNBLOCK failed: {}", exc)
+
+    def stop_now(self) -> None:
+        """Escalate a stop in progress (a second SIGINT): kill what still runs, put its jobs
+        back."""
+        self._immediate = True
+        self.table.changed()
+
+    def _at_exit(self) -> None:
+        if self._state.active:
+            self.stop()
+
+    def __enter__(self) -> Supervisor:
+        if not self._state.active:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- lifecycle: one worker ------------------------------------------------------------
+
+    def connect_worker(self, handle: WorkerHandle, timeout: float = 30.0) -> None:
+        if self._state is SupervisorState.STOPPING:
+            raise SupervisorStateError("the supervisor is stopping")
+        if self._state in (SupervisorState.NEW, SupervisorState.STOPPED):
+            self._state = SupervisorState.RUNNING
+            self._ensure_core()
+        w = self.manager.call(lambda: self.manager.spawn(handle))
+        w.events.connect.set()
+        self._await_all([w], (WorkerState.CONNECTED, WorkerState.STARTED), "connect", timeout)
+
+    def start_worker(self, handle: WorkerHandle, timeout: float = 30.0) -> None:
+        w = self.table.get(handle)
+        if w is None or w.gone or w.state not in (WorkerState.CONNECTED, WorkerState.STARTED):
+            raise SupervisorStateError(f"worker {handle.name} must be connected before it starts")
+        w.events.start.set()
+        self._await_all([w], (WorkerState.STARTED,), "start", timeout)
+        self._start_monitor()  # due retries and expired locks need it, however workers start
+
+    def stop_worker(self, handle: WorkerHandle, timeout: float | None = None) -> None:
+        w = self.table.get(handle)
+        if w is None or w.gone:
+            return
+        w.status.stop = 1
+        w.events.stop.set()
+        self._unblock([w])
+        self.table.wait_for(
+            lambda: (
+                w.state in (WorkerState.STOPPED, WorkerState.DISCONNECTED, WorkerState.DEAD)
+                or w.gone
+            ),
+            timeout,
+        )
+
+    def disconnect_worker(self, handle: WorkerHandle, timeout: float = 30.0) -> None:
+        w = self.table.get(handle)
+        if w is None or w.gone:
+            return
+        if w.state is WorkerState.STARTED:
+            self.stop_worker(handle)
+        w.events.disconnect.set()
+        self.table.wait_for(lambda: w.gone, timeout)
+        if not self.table.live() and self.monitor is not None:
+            self.monitor.stop()
+
+    # -- batch pipelines and nodes ------------------------------------------------------
+
+    def wait(
+        self, job_ids: Sequence[str], timeout: float | None = None, progress: bool = False
+    ) -> list[dict[str, Any]]:
+        """Block until every job is done (finished or failed) and return their final hashes,
+        in the order given. Raises WaitTimeoutError with the ids still pending."""
+        return wait_for_jobs(self.flow, job_ids, timeout, progress)
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT (the CLI). The first signal drains gracefully; a second
+        SIGINT stops at once, putting running jobs back. Returns the exit status: 0 after a
+        clean stop, 1 when the manager thread died."""
+        stop = threading.Event()
+        signals_seen: list[int] = []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            signals_seen.append(signum)
+            if len(signals_seen) == 1:
+                self.log.info(
+                    "{} received: stopping; running jobs may take up to {:g} s to finish "
+                    "(Ctrl-C again to stop now)",
+                    signal.Signals(signum).name,
+                    self.drain_timeout,
+                )
+                stop.set()
+            else:
+                self.log.warning("second signal: stopping now, running jobs go back to waiting")
+                self.stop_now()
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        status = 0
+        try:
+            self.start()
+            while not stop.wait(1.0):
+                if not self.manager.alive:
+                    self.log.error("the supervisor's manager thread is gone; stopping")
+                    status = 1
+                    break
+            self.stop()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        return status

@@ -1,0 +1,384 @@
+"""The supervisor's manager thread: it forks the workers and watches them.
+
+One thread does all process work, so every worker's parent thread lives as long as the
+worker (``PR_SET_PDEATHSIG`` is tied to it). It waits on the workers' pipes and process
+sentinels, a wake-up pipe and its own timers — no polling loop when nothing happens — and:
+re-emits worker logs, follows their lifecycle reports, runs the watchdogs, settles the job of
+a worker that died and respawns it with backoff. Other threads hand it work with
+:meth:`Manager.call`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import cloudpickle
+import psutil
+
+from ..definition import FlowDefinition
+from ..errors import ConfigurationError, describe_exit
+from ..failures import FailureRecord
+from ..handles import PARENT, WorkerGroup, WorkerHandle
+from ..settings import RedisSettings
+from ..worker import main as child
+from ..worker.main import WorkerEvents, worker_main
+from ..worker.payload import WorkerPayload
+from ..worker.status import StatusRecord, clear_status, read_status
+from .logs import reemit
+from .process import (
+    REPORTED,
+    LifecycleEvent,
+    SupervisorState,
+    WorkerProcess,
+    WorkerState,
+    WorkerTable,
+    kill_tree,
+)
+from .settle import Settler
+from .watchdogs import Watchdogs
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+__all__ = ["Manager"]
+
+T = TypeVar("T")
+
+#: the longest wait before respawning a worker that keeps crashing (seconds)
+RESPAWN_MAX = 30.0
+#: a worker that lived this long (or finished a job) before crashing starts a new streak
+CRASH_STREAK_RESET = 30.0
+
+
+class Manager:
+    """The manager thread and the process work it does. ``state`` tells it the supervisor's
+    state; it respawns only while ``respawn`` is set and the supervisor is running."""
+
+    def __init__(
+        self,
+        table: WorkerTable,
+        settler: Settler,
+        *,
+        ctx: Any,
+        definition: FlowDefinition,
+        redis: RedisSettings,
+        holder: str,
+        log: Logger,
+        log_level: str,
+        state: Callable[[], SupervisorState],
+        limit_interval: float = 0.1,
+    ) -> None:
+        self.table = table
+        self.settler = settler
+        self.watchdogs = Watchdogs(settler.store, log, self.kill, limit_interval)
+        self.ctx = ctx
+        self.definition = definition
+        self.redis = redis
+        self.holder = holder
+        self.log = log
+        self.log_level = log_level
+        self.state = state
+        self.respawn = True
+        self.thread: threading.Thread | None = None
+        self._blobs: dict[WorkerGroup, bytes] = {}
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+    # -- the thread ------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start_thread(self) -> None:
+        self.respawn = True
+        self.thread = threading.Thread(target=self._run, name="procflow-supervisor", daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wake the thread (it ends once the supervisor is stopped and no worker lives)."""
+        self.poke()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+        self.thread = None
+
+    def poke(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the manager thread and return its result (or raise its error)."""
+        if threading.current_thread() is self.thread:
+            return fn()
+        box: list[tuple[bool, Any]] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:
+                box.append((False, exc))
+            done.set()
+
+        self._commands.put(run)
+        self.poke()
+        done.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._run_commands()
+                live = self.table.live()
+                if self.state() is SupervisorState.STOPPED and not live:
+                    return
+                objects: list[Any] = [self._wake_r]
+                for w in live:
+                    if w.conn is not None:
+                        objects.append(w.conn)
+                    objects.append(w.process.sentinel)
+                ready = wait(objects, timeout=self._timeout(live))
+                if self._wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                for w in live:
+                    if w.conn is not None and w.conn in ready:
+                        self._drain(w)
+                for w in live:
+                    if w.process.sentinel in ready:
+                        self._on_exit(w)
+                self._timers()
+        except Exception:
+            self.log.exception("the supervisor's manager thread crashed")
+            raise
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                run = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            run()
+
+    def _timeout(self, live: list[WorkerProcess]) -> float:
+        deadlines = self.watchdogs.deadlines(live)
+        if self.settler.pending:
+            deadlines.append(self.settler.next_retry)
+        deadlines += [w.respawn_at for w in self.table if w.respawn_at is not None]
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _timers(self) -> None:
+        self.watchdogs.tick(self.table.live())
+        if self.settler.pending and time.monotonic() >= self.settler.next_retry:
+            self.settler.retry_pending()
+        now = time.monotonic()
+        for w in self.table:
+            if w.respawn_at is not None and now >= w.respawn_at:
+                w.respawn_at = None
+                if self.respawn and self.state().active:
+                    self.spawn(w.handle, start=True)
+
+    # -- forking ---------------------------------------------------------------------------
+
+    def blob(self, group: WorkerGroup) -> bytes:
+        """The group's cloudpickled WorkerPayload (made once; an unpicklable function fails
+        here, in the supervisor, not in a child)."""
+        blob = self._blobs.get(group)
+        if blob is None:
+            definition, stage = self.definition, group.stage
+            payload = WorkerPayload(
+                flow=definition.name,
+                redis=self.redis,
+                stage=stage,
+                kind=group.kind,
+                fn=group.fn,
+                options=group.options,
+                key_ttl=definition.key_ttl,
+                holder=self.holder,
+                routes=definition.routes(),
+                child_stages=definition.child_keys(stage) if group.kind == PARENT else {},
+                log_level=self.log_level,
+            )
+            try:
+                blob = cloudpickle.dumps(payload)
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"the worker function for {stage.name!r} cannot be sent to a worker "
+                    f"process: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._blobs[group] = blob
+        return blob
+
+    def record(self, handle: WorkerHandle) -> WorkerProcess:
+        w = self.table.get(handle)
+        if w is None:
+            ev = self.ctx.Event
+            w = WorkerProcess(
+                handle=handle,
+                status=self.ctx.RawValue(StatusRecord),
+                events=WorkerEvents(ev(), ev(), ev(), ev()),
+            )
+            with self.table.cond:
+                self.table.by_handle[handle] = w
+        return w
+
+    def spawn(self, handle: WorkerHandle, start: bool = False) -> WorkerProcess:
+        """Fork the worker process of ``handle`` (manager thread only). With ``start``, its
+        connect and start events are set at once (a replacement joins a running pool)."""
+        w = self.record(handle)
+        if not w.gone:
+            return w
+        blob = self.blob(handle.group)
+        clear_status(w.status)
+        if not start:
+            for event in w.events:
+                event.clear()
+        else:
+            w.events.stop.clear()
+            w.events.disconnect.clear()
+            w.events.connect.set()
+            w.events.start.set()
+        parent_end, child_end = self.ctx.Pipe(duplex=False)
+        process = self.ctx.Process(
+            target=worker_main,
+            args=(blob, handle.name, w.status, w.events, child_end, os.getpid(), self.log_level),
+            name=f"procflow {handle.name}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        with self.table.cond:
+            w.process = process
+            w.conn = parent_end
+            w.state = WorkerState.SPAWNED
+            w.gone = False
+            w.kill_reason = None
+            w.error = None
+            w.client_id = None
+            w.exitcode = None
+            w.spawned_at = time.monotonic()
+            try:
+                w.ps = psutil.Process(process.pid)
+            except psutil.Error:
+                w.ps = None
+            self.table.cond.notify_all()
+        self.log.bind(queue=handle.group.stage.name).debug(
+            "spawned worker {} (pid {})", handle.name, process.pid
+        )
+        return w
+
+    def kill(self, w: WorkerProcess, reason: str) -> None:
+        """SIGKILL a worker's whole process tree; its exit is then settled with ``reason``
+        (``kind: text``)."""
+        w.kill_reason = reason
+        if reason != "shutdown":
+            self.log.bind(queue=w.handle.group.stage.name, worker=w.name).warning(
+                "killing worker {} (pid {}): {}", w.name, w.pid, reason.split(": ", 1)[-1]
+            )
+        kill_tree(w.pid)
+
+    # -- what workers say ------------------------------------------------------------------
+
+    def _drain(self, w: WorkerProcess) -> None:
+        conn = w.conn
+        if conn is None:
+            return
+        try:
+            while conn.poll():
+                self._message(w, conn.recv())
+        except (EOFError, OSError):
+            conn.close()
+            w.conn = None
+
+    def _message(self, w: WorkerProcess, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "log":
+            reemit(message[1])
+            return
+        with self.table.cond:
+            state = REPORTED.get(kind)
+            if state is not None:  # (kind, time on the shared monotonic clock, extra)
+                w.state = state
+                self.table.lifecycle.append(LifecycleEvent(w.name, kind, message[1], w.pid or 0))
+                if state is WorkerState.CONNECTED:
+                    w.client_id = message[2]
+                elif state is WorkerState.STOPPED:
+                    w.end_reason = message[2]
+            elif kind == child.CONNECT_FAILED:
+                w.error = message[1]
+                w.state = WorkerState.FAILED
+            self.table.cond.notify_all()
+
+    # -- a worker ended ----------------------------------------------------------------------
+
+    def _on_exit(self, w: WorkerProcess) -> None:
+        """A worker process ended: learn why, settle its job, maybe respawn it."""
+        self._drain(w)
+        # the sentinel closes while the process exits, a moment before it can be reaped
+        w.process.join(5)
+        code = w.process.exitcode
+        view = read_status(w.status)
+        pid = w.pid
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)  # whatever the job started
+        if w.conn is not None:
+            w.conn.close()
+            w.conn = None
+        planned = w.state is WorkerState.DISCONNECTED and code == 0
+        recycled = planned and w.end_reason.startswith("recycle")
+        stage = w.handle.group.stage
+        log = self.log.bind(queue=stage.name, worker=w.name, pid=pid)
+        if w.kill_reason == "shutdown":
+            self.settler.settle(stage, view, None)
+        elif not planned:
+            reason = w.kill_reason or f"the worker process died ({describe_exit(code)})"
+            if w.state is WorkerState.FAILED:
+                log.error("worker {} could not connect: {}", w.name, w.error)
+            else:
+                held = f"; it held job {view.job}" if view.activity.holds_job and view.job else ""
+                log.error("worker {} (pid {}) ended unexpectedly: {}{}", w.name, pid, reason, held)
+            kind = "crash" if w.kill_reason is None else w.kill_reason.split(":")[0]
+            record = FailureRecord.worker_died(reason, kind, worker=w.name, pid=pid, exitcode=code)
+            self.settler.settle(stage, view, record)
+        with self.table.cond:
+            w.gone = True
+            w.exitcode = code
+            if w.state not in (WorkerState.FAILED, WorkerState.DISCONNECTED):
+                w.state = WorkerState.DEAD
+            self.table.cond.notify_all()
+        self.table.record(w.name, "exited", pid=pid)
+        running = self.respawn and self.state() is SupervisorState.RUNNING
+        if recycled:
+            log.info("worker {} recycled ({}); replacing it", w.name, w.end_reason)
+            w.crashes = 0
+            if running:
+                self.spawn(w.handle, start=True)
+        elif not planned and w.state is not WorkerState.FAILED and running:
+            self._schedule_respawn(w, view.jobs, log)
+
+    def _schedule_respawn(self, w: WorkerProcess, jobs: int, log: Logger) -> None:
+        """Right away after a first crash; with doubling delays while it keeps crashing."""
+        lived = time.monotonic() - w.spawned_at
+        w.crashes = 1 if (lived > CRASH_STREAK_RESET or jobs > 0) else w.crashes + 1
+        delay = 0.0 if w.crashes <= 1 else min(RESPAWN_MAX, 0.25 * 2 ** (w.crashes - 2))
+        if delay:
+            log.warning(
+                "worker {} crashed {} times in a row; restarting it in {:.2f} s",
+                w.name,
+                w.crashes,
+                delay,
+            )
+        w.respawn_at = time.monotonic() + delay

@@ -1,0 +1,200 @@
+"""What the supervisor knows about each worker process, and the two state machines.
+
+:class:`WorkerProcess` is the supervisor's record of one worker (handle, OS process, pipe,
+status record, lifecycle state, crash count); :class:`WorkerTable` holds them all behind one
+condition that the manager thread signals and the public methods wait on. Also here: killing
+a process tree and measuring its memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from multiprocessing.connection import Connection
+from typing import Any
+
+import psutil
+
+from ..handles import WorkerHandle
+from ..worker import main as child
+from ..worker.main import WorkerEvents
+
+__all__ = [
+    "LifecycleEvent",
+    "SupervisorState",
+    "WorkerProcess",
+    "WorkerState",
+    "WorkerTable",
+    "kill_tree",
+    "tree_rss",
+]
+
+
+class SupervisorState(str, Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+    @property
+    def active(self) -> bool:
+        return self in (SupervisorState.STARTING, SupervisorState.RUNNING)
+
+
+class WorkerState(str, Enum):
+    """A worker's lifecycle as the supervisor sees it. The middle four are what the worker
+    reports on its pipe; ``failed`` is a worker that could not connect, ``dead`` one that
+    ended any other way than a clean disconnect."""
+
+    NEW = "new"
+    SPAWNED = "spawned"
+    CONNECTED = child.CONNECTED
+    STARTED = child.STARTED
+    STOPPED = child.STOPPED
+    DISCONNECTED = child.DISCONNECTED
+    FAILED = "failed"
+    DEAD = "dead"
+
+    @property
+    def ended(self) -> bool:
+        """Stopped taking jobs, for good or not."""
+        return self in (WorkerState.STOPPED, WorkerState.DISCONNECTED, _FAILED, _DEAD)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FAILED, _DEAD = WorkerState.FAILED, WorkerState.DEAD
+#: what a worker reports → its new state
+REPORTED = {
+    s.value: s
+    for s in (
+        WorkerState.CONNECTED,
+        WorkerState.STARTED,
+        WorkerState.STOPPED,
+        WorkerState.DISCONNECTED,
+    )
+}
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """``who`` (``flow`` or a worker name) did ``what`` at ``time_ns`` on the monotonic clock
+    that every process of this machine shares."""
+
+    who: str
+    what: str
+    time_ns: int
+    pid: int
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    """The supervisor's record of one worker; it outlives the OS processes that replace
+    each other under it. ``status`` is the shared-memory record the worker writes."""
+
+    handle: WorkerHandle
+    status: Any
+    events: WorkerEvents
+    process: Any = None
+    conn: Connection | None = None
+    state: WorkerState = WorkerState.NEW
+    client_id: int | None = None
+    spawned_at: float = 0.0
+    crashes: int = 0
+    respawn_at: float | None = None
+    kill_reason: str | None = None
+    end_reason: str = ""
+    error: str | None = None
+    ps: psutil.Process | None = None
+    gone: bool = True
+    exitcode: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.handle.name
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else int(self.process.pid)
+
+    @property
+    def lock_time(self) -> float:
+        return self.handle.group.options.lock_time
+
+
+class WorkerTable:
+    """Every worker record, the lifecycle log, and the condition guarding them."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.by_handle: dict[WorkerHandle, WorkerProcess] = {}
+        self.lifecycle: list[LifecycleEvent] = []
+
+    def __iter__(self) -> Iterator[WorkerProcess]:
+        return iter(list(self.by_handle.values()))
+
+    def get(self, handle: WorkerHandle) -> WorkerProcess | None:
+        return self.by_handle.get(handle)
+
+    def live(self) -> list[WorkerProcess]:
+        with self.cond:
+            return [w for w in self.by_handle.values() if not w.gone]
+
+    def record(
+        self, who: str, what: str, time_ns: int | None = None, pid: int | None = None
+    ) -> None:
+        with self.cond:
+            self.lifecycle.append(
+                LifecycleEvent(who, what, time_ns or time.monotonic_ns(), pid or os.getpid())
+            )
+            self.cond.notify_all()
+
+    def changed(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_for(self, what: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``what()`` holds (checked on every change); False after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while not what():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.cond.wait(0.2 if left is None else min(left, 0.2))
+        return True
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    """Resident memory of a process and all its descendants (bytes; 0 if it is gone)."""
+    try:
+        total = int(proc.memory_info().rss)
+        for kid in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += int(kid.memory_info().rss)
+        return total
+    except psutil.Error:
+        return 0
+
+
+def kill_tree(pid: int | None) -> None:
+    """SIGKILL a process, its process group and every descendant."""
+    if pid is None:
+        return
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        kids = []
+    for target in (pid, *(k.pid for k in kids)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+        os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,120 @@
+"""The supervisor's watchdogs: lock renewal, the time limit and the memory limit.
+
+The supervisor, not the worker, keeps running jobs' locks alive: a worker busy in a long
+CPU-bound function (or stuck in C code) cannot renew anything, and a lock that outlives its
+worker is what the monitor must never see. Every third of the shortest lock time, one
+pipelined round trip renews the lock of every running job. The limits are checked every
+``limit_interval`` seconds while some stage has one; a worker over a limit is killed with its
+whole process tree and its exit is settled like a crash of that kind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ..errors import RedisUnavailableError
+from ..store.redis import Store
+from ..worker.status import Activity, read_status
+from .process import WorkerProcess, tree_rss
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+__all__ = ["Watchdogs"]
+
+_MIN_RENEW = 0.3
+_IDLE_LOCK_TIME = 30.0
+
+
+class Watchdogs:
+    """Renewal and limits for the workers given to each call; ``kill(worker, reason)`` is
+    how an over-limit worker is ended."""
+
+    def __init__(
+        self,
+        store: Store,
+        log: Logger,
+        kill: Callable[[WorkerProcess, str], None],
+        limit_interval: float = 0.1,
+    ) -> None:
+        self.store = store
+        self.log = log
+        self.kill = kill
+        self.limit_interval = limit_interval
+        self.last_renew = 0.0
+        self.next_limits = 0.0
+
+    # -- renewal -------------------------------------------------------------------------
+
+    @staticmethod
+    def renew_interval(live: Sequence[WorkerProcess]) -> float:
+        """A third of the shortest lock time among live workers (at least 0.3 s)."""
+        return max(_MIN_RENEW, min((w.lock_time for w in live), default=_IDLE_LOCK_TIME) / 3)
+
+    def renew(self, live: Sequence[WorkerProcess]) -> None:
+        """Extend the lock of every job a live worker runs or completes (one round trip)."""
+        locks = []
+        for w in live:
+            view = read_status(w.status)
+            if view.activity in (Activity.RUNNING, Activity.COMPLETING) and view.job and view.token:
+                stage = w.handle.group.stage
+                locks.append((stage.keys.lock(view.job), view.token, int(w.lock_time * 1000)))
+        if not locks:
+            return
+        try:
+            self.store.renew(locks)
+        except RedisUnavailableError as exc:
+            self.log.warning("could not renew job locks: {}", exc)
+
+    # -- limits --------------------------------------------------------------------------
+
+    @staticmethod
+    def limits_wanted(live: Sequence[WorkerProcess]) -> bool:
+        return any(
+            w.handle.group.stage.spec.timeout is not None
+            or w.handle.group.stage.memory_limit is not None
+            for w in live
+        )
+
+    def check_limits(self, live: Sequence[WorkerProcess]) -> None:
+        now = time.monotonic()
+        for w in live:
+            if w.kill_reason is not None:
+                continue
+            stage = w.handle.group.stage
+            view = read_status(w.status)
+            if view.activity is not Activity.RUNNING:
+                continue
+            timeout = stage.spec.timeout
+            if timeout is not None and now - view.started > timeout:
+                self.kill(w, f"timeout: the job ran longer than its {timeout:g} s time limit")
+                continue
+            limit = stage.memory_limit
+            if limit is not None and w.ps is not None:
+                used = tree_rss(w.ps)
+                if used > limit:
+                    self.kill(
+                        w,
+                        f"memory: the worker used {used / 2**20:.0f} MiB, over the queue's "
+                        f"memory limit of {limit / 2**20:.0f} MiB",
+                    )
+
+    # -- the manager thread's timers -----------------------------------------------------
+
+    def deadlines(self, live: Sequence[WorkerProcess]) -> list[float]:
+        out = [self.last_renew + self.renew_interval(live)]
+        if self.limits_wanted(live):
+            out.append(self.next_limits)
+        return out
+
+    def tick(self, live: Sequence[WorkerProcess]) -> None:
+        """Run whatever is due now."""
+        now = time.monotonic()
+        if now >= self.last_renew + self.renew_interval(live):
+            self.last_renew = now
+            self.renew(live)
+        if self.limits_wanted(live) and now >= self.next_limits:
+            self.check_limits(live)
+            self.next_limits = now + self.limit_interval

@@ -1,0 +1,1 @@
+"""Everything that runs inside a worker process (never imports the supervisor)."""

@@ -1,0 +1,356 @@
+"""The loop that runs inside a worker process: lease → run → complete or fail.
+
+On the hot path a job costs one script call: completing a job leases the next one in the same
+round trip. When nothing waits, the worker blocks in BLMOVE and claims what it gets with a
+second call. The worker writes what it holds into its status record before every call, so
+its supervisor can clean up after it whatever kills it. Every Redis call goes through the
+stage session it is given (a fake one in unit tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from .. import codec
+from ..errors import DecodeError, EncodeError, ParentError, RedisUnavailableError
+from ..failures import FailOutcome, FailureRecord, RetryPolicy, record_failure
+from ..store import keys
+from ..store.keys import TokenSeries
+from ..store.records import Lease
+from ..store.session import ChildJob
+from .fanout import child_keys_of, children_state, plan_children
+from .payload import WorkerPayload
+from .status import StatusWriter
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+__all__ = ["JobSession", "WorkerLoop"]
+
+T = TypeVar("T")
+
+
+class JobSession(Protocol):
+    """The stage session a loop works through (``procflow.store.session.StageSession``)."""
+
+    def connect(self) -> int | None: ...
+    def close(self) -> None: ...
+    def lease(self, token: str) -> Lease | None: ...
+    def wait_for_job(self, timeout: float) -> str | None: ...
+    def claim(self, job_id: str, token: str) -> Lease | None: ...
+    def complete(
+        self,
+        job_id: str,
+        token: str,
+        result: Sequence[tuple[bytes, bytes]],
+        next_waiting: str,
+        next_token: str = "",
+    ) -> tuple[int, Lease | None]: ...
+    def fail(
+        self,
+        job_id: str,
+        token: str,
+        record: FailureRecord,
+        policy: RetryPolicy,
+        mode: str = "token",
+    ) -> FailOutcome: ...
+    def requeue(self, job_id: str, token: str) -> str | None: ...
+    def spawn_children(
+        self, job_id: str, token: str, children: Sequence[ChildJob], jobs_json: str, ttl: int
+    ) -> int: ...
+    def park(self, job_id: str, token: str) -> int: ...
+    def children_jobs(self, job_id: str) -> bytes | None: ...
+    def children_status(self, child_keys: Sequence[str]) -> list[Any]: ...
+
+
+class WorkerLoop:
+    """One worker: connects, then takes jobs until told to stop or due for recycling."""
+
+    def __init__(
+        self,
+        payload: WorkerPayload,
+        session: JobSession,
+        status: StatusWriter,
+        log: Logger,
+        stop_flag: Callable[[], bool] = lambda: False,
+        *,
+        pid: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.payload = payload
+        self.stage = payload.stage
+        self.keys = payload.stage.keys
+        self.options = payload.options
+        self.session = session
+        self.status = status
+        self.log = log
+        self._external_stop = stop_flag
+        self._sleep = sleep
+        self.pid = os.getpid() if pid is None else pid
+        self.tokens = TokenSeries(payload.holder, self.pid)
+        self.jobs_done = 0
+        self.born = time.monotonic()
+        self.client_id: int | None = None
+        self.end_reason = ""
+        self._outage_since: float | None = None
+        self._debug = payload.log_level in ("DEBUG", "TRACE")
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the session's connections and load the scripts; raises
+        RedisUnavailableError."""
+        self.client_id = self.session.connect()
+
+    def disconnect(self) -> None:
+        self.session.close()
+
+    def should_end(self) -> bool:
+        """Told to stop, or due for recycling (sets ``end_reason``)."""
+        if self.status.stop_requested or self._external_stop():
+            self.end_reason = "stop"
+            return True
+        limit = self.options.max_jobs_per_child
+        if limit is not None and self.jobs_done >= limit:
+            self.end_reason = f"recycle: {self.jobs_done} jobs done"
+            return True
+        age = self.options.max_age
+        if age is not None and time.monotonic() - self.born >= age:
+            self.end_reason = f"recycle: older than {age:g} s"
+            return True
+        return False
+
+    def run(self) -> str:
+        """Take jobs until told to stop or due for recycling; returns why it ended."""
+        lease: Lease | None = None
+        while True:
+            if lease is None:
+                if self.should_end():
+                    break
+                lease = self._next_lease()
+                continue
+            if self.should_end():
+                # leased together with the last completion and never started: give it back
+                self._redis(functools.partial(self.session.requeue, lease.id, lease.token))
+                self.status.finished()
+                break
+            lease = self._process(lease)
+        self.status.stopped()
+        return self.end_reason
+
+    # -- Redis calls that survive outages ------------------------------------------------
+
+    def _redis(
+        self, op: Callable[[], T], lost_token: str = "", abort_on_stop: bool = False
+    ) -> T | None:
+        """Run ``op`` until it works. After a broken connection, a lease that may have
+        happened under ``lost_token`` is given back before ``op`` runs again."""
+        delay = 0.05
+        broken = False
+        while True:
+            try:
+                if broken and lost_token:
+                    self.session.requeue("", lost_token)
+                result = op()
+            except RedisUnavailableError as exc:
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    self.log.warning("{} ; retrying with backoff", exc)
+                broken = True
+                if abort_on_stop and self.should_end():
+                    return None
+                self._sleep(delay)  # back-off before reconnecting, not synchronisation
+                delay = min(delay * 2, 2.0)
+                continue
+            if self._outage_since is not None:
+                self.log.info(
+                    "Redis is reachable again after {:.1f} s", time.monotonic() - self._outage_since
+                )
+                self._outage_since = None
+            return result
+
+    # -- leasing -------------------------------------------------------------------------
+
+    def _next_lease(self) -> Lease | None:
+        token = self.tokens.next()
+        self.status.leasing(token)
+        lease = self._redis(lambda: self.session.lease(token), lost_token=token, abort_on_stop=True)
+        if lease is not None:
+            return lease
+        self.status.waiting()
+        job_id = self._redis(
+            lambda: self.session.wait_for_job(self.options.block_timeout), abort_on_stop=True
+        )
+        if job_id is None:
+            return None
+        token = self.tokens.next()
+        self.status.leasing(token, job_id)
+        lease = self._redis(lambda: self.session.claim(job_id, token), lost_token=token)
+        if lease is None:
+            self.status.waiting()
+        return lease
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def _process(self, lease: Lease) -> Lease | None:
+        if lease.vanished:
+            self.log.bind(job=lease.id).warning(
+                "job {} was in {} but its hash is gone (expired or deleted); dropped",
+                lease.id,
+                self.keys.waiting,
+            )
+            self.status.finished()
+            return None
+        self.status.running(lease.id, lease.token, time.monotonic())
+        if self.payload.is_parent:
+            return self._process_parent(lease)
+        fn = self.payload.fn
+        assert fn is not None
+        try:
+            params = self._params(lease)
+        except DecodeError as exc:
+            return self._fail(lease, str(exc), "decode")
+        try:
+            result = fn(params)
+        except (Exception, SystemExit) as exc:
+            return self._fail(
+                lease, f"{type(exc).__name__}: {exc}", "exception", traceback.format_exc()
+            )
+        try:
+            pairs, next_waiting = self._result(result)
+        except (EncodeError, ValueError) as exc:
+            return self._fail(lease, str(exc), "result")
+        return self._complete(lease, pairs, next_waiting)
+
+    def _params(self, lease: Lease) -> dict[str, Any]:
+        params: dict[str, Any] = {"id": lease.id}
+        key = self.keys.job(lease.id)
+        for name, raw in zip(self.stage.fields, lease.values, strict=False):
+            params[name] = None if raw is None else codec.decode_field(key, name, raw)
+        return params
+
+    def _result(self, result: Any) -> tuple[list[tuple[bytes, bytes]], str]:
+        """The result's fields as JSON, and the waiting list the job goes to next."""
+        if not isinstance(result, Mapping):
+            hint = " (return {} for no result fields)" if result is None else ""
+            raise ValueError(
+                f"worker function returned {type(result).__name__}, not a mapping of result "
+                f"fields{hint}"
+            )
+        next_waiting = self.stage.next_waiting
+        routes = self.payload.routes
+        if "nextQueue" in result and result["nextQueue"] is not None:
+            name = result["nextQueue"]
+            if name not in routes:
+                raise ValueError(
+                    f"result nextQueue {name!r} is not a queue of flow {self.payload.flow!r} "
+                    f"(its queues: {', '.join(routes)})"
+                )
+            next_waiting = routes[name]
+        fields = {k: v for k, v in result.items() if k != "nextQueue"}
+        reserved = [k for k in fields if keys.is_reserved(k)]
+        if reserved:
+            raise ValueError(
+                f"result field {reserved[0]!r} is procflow's bookkeeping; a worker function "
+                "cannot set it"
+            )
+        return codec.encode_fields(fields, "result field"), next_waiting
+
+    def _complete(
+        self, lease: Lease, pairs: list[tuple[bytes, bytes]], next_waiting: str
+    ) -> Lease | None:
+        self.jobs_done += 1
+        next_token = "" if self.should_end() else self.tokens.next()
+        self.status.completing(next_token)
+        reply = self._redis(
+            lambda: self.session.complete(lease.id, lease.token, pairs, next_waiting, next_token),
+            lost_token=next_token,
+        )
+        assert reply is not None
+        status, following = reply
+        self.status.finished()
+        if status == 0:
+            self.log.bind(job=lease.id).warning(
+                "the lease on job {} was lost before it completed (its lock expired and the job "
+                "was taken back); this result was not written",
+                lease.id,
+            )
+        elif status < 0:
+            self.log.bind(job=lease.id).warning("job {} vanished before it completed", lease.id)
+        elif self._debug:
+            self.log.bind(job=lease.id).debug("completed job {}", lease.id)
+        return following
+
+    def _fail(self, lease: Lease, message: str, kind: str, tb: str | None = None) -> Lease | None:
+        """Record one failed attempt (retry or fail per the queue's policy); the loop then
+        leases its next job on its own, so this returns None."""
+        self.jobs_done += 1
+        record = FailureRecord.in_worker(
+            message,
+            kind,
+            attempt=lease.attempts,
+            worker=self.payload.worker,
+            pid=self.pid,
+            traceback=tb,
+        )
+        policy = self.stage.retry_policy()
+        self._redis(
+            lambda: record_failure(self.session, lease.id, lease.token, record, policy, self.log)
+        )
+        self.status.finished()
+        return None
+
+    # -- parent stages ---------------------------------------------------------------------
+
+    def _process_parent(self, lease: Lease) -> Lease | None:
+        """Fan out once (create the children, park the parent); when the parent comes back
+        with every child done, pass it on with the failed children listed."""
+        queue = self.stage.name
+        key = self.keys.job(lease.id)
+        jobs_field = keys.children_jobs_field(queue)
+        failed_field = keys.children_failed_field(queue).encode()
+        try:
+            raw_params, raw_jobs = lease.values[0], lease.values[1]
+            if raw_jobs is None:
+                params_field = keys.children_params_field(queue)
+                params = (
+                    None
+                    if raw_params is None
+                    else codec.decode_field(key, params_field, raw_params)
+                )
+                plan = plan_children(queue, params, self.payload.child_stages)
+                if not plan.children:
+                    return self._complete(lease, [(failed_field, b"[]")], self.stage.next_waiting)
+                ttl = self.payload.key_ttl
+                status = self._redis(
+                    lambda: self.session.spawn_children(
+                        lease.id, lease.token, plan.children, plan.jobs_json, ttl
+                    )
+                )
+                if status in (0, 1):
+                    if status == 1 and self._debug:
+                        self.log.bind(job=lease.id).debug(
+                            "created {} child jobs; parent parked", len(plan.children)
+                        )
+                    if status == 0:
+                        self.log.bind(job=lease.id).warning("lease on parent job {} lost", lease.id)
+                    self.status.finished()
+                    return None
+                raw_jobs = self._redis(lambda: self.session.children_jobs(lease.id)) or b"[]"
+            child_keys = child_keys_of(jobs_field, codec.decode_field(key, jobs_field, raw_jobs))
+        except (DecodeError, ParentError) as exc:
+            return self._fail(lease, str(exc), "children")
+        replies = self._redis(lambda: self.session.children_status(child_keys))
+        assert replies is not None
+        all_done, failed = children_state(child_keys, replies)
+        if all_done:
+            failed_json = codec.encode(failed).encode()
+            return self._complete(lease, [(failed_field, failed_json)], self.stage.next_waiting)
+        self._redis(lambda: self.session.park(lease.id, lease.token))
+        self.status.finished()
+        return None
