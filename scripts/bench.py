@@ -2,7 +2,7 @@
 
     python scripts/bench.py [--runs 3] [--jobs 10000] [--server PATH] [--no-huey]
 
-Workloads (../shared/BENCHMARKS.md):
+Workloads (docs/benchmarks.md):
   W1   10,000 jobs whose task does one Redis INCR, all enqueued first, then 2 workers started;
        jobs/s from the first job's start to the last completion observed
   W1e  the same 10,000 jobs enqueued one call per job, and in batches of 1,000; jobs/s
