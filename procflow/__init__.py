@@ -10,6 +10,7 @@ from loguru import logger as _logger
 from .definition import Backoff, QueueSpec
 from .errors import (
     ConfigurationError,
+    CreateJobsError,
     DecodeError,
     EncodeError,
     ParentError,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backoff",
     "ConfigurationError",
+    "CreateJobsError",
     "DecodeError",
     "EncodeError",
     "Flow",

@@ -195,9 +195,21 @@ def _escape_surrogates(text: str) -> str:
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def encode_fields(values: Mapping[str, Any], what: str = "option") -> list[tuple[bytes, bytes]]:
+#: the largest single value Redis takes by default (its ``proto-max-bulk-len``, 512 MiB)
+MAX_VALUE_BYTES = 512 * 1024 * 1024
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def encode_fields(
+    values: Mapping[str, Any], what: str = "option", max_bytes: int = MAX_VALUE_BYTES
+) -> list[tuple[bytes, bytes]]:
     """Every field of a mapping as (name, JSON text) in UTF-8, ready to send; the first bad
-    one raises before anything is written."""
+    one raises before anything is written. A name or value longer than ``max_bytes`` (the
+    server's ``proto-max-bulk-len``) is refused here, with its size, rather than by the
+    server, which would drop the connection."""
     if not isinstance(values, Mapping):
         raise EncodeError(what + "s", f"expected a mapping, got a {type(values).__name__}")
     encoded: list[tuple[bytes, bytes]] = []
@@ -210,7 +222,16 @@ def encode_fields(values: Mapping[str, Any], what: str = "option") -> list[tuple
             name = field.encode()
         except UnicodeEncodeError:
             raise EncodeError(what + "s", f"field name {field!r} is not valid UTF-8") from None
-        encoded.append((name, encode(value, f"{what} {field!r}").encode()))
+        data = encode(value, f"{what} {field!r}").encode()
+        for part, size in (("name", len(name)), ("value", len(data))):
+            if size > max_bytes:
+                raise EncodeError(
+                    f"{what} {field!r}",
+                    f"its {part} is {_size(size)} as JSON, over the {_size(max_bytes)} Redis "
+                    "takes in one value (proto-max-bulk-len); store large data elsewhere and "
+                    "put a reference in the job",
+                )
+        encoded.append((name, data))
     return encoded
 
 
@@ -219,14 +240,18 @@ def _reject_constant(name: str) -> Any:
 
 
 def decode(raw: bytes | str) -> Any:
-    """Parse stored JSON text (ValueError if it is not JSON; NaN/Infinity are not)."""
-    return json.loads(raw, parse_constant=_reject_constant)
+    """Parse stored JSON text (ValueError if it is not JSON, or nested deeper than Python's
+    parser can go; NaN/Infinity are not JSON)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
 
 
 def decode_field(key: str, field: str, raw: bytes | str) -> Any:
     """Parse one stored field; a bad one raises DecodeError with the key, field and raw bytes."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return decode(raw)
     except ValueError as exc:
         data = raw if isinstance(raw, bytes) else raw.encode()
         raise DecodeError(key, field, data, str(exc)) from None

@@ -14,7 +14,8 @@
     ├── RedisRefusedError           the server answered with an error (keeps its code)
     │   ├── RedisPermissionError    NOPERM, NOAUTH, WRONGPASS: the user lacks a right
     │   ├── RedisFullError          OOM: maxmemory reached with a no-eviction policy
-    │   └── RedisReadOnlyError      READONLY, MISCONF: the server takes no writes now
+    │   ├── RedisReadOnlyError      READONLY, MISCONF: the server takes no writes now
+    │   └── CreateJobsError         create_jobs was refused part way (keeps the ids created)
     ├── WorkerStartError            a worker process failed to connect or start
     ├── SupervisorStateError        an operation in the wrong lifecycle state
     ├── ServerStartError            a private or embedded server did not start
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "ConfigurationError",
+    "CreateJobsError",
     "DecodeError",
     "EncodeError",
     "ParentError",
@@ -103,8 +105,9 @@ class DecodeError(ProcflowError, ValueError):
         self.key = key
         self.field = field
         self.raw = raw
+        shown = repr(raw) if len(raw) <= 200 else f"{raw[:200]!r}… ({len(raw):,} bytes)"
         super().__init__(
-            f"field {field!r} of {key!r} is not valid JSON ({problem}); raw bytes: {raw!r}"
+            f"field {field!r} of {key!r} is not valid JSON ({problem}); raw bytes: {shown}"
         )
 
 
@@ -160,10 +163,55 @@ class RedisReadOnlyError(RedisRefusedError):
 
 #: the error codes Redis and Valkey put first in an error reply (redis-py drops ``ERR``)
 REFUSAL_CODES = frozenset(
-    "ERR WRONGTYPE NOPERM NOAUTH WRONGPASS OOM BUSY LOADING READONLY MISCONF NOSCRIPT "
-    "EXECABORT MOVED ASK TRYAGAIN CLUSTERDOWN CROSSSLOT MASTERDOWN NOREPLICAS UNBLOCKED "
-    "NOGROUP BUSYGROUP NOTBUSY UNKILLABLE NOPROTO".split()
+    [
+        "ERR",
+        "WRONGTYPE",
+        "NOPERM",
+        "NOAUTH",
+        "WRONGPASS",
+        "OOM",
+        "BUSY",
+        "LOADING",
+        "READONLY",
+        "MISCONF",
+        "NOSCRIPT",
+        "EXECABORT",
+        "MOVED",
+        "ASK",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "CROSSSLOT",
+        "MASTERDOWN",
+        "NOREPLICAS",
+        "UNBLOCKED",
+        "NOGROUP",
+        "BUSYGROUP",
+        "NOTBUSY",
+        "UNKILLABLE",
+        "NOPROTO",
+    ]
 )
+
+
+class CreateJobsError(RedisRefusedError):
+    """``create_jobs`` was refused part way through (the server full, say). Each job is
+    written whole or not at all: ``created`` holds the ids that were written (in the order
+    given), ``not_created`` the others; create those again, not the whole batch."""
+
+    def __init__(
+        self, refused: RedisRefusedError, created: Sequence[str], not_created: Sequence[str]
+    ) -> None:
+        self.created = tuple(created)
+        self.not_created = tuple(not_created)
+        self.refused = refused
+        super().__init__(
+            refused.address,
+            refused.reply,
+            f"{len(self.created)} job(s) were created (their ids are in .created) and "
+            f"{len(self.not_created)} were not (.not_created); "
+            + (refused.args[0].split("; ", 1)[1] if "; " in refused.args[0] else "retry those"),
+        )
+
 
 _REFUSALS: dict[str, tuple[type[RedisRefusedError], str]] = {
     "NOPERM": (

@@ -24,7 +24,7 @@ from .errors import (
 from .handles import PARENT, WORKER, WorkerGroup, WorkerHandle
 from .ids import uuid7, uuid7_batch
 from .settings import DEFAULT_KEY_TTL, RedisSettings, WorkerKwargs, WorkerOptions
-from .store import keys
+from .store import acl, keys
 from .store.records import NewJob
 from .store.redis import Store
 from .supervisor import Supervisor
@@ -143,7 +143,14 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         ]
 
     def _prepare(self, options: Mapping[str, Any], job_id: str, first: str) -> NewJob:
-        fields = codec.encode_fields(options)
+        fields = codec.encode_fields(options, max_bytes=self.redis.max_value_bytes)
+        reserved = [k for k in options if keys.is_reserved(k)]
+        if reserved:
+            raise EncodeError(
+                f"option {reserved[0]!r}",
+                "is a field procflow keeps itself (the job's id, done, the fail fields and "
+                "the stage bookkeeping); name it differently",
+            )
         if not fields:
             raise EncodeError(
                 "options", "a job needs at least one field (a Redis hash cannot be empty)"
@@ -173,10 +180,11 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         return ids
 
     def _decode(self, key: str, job_id: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-        job: dict[str, Any] = {"id": job_id}
+        job: dict[str, Any] = {keys.ID: job_id}
         for f, v in raw.items():
             name = f.decode()
-            job[name] = codec.decode_field(key, name, v)
+            if name != keys.ID:  # written by another library: the real id wins
+                job[name] = codec.decode_field(key, name, v)
         return job
 
     def _fetch(self, refs: Sequence[tuple[str, str]], resolve: bool) -> list[dict[str, Any] | None]:
@@ -259,8 +267,11 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
     # -- failed jobs ---------------------------------------------------------------------
 
     def failed_jobs(self, queue: str, start: int = 0, stop: int = -1) -> list[str]:
-        """Ids on ``queue``'s failed list (jobs that used up their attempts there)."""
-        return self.store.list_range(self.stage(queue).keys.failed, start, stop)
+        """Ids on ``queue``'s failed list (jobs that used up their attempts there), oldest
+        first; ids whose job hash has expired are dropped from the list first."""
+        keys_ = self.stage(queue).keys
+        self.store.prune_failed([keys_])
+        return self.store.list_range(keys_.failed, start, stop)
 
     def retry_failed(self, queue: str, job_ids: Sequence[str] | None = None) -> list[str]:
         """Put failed jobs (all of ``queue``'s, or the given ids) back on its waiting list
@@ -268,6 +279,11 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         stage = self.stage(queue)
         ids = list(job_ids) if job_ids is not None else self.failed_jobs(queue)
         return self.store.revive(stage.keys, ids)
+
+    def acl_rules(self) -> list[str]:
+        """The Redis ACL rules a user needs to run this flow, and nothing more: give them to
+        ``ACL SETUSER name on >password …``. See docs/configuration.md."""
+        return acl.acl_rules(self.name, [s.keys for s in self.stages.values()])
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per queue: waiting, processing, delayed, parked and failed."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import codec
 from .definition import FlowDefinition, Stage
-from .errors import RedisUnavailableError
+from .errors import RedisRefusedError, RedisUnavailableError
 from .failures import FailureRecord, record_failure
 from .store import keys
 from .store.redis import Store
@@ -91,7 +91,7 @@ class FlowMonitor:
             self._thread.join(10)
         self._thread = None
         if self.is_leader and release:
-            with contextlib.suppress(RedisUnavailableError):
+            with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
                 self.flow.store.release_if_holder(self.leader_key, self.holder)
             self.is_leader = False
 
@@ -103,7 +103,7 @@ class FlowMonitor:
                 if self._outage:
                     self.log.info("monitor: Redis is reachable again")
                     self._outage = False
-            except RedisUnavailableError as exc:
+            except (RedisUnavailableError, RedisRefusedError) as exc:
                 if not self._outage:
                     self.log.warning("monitor: {}", exc)
                     self._outage = True
@@ -138,6 +138,7 @@ class FlowMonitor:
         if now >= self._next_parked:
             self._next_parked = now + self.parked_check
             self._check_parked(stages)
+            store.prune_failed([s.keys for s in stages])  # failed lists follow their jobs' TTL
         return soonest
 
     def _scan_orphans(self, stages: list[Stage]) -> None:

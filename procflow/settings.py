@@ -125,6 +125,11 @@ class RedisSettings:
     ssl_cert_reqs: str = "required"
     ssl_check_hostname: bool = True
     socket_connect_timeout: float = 5.0
+    #: seconds a reply may take before the connection counts as dead (a half-open TCP
+    #: connection otherwise blocks for ever); blocking reads get their own, longer timeout
+    socket_timeout: float = 10.0
+    #: the largest value a field may hold: the server's ``proto-max-bulk-len`` (512 MiB)
+    max_value_bytes: int = 512 * 1024 * 1024
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
@@ -148,6 +153,8 @@ class RedisSettings:
                 "ssl_keyfile",
                 "ssl_check_hostname",
                 "socket_connect_timeout",
+                "socket_timeout",
+                "max_value_bytes",
             }
             if unknown:
                 raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
@@ -185,8 +192,13 @@ class RedisSettings:
                     "true",
                     "yes",
                 )
-            if "socket_connect_timeout" in query:
-                options["socket_connect_timeout"] = float(query["socket_connect_timeout"])
+            for name in ("socket_connect_timeout", "socket_timeout"):
+                if name in query:
+                    options[name] = float(query[name])
+                    if not options[name] > 0:
+                        raise ValueError(f"{name} must be > 0 seconds")
+            if "max_value_bytes" in query:
+                options["max_value_bytes"] = parse_size(query["max_value_bytes"], "max_value_bytes")
         except ValueError as exc:  # urlsplit's port parsing raises ValueError too
             raise ConfigurationError(
                 f"cannot parse Redis URL {_redact(url)!r}: {exc}; expected "
@@ -217,7 +229,26 @@ class RedisSettings:
 
 
 def _redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """``url`` for an error message with the whole password replaced by ``***``.
+
+    The password is everything between the first ``:`` after ``scheme://`` and the *last*
+    ``@`` of the network location (the text up to the first ``/``, ``?`` or ``#`` after
+    ``://``), so a password holding a raw ``@`` or ``:`` is hidden whole. Without ``://``
+    the text from the start is taken as the network location, which can only hide more."""
+    marker = url.find("://")
+    start = marker + 3 if marker >= 0 else 0
+    end = len(url)
+    for stop in "/?#":
+        found = url.find(stop, start)
+        if 0 <= found < end:
+            end = found
+    at = url.rfind("@", start, end)
+    if at < 0:
+        return url  # no user information at all
+    colon = url.find(":", start, at)
+    if colon < 0:
+        return url  # a user name only
+    return f"{url[: colon + 1]}***{url[at:]}"
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)

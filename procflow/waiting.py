@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import RedisUnavailableError, UnknownJobError, WaitTimeoutError
+from .errors import RedisRefusedError, RedisUnavailableError, UnknownJobError, WaitTimeoutError
 from .store import keys
 from .store.redis import Store
 
@@ -84,7 +84,7 @@ def wait_for_jobs(
                     if outage:
                         outage = False
                         flow.logger.info("wait: Redis is reachable again")
-                except RedisUnavailableError as exc:
+                except (RedisUnavailableError, RedisRefusedError) as exc:
                     if not outage:
                         outage = True
                         flow.logger.warning("wait: {}; still waiting", exc)
@@ -98,7 +98,7 @@ def wait_for_jobs(
         while True:  # the final read rides out an outage too, until the deadline
             try:
                 return flow.get_jobs(ids)
-            except RedisUnavailableError:
+            except (RedisUnavailableError, RedisRefusedError):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)  # back-off while the server is away

@@ -19,6 +19,7 @@ __all__ = [
     "FAILED",
     "FAILED_ERROR_MSG",
     "FAILED_QUEUE",
+    "ID",
     "LEASE_PREFIX",
     "PARENT_JOB",
     "PARENT_NOTIFIED",
@@ -48,8 +49,10 @@ __all__ = [
     "lock_prefix",
     "lookup",
     "monitor_leader",
+    "own_prefix",
     "parked",
     "processing",
+    "queue_prefix",
     "safe_node_id",
     "split_job_key",
     "waiting",
@@ -88,6 +91,11 @@ def job(flow: str, job_id: str) -> str:
 def lookup(flow: str, attribute: str, text: str) -> str:
     """``job:F:ATTR:VALUE`` — list of the ids whose lookup attribute has that value."""
     return f"job:{flow}:{attribute}:{text}"
+
+
+def queue_prefix(queue: str) -> str:
+    """``queue:Q:`` — every list and set of stage Q starts with it."""
+    return f"queue:{queue}:"
 
 
 def waiting(queue: str) -> str:
@@ -164,6 +172,11 @@ def parked(queue: str) -> str:
     return f"queue:{queue}:parked"
 
 
+def own_prefix(flow: str) -> str:
+    """``procflow:F:`` — procflow's own keys and channels of flow F start with it."""
+    return f"procflow:{flow}:"
+
+
 def monitor_leader(flow: str) -> str:
     """``procflow:F:monitor`` — the lock held by the one active FlowMonitor of flow F."""
     return f"procflow:{flow}:monitor"
@@ -183,16 +196,30 @@ PARENT_JOB = "parentJob"
 PARENT_NOTIFIED = "parentNotified"
 
 
+#: a job's id, as every read returns it (never stored in the hash by procflow)
+ID = "id"
+
 _RESERVED = frozenset(
-    {"failed", "failedQueue", "failedErrorMsg", "completed-queue", "parentJob", "parentNotified"}
+    {
+        ID,
+        DONE,
+        FAILED,
+        FAILED_QUEUE,
+        FAILED_ERROR_MSG,
+        COMPLETED_QUEUE,
+        "parentJob",
+        "parentNotified",
+    }
 )
 
 
 def is_reserved(field: str) -> bool:
-    """Whether a job field is bookkeeping a worker's result may not write: the fail fields,
-    ``completed-queue``, ``attempts:Q``, ``errors:Q``, ``lease:Q``, a parent's
-    ``children:Q:jobs|pending|failed``. ``done`` is allowed (the TypeScript library's child
-    stages return it) and so is ``children:Q:params`` (how a stage asks for fan-out)."""
+    """Whether a job field is one that neither a job's options nor a worker's result may
+    write: ``id`` (every read returns the job's real id there), ``done`` and the fail fields
+    (procflow sets them when the job leaves its flow), ``completed-queue``, ``attempts:Q``,
+    ``errors:Q``, ``lease:Q``, a parent's ``children:Q:jobs|pending|failed``, a child's
+    ``parentJob`` and ``parentNotified``. ``children:Q:params`` is allowed (how a job asks for
+    fan-out). One rule for options and results alike."""
     if field in _RESERVED or field.startswith((ATTEMPTS_PREFIX, ERRORS_PREFIX, LEASE_PREFIX)):
         return True
     return field.startswith("children:") and field.endswith((":jobs", ":pending", ":failed"))

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ..errors import CreateJobsError, RedisRefusedError
 from ..settings import RedisSettings
 from . import keys
 from .keys import StageKeys
@@ -23,18 +24,36 @@ from .wire import Wire, pack, script
 __all__ = ["Store"]
 
 _CREATE_CHUNK = 500
+#: ids of a failed list checked per prune (each an EXISTS inside one script call)
+PRUNE_LIMIT = 10_000
 _MULTI = pack("MULTI")
 _EXEC = pack("EXEC")
 _EXPIRE = b"*3\r\n$6\r\nEXPIRE\r\n"
 _RPUSH = b"*3\r\n$5\r\nRPUSH\r\n"
 
 
-def _read_create_replies(w: Wire, count: int) -> None:
-    """Read ``count`` replies of create blocks (+OK, +QUEUED …, the EXEC array), all of them
-    (the connection stays in step), then raise for the first refusal among them."""
-    for reply in w.read_many(count):
-        if type(reply) is not bytes:
-            w.check(reply)
+def _read_created(
+    w: Wire, blocks: Sequence[tuple[NewJob, int]], created: list[str]
+) -> RedisRefusedError | None:
+    """Read the replies of ``blocks`` (job, reply count) — all of them, so the connection
+    stays in step — adding the ids of the jobs written to ``created``. Returns the first
+    refusal (a command refused when queued makes EXEC abort: that job was not written)."""
+    if not blocks:
+        return None
+    replies = w.read_many(sum(n for _, n in blocks))
+    first: RedisRefusedError | None = None
+    at = 0
+    for job, n in blocks:
+        block, at = replies[at : at + n], at + n
+        errors = [r for r in block if isinstance(r, Exception)]
+        exec_reply = block[-1]
+        if isinstance(exec_reply, list):
+            errors += [r for r in exec_reply if isinstance(r, Exception)]
+            if not isinstance(exec_reply[-1], Exception):  # the id reached the waiting list
+                created.append(job.id)
+        if errors and first is None:
+            first = w.refused(errors[0])
+    return first
 
 
 class Store:
@@ -110,19 +129,30 @@ class Store:
         """Write jobs, each in its own MULTI … EXEC: the job hash and its EXPIRE, each lookup
         list and its EXPIRE, then the id onto the first waiting list. Pipelined in chunks,
         the next chunk sent before the previous one's replies are read (at most two in
-        flight, so neither side's buffers can fill up)."""
+        flight, so neither side's buffers can fill up). A refusal (the server full, say)
+        stops the sending; CreateJobsError then says exactly which jobs were written (a
+        single job's refusal raises the refusal itself: nothing was written)."""
+        if not jobs:
+            return
         ttl_bulk = b"$%d\r\n%d\r\n" % (len(str(ttl)), ttl)
+        created: list[str] = []
+        refused: RedisRefusedError | None = None
         with self._wire() as w:
-            in_flight = 0
-            for start in range(0, len(jobs), _CREATE_CHUNK):
-                blocks = [
-                    self._pack_create(j, ttl_bulk) for j in jobs[start : start + _CREATE_CHUNK]
-                ]
+            in_flight: list[tuple[NewJob, int]] = []
+            start = 0
+            while start < len(jobs) and refused is None:
+                chunk = jobs[start : start + _CREATE_CHUNK]
+                blocks = [self._pack_create(j, ttl_bulk) for j in chunk]
                 w.send(b"".join(b for b, _ in blocks))
-                if in_flight:
-                    _read_create_replies(w, in_flight)
-                in_flight = sum(n for _, n in blocks)
-            _read_create_replies(w, in_flight)
+                refused = _read_created(w, in_flight, created)
+                in_flight = [(j, n) for j, (_, n) in zip(chunk, blocks, strict=True)]
+                start += len(chunk)
+            refused = _read_created(w, in_flight, created) or refused
+        if refused is not None:
+            if len(jobs) == 1:
+                raise refused
+            done = set(created)
+            raise CreateJobsError(refused, created, [j.id for j in jobs if j.id not in done])
 
     def get_hashes(self, hash_keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         """HGETALL of every key in one round trip (an absent key gives ``{}``)."""
@@ -276,8 +306,21 @@ class Store:
             )
         return [m.decode() for m in moved]
 
+    def prune_failed(self, stages: Sequence[StageKeys], limit: int = PRUNE_LIMIT) -> int:
+        """Drop from each stage's failed list the ids whose job hash has expired, scanning at
+        most ``limit`` ids per list (the oldest). Returns how many were dropped."""
+        if not stages:
+            return 0
+        s = script("prune")
+        with self._wire() as w:
+            packed = [w.pack_evalsha(s, (st.failed,), (st.job_prefix, limit)) for st in stages]
+            replies = [w.check(r) for r in w.run_scripts([s] * len(packed), packed)]
+        return sum(int(r) for r in replies)
+
     def counts(self, stages: Sequence[StageKeys]) -> list[dict[str, int]]:
-        """Waiting, processing, delayed, parked and failed counts per stage (one round trip)."""
+        """Waiting, processing, delayed, parked and failed counts per stage (one round trip);
+        failed lists are pruned of expired jobs first, so the count matches the jobs."""
+        self.prune_failed(stages)
         commands = []
         for st in stages:
             commands += [

@@ -69,11 +69,11 @@ class StageSession:
         connection's socket times out a little after the server should have answered, so a
         silently dead server is noticed."""
         return cls(
-            Wire(settings, socket_timeout=10.0),
+            Wire(settings),
             stage,
             fields=fields,
             lock_ms=lock_ms,
-            blocking=Wire(settings, socket_timeout=block_timeout + 5.0),
+            blocking=Wire(settings, socket_timeout=block_timeout + settings.socket_timeout),
         )
 
     # -- connections ---------------------------------------------------------------------
@@ -96,6 +96,14 @@ class StageSession:
             self.blocking.close()
 
     # -- leasing -------------------------------------------------------------------------
+
+    def _parent_keys(self) -> tuple[str, ...]:
+        """A child queue's parent waiting list and parked set; nothing for other stages."""
+        stage = self.stage
+        return (stage.parent_waiting, stage.parent_parked) if stage.parent_pending_field else ()
+
+    def _base_keys(self) -> tuple[str, ...]:
+        return (self.stage.processing, self.stage.waiting, *self._parent_keys())
 
     def _head(self, name: str, script_keys: tuple[str, ...], *extra: Arg) -> Prepared:
         stage = self.stage
@@ -120,9 +128,10 @@ class StageSession:
         """BLMOVE waiting → processing, up to ``timeout`` s, on the blocking connection (a
         borrowed session blocks its only one)."""
         stage = self.stage
-        reply = (self.blocking or self.wire).call(
-            "BLMOVE", stage.waiting, stage.processing, "LEFT", "RIGHT", timeout
-        )
+        wire = self.blocking or self.wire
+        if wire.stale():  # the server closed it while we were away (a restart)
+            wire.close()
+        reply = wire.call("BLMOVE", stage.waiting, stage.processing, "LEFT", "RIGHT", timeout)
         return reply.decode() if reply is not None else None
 
     def claim(self, job_id: str, token: str) -> Lease | None:
@@ -145,15 +154,10 @@ class StageSession:
         prepared = self._complete.get(next_waiting)
         if prepared is None:
             stage = self.stage
+            script_keys = (*self._base_keys(), *((next_waiting,) if next_waiting else ()))
             prepared = self._complete[next_waiting] = self._head(
                 "complete",
-                (
-                    stage.processing,
-                    stage.waiting,
-                    next_waiting,
-                    stage.parent_waiting,
-                    stage.parent_parked,
-                ),
+                script_keys,
                 stage.queue_json,
                 stage.done_channel,
                 stage.parent_pending_field,
@@ -188,8 +192,7 @@ class StageSession:
             stage.waiting,
             stage.delayed,
             stage.failed,
-            stage.parent_waiting,
-            stage.parent_parked,
+            *self._parent_keys(),
         )
         args: tuple[Arg, ...] = (
             job_id,

@@ -23,7 +23,11 @@ class DoneSubscription:
     def __init__(self, settings: RedisSettings, channel: str) -> None:
         self.settings = settings
         self.channel = channel
-        self._client = make_client(settings, socket_timeout=None)
+        self._client = make_client(
+            settings,
+            socket_timeout=settings.socket_timeout,
+            health_check_interval=max(1.0, settings.socket_timeout / 2),
+        )
         self._pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
 
     def open(self) -> DoneSubscription:

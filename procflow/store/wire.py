@@ -111,7 +111,10 @@ def script(name: str) -> Script:
 
 class Wire:
     """A single connection. Every failure to reach the server becomes RedisUnavailableError;
-    the connection is then dropped and the next call reconnects."""
+    the connection is then dropped and the next call reconnects. A reply that takes longer
+    than ``socket_timeout`` (default: the settings') counts as such a failure, so a half-open
+    connection (the server gone silent, the TCP connection still open) is noticed and
+    replaced."""
 
     def __init__(
         self,
@@ -120,6 +123,8 @@ class Wire:
         socket_timeout: float | None = None,
     ) -> None:
         self.settings = settings
+        if socket_timeout is None:
+            socket_timeout = settings.socket_timeout
         kwargs = connection_kwargs(
             settings, socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
         )

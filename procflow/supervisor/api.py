@@ -9,6 +9,7 @@ connection last — and the flow's monitor thread.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -53,6 +54,9 @@ __all__ = ["SupervisedFlow", "Supervisor"]
 
 _SHUTDOWN = "shutdown"
 _STOP_GRACE = 15.0
+#: the longest a reply may take on the supervisor's own connections (renewals, settling,
+#: CLIENT UNBLOCK): a silent server must not hold up respawns and stops for long
+SUPERVISOR_SOCKET_TIMEOUT = 2.0
 
 
 class SupervisedFlow(Protocol):
@@ -139,9 +143,10 @@ class Supervisor:
         self._state = SupervisorState.NEW
         self._immediate = False
         self.table = WorkerTable()
+        self.store = Store(self._store_settings())
         self.manager = Manager(
             self.table,
-            Settler(flow.store, holder, self.log),
+            Settler(self.store, holder, self.log),
             ctx=multiprocessing.get_context(method),
             definition=flow.definition,
             redis=flow.redis,
@@ -193,10 +198,18 @@ class Supervisor:
 
     # -- the flow's side ---------------------------------------------------------------
 
+    def _store_settings(self) -> RedisSettings:
+        timeout = min(self.flow.redis.socket_timeout, SUPERVISOR_SOCKET_TIMEOUT)
+        return dataclasses.replace(self.flow.redis, socket_timeout=timeout)
+
     def _ensure_core(self) -> None:
         """Connect the flow and start the manager thread, once."""
         if self.manager.alive:
             return
+        if self.store.settings != self._store_settings():  # the flow moved (use_redis)
+            self.store.close()
+            self.store = Store(self._store_settings())
+            self.manager.use_store(self.store)
         self.flow.connect()
         self.table.record("flow", "connected")
         self.manager.settler.reclaim(list(self.flow.definition.stages.values()))
@@ -210,6 +223,7 @@ class Supervisor:
     def _finish(self) -> None:
         self._state = SupervisorState.STOPPED
         self.manager.join(30)
+        self.store.close()
         self.flow.disconnect()
         self.table.record("flow", "disconnected")
         self.log.info("supervisor stopped")
@@ -337,7 +351,7 @@ class Supervisor:
     def _unblock(self, workers: Sequence[WorkerProcess]) -> None:
         ids = [w.client_id for w in workers if w.client_id is not None]
         try:
-            self.flow.store.unblock([i for i in ids if i is not None])
+            self.store.unblock([i for i in ids if i is not None])
         except Exception as exc:  # workers return within block_timeout anyway
             self.log.debug("CLIENT UNBLOCK failed: {}", exc)
 

@@ -8,6 +8,7 @@ silences procflow's own lines but not the user's.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from loguru import logger
@@ -48,17 +49,35 @@ def reemit(data: dict[str, Any]) -> None:
     _emitter(data["name"] or "procflow.worker")(lg, level, text)
 
 
+#: what loguru's colorizer takes for a markup tag (``<red>``, ``</>``, ``<bg red>``), with the
+#: backslashes before it: loguru's own pattern (an odd number of backslashes escapes the tag),
+#: except that a tag never holds a brace (loguru looks for tags between the format's fields
+#: and ``{{``/``}}``, so ``<{x}>`` is no tag and needs no escaping)
+_TAG = re.compile(r"(\\*)(</?(?:[fb]g\s)?[^<>\s{}]*>)")
+
+
+def _literal(value: Any) -> str:
+    """``value`` as text that a loguru format string shows as is: braces doubled, every
+    markup tag escaped with a backslash (and the backslashes before it doubled)."""
+    text = str(value).replace("{", "{{").replace("}", "}}")
+    return _TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+
+
 def format_line(record: Any) -> str:
-    """The supervisor's log format: time, level, then flow/queue/worker/pid/job where known."""
+    """The supervisor's log format: time, level, then flow/queue/worker/pid/job where known.
+
+    Those values go into the format string itself, so they are escaped to show literally
+    whatever they hold (``{}``, ``<red>``, ``</>``); the message is a field of the format,
+    never parsed for markup."""
     extra = record["extra"]
     parts = []
     for name in ("flow", "queue", "worker", "pid", "job"):
         if name in extra and extra[name] not in (None, ""):
-            parts.append(f"{name}={extra[name]}")
+            parts.append(f"{name}={_literal(extra[name])}")
     where = " ".join(parts)
     return (
         "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
-        + where.replace("{", "{{").replace("}", "}}")
+        + where
         + (" | " if where else "")
         + "<level>{message}</level>\n{exception}"
     )

@@ -28,6 +28,7 @@ from ..errors import ConfigurationError, describe_exit
 from ..failures import FailureRecord
 from ..handles import PARENT, WorkerGroup, WorkerHandle
 from ..settings import RedisSettings
+from ..store.redis import Store
 from ..worker import main as child
 from ..worker.main import WorkerEvents, worker_main
 from ..worker.payload import WorkerPayload
@@ -93,6 +94,11 @@ class Manager:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
+    def use_store(self, store: Store) -> None:
+        """Settle and renew through ``store`` from now on (before the thread starts)."""
+        self.settler.store = store
+        self.watchdogs.store = store
+
     # -- the thread ------------------------------------------------------------------------
 
     @property
@@ -138,31 +144,44 @@ class Manager:
         return value  # type: ignore[no-any-return]
 
     def _run(self) -> None:
-        try:
-            while True:
-                self._run_commands()
-                live = self.table.live()
-                if self.state() is SupervisorState.STOPPED and not live:
+        """The loop; an unexpected error in one round is logged and the next round goes on
+        (after a pause), so no fault of one worker or one Redis call stops the others'
+        supervision."""
+        failures = 0
+        while True:
+            try:
+                if self._round():
                     return
-                objects: list[Any] = [self._wake_r]
-                for w in live:
-                    if w.conn is not None:
-                        objects.append(w.conn)
-                    objects.append(w.process.sentinel)
-                ready = wait(objects, timeout=self._timeout(live))
-                if self._wake_r in ready:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 4096)
-                for w in live:
-                    if w.conn is not None and w.conn in ready:
-                        self._drain(w)
-                for w in live:
-                    if w.process.sentinel in ready:
-                        self._on_exit(w)
-                self._timers()
-        except Exception:
-            self.log.exception("the supervisor's manager thread crashed")
-            raise
+                failures = 0
+            except Exception:
+                failures += 1
+                if failures == 1 or failures % 100 == 0:
+                    self.log.exception("the supervisor's manager thread hit an error; going on")
+                time.sleep(min(1.0, 0.05 * failures))  # back-off, not synchronisation
+
+    def _round(self) -> bool:
+        """One wait-and-handle round; True when the thread should end."""
+        self._run_commands()
+        live = self.table.live()
+        if self.state() is SupervisorState.STOPPED and not live:
+            return True
+        objects: list[Any] = [self._wake_r]
+        for w in live:
+            if w.conn is not None:
+                objects.append(w.conn)
+            objects.append(w.process.sentinel)
+        ready = wait(objects, timeout=self._timeout(live))
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        for w in live:
+            if w.conn is not None and w.conn in ready:
+                self._drain(w)
+        for w in live:
+            if w.process.sentinel in ready:
+                self._on_exit(w)
+        self._timers()
+        return False
 
     def _run_commands(self) -> None:
         while True:

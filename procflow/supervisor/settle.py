@@ -9,6 +9,7 @@ every second until it goes through.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from ..definition import Stage
-from ..errors import RedisUnavailableError
+from ..errors import RedisRefusedError, RedisUnavailableError
 from ..failures import FailureRecord, record_failure
 from ..store.keys import Holder, LeaseToken
 from ..store.redis import Store
@@ -100,7 +101,7 @@ class Settler:
     def _attempt(self, op: Callable[[], None]) -> None:
         try:
             op()
-        except RedisUnavailableError as exc:
+        except (RedisUnavailableError, RedisRefusedError) as exc:
             if not self.pending:
                 self.log.warning("{}; will retry cleaning up after a dead worker", exc)
             self.pending.append(op)
@@ -120,7 +121,7 @@ class Settler:
         back now rather than after their locks expire."""
         try:
             snapshot = self.store.processing_snapshot([s.keys for s in stages])
-        except RedisUnavailableError as exc:
+        except (RedisUnavailableError, RedisRefusedError) as exc:
             self.log.warning("could not look for jobs of a previous supervisor: {}", exc)
             return
         for stage, held in zip(stages, snapshot, strict=True):
@@ -128,9 +129,12 @@ class Settler:
             for job, lock in held:
                 if lock is None or not self.dead_local_holder(lock):
                     continue
-                with self.store.session(stage.keys) as session:
-                    record = FailureRecord.supervisor_died(lock)
-                    record_failure(session, job, lock, record, stage.retry_policy(), log)
+                self._attempt(functools.partial(self._reclaim_one, stage, job, lock, log))
+
+    def _reclaim_one(self, stage: Stage, job: str, lock: str, log: Logger) -> None:
+        with self.store.session(stage.keys) as session:
+            record = FailureRecord.supervisor_died(lock)
+            record_failure(session, job, lock, record, stage.retry_policy(), log)
 
     def dead_local_holder(self, lock: str) -> bool:
         """Whether ``lock`` was written by another supervisor of this node that is gone."""

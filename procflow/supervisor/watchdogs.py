@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import RedisUnavailableError
+from ..errors import RedisRefusedError, RedisUnavailableError
 from ..store.redis import Store
 from ..worker.status import Activity, read_status
 from .process import WorkerProcess, tree_rss
@@ -45,6 +45,7 @@ class Watchdogs:
         self.limit_interval = limit_interval
         self.last_renew = 0.0
         self.next_limits = 0.0
+        self._failing = False
 
     # -- renewal -------------------------------------------------------------------------
 
@@ -65,8 +66,13 @@ class Watchdogs:
             return
         try:
             self.store.renew(locks)
-        except RedisUnavailableError as exc:
-            self.log.warning("could not renew job locks: {}", exc)
+            if self._failing:
+                self.log.info("job locks renewed again")
+                self._failing = False
+        except (RedisUnavailableError, RedisRefusedError) as exc:
+            if not self._failing:
+                self.log.warning("could not renew job locks: {}; trying again", exc)
+                self._failing = True
 
     # -- limits --------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 In a worker process every loguru record (and every line written to stdout or stderr) goes to
 the supervisor over the worker's pipe as one message (``("log", data)``); the supervisor
 re-emits it (``procflow.supervisor.logs``). A record is never split, so lines from
-different workers never interleave.
+different workers never interleave (a stdout/stderr line longer than :data:`MAX_LINE`
+characters is sent as several records, see :class:`LineWriter`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,18 @@ from loguru import logger
 if TYPE_CHECKING:
     from loguru import Message
 
-__all__ = ["LOG", "LineWriter", "PipeSink", "install_child_logging"]
+__all__ = ["LOG", "MAX_LINE", "LineWriter", "PipeSink", "install_child_logging"]
 
 #: the kind of a log message on the worker's pipe
 LOG = "log"
+
+#: the longest record a LineWriter emits, in characters (64 KiB of them); longer lines are
+#: split into pieces of this size, so a writer never holds more than this much text
+MAX_LINE = 64 * 1024
+
+#: pending pieces of one line before a LineWriter joins them into one (bounds the per-piece
+#: overhead of many tiny writes; each join copies at most MAX_LINE characters)
+_MAX_PIECES = 1024
 
 
 def _safe(value: Any) -> Any:
@@ -59,28 +68,78 @@ class PipeSink:
 
 
 class LineWriter(io.TextIOBase):
-    """Replaces sys.stdout / sys.stderr in a worker: complete lines become log records."""
+    """Replaces sys.stdout / sys.stderr in a worker: complete lines become log records.
+
+    Linear and bounded: each write looks for newlines only in the text it is given, and the
+    unterminated rest of a line waits as a list of pieces joined once, when the line is
+    emitted. A line longer than :attr:`max_line` characters (:data:`MAX_LINE`, 64 KiB of
+    characters) is emitted in pieces of exactly ``max_line`` characters as it accumulates,
+    the last piece when its newline comes (or at :meth:`flush`), so at most ``max_line``
+    characters ever wait in a writer. The pieces of a split line carry no newline between
+    them: joining a writer's records with the newlines that ended lines gives back exactly
+    what was written."""
+
+    #: the longest record a writer emits, in characters (a longer line is split)
+    max_line: int = MAX_LINE
 
     def __init__(self, stream: str, level: str) -> None:
         self.stream = stream
         self.level = level
-        self._buffer = ""
+        self._pieces: list[str] = []
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        """How many characters of an unterminated line wait to be emitted."""
+        return self._pending
 
     def writable(self) -> bool:
         return True
 
+    def _add(self, piece: str) -> None:
+        if not piece:
+            return
+        self._pieces.append(piece)
+        self._pending += len(piece)
+        if len(self._pieces) > _MAX_PIECES:  # many tiny writes: keep the overhead bounded too
+            self._pieces = ["".join(self._pieces)]
+
+    def _take(self) -> str:
+        line = "".join(self._pieces)
+        self._pieces = []
+        self._pending = 0
+        return line
+
+    def _emit(self, line: str, up: int) -> None:
+        """One record naming the code ``up`` frames above _emit (fewer when there are no
+        such Python frames, as when the interpreter itself flushes at exit)."""
+        depth, frame = 0, sys._getframe()
+        while depth < up and frame.f_back is not None:
+            depth, frame = depth + 1, frame.f_back
+        logger.bind(stream=self.stream).opt(depth=depth).log(self.level, "{}", line)
+
     def write(self, text: str) -> int:
-        self._buffer += text
-        if "\n" in self._buffer:
-            *lines, self._buffer = self._buffer.split("\n")
-            for line in lines:
-                logger.bind(stream=self.stream).opt(depth=1).log(self.level, "{}", line)
-        return len(text)
+        limit = max(1, self.max_line)
+        start, end_of_text = 0, len(text)
+        while True:
+            newline = text.find("\n", start)
+            end = end_of_text if newline < 0 else newline
+            # text[start:end] continues the pending line: emit it in full pieces of `limit`
+            # characters while it does not fit
+            while end - start > (room := max(0, limit - self._pending)):
+                cut = start + room
+                self._add(text[start:cut])
+                start = cut
+                self._emit(self._take(), up=2)  # named as the code that wrote
+            self._add(text[start:end])
+            if newline < 0:
+                return end_of_text
+            self._emit(self._take(), up=2)
+            start = newline + 1
 
     def flush(self) -> None:
-        if self._buffer:
-            line, self._buffer = self._buffer, ""
-            logger.bind(stream=self.stream).log(self.level, "{}", line)
+        if self._pieces:
+            self._emit(self._take(), up=2)  # named as the code that flushed
 
 
 def install_child_logging(conn: Connection, level: str, **extra: Any) -> None:

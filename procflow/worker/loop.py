@@ -17,7 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .. import codec
-from ..errors import DecodeError, EncodeError, ParentError, RedisUnavailableError
+from ..errors import (
+    DecodeError,
+    EncodeError,
+    ParentError,
+    RedisRefusedError,
+    RedisUnavailableError,
+)
 from ..failures import FailOutcome, FailureRecord, RetryPolicy, record_failure
 from ..store import keys
 from ..store.keys import TokenSeries
@@ -98,6 +104,7 @@ class WorkerLoop:
         self.client_id: int | None = None
         self.end_reason = ""
         self._outage_since: float | None = None
+        self._outage_kind = "is reachable"
         self._debug = payload.log_level in ("DEBUG", "TRACE")
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -148,7 +155,10 @@ class WorkerLoop:
     def _redis(
         self, op: Callable[[], T], lost_token: str = "", abort_on_stop: bool = False
     ) -> T | None:
-        """Run ``op`` until it works. After a broken connection, a lease that may have
+        """Run ``op`` until it works: through an outage (the server away, the connection
+        broken) and through a refusal (``BUSY``, ``OOM``, ``NOPERM`` …: the server answered
+        but did not run it), with backoff, logged once per episode. The lease is kept
+        meanwhile (the supervisor renews it). After a broken connection, a lease that may have
         happened under ``lost_token`` is given back before ``op`` runs again."""
         delay = 0.05
         broken = False
@@ -156,23 +166,55 @@ class WorkerLoop:
             try:
                 if broken and lost_token:
                     self.session.requeue("", lost_token)
+                    broken = False
                 result = op()
-            except RedisUnavailableError as exc:
-                if self._outage_since is None:
-                    self._outage_since = time.monotonic()
-                    self.log.warning("{} ; retrying with backoff", exc)
-                broken = True
+            except (RedisUnavailableError, RedisRefusedError) as exc:
+                self._episode(exc)
+                if isinstance(exc, RedisUnavailableError):
+                    broken = True
+                    self.session.close()  # both connections: reconnect once, together
                 if abort_on_stop and self.should_end():
+                    if broken:
+                        self._give_back_lost(lost_token)
                     return None
-                self._sleep(delay)  # back-off before reconnecting, not synchronisation
+                self._sleep(delay)  # back-off before trying again, not synchronisation
                 delay = min(delay * 2, 2.0)
                 continue
             if self._outage_since is not None:
                 self.log.info(
-                    "Redis is reachable again after {:.1f} s", time.monotonic() - self._outage_since
+                    "Redis {} again after {:.1f} s",
+                    self._outage_kind,
+                    time.monotonic() - self._outage_since,
                 )
                 self._outage_since = None
             return result
+
+    def _episode(self, exc: Exception) -> None:
+        """Log the first failure of an episode; the rest of it quietly."""
+        if self._outage_since is not None:
+            return
+        self._outage_since = time.monotonic()
+        if isinstance(exc, RedisRefusedError):
+            self._outage_kind = "accepts the calls"
+            self.log.warning("{}; the job keeps its lease, retrying with backoff", exc)
+        else:
+            self._outage_kind = "is reachable"
+            self.log.warning("{}; retrying with backoff", exc)
+
+    def _give_back_lost(self, lost_token: str) -> None:
+        """Stopping during an outage: a lease call that broke may have leased a job under
+        ``lost_token`` on the server; give it back now (one try) rather than leave it locked
+        until its lock expires."""
+        if not lost_token:
+            return
+        try:
+            self.session.requeue("", lost_token)
+        except RedisUnavailableError as exc:
+            self.log.warning(
+                "could not give back a possible lease while stopping ({}); if one was made, "
+                "its job returns when its lock expires",
+                exc,
+            )
 
     # -- leasing -------------------------------------------------------------------------
 
@@ -180,7 +222,7 @@ class WorkerLoop:
         token = self.tokens.next()
         self.status.leasing(token)
         lease = self._redis(lambda: self.session.lease(token), lost_token=token, abort_on_stop=True)
-        if lease is not None:
+        if lease is not None or self.should_end():
             return lease
         self.status.waiting()
         job_id = self._redis(
@@ -225,6 +267,8 @@ class WorkerLoop:
             pairs, next_waiting = self._result(result)
         except (EncodeError, ValueError) as exc:
             return self._fail(lease, str(exc), "result")
+        except Exception as exc:  # any result that cannot be read is the attempt's failure
+            return self._fail(lease, f"unusable result: {type(exc).__name__}: {exc}", "result")
         return self._complete(lease, pairs, next_waiting)
 
     def _params(self, lease: Lease) -> dict[str, Any]:
@@ -242,11 +286,16 @@ class WorkerLoop:
                 f"worker function returned {type(result).__name__}, not a mapping of result "
                 f"fields{hint}"
             )
+        bad = [k for k in result if not isinstance(k, str)]
+        if bad:
+            raise ValueError(
+                f"result field names must be strings, got {bad[0]!r} ({type(bad[0]).__name__})"
+            )
         next_waiting = self.stage.next_waiting
         routes = self.payload.routes
         if "nextQueue" in result and result["nextQueue"] is not None:
             name = result["nextQueue"]
-            if name not in routes:
+            if not isinstance(name, str) or name not in routes:
                 raise ValueError(
                     f"result nextQueue {name!r} is not a queue of flow {self.payload.flow!r} "
                     f"(its queues: {', '.join(routes)})"
@@ -259,7 +308,8 @@ class WorkerLoop:
                 f"result field {reserved[0]!r} is procflow's bookkeeping; a worker function "
                 "cannot set it"
             )
-        return codec.encode_fields(fields, "result field"), next_waiting
+        limit = self.payload.redis.max_value_bytes
+        return codec.encode_fields(fields, "result field", limit), next_waiting
 
     def _complete(
         self, lease: Lease, pairs: list[tuple[bytes, bytes]], next_waiting: str
@@ -274,6 +324,8 @@ class WorkerLoop:
         assert reply is not None
         status, following = reply
         self.status.finished()
+        if following is not None:  # held from now on, so a worker killed before it runs
+            self.status.leasing(following.token, following.id)  # the job is given back
         if status == 0:
             self.log.bind(job=lease.id).warning(
                 "the lease on job {} was lost before it completed (its lock expired and the job "

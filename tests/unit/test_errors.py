@@ -49,7 +49,9 @@ def test_done_as_the_typescript_monitor_writes_it() -> None:
         "children:q:jobs",
         "children:q:pending",
         "parentJob",
+        "id",
+        "done",
     ):
         assert is_reserved(field), field
-    for field in ("done", "children:q:params", "result", "failedCount"):
+    for field in ("children:q:params", "result", "failedCount", "identity"):
         assert not is_reserved(field), field

@@ -30,6 +30,8 @@ def test_public_api_is_exactly_all() -> None:
         "failures",
         "monitor",
         "waiting",
+        "app",
+        "cli",
         "worker",
         "server",
     }

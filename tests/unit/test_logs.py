@@ -151,7 +151,7 @@ def test_several_lines_in_one_write_become_several_records(
 def test_flush_emits_what_is_left_and_nothing_when_nothing_is(
     records: list[dict[str, Any]],
 ) -> None:
-    logger.enable("procflow")  # flush logs from procflow's module (see the xfail below)
+    logger.enable("procflow")
     writer = LineWriter("stdout", "INFO")
     writer.write("done\nleft")
     writer.flush()
@@ -175,11 +175,6 @@ def test_printed_lines_are_logged_as_the_printing_code(records: list[dict[str, A
     assert records[0]["function"] == "test_printed_lines_are_logged_as_the_printing_code"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LineWriter.flush logs without opt(depth=1), so the record is named "
-    "procflow.worker.logs and logger.disable('procflow') silences the user's last line",
-)
 def test_a_flushed_unterminated_line_is_logged_as_the_printing_code(
     records: list[dict[str, Any]],
 ) -> None:
@@ -309,11 +304,6 @@ def test_format_line_escapes_braces_for_loguru() -> None:
     assert "queue=a{{b}}c" in fmt
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="format_line escapes { and } but not <, so a queue or job name that looks like "
-    "loguru markup ('<red>', '</x>') makes loguru refuse the whole line",
-)
 def test_angle_brackets_in_extra_values_do_not_break_the_format(handlers: list[int]) -> None:
     line = formatted(handlers, {"queue": "a<red>c"})
     assert "queue=a<red>c | hello\n" in line

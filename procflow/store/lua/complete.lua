@@ -1,6 +1,8 @@
 -- complete: write the result, pass the job on (or mark it done), then lease the next job.
--- KEYS[1] queue:Q:processing  KEYS[2] queue:Q:waiting  KEYS[3] next stage's waiting list,
---   or '' when the job leaves the flow  KEYS[4] parent stage's waiting list  KEYS[5] parked set
+-- KEYS[1] queue:Q:processing  KEYS[2] queue:Q:waiting; for a child queue (its parent's
+--   pending field ARGV[b+2] is not ''): KEYS[3] the parent stage's waiting list, KEYS[4] its
+--   parked set; then, unless the job leaves the flow, the next stage's waiting list last.
+--   Every KEY is a real key: no placeholder (Redis Cluster and ACL key patterns check them).
 -- ARGV[1] job prefix  ARGV[2] lock prefix  ARGV[3] lock ms  ARGV[4] attempts field
 -- ARGV[5] lease field  ARGV[6] F  ARGV[7 .. 6+F] fields to read for the next job
 -- then, from b = 7+F: ARGV[b] (unused)  ARGV[b+1] done channel  ARGV[b+2] children pending
@@ -13,6 +15,10 @@
 local f = tonumber(ARGV[6])
 local b = 7 + f
 local id, token = ARGV[b + 3], ARGV[b + 4]
+local parent_waiting, parent_parked, next_waiting = nil, nil, KEYS[3]
+if ARGV[b + 2] ~= '' then
+  parent_waiting, parent_parked, next_waiting = KEYS[3], KEYS[4], KEYS[5]
+end
 local job = ARGV[1] .. id
 local lock = ARGV[2] .. id
 local status
@@ -26,12 +32,12 @@ else
   redis.call('HSET', job, unpack(ARGV, b + 6))
   redis.call('LREM', KEYS[1], -1, id)
   redis.call('DEL', lock)
-  if KEYS[3] == '' then
-    pf_notify_parent(job, KEYS[4], KEYS[5], ARGV[b + 2])
+  if next_waiting == nil then
+    pf_notify_parent(job, parent_waiting, parent_parked, ARGV[b + 2])
     redis.call('PUBLISH', ARGV[b + 1], id)
   else
     redis.call('HDEL', job, ARGV[5])  -- no lease holds it in this stage any more
-    redis.call('RPUSH', KEYS[3], id)
+    redis.call('RPUSH', next_waiting, id)
   end
   status = 1
 end

@@ -2,7 +2,8 @@
 -- remain, else fail the job for good: done, failed, failedQueue, failedErrorMsg, onto the
 -- failed list, parent told.
 -- KEYS[1] queue:Q:processing  KEYS[2] queue:Q:waiting  KEYS[3] queue:Q:delayed
--- KEYS[4] queue:Q:failed  KEYS[5] parent stage's waiting list  KEYS[6] parent's parked set
+-- KEYS[4] queue:Q:failed; for a child queue only (ARGV[14] not ''): KEYS[5] the parent
+-- stage's waiting list, KEYS[6] its parked set
 -- ARGV[1] id ('' = the job whose lock holds the token)  ARGV[2] token
 -- ARGV[3] mode: 'token' (the holder or its supervisor) or 'orphan' (the monitor: no lock)
 -- ARGV[4] job prefix  ARGV[5] lock prefix  ARGV[6] JSON of the queue name
