@@ -13,21 +13,27 @@ from collections.abc import Sequence
 
 from loguru import logger
 
-from ..app import load_app
-from ..errors import ConfigurationError, ProcflowError
+from ..app import APP_FORMS, load_app
+from ..cli import APP_HELP, VERSION, unreachable_hint
+from ..errors import ConfigurationError, ProcflowError, RedisUnavailableError
+from ..flow import Flow
 from ..settings import DEFAULT_DRAIN_TIMEOUT, REDIS_URL_ENV, RedisSettings
 from .api import Supervisor
 from .logs import format_line
 
 __all__ = ["main"]
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Run the workers of a procflow Flow on this node until SIGTERM or SIGINT.
 
-APP is module:attribute naming a Flow whose workers are created (create_workers and
-friends), or a function returning one. The supervisor forks one process per worker,
-connects them all before any starts, renews the locks of running jobs, replaces workers that
-crash, hang past a queue's timeout or pass its memory limit, and recovers their jobs.
+APP is {APP_FORMS} naming a Flow whose
+workers are created (create_workers and friends), or a function without arguments returning
+one. A module is looked up from the current directory and sys.path; a .py file is imported
+under its own name, with its directory first on sys.path.
+
+The supervisor forks one process per worker, connects them all before any starts, renews
+the locks of running jobs, replaces workers that crash, hang past a queue's timeout or pass
+its memory limit, and recovers their jobs.
 
 SIGTERM or SIGINT stops gracefully: workers finish the job in hand (up to --drain-timeout
 seconds), then disconnect. A second SIGINT stops at once: running jobs go straight back to
@@ -37,11 +43,13 @@ their waiting lists, neither lost nor failed.
 EPILOG = """\
 examples:
   python -m procflow.supervisor myapp.flows:access_flow
+  python -m procflow.supervisor ./myapp.py:flow
   python -m procflow.supervisor myapp.flows:make_flow --workers check=auto --workers prepare=2
   PROCFLOW_REDIS_URL=rediss://user:pw@redis:6380/0 python -m procflow.supervisor myapp:flow
 
-exit status: 0 after a clean stop, 2 for bad arguments or an app that cannot be loaded,
-1 when the workers could not start (for example Redis unreachable).
+exit status: 0 after a clean stop, 2 for bad arguments or an app that cannot be loaded
+(its import raised, for example), 1 when the workers could not start (for example Redis
+unreachable).
 """
 
 
@@ -67,10 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("app", metavar="APP", help="module:attribute of a Flow (or a factory)")
+    parser.add_argument("--version", action="version", version=VERSION, help="show the version")
+    parser.add_argument("app", metavar="APP", help=APP_HELP)
     parser.add_argument(
         "--redis-url",
         default=os.environ.get(REDIS_URL_ENV),
+        metavar="URL",
         help=f"Redis to use, overriding the flow's (default: ${REDIS_URL_ENV}); "
         "redis://, rediss:// (TLS) or unix://",
     )
@@ -86,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=os.environ.get("PROCFLOW_LOG_LEVEL", "INFO"),
         type=str.upper,
+        metavar="LEVEL",
         choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"],
-        help="log level of the supervisor and its workers (default: INFO)",
+        help="log level of the supervisor and its workers: TRACE, DEBUG, INFO, SUCCESS, "
+        "WARNING, ERROR or CRITICAL (default: $PROCFLOW_LOG_LEVEL, else INFO)",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -100,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--node-id",
         default=None,
+        metavar="NAME",
         help="this node's name in lock values (default: $PROCFLOW_NODE_ID or the host name)",
     )
     parser.add_argument(
@@ -116,6 +129,31 @@ def setup_logging(level: str) -> None:
     logger.enable("procflow")
 
 
+def _set_counts(flow: Flow, app: str, counts: dict[str, int]) -> None:
+    """Apply ``--workers``: the first group of each queue gets the count, the others 0."""
+    for queue, count in counts.items():
+        flow.stage(queue)
+        groups = [g for g in flow.groups if g.stage.name == queue]
+        if not groups:
+            raise ConfigurationError(
+                f"--workers {queue}={count}: {app} creates no workers for {queue!r}"
+            )
+        groups[0].set_count(count)
+        for extra in groups[1:]:
+            extra.set_count(0)
+
+
+def _load_flow(args: argparse.Namespace) -> Flow:
+    """The app's Flow, with --redis-url and --workers applied (ConfigurationError if not)."""
+    flow = load_app(args.app)
+    if args.redis_url:
+        flow.use_redis(RedisSettings.from_url(args.redis_url))
+    _set_counts(flow, args.app, _worker_counts(args.workers))
+    if not flow.handles:
+        raise ConfigurationError(f"{args.app} has no workers: call create_workers first")
+    return flow
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -123,22 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.redis_url:
         os.environ[REDIS_URL_ENV] = args.redis_url
     try:
-        flow = load_app(args.app)
-        if args.redis_url:
-            flow.use_redis(RedisSettings.from_url(args.redis_url))
-        counts = _worker_counts(args.workers)
-        for queue, count in counts.items():
-            flow.stage(queue)
-            groups = [g for g in flow.groups if g.stage.name == queue]
-            if not groups:
-                raise ConfigurationError(
-                    f"--workers {queue}={count}: {args.app} creates no workers for {queue!r}"
-                )
-            groups[0].set_count(count)
-            for extra in groups[1:]:
-                extra.set_count(0)
-        if not flow.handles:
-            raise ConfigurationError(f"{args.app} has no workers: call create_workers first")
+        flow = _load_flow(args)
     except ConfigurationError as exc:
         parser.exit(2, f"error: {exc}\n")
     supervisor = Supervisor(
@@ -151,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return supervisor.run()
     except ProcflowError as exc:
-        logger.error("{}", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, RedisUnavailableError):
+            print(unreachable_hint(), file=sys.stderr)
         return 1
 
 

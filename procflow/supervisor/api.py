@@ -35,6 +35,7 @@ from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
 from ..store.keys import Holder, safe_node_id
 from ..store.redis import Store
 from ..waiting import wait_for_jobs
+from ..worker import main as child
 from ..worker.status import StatusView, read_status
 from .manager import Manager
 from .process import (
@@ -246,10 +247,10 @@ class Supervisor:
         try:
             workers = self.manager.call(lambda: [self.manager.spawn(h) for h in handles])
             for w in workers:
-                w.events.connect.set()
+                w.tell(child.CONNECT)
             self._await_all(workers, (WorkerState.CONNECTED,), "connect", timeout)
             for w in workers:
-                w.events.start.set()
+                w.tell(child.START)
             self._await_all(workers, (WorkerState.STARTED,), "start", timeout)
         except BaseException:
             self._abort()
@@ -311,8 +312,7 @@ class Supervisor:
         drain = self.drain_timeout if drain_timeout is None else drain_timeout
         workers = self.table.live()
         for w in workers:
-            w.status.stop = 1
-            w.events.stop.set()
+            w.tell(child.STOP)
         self._unblock(workers)
         deadline = time.monotonic() + drain
         self.table.wait_for(
@@ -339,7 +339,7 @@ class Supervisor:
                 w.kill_reason = _SHUTDOWN
                 kill_tree(w.pid)
         for w in workers:
-            w.events.disconnect.set()
+            w.tell(child.DISCONNECT)
         if not self.table.wait_for(lambda: all(w.gone for w in workers), _STOP_GRACE):
             for w in workers:
                 if not w.gone:
@@ -382,14 +382,14 @@ class Supervisor:
             self._state = SupervisorState.RUNNING
             self._ensure_core()
         w = self.manager.call(lambda: self.manager.spawn(handle))
-        w.events.connect.set()
+        w.tell(child.CONNECT)
         self._await_all([w], (WorkerState.CONNECTED, WorkerState.STARTED), "connect", timeout)
 
     def start_worker(self, handle: WorkerHandle, timeout: float = 30.0) -> None:
         w = self.table.get(handle)
         if w is None or w.gone or w.state not in (WorkerState.CONNECTED, WorkerState.STARTED):
             raise SupervisorStateError(f"worker {handle.name} must be connected before it starts")
-        w.events.start.set()
+        w.tell(child.START)
         self._await_all([w], (WorkerState.STARTED,), "start", timeout)
         self._start_monitor()  # due retries and expired locks need it, however workers start
 
@@ -397,8 +397,7 @@ class Supervisor:
         w = self.table.get(handle)
         if w is None or w.gone:
             return
-        w.status.stop = 1
-        w.events.stop.set()
+        w.tell(child.STOP)
         self._unblock([w])
         self.table.wait_for(
             lambda: (
@@ -414,7 +413,7 @@ class Supervisor:
             return
         if w.state is WorkerState.STARTED:
             self.stop_worker(handle)
-        w.events.disconnect.set()
+        w.tell(child.DISCONNECT)
         self.table.wait_for(lambda: w.gone, timeout)
         if not self.table.live() and self.monitor is not None:
             self.monitor.stop()

@@ -30,7 +30,7 @@ from ..handles import PARENT, WorkerGroup, WorkerHandle
 from ..settings import RedisSettings
 from ..store.redis import Store
 from ..worker import main as child
-from ..worker.main import WorkerEvents, worker_main
+from ..worker.main import worker_main
 from ..worker.payload import WorkerPayload
 from ..worker.status import StatusRecord, clear_status, read_status
 from .logs import reemit
@@ -243,44 +243,34 @@ class Manager:
     def record(self, handle: WorkerHandle) -> WorkerProcess:
         w = self.table.get(handle)
         if w is None:
-            ev = self.ctx.Event
-            w = WorkerProcess(
-                handle=handle,
-                status=self.ctx.RawValue(StatusRecord),
-                events=WorkerEvents(ev(), ev(), ev(), ev()),
-            )
+            w = WorkerProcess(handle=handle, status=self.ctx.RawValue(StatusRecord))
             with self.table.cond:
                 self.table.by_handle[handle] = w
         return w
 
     def spawn(self, handle: WorkerHandle, start: bool = False) -> WorkerProcess:
         """Fork the worker process of ``handle`` (manager thread only). With ``start``, its
-        connect and start events are set at once (a replacement joins a running pool)."""
+        connect and start commands are sent at once (a replacement joins a running pool)."""
         w = self.record(handle)
         if not w.gone:
             return w
         blob = self.blob(handle.group)
         clear_status(w.status)
-        if not start:
-            for event in w.events:
-                event.clear()
-        else:
-            w.events.stop.clear()
-            w.events.disconnect.clear()
-            w.events.connect.set()
-            w.events.start.set()
         parent_end, child_end = self.ctx.Pipe(duplex=False)
+        commands_in, commands_out = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(
             target=worker_main,
-            args=(blob, handle.name, w.status, w.events, child_end, os.getpid(), self.log_level),
+            args=(blob, handle.name, w.status, commands_in, child_end, os.getpid(), self.log_level),
             name=f"procflow {handle.name}",
             daemon=True,
         )
         process.start()
         child_end.close()
+        commands_in.close()
         with self.table.cond:
             w.process = process
             w.conn = parent_end
+            w.commands = commands_out
             w.state = WorkerState.SPAWNED
             w.gone = False
             w.kill_reason = None
@@ -293,6 +283,8 @@ class Manager:
             except psutil.Error:
                 w.ps = None
             self.table.cond.notify_all()
+        if start:
+            w.tell(child.CONNECT, child.START)
         self.log.bind(queue=handle.group.stage.name).debug(
             "spawned worker {} (pid {})", handle.name, process.pid
         )
@@ -353,9 +345,10 @@ class Manager:
         if pid is not None:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)  # whatever the job started
-        if w.conn is not None:
-            w.conn.close()
-            w.conn = None
+        for end in (w.conn, w.commands):
+            if end is not None:
+                end.close()
+        w.conn = w.commands = None
         planned = w.state is WorkerState.DISCONNECTED and code == 0
         recycled = planned and w.end_reason.startswith("recycle")
         stage = w.handle.group.stage

@@ -23,7 +23,6 @@ import psutil
 
 from ..handles import WorkerHandle
 from ..worker import main as child
-from ..worker.main import WorkerEvents
 
 __all__ = [
     "LifecycleEvent",
@@ -72,6 +71,7 @@ class WorkerState(str, Enum):
 
 
 _FAILED, _DEAD = WorkerState.FAILED, WorkerState.DEAD
+_SEND_LOCK = threading.Lock()
 #: what a worker reports → its new state
 REPORTED = {
     s.value: s
@@ -102,9 +102,10 @@ class WorkerProcess:
 
     handle: WorkerHandle
     status: Any
-    events: WorkerEvents
     process: Any = None
     conn: Connection | None = None
+    #: the supervisor's end of the process's command pipe (a new pipe for each process)
+    commands: Connection | None = None
     state: WorkerState = WorkerState.NEW
     client_id: int | None = None
     spawned_at: float = 0.0
@@ -128,6 +129,21 @@ class WorkerProcess:
     @property
     def lock_time(self) -> float:
         return self.handle.group.options.lock_time
+
+    def tell(self, *commands: str) -> None:
+        """Send lifecycle commands (``child.CONNECT`` …). Never waits on the process: a
+        command to a process that is gone is dropped."""
+        if child.STOP in commands:
+            self.status.stop = 1  # the loop checks this between jobs, without a system call
+        conn = self.commands
+        if conn is None:
+            return
+        with _SEND_LOCK:
+            for command in commands:
+                try:
+                    conn.send(command)
+                except (OSError, ValueError):  # gone, or closed: nothing left to tell
+                    return
 
 
 class WorkerTable:

@@ -2,8 +2,10 @@
 
 The process puts itself in its own process group (so the supervisor can kill whatever the job
 started, and Ctrl-C in a terminal reaches only the supervisor), asks the kernel to kill it if
-the supervisor dies (Linux), then follows the supervisor's events: connect, start, stop,
-disconnect. It reports each step on its pipe with the time on the shared monotonic clock.
+the supervisor dies (Linux), then follows the supervisor's commands — connect, start, stop,
+disconnect — which arrive on a pipe of their own (a pipe, not a shared Event: sending on it
+never waits for a process that died). It reports each step on its report pipe with the time on
+the shared monotonic clock.
 Nothing here imports the supervisor: the two sides share only this module's names, the
 status record and the log messages.
 """
@@ -17,7 +19,7 @@ import signal
 import sys
 import time
 from multiprocessing.connection import Connection
-from typing import Any, NamedTuple
+from typing import Any
 
 import cloudpickle
 from loguru import logger
@@ -29,14 +31,24 @@ from .payload import WorkerPayload
 from .status import StatusWriter
 
 __all__ = [
+    "CONNECT",
     "CONNECTED",
     "CONNECT_FAILED",
+    "DISCONNECT",
     "DISCONNECTED",
+    "START",
     "STARTED",
+    "STOP",
     "STOPPED",
-    "WorkerEvents",
+    "Commands",
     "worker_main",
 ]
+
+# What the supervisor tells a worker, in this order
+CONNECT = "connect"
+START = "start"
+STOP = "stop"
+DISCONNECT = "disconnect"
 
 # What a worker reports on its pipe: (kind, monotonic ns, extra)
 CONNECTED = "connected"  # extra: the blocking connection's client id
@@ -52,13 +64,28 @@ EXIT_ORPHANED = 70
 EXIT_CONNECT_FAILED = 3
 
 
-class WorkerEvents(NamedTuple):
-    """The four lifecycle events of one worker (multiprocessing.Event each)."""
+class Commands:
+    """The worker's end of its command pipe: what the supervisor has said so far."""
 
-    connect: Any
-    start: Any
-    stop: Any
-    disconnect: Any
+    def __init__(self, conn: Connection, parent_pid: int) -> None:
+        self.conn = conn
+        self.parent_pid = parent_pid
+        self.said: set[str] = set()
+
+    def wait_for(self, command: str, abort: str | None = None) -> bool:
+        """Wait until ``command`` was said; False if ``abort`` was said first, or the
+        supervisor is gone."""
+        while command not in self.said:
+            if abort is not None and abort in self.said:
+                return False
+            if os.getppid() != self.parent_pid:
+                return False
+            try:
+                if self.conn.poll(0.5):
+                    self.said.add(str(self.conn.recv()))
+            except (EOFError, OSError):  # the supervisor closed it: it is gone
+                return False
+        return True
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -72,22 +99,11 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(EXIT_ORPHANED)
 
 
-def _wait(event: Any, parent_pid: int, abort: Any = None) -> bool:
-    """Wait for ``event``; False if ``abort`` is set first or the supervisor is gone."""
-    while True:
-        if event.wait(0.5):
-            return True
-        if abort is not None and abort.is_set():
-            return False
-        if os.getppid() != parent_pid:
-            return False
-
-
 def worker_main(
     blob: bytes,
     worker: str,
     raw_status: Any,
-    events: WorkerEvents,
+    commands_conn: Connection,
     conn: Connection,
     parent_pid: int,
     log_level: str,
@@ -127,7 +143,8 @@ def worker_main(
         with contextlib.suppress(OSError, ValueError):
             conn.send(message)
 
-    if not _wait(events.connect, parent_pid, events.disconnect):
+    commands = Commands(commands_conn, parent_pid)
+    if not commands.wait_for(CONNECT, abort=DISCONNECT):
         return
     try:
         loop.connect()
@@ -135,7 +152,7 @@ def worker_main(
         send(CONNECT_FAILED, f"{type(exc).__name__}: {exc}")
         sys.exit(EXIT_CONNECT_FAILED)
     send(CONNECTED, time.monotonic_ns(), loop.client_id)
-    if not _wait(events.start, parent_pid, events.disconnect):
+    if not commands.wait_for(START, abort=DISCONNECT):
         loop.disconnect()
         send(DISCONNECTED, time.monotonic_ns())
         return
@@ -147,7 +164,7 @@ def worker_main(
         sys.exit(1)
     send(STOPPED, time.monotonic_ns(), reason)
     if reason == "stop" and not stop_signal["seen"]:
-        _wait(events.disconnect, parent_pid)
+        commands.wait_for(DISCONNECT)
     loop.disconnect()
     send(DISCONNECTED, time.monotonic_ns())
     sys.stdout.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -248,6 +249,33 @@ def test_workers_started_by_hand_get_their_due_retries(redis_url: str, r: redis.
     finally:
         sup.stop()
         handle.disconnect()
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_a_worker_killed_while_it_waits_to_start_is_replaced_and_nothing_wedges(
+    redis_url: str,
+) -> None:
+    """Lifecycle commands go on a pipe per process: telling a dead process never waits."""
+    flow = Flow("killwait", [QueueSpec("w")], redis_url=redis_url)
+    first, second = flow.create_workers("w", lambda j: {"ok": True}, count=2)
+    sup = Supervisor(flow)
+    try:
+        first.connect()
+        second.connect()  # both wait for their start command now
+        dead = first.pid
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)
+        wait_until(lambda: first.pid not in (None, dead), what="the replacement")
+        wait_until(lambda: first.state == "started", what="the replacement to start")
+        second.start()
+        jobs = sup.wait(flow.create_jobs([{"n": n} for n in range(10)]), timeout=20)
+        assert all(j["ok"] for j in jobs)
+        old = second.pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)  # killed while it waits for jobs
+        wait_until(lambda: second.pid not in (None, old), what="the second replacement")
+    finally:
+        sup.stop()  # returns: no command waits on a dead process
 
 
 def test_wait_times_out_with_the_pending_ids(redis_url: str) -> None:
