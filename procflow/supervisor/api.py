@@ -44,6 +44,7 @@ from .process import (
     WorkerProcess,
     WorkerState,
     WorkerTable,
+    become_subreaper,
     kill_tree,
 )
 from .settle import Settler
@@ -212,6 +213,7 @@ class Supervisor:
             self.store = Store(self._store_settings())
             self.manager.use_store(self.store)
         self.flow.connect()
+        become_subreaper()  # orphans of workers' jobs come here, to be found and killed
         self.table.record("flow", "connected")
         self.manager.settler.reclaim(list(self.flow.definition.stages.values()))
         self._immediate = False

@@ -37,6 +37,7 @@ from .logs import reemit
 from .process import (
     REPORTED,
     LifecycleEvent,
+    Orphans,
     SupervisorState,
     WorkerProcess,
     WorkerState,
@@ -57,6 +58,8 @@ T = TypeVar("T")
 RESPAWN_MAX = 30.0
 #: a worker that lived this long (or finished a job) before crashing starts a new streak
 CRASH_STREAK_RESET = 30.0
+#: how often adopted processes of live workers are checked for having ended (seconds)
+ORPHAN_SCAN = 5.0
 
 
 class Manager:
@@ -88,6 +91,8 @@ class Manager:
         self.log_level = log_level
         self.state = state
         self.respawn = True
+        self.orphans = Orphans(holder)
+        self._next_orphans = 0.0
         self.thread: threading.Thread | None = None
         self._blobs: dict[WorkerGroup, bytes] = {}
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -196,6 +201,8 @@ class Manager:
         if self.settler.pending:
             deadlines.append(self.settler.next_retry)
         deadlines += [w.respawn_at for w in self.table if w.respawn_at is not None]
+        if self.orphans.known:
+            deadlines.append(self._next_orphans)
         return max(0.0, min(deadlines) - time.monotonic())
 
     def _timers(self) -> None:
@@ -203,6 +210,8 @@ class Manager:
         if self.settler.pending and time.monotonic() >= self.settler.next_retry:
             self.settler.retry_pending()
         now = time.monotonic()
+        if self.orphans.known and now >= self._next_orphans:
+            self._collect_orphans()
         for w in self.table:
             if w.respawn_at is not None and now >= w.respawn_at:
                 w.respawn_at = None
@@ -334,6 +343,15 @@ class Manager:
 
     # -- a worker ended ----------------------------------------------------------------------
 
+    def _collect_orphans(self, ended: WorkerProcess | None = None) -> None:
+        """Kill what the jobs of ended workers left running in sessions of their own (this
+        process is their subreaper), reap what of it ended."""
+        self._next_orphans = time.monotonic() + ORPHAN_SCAN
+        live = {w.pid for w in self.table.live() if w is not ended and w.pid is not None}
+        killed = self.orphans.collect(live)
+        if killed:
+            self.log.warning("killed {} process(es) that a worker's jobs had left running", killed)
+
     def _on_exit(self, w: WorkerProcess) -> None:
         """A worker process ended: learn why, settle its job, maybe respawn it."""
         self._drain(w)
@@ -353,6 +371,7 @@ class Manager:
         recycled = planned and w.end_reason.startswith("recycle")
         stage = w.handle.group.stage
         log = self.log.bind(queue=stage.name, worker=w.name, pid=pid)
+        self._collect_orphans(ended=w)
         if w.kill_reason == "shutdown":
             self.settler.settle(stage, view, None)
         elif not planned:

@@ -9,8 +9,10 @@ a process tree and measuring its memory.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,10 +28,12 @@ from ..worker import main as child
 
 __all__ = [
     "LifecycleEvent",
+    "Orphans",
     "SupervisorState",
     "WorkerProcess",
     "WorkerState",
     "WorkerTable",
+    "become_subreaper",
     "kill_tree",
     "tree_rss",
 ]
@@ -187,6 +191,67 @@ class WorkerTable:
                     return False
                 self.cond.wait(0.2 if left is None else min(left, 0.2))
         return True
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the one that orphaned descendants are re-parented to (Linux), so a
+    process a job started in a session of its own (``setsid``, a daemon) is still found when
+    its worker dies. Returns whether it worked."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class Orphans:
+    """The processes this supervisor adopted from its workers' jobs. ``collect`` kills those
+    whose worker is gone and reaps them; a process without this supervisor's mark (the
+    program's own children) is left alone."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        self.known: dict[int, int] = {}  # adopted pid -> the worker pid it came from
+
+    def _mark(self, proc: psutil.Process) -> int | None:
+        try:
+            mark = proc.environ().get(child.WORKER_MARK, "")
+        except psutil.Error:
+            return None
+        holder, _, worker = mark.rpartition("|")
+        return int(worker) if holder == self.holder and worker.isdigit() else None
+
+    def collect(self, live_workers: set[int]) -> int:
+        """Kill and reap the adopted processes of workers not in ``live_workers``, reap the
+        adopted ones that ended; returns how many were killed."""
+        killed = 0
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return 0
+        for proc in children:
+            pid = proc.pid
+            if pid in live_workers:
+                continue
+            worker = self.known.get(pid)
+            if worker is None:
+                worker = self._mark(proc)
+                if worker is None:
+                    continue
+                self.known[pid] = worker
+            with contextlib.suppress(psutil.Error):
+                if proc.status() != psutil.STATUS_ZOMBIE and worker not in live_workers:
+                    kill_tree(pid)
+                    killed += 1
+            with contextlib.suppress(ChildProcessError, OSError):
+                if os.waitpid(pid, 0 if worker not in live_workers else os.WNOHANG)[0]:
+                    self.known.pop(pid, None)
+        return killed
 
 
 def tree_rss(proc: psutil.Process) -> int:

@@ -40,6 +40,7 @@ __all__ = [
     "STARTED",
     "STOP",
     "STOPPED",
+    "WORKER_MARK",
     "Commands",
     "worker_main",
 ]
@@ -58,6 +59,9 @@ DISCONNECTED = "disconnected"
 CONNECT_FAILED = "connect_failed"  # (kind, error text)
 
 _PR_SET_PDEATHSIG = 1
+#: the environment variable naming a worker process (``HOLDER|PID``) in what its jobs start:
+#: the supervisor finds those processes by it when they outlive the worker
+WORKER_MARK = "PROCFLOW_WORKER"
 #: exit status of a worker whose supervisor died before it was set up
 EXIT_ORPHANED = 70
 #: exit status of a worker that could not connect
@@ -123,6 +127,7 @@ def worker_main(
     pid = os.getpid()
     payload: WorkerPayload = cloudpickle.loads(blob)
     payload.worker = worker
+    os.environ[WORKER_MARK] = f"{payload.holder}|{pid}"  # inherited by what the jobs start
     stage = payload.stage
     install_child_logging(
         conn, log_level, flow=payload.flow, queue=stage.name, worker=worker, pid=pid

@@ -358,3 +358,45 @@ def test_a_parent_is_resumed_when_its_children_were_finished_elsewhere(
         finally:
             monitor.stop()
     assert job["after"] is True and job["children:p:failed"] == []
+
+
+def daemon_then_crash(url: str) -> Any:
+    """A job that starts processes outside its worker's process group — one in a session of
+    its own, one double-forked by a shell — notes their pids, then kills its worker."""
+    client = lazy_client(url)
+
+    def job(j: dict[str, Any]) -> dict[str, Any]:
+        own = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        shell = subprocess.run(
+            ["sh", "-c", "setsid sleep 601 >/dev/null 2>&1 & echo $!"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        client().rpush("daemons", own.pid, int(shell.stdout))
+        os.kill(os.getpid(), signal.SIGKILL)
+        return {}
+
+    return job
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_processes_a_crashed_job_left_in_their_own_session_are_killed(
+    redis_url: str, r: redis.Redis
+) -> None:
+    flow = Flow("daemons", [QueueSpec("w", max_attempts=1)], redis_url=redis_url)
+    flow.create_workers("w", daemon_then_crash(redis_url), count=1)
+    with Supervisor(flow) as sup:
+        (job,) = sup.wait([flow.create_job({"a": 1})], timeout=30)
+        assert job["failed"] is True
+        pids = [int(p) for p in r.lrange("daemons", 0, -1)]
+        assert len(pids) == 2
+
+        def gone() -> bool:
+            return not any(
+                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                for p in pids
+            )
+
+        wait_until(gone, timeout=10, what="the job's daemons to be killed")
+    assert not any(psutil.pid_exists(p) for p in pids)  # and reaped, not left as zombies
