@@ -7,22 +7,59 @@ command that runs workers on a node; this one is for people looking at a flow.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .app import load_app
+from . import __version__
+from .app import APP_FORMS, load_app
 from .definition import QueueSpec
-from .errors import ProcflowError
+from .errors import ProcflowError, RedisUnavailableError
 from .flow import Flow
 from .server import RedisServer, embedded_binary
-from .settings import REDIS_URL_ENV
+from .settings import REDIS_URL_ENV, RedisSettings
+from .store import keys
 from .supervisor import Supervisor
 
-__all__ = ["main"]
+__all__ = ["APP_HELP", "VERSION", "build_parser", "main", "unreachable_hint"]
+
+#: what ``--version`` prints, for both command lines
+VERSION = f"procflow {__version__}"
+
+#: the help of APP, for both command lines
+APP_HELP = f"{APP_FORMS} naming a Flow (or a function returning one)"
+
+DESCRIPTION = f"""\
+Look at a procflow flow: run the demo, count the jobs in each queue, list failed jobs and
+put them back. To run a flow's workers on a node, use: python -m procflow.supervisor APP
+
+APP is {APP_FORMS}: a Flow, or a function
+without arguments returning one. A module is looked up from the current directory and
+sys.path; a .py file is imported under its own name.
+"""
+
+EPILOG = f"""\
+examples:
+  python -m procflow demo
+  python -m procflow status myapp.flows:flow --redis-url redis://127.0.0.1:6379/0
+  python -m procflow failed ./myapp.py:flow render --retry
+
+The Redis URL is --redis-url, else ${REDIS_URL_ENV}, else the flow's own.
+exit status: 0 ok, 1 a failed demo job, an unknown id for --retry or a Redis error,
+2 bad arguments or an app that cannot be loaded.
+"""
+
+#: the demo's job sizes: primes below 2000-2490, the longest Collatz chain below a quarter
+_DEMO_SIZES = (2000, 10, 50)
+
+
+def unreachable_hint(demo: bool = False) -> str:
+    """What to do when Redis cannot be reached (a line to print after the error)."""
+    embedded = ", or omit both for the embedded server" if demo else ""
+    return f"  start a Redis server there, pass --redis-url URL, or set ${REDIS_URL_ENV}{embedded}"
 
 
 def _count_primes(limit: int) -> int:
@@ -96,47 +133,138 @@ def demo_flow(redis_url: str) -> Flow:
     return flow
 
 
+def _demo_redis(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The Redis URL the demo uses and where it came from (None: the embedded server)."""
+    if args.redis_url:
+        return args.redis_url, "--redis-url"
+    if os.environ.get(REDIS_URL_ENV):
+        return os.environ[REDIS_URL_ENV], f"${REDIS_URL_ENV}"
+    return None, ""
+
+
 def _demo(args: argparse.Namespace) -> int:
-    server = None
-    url = args.redis_url
-    if not url:
-        server = RedisServer(embedded_binary()).start()
-        url = server.url
-        print(f"embedded server: {server.version()} on {url}")
+    url, source = _demo_redis(args)
+    if url is not None:
+        print(f"using Redis at {RedisSettings.from_url(url).url} (from {source})", flush=True)
+        return _run_demo(args, url, shared=True)
+    with RedisServer(embedded_binary()) as server:
+        version = server.version().split(" sha=")[0]
+        print(f"embedded server: {version} on {server.url} (stopped at the end)")
+        return _run_demo(args, server.url, shared=False)
+
+
+def _worker_plan(flow: Flow) -> str:
+    heavy = [g for g in flow.groups if g.stage.parent is not None]
+    light = [g.stage.name for g in flow.groups if g.stage.parent is None]
+    per_core = heavy[0].count if heavy else 0
+    return (
+        f"starting {sum(g.count for g in flow.groups)} worker processes:\n"
+        f"  {per_core} (one per core) for each CPU-bound child stage: "
+        f"{', '.join(g.stage.name for g in heavy)}\n"
+        f"  1 each for the light stages: {', '.join(light)}"
+    )
+
+
+def _create(flow: Flow, count: int, batch: str) -> list[str]:
+    if count == 0:
+        return []
+    base, step, spread = _DEMO_SIZES
+    return flow.create_jobs(
+        [{"size": base + step * (n % spread), "batch": batch} for n in range(count)]
+    )
+
+
+def _run_demo(args: argparse.Namespace, url: str, shared: bool) -> int:
+    """The demo on ``url``; on a ``shared`` server its jobs are removed afterwards unless
+    ``--keep``."""
+    flow = demo_flow(url)
+    flow.connect()  # a Redis problem shows before anything is started or written
+    print("flow 'demo': prepare → analyze (fan-out: primes, collatz) → report")
+    print(_worker_plan(flow), flush=True)
+    batch = f"demo-{uuid.uuid4().hex[:12]}"
+    ids: list[str] = []
     try:
-        flow = demo_flow(url)
-        print(f"flow {flow.name!r}: prepare → analyze (primes, collatz) → report")
-        started = time.perf_counter()
         with Supervisor(flow, log_level="WARNING") as sup:
-            pids = sorted(sup.worker_pids())
-            print(f"{len(pids)} worker processes: {', '.join(map(str, pids))}")
-            batch = f"b{int(time.time())}"
-            ids = flow.create_jobs(
-                [{"size": 2000 + 10 * (n % 50), "batch": batch} for n in range(args.jobs)]
-            )
-            jobs = sup.wait(ids, timeout=args.timeout, progress=True)
-        wall = time.perf_counter() - started
-        failed = [j for j in jobs if j.get("failed")]
-        sample = flow.get_jobs([ids[0]], resolve_children=True)[0]
-        rows = [
-            ("jobs", f"{len(jobs)}"),
-            ("done", f"{sum(1 for j in jobs if j.get('done'))}"),
-            ("failed", f"{len(failed)}"),
-            ("child jobs", f"{2 * len(jobs)}"),
-            ("worker processes", f"{len(pids)}"),
-            ("wall time", f"{wall:.2f} s (with start and stop)"),
-            ("jobs/s", f"{len(jobs) / wall:,.0f}"),
-        ]
-        width = max(len(k) for k, _ in rows)
-        print()
-        for key, value in rows:
-            print(f"  {key:<{width}}  {value}")
-        print("\nfirst job, children resolved:")
-        print(json.dumps(sample, indent=2, ensure_ascii=False))
-        return 1 if failed else 0
+            started = time.perf_counter()
+            ids = _create(flow, args.jobs, batch)
+            print(f"created {len(ids)} jobs (batch {batch})", flush=True)
+            sup.wait(ids, timeout=args.timeout, progress=True)
+            wall = time.perf_counter() - started
+        jobs = flow.get_jobs(ids, resolve_children=True)
+        _report(flow, jobs, wall)
+        return 1 if any(j.get(keys.FAILED) for j in jobs) else 0
     finally:
-        if server is not None:
-            server.stop()
+        if shared:
+            _keep_or_remove(flow, ids, batch, args.keep)
+        flow.disconnect()
+
+
+def _children(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        child
+        for name, value in job.items()
+        if keys.is_children_jobs_field(name) and isinstance(value, list)
+        for child in value
+        if isinstance(child, dict)
+    ]
+
+
+def _pipeline_order(flow: Flow) -> list[str]:
+    """Stage names in pipeline order: each top stage followed by its child stages."""
+    top = [stage for stage in flow.stages.values() if stage.parent is None]
+    return [name for stage in top for name in (stage.name, *stage.children.values())]
+
+
+def _stage_rows(flow: Flow, jobs: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    """Per stage, measured from the jobs and their children: (stage, completed, failed)."""
+    everything = jobs + [child for job in jobs for child in _children(job)]
+    rows = []
+    for name in _pipeline_order(flow):
+        ran = [j for j in everything if keys.attempts_field(name) in j]
+        failed = sum(1 for j in ran if j.get(keys.FAILED_QUEUE) == name)
+        rows.append((name, len(ran) - failed, failed))
+    return rows
+
+
+def _report(flow: Flow, jobs: list[dict[str, Any]], wall: float) -> None:
+    rows = _stage_rows(flow, jobs)
+    width = max(len("stage"), *(len(name) for name, _, _ in rows))
+    print(f"\n  {'stage':<{width}}  completed  failed")
+    for name, completed, failed in rows:
+        print(f"  {name:<{width}}  {completed:>9}  {failed:>6}")
+    failed_jobs = sum(1 for j in jobs if j.get(keys.FAILED))
+    rate = f"{len(jobs) / wall:,.0f}" if jobs and wall > 0 else "n/a"
+    summary = [
+        ("jobs", f"{len(jobs)}, {failed_jobs} failed"),
+        (
+            "child jobs",
+            f"{sum(len(_children(j)) for j in jobs)} (counted in the jobs' children:Q:jobs)",
+        ),
+        ("wall time", f"{wall:.2f} s from the first create to the last done"),
+        ("jobs/s", f"{rate}  (jobs/s = jobs / wall time from the first create to the last done)"),
+    ]
+    print()
+    for key, value in summary:
+        print(f"  {key:<{width}}  {value}")
+
+
+def _keep_or_remove(flow: Flow, ids: list[str], batch: str, keep: bool) -> None:
+    """Remove this run's jobs (hashes, child jobs, lookup entries, places in the queues);
+    never another run's. A list emptied by that is gone: Redis keeps no empty lists."""
+    if not ids:
+        return
+    if keep:
+        print(
+            f"\nkept the {len(ids)} jobs of batch {batch}: "
+            f"flow.get_jobs_by_key('batch', {batch!r}) finds them; they expire after "
+            f"{flow.key_ttl} s"
+        )
+        return
+    removed = sum(1 for job_id in ids if flow.delete_job(job_id))
+    print(
+        f"\nremoved the {removed} jobs of batch {batch} with their child jobs and lookup "
+        "entries (--keep keeps them)"
+    )
 
 
 def _load(args: argparse.Namespace) -> Flow:
@@ -157,40 +285,106 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _failed(args: argparse.Namespace) -> int:
-    flow = _load(args)
-    if args.retry:
-        moved = flow.retry_failed(args.queue, args.ids or None)
-        print(f"put {len(moved)} job(s) back on {args.queue!r}")
+def _retry(flow: Flow, queue: str, wanted: list[str]) -> int:
+    """Put failed jobs back: all of them, or ``wanted``; 1 when some id was not failed."""
+    moved = flow.retry_failed(queue, wanted or None)
+    if not wanted and not moved:
+        print(f"no failed jobs in {queue}")
         return 0
-    for job in flow.get_jobs(flow.failed_jobs(args.queue)):
-        print(f"{job['id']}  {job.get('failedErrorMsg', '')}")
+    print(f"put {len(moved)} job(s) back on {queue!r}")
+    unknown = [i for i in dict.fromkeys(wanted) if i not in set(moved)]
+    if unknown:
+        print(f"error: not on the failed list of {queue!r}: {', '.join(unknown)}", file=sys.stderr)
+        return 1
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m procflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _failed(args: argparse.Namespace) -> int:
+    flow = _load(args)
+    if args.retry is not None:
+        return _retry(flow, args.queue, [*args.ids, *args.retry])
+    ids = flow.failed_jobs(args.queue)
+    if not ids:
+        print(f"no failed jobs in {args.queue}")
+    for job in flow.get_jobs(ids):
+        print(f"{job['id']}  {job.get(keys.FAILED_ERROR_MSG, '')}")
+    return 0
+
+
+def _add_redis_url(parser: argparse.ArgumentParser, default: str | None, text: str) -> None:
+    parser.add_argument("--redis-url", default=default, metavar="URL", help=text)
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser(
         "demo",
-        help="run a small CPU-bound flow end to end (on an embedded server unless --redis-url)",
+        help="run a small CPU-bound flow end to end and print what it did",
+        description="Run the demo flow end to end: prepare → analyze (fan-out to primes and "
+        "collatz) → report, with one worker process per core for each CPU-bound stage, and "
+        "print per stage how many jobs completed and failed.",
     )
-    demo.add_argument("--redis-url", default=os.environ.get(REDIS_URL_ENV))
-    demo.add_argument("--jobs", type=int, default=200)
-    demo.add_argument("--timeout", type=float, default=300.0)
+    _add_redis_url(
+        demo,
+        None,
+        f"Redis to use (default: ${REDIS_URL_ENV}, else an embedded server); the demo's "
+        "jobs are removed afterwards unless --keep",
+    )
+    demo.add_argument(
+        "--jobs", type=int, default=200, metavar="N", help="how many jobs (default: 200)"
+    )
+    demo.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up after this long (default: 300)",
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="leave the demo's jobs in Redis (with --redis-url)"
+    )
     demo.set_defaults(run=_demo)
-    for name, fn, text in (
-        ("status", _status, "waiting/processing/delayed/parked/failed counts per queue"),
-        ("failed", _failed, "list a queue's failed jobs, or put them back (--retry)"),
-    ):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("app", metavar="APP", help="module:attribute of a Flow (or a factory)")
-        cmd.add_argument("--redis-url", default=os.environ.get(REDIS_URL_ENV))
-        if name == "failed":
-            cmd.add_argument("queue")
-            cmd.add_argument("ids", nargs="*", help="only these ids (with --retry)")
-            cmd.add_argument("--retry", action="store_true")
-        cmd.set_defaults(run=fn)
+
+
+def _add_flow_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
+) -> argparse.ArgumentParser:
+    cmd = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
+    cmd.add_argument("app", metavar="APP", help=APP_HELP)
+    _add_redis_url(
+        cmd,
+        os.environ.get(REDIS_URL_ENV),
+        f"Redis to use, overriding the flow's (default: ${REDIS_URL_ENV})",
+    )
+    return cmd
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m procflow",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=VERSION, help="show the version")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="COMMAND --help tells more"
+    )
+    _add_demo(sub)
+    status = _add_flow_command(
+        sub, "status", "print the waiting, processing, delayed, parked and failed jobs per queue"
+    )
+    status.set_defaults(run=_status)
+    failed = _add_flow_command(sub, "failed", "list a queue's failed jobs, or put them back")
+    failed.add_argument("queue", metavar="QUEUE", help="the queue (a child queue: PARENT:CHILD)")
+    failed.add_argument("ids", nargs="*", metavar="ID", help="with --retry: only these jobs")
+    failed.add_argument(
+        "--retry",
+        nargs="*",
+        default=None,
+        metavar="ID",
+        help="put the failed jobs back on waiting: all of them, or only the IDs given",
+    )
+    failed.set_defaults(run=_failed)
     return parser
 
 
@@ -200,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except ProcflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, RedisUnavailableError):
+            print(unreachable_hint(demo=args.command == "demo"), file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
 
 

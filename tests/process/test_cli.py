@@ -76,6 +76,8 @@ def test_help_explains_the_options() -> None:
     ).stdout
     for text in (
         "APP",
+        "path/to/file.py:attribute",
+        "--version",
         "--redis-url",
         "--workers",
         "QUEUE=N",
@@ -94,7 +96,9 @@ def test_help_explains_the_options() -> None:
         (["nomodule_xyz:flow"], "cannot import 'nomodule_xyz'"),
         (["tests.process.apps"], "module:attribute"),
         (["tests.process.apps:nothing"], "has no attribute"),
-        (["tests.process.apps:prepare"], "not a Flow"),
+        (["tests.process.apps:prepare"], "not a Flow: prepare(job) takes arguments"),
+        (["tests/process/apps.py:plain_flow"], "has no workers"),
+        (["tests/process/nothere.py:flow"], "does not exist"),
         (["tests.process.apps:cli_flow", "--workers", "nope=2"], "unknown queue 'nope'"),
         (["tests.process.apps:cli_flow", "--workers", "work=many"], "must be a number or 'auto'"),
         (["tests.process.apps:plain_flow"], "has no workers"),
