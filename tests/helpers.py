@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import faulthandler
 import os
 from collections.abc import Callable
 
@@ -20,3 +22,11 @@ def lazy_client(url: str) -> Callable[[], redis.Redis]:
         return client
 
     return get
+
+
+def segfault() -> None:
+    """Crash this process with SIGSEGV, on purpose and quietly: the faulthandler that pytest
+    enables (and a forked worker inherits) would print a "Fatal Python error" block for an
+    expected crash, which reads like a broken build."""
+    faulthandler.disable()
+    ctypes.string_at(0)

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import setproctitle
 from loguru import logger
 
 from ..app import APP_FORMS, load_app
@@ -164,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flow = _load_flow(args)
     except ConfigurationError as exc:
         parser.exit(2, f"error: {exc}\n")
+    setproctitle.setproctitle(f"procflow: supervisor [flow {flow.name}] {args.app}")
     supervisor = Supervisor(
         flow,
         node_id=args.node_id,

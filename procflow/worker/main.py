@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import cloudpickle
+import setproctitle
 from loguru import logger
 
 from ..store.session import StageSession
@@ -103,6 +104,11 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(EXIT_ORPHANED)
 
 
+def title(worker: str, flow: str) -> str:
+    """What ``ps`` shows for a worker process."""
+    return f"procflow: worker {worker} [flow {flow}]"
+
+
 def worker_main(
     blob: bytes,
     worker: str,
@@ -128,6 +134,7 @@ def worker_main(
     payload: WorkerPayload = cloudpickle.loads(blob)
     payload.worker = worker
     os.environ[WORKER_MARK] = f"{payload.holder}|{pid}"  # inherited by what the jobs start
+    setproctitle.setproctitle(title(worker, payload.flow))
     stage = payload.stage
     install_child_logging(
         conn, log_level, flow=payload.flow, queue=stage.name, worker=worker, pid=pid

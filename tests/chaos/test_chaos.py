@@ -6,7 +6,6 @@ places, no process left behind, and reports duplicate executions in the chaos re
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from procflow import Backoff, Flow, QueueSpec, Supervisor
 from procflow.server import RedisServer
 from tests.chaos.harness import Audit, Killer, audit, chaos_flow, timed
 from tests.conftest import CHAOS_REPORT, SERVER_KINDS, server_binary, wait_until
-from tests.helpers import lazy_client
+from tests.helpers import lazy_client, segfault
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("no_leaks")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,7 +185,7 @@ def test_hangs_segfaults_and_memory_hogs(redis_url: str, server: RedisServer) ->
         if kind == "hang":
             time.sleep(600)
         elif kind == "segv":
-            ctypes.string_at(0)
+            segfault()
         elif kind == "hog":
             hoard = [bytearray(25 * 2**20) for _ in range(400)]  # 10 GB if nobody stops it
             return {"n": len(hoard)}

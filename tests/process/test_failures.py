@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -19,8 +18,8 @@ from procflow import Backoff, Flow, QueueSpec, Supervisor
 from procflow.failures import FailureRecord, RetryPolicy
 from procflow.monitor import FlowMonitor
 from procflow.server import RedisServer
-from tests.conftest import wait_until
-from tests.helpers import lazy_client
+from tests.conftest import SERVER_KINDS, wait_until
+from tests.helpers import lazy_client, segfault
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -65,7 +64,7 @@ def test_a_sigkilled_workers_job_is_retried_within_a_second(redis_url: str, r: r
 
 def test_a_job_that_segfaults_every_time_is_quarantined(redis_url: str, r: redis.Redis) -> None:
     def crash(job: dict[str, Any]) -> dict[str, Any]:
-        ctypes.string_at(0)  # SIGSEGV
+        segfault()
         return {}
 
     flow = Flow(
@@ -265,6 +264,31 @@ def test_workers_survive_a_redis_restart_and_consume_again(fresh_server: RedisSe
         assert sorted(sup.worker_pids()) == sorted(pids)  # the same processes, not respawned
     assert before[0]["done"] is True
     assert all(j["done"] for j in after)
+
+
+@pytest.mark.parametrize("fresh_server", SERVER_KINDS, indirect=True)
+def test_after_a_redis_restart_each_worker_reconnects_once_and_says_so_once(
+    fresh_server: RedisServer,
+) -> None:
+    records: list[dict[str, Any]] = []
+    logger.enable("procflow")
+    handler = logger.add(lambda m: records.append(m.record), level="INFO")
+    try:
+        flow = Flow("once", [QueueSpec("w")], redis_url=fresh_server.url)
+        flow.create_workers("w", lambda j: {"ok": True}, count=2, block_timeout=1)
+        with flow.start_all() as sup:
+            sup.wait(flow.create_jobs([{"n": 1}]), timeout=10)
+            fresh_server.kill()
+            fresh_server.start()
+            sup.wait(flow.create_jobs([{"n": n} for n in range(20)]), timeout=30)
+    finally:
+        logger.remove(handler)
+        logger.disable("procflow")
+    for worker in ("w#0", "w#1"):
+        said = [str(r["message"]) for r in records if r["extra"].get("worker") == worker]
+        down = [m for m in said if "is unavailable" in m]
+        back = [m for m in said if "reachable again" in m]
+        assert len(down) == len(back) == 1, said
 
 
 def test_one_monitor_leads_and_another_takes_over(redis_url: str) -> None:

@@ -278,6 +278,17 @@ def test_a_worker_killed_while_it_waits_to_start_is_replaced_and_nothing_wedges(
         sup.stop()  # returns: no command waits on a dead process
 
 
+def test_worker_processes_are_named_in_ps(redis_url: str) -> None:
+    flow = Flow("titles", [QueueSpec("check")], redis_url=redis_url)
+    flow.create_workers("check", lambda j: {}, count=2)
+    with flow.start_all() as sup:
+        titles = sorted(" ".join(psutil.Process(p).cmdline()).strip() for p in sup.worker_pids())
+    assert titles == [
+        "procflow: worker check#0 [flow titles]",
+        "procflow: worker check#1 [flow titles]",
+    ]
+
+
 def test_wait_times_out_with_the_pending_ids(redis_url: str) -> None:
     flow = Flow("waits", [QueueSpec("w"), QueueSpec("nobody")], redis_url=redis_url)
     flow.create_workers("w", lambda j: {"nextQueue": "nobody"})
