@@ -397,7 +397,7 @@ class Manager:
             w.crashes = 0
             if running:
                 self.spawn(w.handle, start=True)
-        elif not planned and w.state is not WorkerState.FAILED and running:
+        elif not planned and running:  # a replacement that could not connect tries again
             self._schedule_respawn(w, view.jobs, log)
 
     def _schedule_respawn(self, w: WorkerProcess, jobs: int, log: Logger) -> None:
