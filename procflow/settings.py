@@ -7,6 +7,7 @@ docs/configuration.md.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import ssl
@@ -210,6 +211,10 @@ class RedisSettings:
     def from_env(cls, url: str | None = None) -> RedisSettings:
         """From ``url``, else ``$PROCFLOW_REDIS_URL``, else ``redis://127.0.0.1:6379/0``."""
         return cls.from_url(url or os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL)
+
+    def with_options(self, **changes: Any) -> RedisSettings:
+        """A copy with some fields changed (``socket_timeout=2.0``, …)."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def address(self) -> str:

@@ -152,3 +152,20 @@ def test_backoff_delays() -> None:
     assert Backoff().delays_ms(1) == []
     with pytest.raises(ConfigurationError):
         Backoff(factor=0.5)
+
+
+def test_the_acl_rules_in_the_docs_are_the_code_s() -> None:
+    from pathlib import Path
+
+    from procflow.cli import demo_flow
+
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    block = doc.split("For the demo flow", 1)[1].split("```", 2)[1]
+    assert block.split() == demo_flow("redis://127.0.0.1:1/0").acl_rules()
+
+
+def test_acl_patterns_escape_glob_characters() -> None:
+    flow = Flow("a*b", [QueueSpec("q?")])
+    rules = flow.acl_rules()
+    assert "~job:a\\*b:*" in rules and "~queue:q\\?:*" in rules
+    assert "&procflow:a\\*b:done" in rules
