@@ -12,10 +12,12 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
 import redis
+from loguru import logger
 
 from procflow.server import RedisServer, embedded_binary
 
@@ -105,6 +107,25 @@ def no_leaks() -> Iterator[None]:
         with contextlib.suppress(psutil.Error):
             described.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())}")
     assert not described, f"processes left behind: {described}"
+
+
+@pytest.fixture
+def lines() -> Iterator[list[dict[str, Any]]]:
+    """procflow's log records (and its workers', re-emitted here) while the test runs;
+    loguru is left as it was found."""
+    captured: list[dict[str, Any]] = []
+    logger.enable("procflow")
+    handler_id = logger.add(
+        lambda m: captured.append(m.record), level=0, format="{message}", catch=False
+    )
+    yield captured
+    logger.remove(handler_id)
+    logger.disable("procflow")
+
+
+def messages(records: list[dict[str, Any]]) -> list[str]:
+    """The message texts of captured log records."""
+    return [str(r["message"]) for r in records]
 
 
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from loguru import logger
 
 from procflow import (
     CreateJobsError,
@@ -21,20 +19,9 @@ from procflow import (
     Supervisor,
 )
 from procflow.server import RedisServer
-from tests.conftest import SERVER_KINDS, wait_until
+from tests.conftest import SERVER_KINDS, messages, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
-@pytest.fixture
-def lines() -> Iterator[list[str]]:
-    """Every log line of procflow and its workers (re-emitted in this process)."""
-    got: list[str] = []
-    logger.enable("procflow")
-    handler = logger.add(lambda m: got.append(str(m.record["message"])), level="DEBUG")
-    yield got
-    logger.remove(handler)
-    logger.disable("procflow")
 
 
 def fan_out_flow(url: str, name: str = "acl") -> Flow:
@@ -122,7 +109,7 @@ def slow_flow(url: str, name: str) -> Flow:
 
 @pytest.mark.parametrize("fresh_server", SERVER_KINDS, indirect=True)
 def test_a_busy_server_is_ridden_out_by_workers_and_supervisor(
-    fresh_server: RedisServer, lines: list[str]
+    fresh_server: RedisServer, lines: list[dict[str, Any]]
 ) -> None:
     r = redis.Redis.from_url(fresh_server.url)
     r.config_set("busy-reply-threshold", 100)
@@ -135,7 +122,7 @@ def test_a_busy_server_is_ridden_out_by_workers_and_supervisor(
         spinner = threading.Thread(target=busy_script, args=(fresh_server.url, 1.5, started))
         spinner.start()
         started.wait(5)
-        wait_until(lambda: any("BUSY" in m for m in lines), what="workers seeing BUSY")
+        wait_until(lambda: any("BUSY" in m for m in messages(lines)), what="workers seeing BUSY")
         spinner.join(20)
         jobs = sup.wait(ids, timeout=60)
         assert sorted(sup.worker_pids()) == pids  # no worker died or was replaced
@@ -143,12 +130,12 @@ def test_a_busy_server_is_ridden_out_by_workers_and_supervisor(
     r.close()
     assert all(j["done"] and "failed" not in j for j in jobs)
     assert [j["twice"] for j in jobs] == [2 * n for n in range(300)]
-    assert any("accepts the calls again" in m for m in lines)
+    assert any("accepts the calls again" in m for m in messages(lines))
 
 
 @pytest.mark.parametrize("fresh_server", SERVER_KINDS, indirect=True)
 def test_a_full_server_delays_completions_but_fails_no_job(
-    fresh_server: RedisServer, lines: list[str]
+    fresh_server: RedisServer, lines: list[dict[str, Any]]
 ) -> None:
     r = redis.Redis.from_url(fresh_server.url)
     flow = slow_flow(fresh_server.url, "full")
@@ -159,13 +146,13 @@ def test_a_full_server_delays_completions_but_fails_no_job(
         used = int(r.info("memory")["used_memory"])
         r.config_set("maxmemory-policy", "noeviction")
         r.config_set("maxmemory", used // 2)  # over the limit: every write is refused
-        wait_until(lambda: any("OOM" in m for m in lines), what="a completion refused")
+        wait_until(lambda: any("OOM" in m for m in messages(lines)), what="a completion refused")
         r.config_set("maxmemory", 0)
         jobs = sup.wait(ids, timeout=60)
         assert sorted(sup.worker_pids()) == pids
     r.close()
     assert all(j["done"] and "failed" not in j for j in jobs)  # max_attempts=1, yet none failed
-    refused = [m for m in lines if "OOM" in m and "keeps its lease" in m]
+    refused = [m for m in messages(lines) if "OOM" in m and "keeps its lease" in m]
     assert 1 <= len(refused) <= 2 * len(pids)  # once per episode and worker, not per retry
 
 

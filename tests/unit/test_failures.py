@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,19 +26,6 @@ from procflow.failures import (
     RetryPolicy,
     record_failure,
 )
-
-
-@pytest.fixture
-def lines() -> Iterator[list[dict[str, Any]]]:
-    """procflow's log records while the test runs; loguru is left as it was found."""
-    captured: list[dict[str, Any]] = []
-    logger.enable("procflow")
-    handler_id = logger.add(
-        lambda m: captured.append(m.record), level=0, format="{message}", catch=False
-    )
-    yield captured
-    logger.remove(handler_id)
-    logger.disable("procflow")
 
 
 def fields(record: FailureRecord) -> dict[str, Any]:

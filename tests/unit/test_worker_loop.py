@@ -5,7 +5,7 @@ only records its back-off)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -113,19 +113,6 @@ class FakeSession:
 def leased(job_id: str, *values: bytes | None, attempts: int = 1) -> Callable[..., Lease]:
     """An answer for ``lease(token)`` or ``claim(job_id, token)``: the job under that token."""
     return lambda *args: Lease(job_id, attempts, list(values), args[-1])
-
-
-@pytest.fixture
-def lines() -> Iterator[list[dict[str, Any]]]:
-    """procflow's log records while the test runs; loguru is left as it was found."""
-    captured: list[dict[str, Any]] = []
-    logger.enable("procflow")
-    handler_id = logger.add(
-        lambda m: captured.append(m.record), level=0, format="{message}", catch=False
-    )
-    yield captured
-    logger.remove(handler_id)
-    logger.disable("procflow")
 
 
 def make_loop(
