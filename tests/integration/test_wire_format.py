@@ -15,6 +15,8 @@ from procflow import (
     RedisUnavailableError,
     UnknownLookupAttributeError,
 )
+from procflow.server import RedisServer
+from tests.conftest import SERVER_KINDS, server_binary
 
 OPTIONS = {
     "userId": 62,
@@ -238,9 +240,6 @@ def test_unreachable_redis_names_the_address() -> None:
 
 
 def test_unix_socket_and_password(tmp_path: object) -> None:
-    from procflow.server import RedisServer
-    from tests.conftest import SERVER_KINDS, server_binary
-
     with RedisServer(server_binary(SERVER_KINDS[0]), unix_socket=True, password="s3cret") as srv:
         flow = Flow("f", [QueueSpec("a")], redis_url=srv.url)
         job_id = flow.create_job({"a": 1})

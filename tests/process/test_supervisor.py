@@ -305,7 +305,7 @@ def test_worker_logs_reach_the_supervisor_whole(redis_url: str) -> None:
     try:
 
         def chatty(job: dict[str, Any]) -> dict[str, Any]:
-            from loguru import logger as lg
+            from loguru import logger as lg  # noqa: PLC0415 - the worker process's own logger
 
             lg.bind(job=job["id"]).info("working on {}", job["n"])
             print("printed " + "x" * 10_000)

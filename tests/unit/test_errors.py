@@ -3,6 +3,8 @@ from __future__ import annotations
 import signal
 
 from procflow import errors
+from procflow.store.keys import is_reserved, is_true, safe_node_id
+from procflow.worker.fanout import children_state
 
 
 def test_exit_descriptions() -> None:
@@ -24,8 +26,6 @@ def test_tree() -> None:
 
 
 def test_node_ids_are_safe_in_lock_values() -> None:
-    from procflow.store.keys import safe_node_id
-
     assert safe_node_id("web-1.example") == "web-1.example"
     assert safe_node_id('bad"node|\\名前') == "bad_node____"
     assert len(safe_node_id("x" * 200)) == 60
@@ -33,9 +33,6 @@ def test_node_ids_are_safe_in_lock_values() -> None:
 
 
 def test_done_as_the_typescript_monitor_writes_it() -> None:
-    from procflow.store.keys import is_reserved, is_true
-    from procflow.worker.fanout import children_state
-
     assert is_true(b"true") and is_true(b'"true"') and not is_true(b"false")
     assert not is_true(None)
     replies = [1, [b'"true"', b'"true"'], 1, [b"true", None], 0, [None, None]]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 import procflow
 from procflow import Backoff, ConfigurationError, Flow, QueueSpec, UnknownQueueError
+from procflow.cli import demo_flow
 from procflow.ids import uuid7, uuid7_batch
 from procflow.store import keys
 from procflow.store.keys import StageKeys
@@ -155,10 +157,6 @@ def test_backoff_delays() -> None:
 
 
 def test_the_acl_rules_in_the_docs_are_the_code_s() -> None:
-    from pathlib import Path
-
-    from procflow.cli import demo_flow
-
     doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     block = doc.split("For the demo flow", 1)[1].split("```", 2)[1]
     assert block.split() == demo_flow("redis://127.0.0.1:1/0").acl_rules()

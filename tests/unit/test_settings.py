@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from procflow import ConfigurationError, RedisSettings
 from procflow.settings import parse_size
@@ -31,8 +32,6 @@ def test_tls_and_options() -> None:
     assert s.ssl and s.ssl_cert_reqs == "none" and s.ssl_ca_certs == "/ca.pem"
     kwargs = connection_kwargs(s)
     assert kwargs["ssl_check_hostname"] is False
-    import redis
-
     assert connection_class(s) is redis.SSLConnection
 
 
