@@ -13,6 +13,7 @@ from .errors import (
     CreateJobsError,
     DecodeError,
     EncodeError,
+    JobFailedError,
     ParentError,
     ProcflowError,
     RedisFullError,
@@ -29,6 +30,7 @@ from .errors import (
 )
 from .flow import Flow
 from .handles import WorkerGroup, WorkerHandle
+from .reporting import progress
 from .settings import RedisSettings, WorkerOptions
 from .supervisor import LifecycleEvent, Supervisor
 
@@ -41,6 +43,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "Flow",
+    "JobFailedError",
     "LifecycleEvent",
     "ParentError",
     "ProcflowError",
@@ -62,6 +65,7 @@ __all__ = [
     "WorkerOptions",
     "WorkerStartError",
     "__version__",
+    "progress",
 ]
 
 # A library stays quiet unless asked: the supervisor CLI enables procflow's logs.

@@ -19,7 +19,8 @@
     ├── WorkerStartError            a worker process failed to connect or start
     ├── SupervisorStateError        an operation in the wrong lifecycle state
     ├── ServerStartError            a private or embedded server did not start
-    └── WaitTimeoutError            Supervisor.wait ran out of time (keeps the ids still pending)
+    ├── WaitTimeoutError            wait ran out of time (keeps the ids still pending)
+    └── JobFailedError              wait(raise_on_failure=True) found failed jobs (keeps them)
 
 A message says what was wrong and, where it can, what to do about it.
 """
@@ -27,13 +28,15 @@ A message says what was wrong and, where it can, what to do about it.
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "ConfigurationError",
     "CreateJobsError",
     "DecodeError",
     "EncodeError",
+    "JobFailedError",
     "ParentError",
     "ProcflowError",
     "RedisFullError",
@@ -263,6 +266,21 @@ class WaitTimeoutError(ProcflowError, TimeoutError):
         self.pending = tuple(pending)
         shown = ", ".join(self.pending[:5]) + (" …" if len(self.pending) > 5 else "")
         super().__init__(f"{len(self.pending)} job(s) not done after {timeout:g} s: {shown}")
+
+
+class JobFailedError(ProcflowError, RuntimeError):
+    """``wait(..., raise_on_failure=True)`` found jobs that failed for good. ``jobs`` holds
+    every job waited for, in the order given; ``failed`` the failed ones."""
+
+    def __init__(self, jobs: Sequence[Mapping[str, Any]]) -> None:
+        self.jobs = list(jobs)
+        self.failed = [j for j in self.jobs if j.get("failed") is True]
+        shown = "; ".join(
+            f"{j.get('id')} in {j.get('failedQueue')!r}: {j.get('failedErrorMsg')}"
+            for j in self.failed[:3]
+        )
+        more = f" (and {len(self.failed) - 3} more)" if len(self.failed) > 3 else ""
+        super().__init__(f"{len(self.failed)} job(s) failed: {shown}{more}")
 
 
 def describe_exit(exitcode: int | None) -> str:

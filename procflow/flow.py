@@ -17,6 +17,7 @@ from .definition import Backoff, FlowDefinition, QueueSpec, Stage
 from .errors import (
     ConfigurationError,
     EncodeError,
+    JobFailedError,
     SupervisorStateError,
     UnknownLookupAttributeError,
     UnknownQueueError,
@@ -28,6 +29,7 @@ from .store import acl, keys
 from .store.records import NewJob
 from .store.redis import Store
 from .supervisor import Supervisor
+from .waiting import wait_for_jobs
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -263,6 +265,25 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         top = [s.keys for s in self.definition.top_stages]
         self.store.delete_job(key, job_id, self._lookup_keys(job), top)
         return True
+
+    def wait(
+        self,
+        job_ids: Sequence[str],
+        timeout: float | None = None,
+        *,
+        progress: bool = False,
+        raise_on_failure: bool = False,
+    ) -> list[JobT]:
+        """Block until every job is done (finished or failed) and return their final hashes
+        in the order given — from any process, not only the one running the workers. A job
+        that failed comes back with ``failed`` true (``raise_on_failure`` raises
+        JobFailedError instead). Rides out Redis outages; WaitTimeoutError lists the ids not
+        done after ``timeout`` seconds. ``progress`` shows a progress line on stderr, with the
+        jobs' own reports (``procflow.progress``)."""
+        jobs = wait_for_jobs(self, job_ids, timeout, progress)
+        if raise_on_failure and any(j.get(keys.FAILED) is True for j in jobs):
+            raise JobFailedError(jobs)
+        return jobs  # type: ignore[return-value]
 
     # -- failed jobs ---------------------------------------------------------------------
 

@@ -50,13 +50,13 @@ def wait_for_jobs(
     timeout: float | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """See :meth:`procflow.Supervisor.wait`."""
+    """See :meth:`procflow.Flow.wait`."""
     ids = list(job_ids)
     if not ids:
         return []
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
-    with flow.store.subscribe_done(flow.name) as subscription:
+    with flow.store.subscribe_done(flow.name, progress=progress) as subscription:
         pending = _still_pending(flow, set(ids))
         listed = sorted(pending)
         there = flow.store.exists_many([flow.job_key(i) for i in listed])
@@ -92,7 +92,13 @@ def wait_for_jobs(
             every = 0.2 if sys.stderr.isatty() else 5.0
             if progress and time.monotonic() - last_shown > every:
                 last_shown = time.monotonic()
-                _show(len(ids) - len(pending), len(ids), last_shown - start)
+                _show(
+                    len(ids) - len(pending),
+                    len(ids),
+                    last_shown - start,
+                    subscription.progress,
+                    pending,
+                )
         if progress:
             _show(len(ids), len(ids), time.monotonic() - start, final=True)
         while True:  # the final read rides out an outage too, until the deadline
@@ -104,9 +110,20 @@ def wait_for_jobs(
                 time.sleep(0.2)  # back-off while the server is away
 
 
-def _show(done: int, total: int, elapsed: float, final: bool = False) -> None:
+def _show(
+    done: int,
+    total: int,
+    elapsed: float,
+    reported: dict[str, float] | None = None,
+    pending: set[str] | None = None,
+    final: bool = False,
+) -> None:
     rate = done / elapsed if elapsed > 0 else 0.0
     line = f"procflow: {done}/{total} jobs done ({rate:,.0f}/s)"
+    running = [f for i, f in (reported or {}).items() if pending is not None and i in pending]
+    if running and not final:
+        mean = 100 * sum(running) / len(running)
+        line += f"; {len(running)} reporting progress, {mean:.0f}% on average"
     if sys.stderr.isatty():
         sys.stderr.write("\r" + line + ("\n" if final else ""))
     else:

@@ -80,5 +80,12 @@ def acl_rules(flow: str, stages: Sequence[StageKeys]) -> list[str]:
     for stage in stages:
         prefixes += [stage.job_prefix, keys.queue_prefix(stage.queue), stage.lock_prefix]
     patterns = [f"~{_literal(p)}*" for p in dict.fromkeys(prefixes)]
-    channel = f"&{_literal(keys.done_channel(flow))}"
-    return ["resetkeys", *patterns, "resetchannels", channel, "-@all", *(f"+{c}" for c in COMMANDS)]
+    channels = [f"&{_literal(c)}" for c in (keys.done_channel(flow), keys.progress_channel(flow))]
+    return [
+        "resetkeys",
+        *patterns,
+        "resetchannels",
+        *channels,
+        "-@all",
+        *(f"+{c}" for c in COMMANDS),
+    ]

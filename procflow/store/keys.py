@@ -23,6 +23,7 @@ __all__ = [
     "LEASE_PREFIX",
     "PARENT_JOB",
     "PARENT_NOTIFIED",
+    "PROGRESS_PREFIX",
     "TRUE_VALUES",
     "Holder",
     "LeaseToken",
@@ -52,6 +53,8 @@ __all__ = [
     "own_prefix",
     "parked",
     "processing",
+    "progress_channel",
+    "progress_field",
     "queue_prefix",
     "safe_node_id",
     "split_job_key",
@@ -182,12 +185,19 @@ def monitor_leader(flow: str) -> str:
     return f"procflow:{flow}:monitor"
 
 
+def progress_channel(flow: str) -> str:
+    """``procflow:F:progress`` — pub/sub channel: progress reports of flow F's running jobs
+    (JSON ``{"id", "queue", "fraction", "message"}``)."""
+    return f"procflow:{flow}:progress"
+
+
 def done_channel(flow: str) -> str:
     """``procflow:F:done`` — pub/sub channel: the id of every job of flow F that became done."""
     return f"procflow:{flow}:done"
 
 
 ATTEMPTS_PREFIX = "attempts:"
+PROGRESS_PREFIX = "progress:"
 LEASE_PREFIX = "lease:"
 ERRORS_PREFIX = "errors:"
 #: child job field: JSON string, the parent job's key
@@ -217,10 +227,12 @@ def is_reserved(field: str) -> bool:
     """Whether a job field is one that neither a job's options nor a worker's result may
     write: ``id`` (every read returns the job's real id there), ``done`` and the fail fields
     (procflow sets them when the job leaves its flow), ``completed-queue``, ``attempts:Q``,
-    ``errors:Q``, ``lease:Q``, a parent's ``children:Q:jobs|pending|failed``, a child's
-    ``parentJob`` and ``parentNotified``. ``children:Q:params`` is allowed (how a job asks for
-    fan-out). One rule for options and results alike."""
-    if field in _RESERVED or field.startswith((ATTEMPTS_PREFIX, ERRORS_PREFIX, LEASE_PREFIX)):
+    ``errors:Q``, ``lease:Q``, ``progress:Q``, a parent's ``children:Q:jobs|pending|failed``,
+    a child's ``parentJob`` and ``parentNotified``. ``children:Q:params`` is allowed (how a
+    job asks for fan-out). One rule for options and results alike."""
+    if field in _RESERVED or field.startswith(
+        (ATTEMPTS_PREFIX, ERRORS_PREFIX, LEASE_PREFIX, PROGRESS_PREFIX)
+    ):
         return True
     return field.startswith("children:") and field.endswith((":jobs", ":pending", ":failed"))
 
@@ -233,6 +245,12 @@ def attempts_field(queue: str) -> str:
 def errors_field(queue: str) -> str:
     """``errors:Q`` — job field: JSON list of every failure in stage Q, oldest first."""
     return f"{ERRORS_PREFIX}{queue}"
+
+
+def progress_field(queue: str) -> str:
+    """``progress:Q`` — job field: JSON ``{"fraction", "message", "at"}``, the last progress
+    its function reported in stage Q."""
+    return f"{PROGRESS_PREFIX}{queue}"
 
 
 def lease_field(queue: str) -> str:
@@ -267,8 +285,10 @@ class StageKeys:
     attempts_field: str
     errors_field: str
     lease_field: str
+    progress_field: str
     queue_json: str
     done_channel: str
+    progress_channel: str
     #: for a child queue: its parent stage's waiting list, parked set and pending field
     parent_waiting: str = ""
     parent_parked: str = ""
@@ -298,8 +318,10 @@ class StageKeys:
             attempts_field=attempts_field(queue),
             errors_field=errors_field(queue),
             lease_field=lease_field(queue),
+            progress_field=progress_field(queue),
             queue_json=json.dumps(queue, ensure_ascii=False),
             done_channel=done_channel(flow),
+            progress_channel=progress_channel(flow),
             **extra,
         )
 

@@ -89,9 +89,11 @@ class Store:
         with self._wire() as w:
             yield StageSession(w, stage, fields=fields, lock_ms=lock_ms)
 
-    def subscribe_done(self, flow: str) -> DoneSubscription:
-        """A subscription to the ids of flow ``flow``'s jobs as they become done."""
-        return DoneSubscription(self.settings, keys.done_channel(flow))
+    def subscribe_done(self, flow: str, progress: bool = False) -> DoneSubscription:
+        """A subscription to the ids of flow ``flow``'s jobs as they become done (and, with
+        ``progress``, to their progress reports)."""
+        channel = keys.progress_channel(flow) if progress else None
+        return DoneSubscription(self.settings, keys.done_channel(flow), channel)
 
     def close(self) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ from .wire import Arg, Prepared, Wire, pack, script
 __all__ = ["ChildJob", "StageSession"]
 
 #: scripts a worker loads when it connects (so the first job pays no NOSCRIPT round trip)
-_WORKER_SCRIPTS = ("lease", "claim", "complete", "fail", "requeue", "spawn", "park")
+_WORKER_SCRIPTS = ("lease", "claim", "complete", "fail", "requeue", "spawn", "park", "progress")
 _COMPLETED_QUEUE = keys.COMPLETED_QUEUE.encode()
 _DONE_TRUE = (keys.DONE.encode(), b"true")
 
@@ -230,6 +230,19 @@ class StageSession:
             ),
         )
         return reply.decode() if reply else None
+
+    def report_progress(self, job_id: str, token: str, value_json: str, announce: str) -> bool:
+        """Write a running job's progress (``progress:Q``) and announce it, if the lease under
+        ``token`` still holds."""
+        stage = self.stage
+        return bool(
+            self.wire.evalsha(
+                script("progress"),
+                (stage.lock(job_id), stage.job(job_id)),
+                (token, stage.progress_field, value_json, stage.progress_channel, announce),
+            )
+            == 1
+        )
 
     # -- fan-out / fan-in ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import redis.exceptions as rex
 
+from .. import codec
 from ..errors import RedisUnavailableError
 from ..settings import RedisSettings
 from .wire import make_client
@@ -18,11 +19,17 @@ __all__ = ["DoneSubscription"]
 
 
 class DoneSubscription:
-    """Subscribed on :meth:`open`; :meth:`take` returns the ids announced so far."""
+    """Subscribed on :meth:`open`; :meth:`take` returns the ids announced so far. With a
+    ``progress_channel``, the jobs' progress reports are followed too: ``progress`` holds
+    the last fraction announced per job id."""
 
-    def __init__(self, settings: RedisSettings, channel: str) -> None:
+    def __init__(
+        self, settings: RedisSettings, channel: str, progress_channel: str | None = None
+    ) -> None:
         self.settings = settings
         self.channel = channel
+        self.progress_channel = progress_channel
+        self.progress: dict[str, float] = {}
         self._client = make_client(
             settings,
             socket_timeout=settings.socket_timeout,
@@ -31,8 +38,9 @@ class DoneSubscription:
         self._pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
 
     def open(self) -> DoneSubscription:
+        channels = [self.channel, *([self.progress_channel] if self.progress_channel else [])]
         try:
-            self._pubsub.subscribe(self.channel)
+            self._pubsub.subscribe(*channels)
         except rex.RedisError as exc:
             raise RedisUnavailableError(self.settings.address, exc) from None
         return self
@@ -46,11 +54,23 @@ class DoneSubscription:
             message = self._pubsub.get_message(timeout=max(0.0, timeout))
             while message is not None:
                 if message.get("type") == "message":
-                    ids.append(message["data"].decode())
+                    if message["channel"] == self.channel.encode():
+                        ids.append(message["data"].decode())
+                    else:
+                        self._note_progress(message["data"])
                 message = self._pubsub.get_message(timeout=0)
         except rex.RedisError as exc:
             raise RedisUnavailableError(self.settings.address, exc) from None
         return ids
+
+    def _note_progress(self, data: bytes) -> None:
+        try:
+            report = codec.decode(data)
+            fraction = report["fraction"]
+            if fraction is not None:
+                self.progress[str(report["id"])] = float(fraction)
+        except (ValueError, KeyError, TypeError):  # someone else's message: not ours to read
+            pass
 
     def close(self) -> None:
         self._pubsub.close()

@@ -25,6 +25,7 @@ import psutil
 from ..definition import FlowDefinition
 from ..errors import (
     ConfigurationError,
+    JobFailedError,
     SupervisorStateError,
     WorkerStartError,
     describe_exit,
@@ -32,6 +33,7 @@ from ..errors import (
 from ..handles import WorkerGroup, WorkerHandle
 from ..monitor import FlowMonitor
 from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
+from ..store import keys
 from ..store.keys import Holder, safe_node_id
 from ..store.redis import Store
 from ..waiting import wait_for_jobs
@@ -423,11 +425,20 @@ class Supervisor:
     # -- batch pipelines and nodes ------------------------------------------------------
 
     def wait(
-        self, job_ids: Sequence[str], timeout: float | None = None, progress: bool = False
+        self,
+        job_ids: Sequence[str],
+        timeout: float | None = None,
+        progress: bool = False,
+        *,
+        raise_on_failure: bool = False,
     ) -> list[dict[str, Any]]:
         """Block until every job is done (finished or failed) and return their final hashes,
-        in the order given. Raises WaitTimeoutError with the ids still pending."""
-        return wait_for_jobs(self.flow, job_ids, timeout, progress)
+        in the order given. Raises WaitTimeoutError with the ids still pending. The same as
+        ``flow.wait``, which works in any process."""
+        jobs = wait_for_jobs(self.flow, job_ids, timeout, progress)
+        if raise_on_failure and any(j.get(keys.FAILED) is True for j in jobs):
+            raise JobFailedError(jobs)
+        return jobs
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT (the CLI). The first signal drains gracefully; a second

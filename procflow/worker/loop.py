@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .. import codec
+from .. import codec, reporting
 from ..errors import (
     DecodeError,
     EncodeError,
@@ -66,6 +66,7 @@ class JobSession(Protocol):
         mode: str = "token",
     ) -> FailOutcome: ...
     def requeue(self, job_id: str, token: str) -> str | None: ...
+    def report_progress(self, job_id: str, token: str, value_json: str, announce: str) -> bool: ...
     def spawn_children(
         self, job_id: str, token: str, children: Sequence[ChildJob], jobs_json: str, ttl: int
     ) -> int: ...
@@ -149,6 +150,31 @@ class WorkerLoop:
             lease = self._process(lease)
         self.status.stopped()
         return self.end_reason
+
+    def run_available(self, limit: int | None = None) -> int:
+        """Take the jobs waiting now, without blocking for more (at most ``limit``), and
+        return how many were processed — for running a flow's logic inline, in a test
+        process (``procflow.testing``). Each one goes through the same calls as in a worker
+        process, so fields make the same JSON round trip."""
+        done = 0
+        while limit is None or done < limit:
+            token = self.tokens.next()
+            self.status.leasing(token)
+            lease = self._redis(functools.partial(self.session.lease, token), lost_token=token)
+            if lease is None:
+                self.status.waiting()
+                return done
+            while lease is not None:
+                done += 1
+                following = self._process(lease)
+                if following is not None and limit is not None and done >= limit:
+                    self._redis(
+                        functools.partial(self.session.requeue, following.id, following.token)
+                    )
+                    self.status.finished()
+                    return done
+                lease = following
+        return done
 
     # -- Redis calls that survive outages ------------------------------------------------
 
@@ -257,19 +283,35 @@ class WorkerLoop:
             params = self._params(lease)
         except DecodeError as exc:
             return self._fail(lease, str(exc), "decode")
+        reporter = reporting.Reporter(lease.id, self.stage.name, self._progress_sender(lease))
+        reporting.begin(reporter)
         try:
             result = fn(params)
         except (Exception, SystemExit) as exc:
             return self._fail(
                 lease, f"{type(exc).__name__}: {exc}", "exception", traceback.format_exc()
             )
+        finally:
+            reporting.end()
         try:
             pairs, next_waiting = self._result(result)
+            if reporter.reported:  # the last report, written with the completion
+                pairs.append((self.keys.progress_field.encode(), reporter.value_json().encode()))
         except (EncodeError, ValueError) as exc:
             return self._fail(lease, str(exc), "result")
         except Exception as exc:  # any result that cannot be read is the attempt's failure
             return self._fail(lease, f"unusable result: {type(exc).__name__}: {exc}", "result")
         return self._complete(lease, pairs, next_waiting)
+
+    def _progress_sender(self, lease: Lease) -> Callable[[str, str], None]:
+        def send(value_json: str, announce: str) -> None:
+            try:  # progress is news, not state: one try, never held up by an outage
+                self.session.report_progress(lease.id, lease.token, value_json, announce)
+            except (RedisUnavailableError, RedisRefusedError) as exc:
+                if self._debug:
+                    self.log.bind(job=lease.id).debug("progress not written: {}", exc)
+
+        return send
 
     def _params(self, lease: Lease) -> dict[str, Any]:
         params: dict[str, Any] = {"id": lease.id}

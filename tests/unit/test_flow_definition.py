@@ -32,6 +32,7 @@ def test_public_api_is_exactly_all() -> None:
         "failures",
         "monitor",
         "waiting",
+        "reporting",
         "app",
         "cli",
         "worker",

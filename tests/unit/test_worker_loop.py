@@ -5,15 +5,18 @@ only records its back-off)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from loguru import logger
 
+import procflow
 from procflow.definition import FlowDefinition, QueueSpec
 from procflow.errors import RedisUnavailableError
 from procflow.failures import FailOutcome
+from procflow.reporting import INTERVAL
 from procflow.settings import RedisSettings, WorkerOptions
 from procflow.store.records import Lease
 from procflow.worker.loop import WorkerLoop
@@ -108,6 +111,9 @@ class FakeSession:
 
     def children_status(self, child_keys):
         return self._answer("children_status", [], list(child_keys))
+
+    def report_progress(self, job_id, token, value_json, announce):
+        return self._answer("report_progress", True, job_id, token, value_json, announce)
 
 
 def leased(job_id: str, *values: bytes | None, attempts: int = 1) -> Callable[..., Lease]:
@@ -692,3 +698,56 @@ def test_malformed_children_fields_are_a_failed_attempt_of_kind_children(
     record = the_failure(session)
     assert record.kind == "children"
     assert problem in record.error
+
+
+# -- progress from inside a job --------------------------------------------------------------
+
+
+def test_progress_is_rate_limited_to_the_wire_and_the_last_report_lands_with_the_completion() -> (
+    None
+):
+    def busy(params: dict[str, Any]) -> dict[str, Any]:
+        for n in range(20_000):
+            procflow.progress(n / 20_000, f"row {n}")
+        procflow.progress(1.0, "all rows")
+        return {"rows": 20_000}
+
+    session = FakeSession()
+    loop = make_loop(session, busy)
+    started = time.monotonic()
+    loop._process(job([b"1"]))
+    elapsed = time.monotonic() - started
+    sent = session.named("report_progress")
+    assert 1 <= len(sent) <= elapsed / INTERVAL + 1  # at most one write per interval
+    job_id, lease_token, value, announce = sent[0]
+    assert (job_id, lease_token) == ("j1", "tok")
+    assert json.loads(value)["message"] == "row 0"
+    assert json.loads(announce) == {"id": "j1", "queue": "a", "fraction": 0.0, "message": "row 0"}
+    ((_, _, result, _, _),) = session.named("complete")
+    fields = dict(result)
+    final = json.loads(fields[b"progress:a"])
+    assert (final["fraction"], final["message"]) == (1.0, "all rows") and final["at"] > 0
+
+
+def test_a_job_that_reports_nothing_writes_no_progress_field() -> None:
+    session = FakeSession()
+    make_loop(session, lambda p: {"ok": True})._process(job([b"1"]))
+    ((_, _, result, _, _),) = session.named("complete")
+    assert b"progress:a" not in dict(result)
+    assert session.named("report_progress") == []
+
+
+def test_a_bad_progress_call_fails_the_attempt_with_a_message() -> None:
+    session = FakeSession()
+    make_loop(session, lambda p: procflow.progress(1.5) or {})._process(job([b"1"]))
+    assert "progress fraction must be a number from 0 to 1, got 1.5" in the_failure(session).error
+
+
+def test_progress_outside_a_job_does_nothing() -> None:
+    procflow.progress(0.5, "in a plain test")  # no job runs in this process: nothing happens
+
+
+def test_a_result_cannot_write_the_progress_field_itself() -> None:
+    session = FakeSession()
+    make_loop(session, lambda p: {"progress:a": 1})._process(job([b"1"]))
+    assert "is procflow's bookkeeping" in the_failure(session).error
