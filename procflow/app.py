@@ -1,7 +1,7 @@
 """Loading a user's app for the command lines: ``module:attribute`` or
 ``path/to/file.py:attribute``.
 
-Every way it can go wrong is a :class:`AppLoadError` (a ``ConfigurationError``), whose
+Every way it can go wrong is a ``AppLoadError`` (a ``ConfigurationError``), whose
 message says what to do; an exception raised by the user's own code carries the user's
 traceback, without importlib's and procflow's frames.
 """

@@ -1,6 +1,6 @@
 """``python -m procflow``: demo, status and failed-job commands.
 
-``python -m procflow.supervisor APP`` (see :mod:`procflow.supervisor.__main__`) is the
+``python -m procflow.supervisor APP`` (see ``procflow.supervisor.__main__``) is the
 command that runs workers on a node; this one is for people looking at a flow.
 """
 

@@ -1,7 +1,7 @@
 """A flow's definition: its stages, their names and policies. Pure data, no Redis.
 
-:class:`QueueSpec` is what a user writes; :class:`Stage` is a queue of a flow resolved
-(full name, key names, the fields a lease reads, its retry policy); :class:`FlowDefinition`
+``QueueSpec`` is what a user writes; ``Stage`` is a queue of a flow resolved
+(full name, key names, the fields a lease reads, its retry policy); ``FlowDefinition``
 is the whole set, checked once. Everything a worker process needs to know about its stage
 comes from here.
 """

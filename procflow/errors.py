@@ -1,7 +1,5 @@
 """Every error procflow raises.
 
-::
-
     ProcflowError
     ├── ConfigurationError          a flow, queue, worker or setting that cannot work
     │   ├── UnknownQueueError       a queue name the flow does not have

@@ -2,8 +2,8 @@
 
 Whoever notices a failure — the worker (the function raised, a field or the result is bad),
 the supervisor (its worker died, ran too long or too big), the monitor (a lock expired) —
-builds a :class:`FailureRecord` with one of the constructors below and hands it to
-:func:`record_failure`, which makes the one store call (``fail.lua``) and logs the outcome in
+builds a ``FailureRecord`` with one of the constructors below and hands it to
+``record_failure``, which makes the one store call (``fail.lua``) and logs the outcome in
 one line. docs/wire-format.md lists every record's fields.
 """
 

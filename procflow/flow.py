@@ -47,7 +47,7 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
     """A named pipeline of stage queues over one Redis.
 
     ``Flow[Job, Options, Lookup]`` is generic over the union of job shapes that
-    :meth:`get_jobs_by_key` returns, the options type :meth:`create_job` accepts, and the
+    ``get_jobs_by_key`` returns, the options type ``create_job`` accepts, and the
     lookup attribute names (a ``Literal``), so a type checker rejects a lookup key the flow
     does not have."""
 
@@ -360,7 +360,7 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         """``count`` worker processes for ``queue``, each running ``fn(params) -> result``.
         ``fn`` travels to the processes with cloudpickle (lambdas and closures work). The
         options (``lock_time``, ``block_timeout``, ``max_jobs_per_child``, ``max_age``) are
-        :class:`procflow.WorkerOptions`'s."""
+        ``procflow.WorkerOptions``'s."""
         stage = self.stage(queue if isinstance(queue, str) else queue.name)
         if stage.is_parent:
             raise ConfigurationError(

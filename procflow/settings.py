@@ -1,6 +1,6 @@
 """Connection settings and the documented defaults.
 
-A :class:`RedisSettings` is what travels to worker processes: connection options, never a
+A ``RedisSettings`` is what travels to worker processes: connection options, never a
 client (a client must not cross ``fork``). Every default below is documented in
 docs/configuration.md.
 """
@@ -111,7 +111,7 @@ SSL_CERT_REQS = {
 
 @dataclass(frozen=True)
 class RedisSettings:
-    """How to reach one Redis (or Valkey) server. Build it with :meth:`from_url`."""
+    """How to reach one Redis (or Valkey) server. Build it with ``from_url``."""
 
     host: str = "127.0.0.1"
     port: int = 6379

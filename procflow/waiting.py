@@ -50,7 +50,7 @@ def wait_for_jobs(
     timeout: float | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """See :meth:`procflow.Flow.wait`."""
+    """See ``procflow.Flow.wait``."""
     ids = list(job_ids)
     if not ids:
         return []

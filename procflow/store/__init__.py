@@ -1,2 +1,2 @@
-"""The Redis layer: key names (:mod:`procflow.store.keys`), the Lua scripts and the one class
-that issues every Redis command (:mod:`procflow.store.redis`)."""
+"""The Redis layer: key names (``procflow.store.keys``), the Lua scripts and the one class
+that issues every Redis command (``procflow.store.redis``)."""

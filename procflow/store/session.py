@@ -1,6 +1,6 @@
 """The per-job protocol of one stage, bound to one connection.
 
-A :class:`StageSession` is what a worker process talks to Redis through: lease, block for a
+A ``StageSession`` is what a worker process talks to Redis through: lease, block for a
 job, claim, complete (which leases the next job in the same script call), fail, requeue, and
 the fan-out calls of a parent stage. A worker opens its own (two connections: one for
 scripts, one that blocks in BLMOVE); the supervisor and the monitor borrow one from their
@@ -35,7 +35,7 @@ ChildJob = tuple[str, str, str, Sequence[tuple[bytes, bytes]]]
 class StageSession:
     """Stage ``stage``'s protocol on ``wire``. ``fields`` are the job fields a lease reads,
     ``lock_ms`` the lock a lease sets. ``blocking`` is a second connection for
-    :meth:`wait_for_job` (a worker's; a borrowed session has none)."""
+    ``wait_for_job`` (a worker's; a borrowed session has none)."""
 
     def __init__(
         self,

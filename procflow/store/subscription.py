@@ -19,7 +19,7 @@ __all__ = ["DoneSubscription"]
 
 
 class DoneSubscription:
-    """Subscribed on :meth:`open`; :meth:`take` returns the ids announced so far. With a
+    """Subscribed on ``open``; ``take`` returns the ids announced so far. With a
     ``progress_channel``, the jobs' progress reports are followed too: ``progress`` holds
     the last fraction announced per job id."""
 

@@ -277,7 +277,7 @@ class Wire:
         return reply
 
     def pack_evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> bytes:
-        """A packed EVALSHA, for :meth:`run_scripts`."""
+        """A packed EVALSHA, for ``run_scripts``."""
         return pack("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def run_scripts(self, scripts: Sequence[Script], packed: Sequence[bytes]) -> list[Any]:

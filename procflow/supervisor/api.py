@@ -100,7 +100,7 @@ def _node_id(value: str | None) -> str:
 
 class Supervisor:
     """The process manager behind ``start_all`` / ``stop_all``, and a context manager for
-    batch pipelines::
+    batch pipelines:
 
         with Supervisor(flow) as sup:
             ids = flow.create_jobs(options)

@@ -5,7 +5,7 @@ worker (``PR_SET_PDEATHSIG`` is tied to it). It waits on the workers' pipes and 
 sentinels, a wake-up pipe and its own timers — no polling loop when nothing happens — and:
 re-emits worker logs, follows their lifecycle reports, runs the watchdogs, settles the job of
 a worker that died and respawns it with backoff. Other threads hand it work with
-:meth:`Manager.call`.
+``Manager.call``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the supervisor knows about each worker process, and the two state machines.
 
-:class:`WorkerProcess` is the supervisor's record of one worker (handle, OS process, pipe,
-status record, lifecycle state, crash count); :class:`WorkerTable` holds them all behind one
+``WorkerProcess`` is the supervisor's record of one worker (handle, OS process, pipe,
+status record, lifecycle state, crash count); ``WorkerTable`` holds them all behind one
 condition that the manager thread signals and the public methods wait on. Also here: killing
 a process tree and measuring its memory.
 """

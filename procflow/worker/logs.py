@@ -4,7 +4,7 @@ In a worker process every loguru record (and every line written to stdout or std
 the supervisor over the worker's pipe as one message (``("log", data)``); the supervisor
 re-emits it (``procflow.supervisor.logs``). A record is never split, so lines from
 different workers never interleave (a stdout/stderr line longer than :data:`MAX_LINE`
-characters is sent as several records, see :class:`LineWriter`).
+characters is sent as several records, see ``LineWriter``).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class LineWriter(io.TextIOBase):
     unterminated rest of a line waits as a list of pieces joined once, when the line is
     emitted. A line longer than :attr:`max_line` characters (:data:`MAX_LINE`, 64 KiB of
     characters) is emitted in pieces of exactly ``max_line`` characters as it accumulates,
-    the last piece when its newline comes (or at :meth:`flush`), so at most ``max_line``
+    the last piece when its newline comes (or at ``flush``), so at most ``max_line``
     characters ever wait in a writer. The pieces of a split line carry no newline between
     them: joining a writer's records with the newlines that ended lines gives back exactly
     what was written."""
