@@ -18,6 +18,7 @@
     ├── SupervisorStateError        an operation in the wrong lifecycle state
     ├── ServerStartError            a private or embedded server did not start
     ├── WaitTimeoutError            wait ran out of time (keeps the ids still pending)
+    │   └── IdleTimeoutError        a test helper found the flow still busy (keeps the stages)
     └── JobFailedError              wait(raise_on_failure=True) found failed jobs (keeps them)
 
 A message says what was wrong and, where it can, what to do about it.
@@ -34,6 +35,7 @@ __all__ = [
     "CreateJobsError",
     "DecodeError",
     "EncodeError",
+    "IdleTimeoutError",
     "JobFailedError",
     "ParentError",
     "ProcflowError",
@@ -264,6 +266,38 @@ class WaitTimeoutError(ProcflowError, TimeoutError):
         self.pending = tuple(pending)
         shown = ", ".join(self.pending[:5]) + (" …" if len(self.pending) > 5 else "")
         super().__init__(f"{len(self.pending)} job(s) not done after {timeout:g} s: {shown}")
+
+
+_BUSY = ("waiting", "processing", "delayed", "parked")
+
+
+class IdleTimeoutError(WaitTimeoutError):
+    """The flow still had work when ``run_until_idle`` or ``run_inline`` ran out of
+    time. ``busy`` maps each stage still busy to its counts (waiting, processing, delayed,
+    parked, failed); ``pending`` (WaitTimeoutError's job ids) is empty: the stages are named
+    instead."""
+
+    def __init__(
+        self,
+        how: str,
+        flow: str,
+        timeout: float,
+        busy: Mapping[str, Mapping[str, int]],
+        detail: str = "",
+    ) -> None:
+        self.pending = ()
+        self.flow = flow
+        self.timeout = timeout
+        self.busy = {stage: dict(counts) for stage, counts in busy.items()}
+        stages = "; ".join(
+            f"{stage!r} has " + ", ".join(f"{counts[s]} {s}" for s in _BUSY if counts.get(s))
+            for stage, counts in self.busy.items()
+        )
+        text = f"{how}: flow {flow!r} was not idle after {timeout:g} s"
+        text += f": {stages}" if stages else ""
+        text += f" ({detail})" if detail else ""
+        # WaitTimeoutError's own __init__ words its message for job ids: skip it
+        super(WaitTimeoutError, self).__init__(text)
 
 
 class JobFailedError(ProcflowError, RuntimeError):

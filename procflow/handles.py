@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .definition import Stage
+from .definition import FlowDefinition, Stage
 from .errors import ConfigurationError, SupervisorStateError
-from .settings import WorkerOptions
+from .settings import RedisSettings, WorkerOptions
+from .worker.payload import WorkerPayload
 
 __all__ = ["ControllerSource", "WorkerController", "WorkerGroup", "WorkerHandle"]
 
@@ -72,6 +73,26 @@ class WorkerGroup:
     @property
     def name(self) -> str:
         return self.stage.name
+
+    def payload(
+        self, definition: FlowDefinition, redis: RedisSettings, holder: str, log_level: str
+    ) -> WorkerPayload:
+        """What each worker process of this group is told (the supervisor sends it; inline
+        test runs build their loops from it too)."""
+        stage = self.stage
+        return WorkerPayload(
+            flow=definition.name,
+            redis=redis,
+            stage=stage,
+            kind=self.kind,
+            fn=self.fn,
+            options=self.options,
+            key_ttl=definition.key_ttl,
+            holder=holder,
+            routes=definition.routes(),
+            child_stages=definition.child_keys(stage) if self.kind == PARENT else {},
+            log_level=log_level,
+        )
 
     def set_count(self, count: int) -> None:
         """Change how many processes this group runs (before the supervisor starts)."""

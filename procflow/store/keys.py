@@ -8,7 +8,9 @@ mirrors this module.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 from dataclasses import dataclass
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "lock_prefix",
     "lookup",
     "monitor_leader",
+    "node_id",
     "own_prefix",
     "parked",
     "processing",
@@ -335,6 +338,12 @@ class StageKeys:
 # --- lock values: who holds a lease ---------------------------------------------------
 
 _NODE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def node_id(value: str | None = None) -> str:
+    """This machine's name in lock values: ``value``, else ``$PROCFLOW_NODE_ID``, else the
+    host name, made safe (``safe_node_id``)."""
+    return safe_node_id(value or os.environ.get("PROCFLOW_NODE_ID") or socket.gethostname() or "")
 
 
 def safe_node_id(value: str) -> str:

@@ -101,6 +101,12 @@ class Store:
                 w.close()
             self._idle.clear()
 
+    def flush_db(self) -> None:
+        """Remove every key of this database (FLUSHDB) — for test servers only
+        (``procflow.testing``); nothing in the library calls it."""
+        with self._wire() as w:
+            w.call("FLUSHDB")
+
     def ping(self) -> None:
         """Connect and PING; RedisUnavailableError names the address when that fails."""
         with self._wire() as w:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import multiprocessing
-import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -34,7 +32,7 @@ from ..handles import WorkerGroup, WorkerHandle
 from ..monitor import FlowMonitor
 from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
 from ..store import keys
-from ..store.keys import Holder, safe_node_id
+from ..store.keys import Holder
 from ..store.redis import Store
 from ..waiting import wait_for_jobs
 from ..worker import main as child
@@ -92,12 +90,6 @@ def _default_start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-def _node_id(value: str | None) -> str:
-    return safe_node_id(
-        value or os.environ.get("PROCFLOW_NODE_ID") or socket.gethostname() or "node"
-    )
-
-
 class Supervisor:
     """The process manager behind ``start_all`` / ``stop_all``, and a context manager for
     batch pipelines:
@@ -127,7 +119,7 @@ class Supervisor:
         if flow.supervisor is not None and flow.supervisor is not self and flow.supervisor.running:
             raise SupervisorStateError(f"flow {flow.name!r} already has a running supervisor")
         flow.supervisor = self
-        self.node_id = _node_id(node_id)
+        self.node_id = keys.node_id(node_id)
         me = psutil.Process()
         self.pid = me.pid
         holder = Holder(self.node_id, me.pid, me.create_time())

@@ -26,12 +26,11 @@ import psutil
 from ..definition import FlowDefinition
 from ..errors import ConfigurationError, describe_exit
 from ..failures import FailureRecord
-from ..handles import PARENT, WorkerGroup, WorkerHandle
+from ..handles import WorkerGroup, WorkerHandle
 from ..settings import RedisSettings
 from ..store.redis import Store
 from ..worker import main as child
 from ..worker.main import worker_main
-from ..worker.payload import WorkerPayload
 from ..worker.status import StatusRecord, clear_status, read_status
 from .logs import reemit
 from .process import (
@@ -225,20 +224,8 @@ class Manager:
         here, in the supervisor, not in a child)."""
         blob = self._blobs.get(group)
         if blob is None:
-            definition, stage = self.definition, group.stage
-            payload = WorkerPayload(
-                flow=definition.name,
-                redis=self.redis,
-                stage=stage,
-                kind=group.kind,
-                fn=group.fn,
-                options=group.options,
-                key_ttl=definition.key_ttl,
-                holder=self.holder,
-                routes=definition.routes(),
-                child_stages=definition.child_keys(stage) if group.kind == PARENT else {},
-                log_level=self.log_level,
-            )
+            stage = group.stage
+            payload = group.payload(self.definition, self.redis, self.holder, self.log_level)
             try:
                 blob = cloudpickle.dumps(payload)
             except Exception as exc:

@@ -33,6 +33,8 @@ def test_public_api_is_exactly_all() -> None:
         "monitor",
         "waiting",
         "reporting",
+        "testing",
+        "aio",
         "app",
         "cli",
         "worker",
