@@ -23,7 +23,7 @@ from .wire import Wire, pack, script
 
 __all__ = ["Store"]
 
-_CREATE_CHUNK = 500
+CREATE_CHUNK = 500
 #: ids of a failed list checked per prune (each an EXISTS inside one script call)
 PRUNE_LIMIT = 10_000
 _MULTI = pack("MULTI")
@@ -115,7 +115,7 @@ class Store:
     # -- jobs: create, read, delete ------------------------------------------------------
 
     @staticmethod
-    def _pack_create(job: NewJob, ttl: bytes) -> tuple[bytes, int]:
+    def pack_create(job: NewJob, ttl: bytes) -> tuple[bytes, int]:
         """One job's MULTI … EXEC block, packed in one pass, and how many replies it gets."""
         key = job.key.encode()
         ident = job.id.encode()
@@ -149,8 +149,8 @@ class Store:
             in_flight: list[tuple[NewJob, int]] = []
             start = 0
             while start < len(jobs) and refused is None:
-                chunk = jobs[start : start + _CREATE_CHUNK]
-                blocks = [self._pack_create(j, ttl_bulk) for j in chunk]
+                chunk = jobs[start : start + CREATE_CHUNK]
+                blocks = [self.pack_create(j, ttl_bulk) for j in chunk]
                 w.send(b"".join(b for b, _ in blocks))
                 refused = _read_created(w, in_flight, created)
                 in_flight = [(j, n) for j, (_, n) in zip(chunk, blocks, strict=True)]
@@ -324,6 +324,13 @@ class Store:
             packed = [w.pack_evalsha(s, (st.failed,), (st.job_prefix, limit)) for st in stages]
             replies = [w.check(r) for r in w.run_scripts([s] * len(packed), packed)]
         return sum(int(r) for r in replies)
+
+    def waiting_counts(self, stages: Sequence[StageKeys]) -> list[int]:
+        """How many jobs wait in each stage (one round trip): the core budget's view."""
+        if not stages:
+            return []
+        with self._wire() as w:
+            return [int(w.check(r)) for r in w.pipeline([pack("LLEN", s.waiting) for s in stages])]
 
     def counts(self, stages: Sequence[StageKeys]) -> list[dict[str, int]]:
         """Waiting, processing, delayed, parked and failed counts per stage (one round trip);

@@ -34,6 +34,7 @@ def test_public_api_is_exactly_all() -> None:
         "waiting",
         "reporting",
         "testing",
+        "cpus",
         "aio",
         "app",
         "cli",
