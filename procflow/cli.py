@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .app import APP_FORMS, load_app
+from .cpus import usable_cpus
 from .definition import QueueSpec
 from .errors import ProcflowError, RedisUnavailableError
 from .flow import Flow
@@ -116,7 +117,7 @@ def demo_flow(redis_url: str) -> Flow:
         lookup_attributes=["batch"],
         redis_url=redis_url,
     )
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     flow.create_workers("prepare", _prepare, count=1)
     flow.create_parent_workers("analyze", count=1)
     flow.create_child_workers(

@@ -51,6 +51,8 @@ class WorkerKwargs(TypedDict, total=False):
     block_timeout: float
     max_jobs_per_child: int | None
     max_age: float | None
+    pin: bool
+    threads_per_worker: int
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,17 @@ class WorkerOptions:
     ``lock_time``: seconds a job's lock lives without renewal (the supervisor renews it every
     third of that). ``block_timeout``: seconds a worker blocks waiting for a job before it
     looks at its stop flag again. ``max_jobs_per_child`` / ``max_age``: the process is
-    replaced between jobs after that many jobs or seconds."""
+    replaced between jobs after that many jobs or seconds. ``pin``: each process runs on
+    one allowed core, round-robin in worker order. ``threads_per_worker``: the thread count
+    the native math libraries (OpenMP, OpenBLAS, MKL, …) of each process are set to, unless
+    the supervisor's environment sets it (see procflow/cpus.py)."""
 
     lock_time: float = DEFAULT_LOCK_TIME
     block_timeout: float = DEFAULT_BLOCK_TIMEOUT
     max_jobs_per_child: int | None = None
     max_age: float | None = None
+    pin: bool = False
+    threads_per_worker: int = 1
 
     @classmethod
     def build(cls, where: str, **options: Any) -> WorkerOptions:
@@ -91,6 +98,11 @@ class WorkerOptions:
             raise ConfigurationError(f"{where}: max_jobs_per_child must be an int >= 1")
         if self.max_age is not None and (not _number(self.max_age) or not self.max_age > 0):
             raise ConfigurationError(f"{where}: max_age must be > 0 seconds")
+        if not isinstance(self.pin, bool):
+            raise ConfigurationError(f"{where}: pin must be True or False")
+        threads = self.threads_per_worker
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ConfigurationError(f"{where}: threads_per_worker must be an int >= 1")
 
     @property
     def lock_ms(self) -> int:

@@ -7,6 +7,7 @@ Supervisor's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -16,11 +17,13 @@ from loguru import logger
 
 from ..app import APP_FORMS, load_app
 from ..cli import APP_HELP, VERSION, unreachable_hint
+from ..cpus import usable_cpus
 from ..errors import ConfigurationError, ProcflowError, RedisUnavailableError
 from ..flow import Flow
 from ..settings import DEFAULT_DRAIN_TIMEOUT, REDIS_URL_ENV, RedisSettings
 from .api import Supervisor
 from .logs import format_line
+from .rebalance import Limits
 
 __all__ = ["main"]
 
@@ -46,6 +49,7 @@ examples:
   python -m procflow.supervisor myapp.flows:access_flow
   python -m procflow.supervisor ./myapp.py:flow
   python -m procflow.supervisor myapp.flows:make_flow --workers check=auto --workers prepare=2
+  python -m procflow.supervisor myapp:flow --workers check=auto --pin --threads-per-worker 1
   PROCFLOW_REDIS_URL=rediss://user:pw@redis:6380/0 python -m procflow.supervisor myapp:flow
 
 exit status: 0 after a clean stop, 2 for bad arguments or an app that cannot be loaded
@@ -54,19 +58,46 @@ unreachable).
 """
 
 
-def _worker_counts(values: Sequence[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def _count(value: str, text: str) -> int:
+    if text == "auto":
+        return usable_cpus()
+    if text.isdigit():
+        return int(text)
+    raise ConfigurationError(f"--workers {value!r}: {text!r} must be a number or 'auto'")
+
+
+def _worker_counts(values: Sequence[str]) -> dict[str, int | Limits]:
+    """``QUEUE=N`` (a count) or ``QUEUE=MIN:MAX`` (limits under a core budget)."""
+    counts: dict[str, int | Limits] = {}
     for value in values:
         queue, sep, count = value.rpartition("=")
         if not sep or not queue:
-            raise ConfigurationError(f"--workers takes QUEUE=N or QUEUE=auto, got {value!r}")
-        if count == "auto":
-            counts[queue] = os.cpu_count() or 1
-        elif count.isdigit():
-            counts[queue] = int(count)
+            raise ConfigurationError(
+                f"--workers takes QUEUE=N, QUEUE=auto or QUEUE=MIN:MAX, got {value!r}"
+            )
+        low, colon, high = count.partition(":")
+        if colon:
+            least, most = _count(value, low), _count(value, high)
+            if least > most:
+                raise ConfigurationError(f"--workers {value!r}: MIN is larger than MAX")
+            counts[queue] = Limits(least, most)
         else:
-            raise ConfigurationError(f"--workers {value!r}: N must be a number or 'auto'")
+            counts[queue] = _count(value, count)
     return counts
+
+
+def _cores(value: str) -> int:
+    if value == "auto":
+        return usable_cpus()
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"must be a number >= 1 or 'auto', got {value!r}")
+
+
+def _threads(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +122,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="QUEUE=N",
         help="number of worker processes for QUEUE (repeatable; N may be 'auto' = one per "
-        "core); a child queue is PARENT:CHILD",
+        "core this process may use: its CPU affinity, capped by its cgroup CPU quota); a "
+        "child queue is PARENT:CHILD; with --cores, QUEUE=MIN:MAX bounds the stage and "
+        "QUEUE=N fixes it",
+    )
+    parser.add_argument(
+        "--cores",
+        type=_cores,
+        default=None,
+        metavar="N",
+        help="a core budget: at most N job-running processes, moved between stages by "
+        "demand (waiting jobs x their measured time); N may be 'auto'",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin each worker process to one allowed core, round-robin in worker order",
+    )
+    parser.add_argument(
+        "--threads-per-worker",
+        type=_threads,
+        default=None,
+        metavar="N",
+        help="threads for the native math libraries (OpenMP, OpenBLAS, MKL, ...) of each "
+        "worker (default: the app's, 1 unless it says otherwise); a variable such as "
+        "OMP_NUM_THREADS set in this command's environment is left as it is",
     )
     parser.add_argument(
         "--log-level",
@@ -130,8 +185,9 @@ def setup_logging(level: str) -> None:
     logger.enable("procflow")
 
 
-def _set_counts(flow: Flow, app: str, counts: dict[str, int]) -> None:
-    """Apply ``--workers``: the first group of each queue gets the count, the others 0."""
+def _set_counts(flow: Flow, app: str, counts: dict[str, int | Limits], budget: bool) -> None:
+    """Apply ``--workers``: the first group of each queue gets the count, the others 0; under
+    a budget the counts become limits (the supervisor sizes the groups)."""
     for queue, count in counts.items():
         flow.stage(queue)
         groups = [g for g in flow.groups if g.stage.name == queue]
@@ -139,9 +195,31 @@ def _set_counts(flow: Flow, app: str, counts: dict[str, int]) -> None:
             raise ConfigurationError(
                 f"--workers {queue}={count}: {app} creates no workers for {queue!r}"
             )
+        if isinstance(count, Limits) and not budget:
+            raise ConfigurationError(
+                f"--workers {queue}={count.min}:{count.max}: a range needs --cores"
+            )
+        if budget:
+            continue
+        assert isinstance(count, int)
         groups[0].set_count(count)
         for extra in groups[1:]:
             extra.set_count(0)
+
+
+def _limits(counts: dict[str, int | Limits]) -> dict[str, Limits]:
+    return {q: c if isinstance(c, Limits) else Limits(c, c) for q, c in counts.items()}
+
+
+def _set_cpu_options(flow: Flow, pin: bool, threads: int | None) -> None:
+    """Apply ``--pin`` and ``--threads-per-worker`` to every group."""
+    for group in flow.groups:
+        options = group.options
+        group.options = dataclasses.replace(
+            options,
+            pin=pin or options.pin,
+            threads_per_worker=options.threads_per_worker if threads is None else threads,
+        )
 
 
 def _load_flow(args: argparse.Namespace) -> Flow:
@@ -149,7 +227,8 @@ def _load_flow(args: argparse.Namespace) -> Flow:
     flow = load_app(args.app)
     if args.redis_url:
         flow.use_redis(RedisSettings.from_url(args.redis_url))
-    _set_counts(flow, args.app, _worker_counts(args.workers))
+    _set_counts(flow, args.app, _worker_counts(args.workers), args.cores is not None)
+    _set_cpu_options(flow, args.pin, args.threads_per_worker)
     if not flow.handles:
         raise ConfigurationError(f"{args.app} has no workers: call create_workers first")
     return flow
@@ -168,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setproctitle.setproctitle(f"procflow: supervisor [flow {flow.name}] {args.app}")
     supervisor = Supervisor(
         flow,
+        cores=args.cores,
+        limits=_limits(_worker_counts(args.workers)) if args.cores else None,
         node_id=args.node_id,
         drain_timeout=args.drain_timeout,
         monitor=not args.no_monitor,

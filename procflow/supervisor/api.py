@@ -15,11 +15,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
+from ..cpus import usable_cpus
 from ..definition import FlowDefinition
 from ..errors import (
     ConfigurationError,
@@ -47,6 +48,7 @@ from .process import (
     become_subreaper,
     kill_tree,
 )
+from .rebalance import CoreBudget, Limits
 from .settle import Settler
 
 if TYPE_CHECKING:
@@ -90,6 +92,17 @@ def _default_start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
+def _cores(cores: int | str | None) -> int | None:
+    """A core budget: a number >= 1, ``auto`` (the cores this process may use), or None."""
+    if cores is None:
+        return None
+    if cores == "auto":
+        return usable_cpus()
+    if isinstance(cores, int) and not isinstance(cores, bool) and cores >= 1:
+        return cores
+    raise ConfigurationError(f"cores must be a number >= 1 or 'auto', got {cores!r}")
+
+
 class Supervisor:
     """The process manager behind ``start_all`` / ``stop_all``, and a context manager for
     batch pipelines:
@@ -114,6 +127,8 @@ class Supervisor:
         log_level: str = "INFO",
         limit_interval: float = 0.1,
         monitor_interval: float = 1.0,
+        cores: int | str | None = None,
+        limits: Mapping[str, Limits] | None = None,
     ) -> None:
         self.flow = flow
         if flow.supervisor is not None and flow.supervisor is not self and flow.supervisor.running:
@@ -152,6 +167,9 @@ class Supervisor:
             state=lambda: self._state,
             limit_interval=limit_interval,
         )
+        self.manager.slot_of = self._slot
+        self.cores = _cores(cores)
+        self.limits = dict(limits or {})
         atexit.register(self._at_exit)
 
     # -- state ---------------------------------------------------------------------------
@@ -172,6 +190,11 @@ class Supervisor:
     def lifecycle(self) -> list[LifecycleEvent]:
         """Every connect/start/stop/disconnect/exit, in order, with monotonic times."""
         return self.table.lifecycle
+
+    def _slot(self, handle: WorkerHandle) -> int:
+        """A worker's index among all of the flow's workers: pinning goes round-robin by it."""
+        handles = self.flow.handles
+        return handles.index(handle) if handle in handles else handle.index
 
     def worker_state(self, handle: WorkerHandle) -> str:
         w = self.table.get(handle)
@@ -231,7 +254,6 @@ class Supervisor:
         """The flow connects; every worker process connects; only then does any start."""
         if self._state.active:
             raise SupervisorStateError("the supervisor is already running")
-        handles = self.flow.handles
         for group in self.flow.groups:
             self.manager.blob(group)  # a function that cannot be pickled fails here
         self._state = SupervisorState.STARTING
@@ -240,6 +262,7 @@ class Supervisor:
         except BaseException:
             self._state = SupervisorState.STOPPED
             raise
+        handles = self._budget_handles() if self.cores else self.flow.handles
         try:
             workers = self.manager.call(lambda: [self.manager.spawn(h) for h in handles])
             for w in workers:
@@ -252,6 +275,7 @@ class Supervisor:
             self._abort()
             raise
         self._state = SupervisorState.RUNNING
+        self.manager.poke()  # its timers depend on the state (the core budget's tick)
         self._start_monitor()
         self.log.info(
             "supervisor running {} worker process(es) for flow {!r} on {} (node {})",
@@ -260,6 +284,26 @@ class Supervisor:
             self.flow.redis.address,
             self.node_id,
         )
+
+    def _budget_handles(self) -> list[WorkerHandle]:
+        """Under a core budget: every group may use up to its max (default: all the cores);
+        the processes to start with go where the work waits now."""
+        assert self.cores is not None
+        for group in self.flow.groups:
+            limit = self.limits.get(group.stage.name, Limits())
+            group.set_count(limit.max if limit.max is not None else self.cores)
+        budget = CoreBudget(
+            self.cores, list(self.flow.groups), self.store, self.table, self.log, self.limits
+        )
+        self.manager.budget = budget
+        handles = budget.initial()
+        self.log.info(
+            "core budget: {} process(es) over {} stage(s); starting with {}",
+            self.cores,
+            len(self.flow.groups),
+            ", ".join(h.name for h in handles) or "none",
+        )
+        return handles
 
     def _await_all(
         self,

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cloudpickle
 import psutil
 
+from ..cpus import WorkerSetup
 from ..definition import FlowDefinition
-from ..errors import ConfigurationError, describe_exit
+from ..errors import ConfigurationError, RedisRefusedError, RedisUnavailableError, describe_exit
 from ..failures import FailureRecord
 from ..handles import WorkerGroup, WorkerHandle
 from ..settings import RedisSettings
@@ -43,6 +44,7 @@ from .process import (
     WorkerTable,
     kill_tree,
 )
+from .rebalance import CoreBudget
 from .settle import Settler
 from .watchdogs import Watchdogs
 
@@ -91,6 +93,10 @@ class Manager:
         self.state = state
         self.respawn = True
         self.orphans = Orphans(holder)
+        #: a worker's index among all of the flow's workers (its core when pinned)
+        self.slot_of: Callable[[WorkerHandle], int] = lambda handle: handle.index
+        #: the core budget, when the supervisor has one (``Supervisor(flow, cores=N)``)
+        self.budget: CoreBudget | None = None
         self._next_orphans = 0.0
         self.thread: threading.Thread | None = None
         self._blobs: dict[WorkerGroup, bytes] = {}
@@ -202,6 +208,8 @@ class Manager:
         deadlines += [w.respawn_at for w in self.table if w.respawn_at is not None]
         if self.orphans.known:
             deadlines.append(self._next_orphans)
+        if self.budget is not None and self.state() is SupervisorState.RUNNING:
+            deadlines.append(self.budget.next_tick)
         return max(0.0, min(deadlines) - time.monotonic())
 
     def _timers(self) -> None:
@@ -211,6 +219,13 @@ class Manager:
         now = time.monotonic()
         if self.orphans.known and now >= self._next_orphans:
             self._collect_orphans()
+        budget = self.budget
+        if (
+            budget is not None
+            and self.state() is SupervisorState.RUNNING
+            and now >= budget.next_tick
+        ):
+            budget.tick(lambda h: self.spawn(h, start=True), self._unblock_one)
         for w in self.table:
             if w.respawn_at is not None and now >= w.respawn_at:
                 w.respawn_at = None
@@ -254,9 +269,19 @@ class Manager:
         clear_status(w.status)
         parent_end, child_end = self.ctx.Pipe(duplex=False)
         commands_in, commands_out = self.ctx.Pipe(duplex=False)
+        setup = WorkerSetup.of(handle.group.options, self.slot_of(handle))
         process = self.ctx.Process(
             target=worker_main,
-            args=(blob, handle.name, w.status, commands_in, child_end, os.getpid(), self.log_level),
+            args=(
+                blob,
+                handle.name,
+                w.status,
+                commands_in,
+                child_end,
+                os.getpid(),
+                self.log_level,
+                setup,
+            ),
             name=f"procflow {handle.name}",
             daemon=True,
         )
@@ -328,6 +353,11 @@ class Manager:
                 w.state = WorkerState.FAILED
             self.table.cond.notify_all()
 
+    def _unblock_one(self, client_id: int) -> None:
+        # failing that, it returns from BLMOVE within its block_timeout anyway
+        with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
+            self.settler.store.unblock([client_id])
+
     # -- a worker ended ----------------------------------------------------------------------
 
     def _collect_orphans(self, ended: WorkerProcess | None = None) -> None:
@@ -359,6 +389,8 @@ class Manager:
         stage = w.handle.group.stage
         log = self.log.bind(queue=stage.name, worker=w.name, pid=pid)
         self._collect_orphans(ended=w)
+        if self.budget is not None:
+            self.budget.on_exit(w)
         if w.kill_reason == "shutdown":
             self.settler.settle(stage, view, None)
         elif not planned:

@@ -25,6 +25,7 @@ import cloudpickle
 import setproctitle
 from loguru import logger
 
+from ..cpus import WorkerSetup, limit_loaded_pools, setup_process
 from ..store.session import StageSession
 from .logs import install_child_logging
 from .loop import WorkerLoop
@@ -117,8 +118,10 @@ def worker_main(
     conn: Connection,
     parent_pid: int,
     log_level: str,
+    setup: WorkerSetup,
 ) -> None:
-    """Run one worker process from its cloudpickled WorkerPayload."""
+    """Run one worker process from its cloudpickled WorkerPayload; ``setup`` (pinning,
+    thread variables) is applied before the payload is unpickled."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     _die_with_parent(parent_pid)
@@ -131,6 +134,9 @@ def worker_main(
     signal.signal(signal.SIGTERM, on_term)
 
     pid = os.getpid()
+    # before the user's function arrives: unpickling it may import the user's module and
+    # numpy with it, whose math library reads the thread variables once, when it loads
+    notes = setup_process(setup)
     payload: WorkerPayload = cloudpickle.loads(blob)
     payload.worker = worker
     os.environ[WORKER_MARK] = f"{payload.holder}|{pid}"  # inherited by what the jobs start
@@ -140,6 +146,11 @@ def worker_main(
         conn, log_level, flow=payload.flow, queue=stage.name, worker=worker, pid=pid
     )
     log = logger.bind(flow=payload.flow, queue=stage.name, worker=worker, pid=pid)
+    late = limit_loaded_pools()  # libraries loaded before the variables were set
+    if late:
+        notes.append(("WARNING" if setup.slot == 0 else "DEBUG", late))
+    for level, note in notes:
+        log.log(level, "worker {}: {}", worker, note)
     session = StageSession.open(
         payload.redis,
         stage.keys,

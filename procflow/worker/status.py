@@ -10,6 +10,7 @@ after that worker was SIGKILLed. The supervisor writes one field: ``stop``.
 from __future__ import annotations
 
 import ctypes
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -43,6 +44,7 @@ class StatusRecord(ctypes.Structure):
         ("stop", ctypes.c_int32),  # written by the supervisor: 1 = finish the job and stop
         ("started", ctypes.c_double),  # time.monotonic() when the job started
         ("jobs", ctypes.c_uint64),  # jobs finished by this process
+        ("busy", ctypes.c_double),  # seconds this process spent running jobs, in all
         ("token", ctypes.c_char * TOKEN_BYTES),
         ("next_token", ctypes.c_char * TOKEN_BYTES),
         ("job", ctypes.c_char * JOB_BYTES),
@@ -59,6 +61,7 @@ class StatusView:
     token: str
     next_token: str
     job: str
+    busy: float = 0.0
 
 
 def _activity(value: int) -> Activity:
@@ -81,6 +84,7 @@ def read_status(raw: Any) -> StatusView:
             raw.token.decode(errors="replace"),
             raw.next_token.decode(errors="replace"),
             raw.job.decode(errors="replace"),
+            raw.busy,
         )
         if not before & 1 and raw.seq == before:
             break
@@ -138,6 +142,8 @@ class StatusWriter:
     def finished(self) -> None:
         raw = self.raw
         raw.seq += 1
+        if raw.state in (Activity.RUNNING, Activity.COMPLETING):
+            raw.busy += time.monotonic() - raw.started
         raw.state = Activity.IDLE
         raw.jobs += 1
         raw.job = b""

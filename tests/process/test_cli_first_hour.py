@@ -19,6 +19,7 @@ import procflow
 from procflow import Flow, QueueSpec, Supervisor
 from procflow.cli import build_parser as procflow_parser
 from procflow.cli import demo_flow
+from procflow.cpus import usable_cpus
 from procflow.supervisor.__main__ import build_parser as supervisor_parser
 from tests.conftest import wait_until
 
@@ -276,7 +277,7 @@ def test_the_demo_prints_a_table_per_stage_and_removes_its_keys(
     }
     assert re.search(r"child jobs\s+12\b", out.stdout), out.stdout
     assert "jobs/s = jobs / wall time from the first create to the last done" in out.stdout
-    cores = os.cpu_count() or 1
+    cores = usable_cpus() or 1
     assert f"{2 * cores + 3} worker processes" in out.stdout
     assert "one per core" in out.stdout
     assert "lease" not in out.stdout and "{" not in out.stdout

@@ -1,0 +1,172 @@
+"""Carrying out the core budget on the manager thread (the policy is ``budget.py``).
+
+Every ``interval`` seconds: read how many jobs wait per stage (one pipelined round trip),
+see what the live workers run and how long their jobs took, ask the Balancer, and carry out a
+decision — a stage that loses processes lets them finish the job in hand and exit (idle ones
+first; nothing is killed mid-job), a stage that gains gets new processes. Each decision is one
+INFO line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import RedisRefusedError, RedisUnavailableError
+from ..handles import WorkerGroup, WorkerHandle
+from ..store.redis import Store
+from ..worker import main as child
+from ..worker.status import Activity, read_status
+from .budget import Balancer, StageLoad, describe
+from .process import WorkerProcess, WorkerTable
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+__all__ = ["CoreBudget", "Limits"]
+
+#: how often the budget looks at the work (seconds)
+INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A stage's process limits under a budget (``--workers check=1:8``)."""
+
+    min: int = 0
+    max: int | None = None
+
+
+@dataclass
+class CoreBudget:
+    """At most ``cores`` job-running processes over ``groups``, moved by demand."""
+
+    cores: int
+    groups: Sequence[WorkerGroup]
+    store: Store
+    table: WorkerTable
+    log: Logger
+    limits: dict[str, Limits] = field(default_factory=dict)
+    interval: float = INTERVAL
+    balancer: Balancer = field(init=False)
+    next_tick: float = 0.0
+    #: busy seconds and jobs of a stage's processes that have exited
+    retired: dict[str, tuple[float, int]] = field(default_factory=dict)
+    retiring: set[WorkerHandle] = field(default_factory=set)
+    #: a decision whose growth waits for retiring processes to exit (never over the budget)
+    pending: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        self.balancer = Balancer(self.cores)
+
+    # -- what is where -------------------------------------------------------------------
+
+    def _active(self, group: WorkerGroup) -> list[WorkerProcess]:
+        out = []
+        for handle in group.handles:
+            w = self.table.get(handle)
+            if w is not None and not w.gone and handle not in self.retiring:
+                out.append(w)
+        return out
+
+    def current(self) -> dict[str, int]:
+        return {g.stage.name: len(self._active(g)) for g in self.groups}
+
+    def on_exit(self, w: WorkerProcess) -> None:
+        """Remember what an exited process did (its status record is reused)."""
+        view = read_status(w.status)
+        name = w.handle.group.stage.name
+        busy, jobs = self.retired.get(name, (0.0, 0))
+        self.retired[name] = (busy + view.busy, jobs + view.jobs)
+        self.retiring.discard(w.handle)
+
+    def _loads(self, waiting: Sequence[int]) -> list[StageLoad]:
+        loads = []
+        for group, n in zip(self.groups, waiting, strict=True):
+            name = group.stage.name
+            busy, jobs = self.retired.get(name, (0.0, 0))
+            running = 0
+            for w in self._active(group):
+                view = read_status(w.status)
+                busy, jobs = busy + view.busy, jobs + view.jobs
+                running += view.activity in (Activity.RUNNING, Activity.COMPLETING)
+            self.balancer.observe(name, busy, jobs)
+            limit = self.limits.get(name, Limits())
+            most = min(len(group.handles), limit.max if limit.max is not None else self.cores)
+            loads.append(StageLoad(name, n, running, None, limit.min, most))
+        return loads
+
+    # -- deciding --------------------------------------------------------------------------
+
+    def initial(self) -> list[WorkerHandle]:
+        """The handles to start with: by the work waiting now, else the first stage."""
+        try:
+            waiting = self.store.waiting_counts([g.stage.keys for g in self.groups])
+        except (RedisUnavailableError, RedisRefusedError):
+            waiting = [0] * len(self.groups)
+        target = self.balancer.decide(self._loads(waiting), self.current()) or {}
+        if not any(target.values()) and self.groups:
+            target = {self.groups[0].stage.name: 1}
+        return [h for g in self.groups for h in g.handles[: target.get(g.stage.name, 0)]]
+
+    def tick(self, spawn: Callable[[WorkerHandle], object], unblock: Callable[[int], None]) -> None:
+        """Look at the work; move processes if the balancer says so. A stage grows only into
+        cores that are free: processes told to go must have exited first, so no more than
+        ``cores`` processes ever run jobs."""
+        self.next_tick = time.monotonic() + self.interval
+        if self.pending is not None:
+            self._grow_into_free(self.pending, spawn)
+            return
+        try:
+            waiting = self.store.waiting_counts([g.stage.keys for g in self.groups])
+        except (RedisUnavailableError, RedisRefusedError):
+            return  # no news of the work: keep the counts
+        loads = self._loads(waiting)
+        current = self.current()
+        target = self.balancer.decide(loads, current)
+        if target is None:
+            return
+        self.log.info("rebalanced: {}", describe(current, target, loads))
+        for group in self.groups:  # shrink first: the cores are freed before they are used
+            self._shrink(group, current[group.stage.name] - target[group.stage.name], unblock)
+        self.pending = target
+        self._grow_into_free(target, spawn)
+
+    def _grow_into_free(
+        self, target: dict[str, int], spawn: Callable[[WorkerHandle], object]
+    ) -> None:
+        current = self.current()
+        free = self.cores - sum(current.values()) - len(self.retiring)
+        for group in self.groups:
+            want = min(target.get(group.stage.name, 0) - current[group.stage.name], free)
+            free -= self._grow(group, want, spawn)
+        current = self.current()
+        if not self.retiring or all(current[name] >= n for name, n in target.items()):
+            self.pending = None  # reached, or nothing left to wait for
+
+    def _shrink(self, group: WorkerGroup, n: int, unblock: Callable[[int], None]) -> None:
+        if n <= 0:
+            return
+        active = self._active(group)
+        idle_first = sorted(
+            active, key=lambda w: read_status(w.status).activity is not Activity.WAITING
+        )
+        for w in idle_first[:n]:
+            self.retiring.add(w.handle)
+            w.tell(child.STOP, child.DISCONNECT)  # finishes the job in hand, then exits
+            if w.client_id is not None:
+                unblock(w.client_id)
+
+    def _grow(self, group: WorkerGroup, n: int, spawn: Callable[[WorkerHandle], object]) -> int:
+        """Start up to ``n`` processes for ``group``; returns how many."""
+        started = 0
+        for handle in group.handles:
+            if started >= n:
+                break
+            w = self.table.get(handle)
+            if (w is None or w.gone) and handle not in self.retiring:
+                spawn(handle)
+                started += 1
+        return started
