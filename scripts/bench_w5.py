@@ -33,10 +33,11 @@ from procflow.server import RedisServer, find_server_binary
 
 
 def spin(seconds: float) -> int:
-    """Pure-Python CPU work for about ``seconds``."""
-    end = time.perf_counter() + seconds
+    """Pure-Python CPU work for ``seconds`` of this process's CPU time (not wall time: a
+    process sharing its core with others must still do all of its work)."""
+    end = time.process_time() + seconds
     n = 0
-    while time.perf_counter() < end:
+    while time.process_time() < end:
         n += 1
     return n
 

@@ -29,7 +29,7 @@ from ..errors import (
     WorkerStartError,
     describe_exit,
 )
-from ..handles import WorkerGroup, WorkerHandle
+from ..handles import PARENT, WorkerGroup, WorkerHandle
 from ..monitor import FlowMonitor
 from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
 from ..store import keys
@@ -286,24 +286,26 @@ class Supervisor:
         )
 
     def _budget_handles(self) -> list[WorkerHandle]:
-        """Under a core budget: every group may use up to its max (default: all the cores);
-        the processes to start with go where the work waits now."""
+        """Under a core budget: every job-running group may use up to its max (default: all
+        the cores); the processes to start with go where the work waits now. Parent stages
+        only create child jobs and pass parents on — light work — so they keep their own
+        workers outside the budget."""
         assert self.cores is not None
-        for group in self.flow.groups:
+        running = [g for g in self.flow.groups if g.kind != PARENT]
+        for group in running:
             limit = self.limits.get(group.stage.name, Limits())
             group.set_count(limit.max if limit.max is not None else self.cores)
-        budget = CoreBudget(
-            self.cores, list(self.flow.groups), self.store, self.table, self.log, self.limits
-        )
+        budget = CoreBudget(self.cores, running, self.store, self.table, self.log, self.limits)
         self.manager.budget = budget
         handles = budget.initial()
+        parents = [h for g in self.flow.groups if g.kind == PARENT for h in g.handles]
         self.log.info(
             "core budget: {} process(es) over {} stage(s); starting with {}",
             self.cores,
-            len(self.flow.groups),
+            len(running),
             ", ".join(h.name for h in handles) or "none",
         )
-        return handles
+        return handles + parents
 
     def _await_all(
         self,

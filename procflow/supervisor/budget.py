@@ -25,6 +25,8 @@ DECAY = 0.3
 UNKNOWN_JOB_TIME = 0.05
 #: a new allocation must cut the worst stage's work per process by this share to be adopted
 GAIN = 0.2
+#: the longest a stage with jobs waits without a process before it is given one (seconds)
+MAX_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,16 +51,16 @@ class StageLoad:
 
 
 def allocate(loads: Sequence[StageLoad], cores: int) -> dict[str, int]:
-    """Process counts per stage, at most ``cores`` in all: each stage first gets its
-    ``min`` (and one, if it has jobs at hand and cores remain), the rest goes where the work
-    per process is largest, never more processes than a stage has jobs, never over its
+    """Process counts per stage, at most ``cores`` in all: each stage first gets its ``min``,
+    then each core goes where the work per process would be largest — so a stage with a
+    little work waits while a backed-up one has the cores (``Balancer`` sees that it does
+    not wait for long) — never more processes than a stage has jobs, never over its
     ``max``."""
     counts = {load.name: 0 for load in loads}
     left = cores
     by_work = sorted(loads, key=lambda load: -load.work())
     for load in by_work:  # the floors, the busiest stages first when cores are short
-        want = max(load.min, 1 if load.jobs else 0)
-        give = min(want, left, load.max)
+        give = min(load.min, left, load.max)
         counts[load.name] = give
         left -= give
     while left > 0:
@@ -75,14 +77,14 @@ def allocate(loads: Sequence[StageLoad], cores: int) -> dict[str, int]:
     return counts
 
 
-def _worst(loads: Sequence[StageLoad], counts: Mapping[str, int]) -> float:
-    """The largest work per process over the stages with jobs at hand (no process: inf)."""
-    worst = 0.0
-    for load in loads:
-        if load.jobs:
-            n = counts.get(load.name, 0)
-            worst = max(worst, math.inf if n == 0 else load.work() / n)
-    return worst
+def _cost(loads: Sequence[StageLoad], counts: Mapping[str, int], cores: int) -> float:
+    """About how long the work at hand takes with these counts: the slowest stage that has
+    processes, and never less than all the work spread over every core."""
+    slowest = max(
+        (x.work() / counts[x.name] for x in loads if x.jobs and counts.get(x.name, 0)),
+        default=0.0,
+    )
+    return max(slowest, sum(x.work() for x in loads) / cores)
 
 
 def describe(
@@ -103,10 +105,12 @@ class Balancer:
     """Decisions over time: measured job times, hysteresis, a dwell time per stage."""
 
     cores: int
-    dwell: float = 2.0
+    dwell: float = 0.25
+    max_wait: float = MAX_WAIT
     mean_time: dict[str, float] = field(default_factory=dict)
     _seen: dict[str, tuple[float, int]] = field(default_factory=dict)
     _moved_at: dict[str, float] = field(default_factory=dict)
+    _idle_since: dict[str, float] = field(default_factory=dict)
 
     def observe(self, stage: str, busy_seconds: float, jobs: int) -> None:
         """Cumulative busy time and job count of a stage's processes (as their status
@@ -124,31 +128,49 @@ class Balancer:
     ) -> dict[str, int] | None:
         """The new counts, or None to keep the current ones."""
         now = time.monotonic() if now is None else now
+        for x in loads:  # how long has a stage had jobs but no process?
+            if x.jobs and not current.get(x.name, 0):
+                self._idle_since.setdefault(x.name, now)
+            else:
+                self._idle_since.pop(x.name, None)
+        known = [t for t in self.mean_time.values() if t > 0]
+        guess = min(known) if known else None  # a new stage: like the quickest one known
         loads = [
             StageLoad(
-                x.name, x.waiting, x.running, self.mean_time.get(x.name, x.mean_time), x.min, x.max
+                x.name,
+                x.waiting,
+                x.running,
+                self.mean_time.get(x.name, x.mean_time if x.mean_time is not None else guess),
+                max(x.min, 1 if now - self._idle_since.get(x.name, now) >= self.max_wait else 0),
+                x.max,
             )
             for x in loads
         ]
         target = allocate(loads, self.cores)
         if all(target[name] == current.get(name, 0) for name in target):
             return None
-        starving = any(x.jobs and current.get(x.name, 0) == 0 and target[x.name] for x in loads)
-        worth_it = _worst(loads, target) < (1 - GAIN) * _worst(loads, current)
-        if not (starving or worth_it):
-            return None
-        # a stage that moved lately keeps its count (unless it starves), so nothing flaps
+        starving = {
+            x.name for x in loads if x.jobs and not current.get(x.name, 0) and target[x.name]
+        }
+        gain = _cost(loads, target, self.cores) < (1 - GAIN) * _cost(loads, current, self.cores)
+        if not starving and not gain:
+            return None  # not worth a move
+        # a stage that moved lately keeps its count, so nothing flaps — except that a stage
+        # with nothing at hand may always give its processes up, and a starving stage (jobs,
+        # no process) gets one whatever moved lately
         for x in loads:
-            name = x.name
-            recent = now - self._moved_at.get(name, -math.inf) < self.dwell
-            if recent and target[name] != current.get(name, 0) and not (starving and x.jobs):
-                target[name] = current.get(name, 0)
+            name, now_has = x.name, current.get(x.name, 0)
+            if now - self._moved_at.get(name, -math.inf) >= self.dwell:
+                continue
+            if (target[name] < now_has and x.jobs and not starving) or (
+                target[name] > now_has and name not in starving
+            ):
+                target[name] = now_has
         total = sum(target.values())
-        if total > self.cores:  # holding some stages back can overshoot: trim the gainers
-            for name in sorted(target, key=lambda n: target[n] - current.get(n, 0), reverse=True):
-                while total > self.cores and target[name] > current.get(name, 0):
-                    target[name] -= 1
-                    total -= 1
+        for name in sorted(target, key=lambda n: (n in starving, current.get(n, 0) - target[n])):
+            while total > self.cores and target[name] > current.get(name, 0):
+                target[name] -= 1  # over the budget: the least needy gainers give way
+                total -= 1
         if all(target[name] == current.get(name, 0) for name in target):
             return None
         for name in target:

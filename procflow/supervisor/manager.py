@@ -389,8 +389,7 @@ class Manager:
         stage = w.handle.group.stage
         log = self.log.bind(queue=stage.name, worker=w.name, pid=pid)
         self._collect_orphans(ended=w)
-        if self.budget is not None:
-            self.budget.on_exit(w)
+        replace = self.budget.on_exit(w) if self.budget is not None else True
         if w.kill_reason == "shutdown":
             self.settler.settle(stage, view, None)
         elif not planned:
@@ -410,7 +409,7 @@ class Manager:
                 w.state = WorkerState.DEAD
             self.table.cond.notify_all()
         self.table.record(w.name, "exited", pid=pid)
-        running = self.respawn and self.state() is SupervisorState.RUNNING
+        running = replace and self.respawn and self.state() is SupervisorState.RUNNING
         if recycled:
             log.info("worker {} recycled ({}); replacing it", w.name, w.end_reason)
             w.crashes = 0

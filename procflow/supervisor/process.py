@@ -134,6 +134,15 @@ class WorkerProcess:
     def lock_time(self) -> float:
         return self.handle.group.options.lock_time
 
+    def pause(self) -> None:
+        """Hold this worker's core free (the core budget): it takes no job until resumed."""
+        self.status.pause = 1
+        self.tell("pause")  # wakes nothing: the worker sees the flag before its next job
+
+    def resume(self) -> None:
+        self.status.pause = 0
+        self.tell("resume")  # wakes the paused worker at once
+
     def tell(self, *commands: str) -> None:
         """Send lifecycle commands (``child.CONNECT`` …). Never waits on the process: a
         command to a process that is gone is dropped."""

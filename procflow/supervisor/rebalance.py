@@ -2,9 +2,11 @@
 
 Every ``interval`` seconds: read how many jobs wait per stage (one pipelined round trip),
 see what the live workers run and how long their jobs took, ask the Balancer, and carry out a
-decision — a stage that loses processes lets them finish the job in hand and exit (idle ones
-first; nothing is killed mid-job), a stage that gains gets new processes. Each decision is one
-INFO line.
+decision — a stage that loses processes pauses them (each finishes the job in hand, then holds,
+connected, taking nothing: idle ones first, nothing is killed mid-job), a stage that gains
+resumes one of its paused processes (instant) or gets a new one. A core is used again only
+once the process that held it has paused, so no more than the budget's processes ever run
+jobs. Each decision is one INFO line.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import TYPE_CHECKING
 from ..errors import RedisRefusedError, RedisUnavailableError
 from ..handles import WorkerGroup, WorkerHandle
 from ..store.redis import Store
-from ..worker import main as child
 from ..worker.status import Activity, read_status
 from .budget import Balancer, StageLoad, describe
 from .process import WorkerProcess, WorkerTable
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["CoreBudget", "Limits"]
 
 #: how often the budget looks at the work (seconds)
-INTERVAL = 0.5
+INTERVAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,11 @@ class CoreBudget:
     next_tick: float = 0.0
     #: busy seconds and jobs of a stage's processes that have exited
     retired: dict[str, tuple[float, int]] = field(default_factory=dict)
-    retiring: set[WorkerHandle] = field(default_factory=set)
-    #: a decision whose growth waits for retiring processes to exit (never over the budget)
+    #: told to pause, still finishing a job: their cores are not free yet
+    pausing: set[WorkerHandle] = field(default_factory=set)
+    #: paused: alive and connected, holding no core
+    paused: set[WorkerHandle] = field(default_factory=set)
+    #: a decision whose growth waits for pausing processes (never over the budget)
     pending: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
@@ -67,20 +71,32 @@ class CoreBudget:
         out = []
         for handle in group.handles:
             w = self.table.get(handle)
-            if w is not None and not w.gone and handle not in self.retiring:
+            if w is not None and not w.gone and handle not in self.pausing | self.paused:
                 out.append(w)
         return out
 
     def current(self) -> dict[str, int]:
         return {g.stage.name: len(self._active(g)) for g in self.groups}
 
-    def on_exit(self, w: WorkerProcess) -> None:
-        """Remember what an exited process did (its status record is reused)."""
+    def on_exit(self, w: WorkerProcess) -> bool:
+        """Remember what an exited process did (its status record is reused); whether it
+        may be replaced (not a paused one: it held no core)."""
         view = read_status(w.status)
         name = w.handle.group.stage.name
         busy, jobs = self.retired.get(name, (0.0, 0))
         self.retired[name] = (busy + view.busy, jobs + view.jobs)
-        self.retiring.discard(w.handle)
+        held = w.handle in self.pausing | self.paused
+        self.pausing.discard(w.handle)
+        self.paused.discard(w.handle)
+        return not held
+
+    def _settle_pauses(self) -> None:
+        for handle in list(self.pausing):
+            w = self.table.get(handle)
+            if w is None or w.gone or read_status(w.status).activity is Activity.PAUSED:
+                self.pausing.discard(handle)
+                if w is not None and not w.gone:
+                    self.paused.add(handle)
 
     def _loads(self, waiting: Sequence[int]) -> list[StageLoad]:
         loads = []
@@ -107,8 +123,8 @@ class CoreBudget:
         except (RedisUnavailableError, RedisRefusedError):
             waiting = [0] * len(self.groups)
         target = self.balancer.decide(self._loads(waiting), self.current()) or {}
-        if not any(target.values()) and self.groups:
-            target = {self.groups[0].stage.name: 1}
+        if not any(target.values()):  # nothing waits yet: the first stages, one core each
+            target = {g.stage.name: 1 for g in self.groups[: self.cores]}
         return [h for g in self.groups for h in g.handles[: target.get(g.stage.name, 0)]]
 
     def tick(self, spawn: Callable[[WorkerHandle], object], unblock: Callable[[int], None]) -> None:
@@ -116,6 +132,7 @@ class CoreBudget:
         cores that are free: processes told to go must have exited first, so no more than
         ``cores`` processes ever run jobs."""
         self.next_tick = time.monotonic() + self.interval
+        self._settle_pauses()
         if self.pending is not None:
             self._grow_into_free(self.pending, spawn)
             return
@@ -137,13 +154,14 @@ class CoreBudget:
     def _grow_into_free(
         self, target: dict[str, int], spawn: Callable[[WorkerHandle], object]
     ) -> None:
+        self._settle_pauses()
         current = self.current()
-        free = self.cores - sum(current.values()) - len(self.retiring)
+        free = self.cores - sum(current.values()) - len(self.pausing)
         for group in self.groups:
             want = min(target.get(group.stage.name, 0) - current[group.stage.name], free)
             free -= self._grow(group, want, spawn)
         current = self.current()
-        if not self.retiring or all(current[name] >= n for name, n in target.items()):
+        if not self.pausing or all(current[name] >= n for name, n in target.items()):
             self.pending = None  # reached, or nothing left to wait for
 
     def _shrink(self, group: WorkerGroup, n: int, unblock: Callable[[int], None]) -> None:
@@ -154,19 +172,23 @@ class CoreBudget:
             active, key=lambda w: read_status(w.status).activity is not Activity.WAITING
         )
         for w in idle_first[:n]:
-            self.retiring.add(w.handle)
-            w.tell(child.STOP, child.DISCONNECT)  # finishes the job in hand, then exits
+            self.pausing.add(w.handle)
+            w.pause()  # finishes the job in hand, then holds
             if w.client_id is not None:
                 unblock(w.client_id)
 
     def _grow(self, group: WorkerGroup, n: int, spawn: Callable[[WorkerHandle], object]) -> int:
-        """Start up to ``n`` processes for ``group``; returns how many."""
+        """Resume (or else start) up to ``n`` processes for ``group``; returns how many."""
         started = 0
-        for handle in group.handles:
-            if started >= n:
-                break
+        for handle in group.handles:  # a paused process first: it is connected already
             w = self.table.get(handle)
-            if (w is None or w.gone) and handle not in self.retiring:
+            if started < n and handle in self.paused and w is not None and not w.gone:
+                self.paused.discard(handle)
+                w.resume()
+                started += 1
+        for handle in group.handles:
+            w = self.table.get(handle)
+            if started < n and (w is None or w.gone) and handle not in self.pausing:
                 spawn(handle)
                 started += 1
         return started

@@ -88,6 +88,7 @@ class WorkerLoop:
         *,
         pid: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        gate: Callable[[], bool] | None = None,
     ) -> None:
         self.payload = payload
         self.stage = payload.stage
@@ -98,6 +99,8 @@ class WorkerLoop:
         self.log = log
         self._external_stop = stop_flag
         self._sleep = sleep
+        #: blocks while the supervisor has paused this worker; False when it must end instead
+        self._gate = gate
         self.pid = os.getpid() if pid is None else pid
         self.tokens = TokenSeries(payload.holder, self.pid)
         self.jobs_done = 0
@@ -138,6 +141,9 @@ class WorkerLoop:
         lease: Lease | None = None
         while True:
             if lease is None:
+                if self.status.pause_requested and not self._hold():
+                    self.end_reason = self.end_reason or "stop"
+                    break
                 if self.should_end():
                     break
                 lease = self._next_lease()
@@ -175,6 +181,16 @@ class WorkerLoop:
                     return done
                 lease = following
         return done
+
+    def _hold(self) -> bool:
+        """Paused by the core budget: hold, holding no job, until resumed (True) or told to
+        end (False)."""
+        self.status.paused()
+        if self._gate is None:
+            return False
+        ok = self._gate()
+        self.status.waiting()
+        return ok
 
     # -- Redis calls that survive outages ------------------------------------------------
 
@@ -248,7 +264,7 @@ class WorkerLoop:
         token = self.tokens.next()
         self.status.leasing(token)
         lease = self._redis(lambda: self.session.lease(token), lost_token=token, abort_on_stop=True)
-        if lease is not None or self.should_end():
+        if lease is not None or self.should_end() or self.status.pause_requested:
             return lease
         self.status.waiting()
         job_id = self._redis(
@@ -357,7 +373,8 @@ class WorkerLoop:
         self, lease: Lease, pairs: list[tuple[bytes, bytes]], next_waiting: str
     ) -> Lease | None:
         self.jobs_done += 1
-        next_token = "" if self.should_end() else self.tokens.next()
+        hold = self.should_end() or self.status.pause_requested
+        next_token = "" if hold else self.tokens.next()
         self.status.completing(next_token)
         reply = self._redis(
             lambda: self.session.complete(lease.id, lease.token, pairs, next_waiting, next_token),

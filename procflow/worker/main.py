@@ -78,6 +78,17 @@ class Commands:
         self.parent_pid = parent_pid
         self.said: set[str] = set()
 
+    def take(self, timeout: float) -> bool:
+        """Read what was said within ``timeout`` seconds; False if the supervisor is gone."""
+        if os.getppid() != self.parent_pid:
+            return False
+        try:
+            if self.conn.poll(timeout):
+                self.said.add(str(self.conn.recv()))
+        except (EOFError, OSError):
+            return False
+        return True
+
     def wait_for(self, command: str, abort: str | None = None) -> bool:
         """Wait until ``command`` was said; False if ``abort`` was said first, or the
         supervisor is gone."""
@@ -158,15 +169,27 @@ def worker_main(
         lock_ms=payload.options.lock_ms,
         block_timeout=payload.options.block_timeout,
     )
+    commands = Commands(commands_conn, parent_pid)
+
+    def gate() -> bool:  # paused: wait for the supervisor's word, holding no job
+        while raw_status.pause:
+            if stop_signal["seen"] or raw_status.stop or not commands.take(0.5):
+                return False
+        return True
+
     loop = WorkerLoop(
-        payload, session, StatusWriter(raw_status), log, stop_flag=lambda: stop_signal["seen"]
+        payload,
+        session,
+        StatusWriter(raw_status),
+        log,
+        stop_flag=lambda: stop_signal["seen"],
+        gate=gate,
     )
 
     def send(*message: Any) -> None:
         with contextlib.suppress(OSError, ValueError):
             conn.send(message)
 
-    commands = Commands(commands_conn, parent_pid)
     if not commands.wait_for(CONNECT, abort=DISCONNECT):
         return
     try:

@@ -30,6 +30,7 @@ class Activity(IntEnum):
     RUNNING = 3  # running ``job`` under ``token`` since ``started``
     COMPLETING = 4  # completing ``job``; may lease the next under ``next_token``
     STOPPED = 5
+    PAUSED = 6  # told by the core budget to hold its core free: takes no job until resumed
 
     @property
     def holds_job(self) -> bool:
@@ -42,6 +43,7 @@ class StatusRecord(ctypes.Structure):
         ("seq", ctypes.c_uint64),
         ("state", ctypes.c_int32),
         ("stop", ctypes.c_int32),  # written by the supervisor: 1 = finish the job and stop
+        ("pause", ctypes.c_int32),  # written by the supervisor: 1 = take no job until 0
         ("started", ctypes.c_double),  # time.monotonic() when the job started
         ("jobs", ctypes.c_uint64),  # jobs finished by this process
         ("busy", ctypes.c_double),  # seconds this process spent running jobs, in all
@@ -150,6 +152,16 @@ class StatusWriter:
         raw.token = b""
         raw.next_token = b""
         raw.seq += 1
+
+    def paused(self) -> None:
+        raw = self.raw
+        raw.seq += 1
+        raw.state = Activity.PAUSED
+        raw.seq += 1
+
+    @property
+    def pause_requested(self) -> bool:
+        return bool(self.raw.pause)
 
     def stopped(self) -> None:
         raw = self.raw

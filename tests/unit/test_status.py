@@ -112,6 +112,7 @@ def test_leasing_and_running_drop_a_stale_next_token() -> None:
         (Activity.RUNNING, True),
         (Activity.COMPLETING, True),
         (Activity.STOPPED, False),
+        (Activity.PAUSED, False),
     ],
 )
 def test_only_leasing_running_and_completing_may_hold_a_job(
@@ -128,6 +129,7 @@ def test_every_activity_is_covered_by_the_holds_job_table() -> None:
         "RUNNING",
         "COMPLETING",
         "STOPPED",
+        "PAUSED",
     }
 
 
@@ -147,7 +149,7 @@ def test_a_torn_write_is_read_as_it_stands_without_hanging() -> None:
     assert view.started == 5.0
 
 
-@pytest.mark.parametrize("state", [6, 99, -1, 2**31 - 1])
+@pytest.mark.parametrize("state", [7, 99, -1, 2**31 - 1])
 def test_an_unknown_state_value_reads_as_leasing_so_recovery_checks_the_token(
     state: int,
 ) -> None:
@@ -217,3 +219,13 @@ def test_non_ascii_job_ids_round_trip() -> None:
     StatusWriter(raw).running("jöb-✓", "tök", 1.0)
     view = read_status(raw)
     assert (view.job, view.token) == ("jöb-✓", "tök")
+
+
+def test_a_pause_is_asked_for_and_shown() -> None:
+    raw = StatusRecord()
+    writer = StatusWriter(raw)
+    assert not writer.pause_requested
+    raw.pause = 1
+    assert writer.pause_requested
+    writer.paused()
+    assert read_status(raw).activity is Activity.PAUSED

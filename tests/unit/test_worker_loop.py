@@ -751,3 +751,47 @@ def test_a_result_cannot_write_the_progress_field_itself() -> None:
     session = FakeSession()
     make_loop(session, lambda p: {"progress:a": 1})._process(job([b"1"]))
     assert "is procflow's bookkeeping" in the_failure(session).error
+
+
+# -- paused by the core budget -----------------------------------------------------------------
+
+
+def test_a_paused_worker_holds_no_job_until_resumed() -> None:
+    session = FakeSession(lease=[leased("j1", b"1"), None])
+    loop = make_loop(session, lambda p: {"ok": True})
+    seen: list[tuple[Activity, list[str]]] = []
+
+    def gate() -> bool:  # the supervisor's side: look, then resume, then stop
+        seen.append((read_status(loop.status.raw).activity, list(session.names)))
+        loop.status.raw.pause = 0
+        return True
+
+    loop._gate = gate
+    loop.status.raw.pause = 1
+
+    def stop_after_one(*args: Any) -> tuple[int, None]:
+        loop.status.raw.stop = 1
+        return 1, None
+
+    session.answers["complete"] = [stop_after_one]
+    assert loop.run() == "stop"
+    assert seen == [(Activity.PAUSED, [])]  # paused before it leased anything
+    assert session.names[:2] == ["lease", "complete"]
+
+
+def test_a_pause_asked_during_a_job_takes_no_job_ahead() -> None:
+    session = FakeSession()
+    loop = make_loop(session, lambda p: {"ok": True})
+    loop.status.raw.pause = 1
+    loop._process(job([b"1"]))
+    ((_, _, _, _, next_token),) = session.named("complete")
+    assert next_token == ""  # it will hold: it must not lease the next job with this one
+
+
+def test_a_stop_while_paused_ends_the_loop() -> None:
+    session = FakeSession()
+    loop = make_loop(session, lambda p: {})
+    loop._gate = lambda: False
+    loop.status.raw.pause = 1
+    assert loop.run() == "stop"
+    assert session.names == []
