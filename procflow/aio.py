@@ -30,7 +30,6 @@ from typing_extensions import Self, TypeVar
 from . import codec
 from .errors import (
     ConfigurationError,
-    EncodeError,
     JobFailedError,
     RedisRefusedError,
     RedisUnavailableError,
@@ -39,7 +38,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .flow import Flow
-from .ids import uuid7, uuid7_batch
+from .ids import uuid7
 from .store import keys
 from .store.aio import AsyncStore
 
@@ -255,20 +254,11 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         """Create many jobs, pipelined (each its own MULTI … EXEC). Every option is checked
         before anything is sent: one bad job raises EncodeError and writes none. A refusal
         part way raises CreateJobsError (``.created``, ``.not_created``)."""
-        flow = self.flow
-        items = list(many)
-        if not items:
+        jobs = self.flow._prepare_many(many)
+        if not jobs:
             return []
-        ids = uuid7_batch(len(items))
-        first = flow.first_stage.keys.waiting
-        jobs = []
-        for n, (options, job_id) in enumerate(zip(items, ids, strict=True)):
-            try:
-                jobs.append(flow._prepare(options, job_id, first))
-            except EncodeError as exc:
-                raise EncodeError(f"job {n}: {exc.where}", exc.problem) from None
-        await self.store.create_jobs(jobs, flow.key_ttl)
-        return ids
+        await self.store.create_jobs(jobs, self.flow.key_ttl)
+        return [job.id for job in jobs]
 
     async def _fetch(
         self, refs: Sequence[tuple[str, str]], resolve: bool

@@ -166,20 +166,25 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         self.store.create_jobs([job], self.key_ttl)
         return job.id
 
-    def create_jobs(self, many: Iterable[OptionsT]) -> list[str]:
-        """Create many jobs, pipelined (each its own MULTI … EXEC). Every option is checked
-        before anything is written: one bad job raises and writes none of them."""
+    def _prepare_many(self, many: Iterable[Mapping[str, Any]]) -> list[NewJob]:
+        """Every job checked and encoded, before anything is written (the sync and async
+        ``create_jobs``): one bad job raises EncodeError naming it."""
         items = list(many)
-        ids = uuid7_batch(len(items))
         first = self.first_stage.keys.waiting
         jobs = []
-        for n, (options, job_id) in enumerate(zip(items, ids, strict=True)):
+        for n, (options, job_id) in enumerate(zip(items, uuid7_batch(len(items)), strict=True)):
             try:
                 jobs.append(self._prepare(options, job_id, first))
             except EncodeError as exc:
                 raise EncodeError(f"job {n}: {exc.where}", exc.problem) from None
+        return jobs
+
+    def create_jobs(self, many: Iterable[OptionsT]) -> list[str]:
+        """Create many jobs, pipelined (each its own MULTI … EXEC). Every option is checked
+        before anything is written: one bad job raises and writes none of them."""
+        jobs = self._prepare_many(many)
         self.store.create_jobs(jobs, self.key_ttl)
-        return ids
+        return [job.id for job in jobs]
 
     def _decode(self, key: str, job_id: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
         job: dict[str, Any] = {keys.ID: job_id}

@@ -29,7 +29,7 @@ from ..settings import RedisSettings
 from . import keys
 from .keys import StageKeys
 from .records import NewJob
-from .redis import CREATE_CHUNK, PRUNE_LIMIT, Store
+from .redis import CREATE_CHUNK, PRUNE_LIMIT, Store, created_from
 from .wire import Arg, Script, connection_kwargs, pack, script
 
 __all__ = ["AsyncStore", "AsyncSubscription", "Link", "open_streams"]
@@ -258,20 +258,8 @@ class Link(asyncio.Protocol):
 def _created(
     address: str, replies: list[Any], blocks: Sequence[tuple[NewJob, int]], created: list[str]
 ) -> RedisRefusedError | None:
-    """As ``redis._read_created``, on replies read: the ids written go to ``created``."""
-    first: RedisRefusedError | None = None
-    at = 0
-    for job, n in blocks:
-        block, at = replies[at : at + n], at + n
-        errors = [r for r in block if isinstance(r, Exception)]
-        exec_reply = block[-1]
-        if isinstance(exec_reply, list):
-            errors += [r for r in exec_reply if isinstance(r, Exception)]
-            if not isinstance(exec_reply[-1], Exception):  # the id reached the waiting list
-                created.append(job.id)
-        if errors and first is None:
-            first = refusal(address, str(errors[0]))
-    return first
+    """The sync store's reading of create replies, on replies read here."""
+    return created_from(address, replies, blocks, created)
 
 
 class AsyncStore:

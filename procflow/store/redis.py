@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import CreateJobsError, RedisRefusedError
+from ..errors import CreateJobsError, RedisRefusedError, refusal
 from ..settings import RedisSettings
 from . import keys
 from .keys import StageKeys
@@ -40,7 +40,14 @@ def _read_created(
     refusal (a command refused when queued makes EXEC abort: that job was not written)."""
     if not blocks:
         return None
-    replies = w.read_many(sum(n for _, n in blocks))
+    return created_from(w.settings.address, w.read_many(sum(n for _, n in blocks)), blocks, created)
+
+
+def created_from(
+    address: str, replies: Sequence[Any], blocks: Sequence[tuple[NewJob, int]], created: list[str]
+) -> RedisRefusedError | None:
+    """From the replies of create blocks (job, reply count), the ids of the jobs written go
+    to ``created``; returns the first refusal among them (sync and async stores alike)."""
     first: RedisRefusedError | None = None
     at = 0
     for job, n in blocks:
@@ -52,7 +59,7 @@ def _read_created(
             if not isinstance(exec_reply[-1], Exception):  # the id reached the waiting list
                 created.append(job.id)
         if errors and first is None:
-            first = w.refused(errors[0])
+            first = refusal(address, str(errors[0]))
     return first
 
 
