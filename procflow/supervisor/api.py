@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
-from ..cpus import usable_cpus
 from ..definition import FlowDefinition
 from ..errors import (
     ConfigurationError,
@@ -29,7 +28,7 @@ from ..errors import (
     WorkerStartError,
     describe_exit,
 )
-from ..handles import PARENT, WorkerGroup, WorkerHandle
+from ..handles import WorkerGroup, WorkerHandle
 from ..monitor import FlowMonitor
 from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
 from ..store import keys
@@ -48,7 +47,7 @@ from .process import (
     become_subreaper,
     kill_tree,
 )
-from .rebalance import CoreBudget, Limits
+from .rebalance import Limits, cores_of, start_budget
 from .settle import Settler
 
 if TYPE_CHECKING:
@@ -90,17 +89,6 @@ class SupervisedFlow(Protocol):
 
 def _default_start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
-
-
-def _cores(cores: int | str | None) -> int | None:
-    """A core budget: a number >= 1, ``auto`` (the cores this process may use), or None."""
-    if cores is None:
-        return None
-    if cores == "auto":
-        return usable_cpus()
-    if isinstance(cores, int) and not isinstance(cores, bool) and cores >= 1:
-        return cores
-    raise ConfigurationError(f"cores must be a number >= 1 or 'auto', got {cores!r}")
 
 
 class Supervisor:
@@ -168,7 +156,7 @@ class Supervisor:
             limit_interval=limit_interval,
         )
         self.manager.slot_of = self._slot
-        self.cores = _cores(cores)
+        self.cores = cores_of(cores)
         self.limits = dict(limits or {})
         atexit.register(self._at_exit)
 
@@ -286,26 +274,13 @@ class Supervisor:
         )
 
     def _budget_handles(self) -> list[WorkerHandle]:
-        """Under a core budget: every job-running group may use up to its max (default: all
-        the cores); the processes to start with go where the work waits now. Parent stages
-        only create child jobs and pass parents on — light work — so they keep their own
-        workers outside the budget."""
+        """Under a core budget: the processes to start with (see rebalance.start_budget)."""
         assert self.cores is not None
-        running = [g for g in self.flow.groups if g.kind != PARENT]
-        for group in running:
-            limit = self.limits.get(group.stage.name, Limits())
-            group.set_count(limit.max if limit.max is not None else self.cores)
-        budget = CoreBudget(self.cores, running, self.store, self.table, self.log, self.limits)
-        self.manager.budget = budget
-        handles = budget.initial()
-        parents = [h for g in self.flow.groups if g.kind == PARENT for h in g.handles]
-        self.log.info(
-            "core budget: {} process(es) over {} stage(s); starting with {}",
-            self.cores,
-            len(running),
-            ", ".join(h.name for h in handles) or "none",
+        budget, handles = start_budget(
+            self.cores, self.flow.groups, self.store, self.table, self.log, self.limits
         )
-        return handles + parents
+        self.manager.budget = budget
+        return handles
 
     def _await_all(
         self,

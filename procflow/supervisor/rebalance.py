@@ -12,12 +12,13 @@ jobs. Each decision is one INFO line.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import RedisRefusedError, RedisUnavailableError
-from ..handles import WorkerGroup, WorkerHandle
+from ..cpus import usable_cpus
+from ..errors import ConfigurationError, RedisRefusedError, RedisUnavailableError
+from ..handles import PARENT, WorkerGroup, WorkerHandle
 from ..store.redis import Store
 from ..worker.status import Activity, read_status
 from .budget import Balancer, StageLoad, describe
@@ -26,7 +27,7 @@ from .process import WorkerProcess, WorkerTable
 if TYPE_CHECKING:
     from loguru import Logger
 
-__all__ = ["CoreBudget", "Limits"]
+__all__ = ["CoreBudget", "Limits", "cores_of", "start_budget"]
 
 #: how often the budget looks at the work (seconds)
 INTERVAL = 0.05
@@ -192,3 +193,42 @@ class CoreBudget:
                 spawn(handle)
                 started += 1
         return started
+
+
+def cores_of(cores: int | str | None) -> int | None:
+    """A core budget: a number >= 1, ``auto`` (the cores this process may use), or None."""
+    if cores is None:
+        return None
+    if cores == "auto":
+        return usable_cpus()
+    if isinstance(cores, int) and not isinstance(cores, bool) and cores >= 1:
+        return cores
+    raise ConfigurationError(f"cores must be a number >= 1 or 'auto', got {cores!r}")
+
+
+def start_budget(
+    cores: int,
+    groups: Sequence[WorkerGroup],
+    store: Store,
+    table: WorkerTable,
+    log: Logger,
+    limits: Mapping[str, Limits],
+) -> tuple[CoreBudget, list[WorkerHandle]]:
+    """The budget over ``groups`` and the processes to start with. Every job-running group
+    may use up to its max (default: all the cores); the first processes go where the work
+    waits now. Parent stages only create child jobs and pass parents on — light work — so
+    they keep their own workers outside the budget."""
+    running = [g for g in groups if g.kind != PARENT]
+    for group in running:
+        limit = limits.get(group.stage.name, Limits())
+        group.set_count(limit.max if limit.max is not None else cores)
+    budget = CoreBudget(cores, running, store, table, log, dict(limits))
+    handles = budget.initial()
+    parents = [h for g in groups if g.kind == PARENT for h in g.handles]
+    log.info(
+        "core budget: {} process(es) over {} stage(s); starting with {}",
+        cores,
+        len(running),
+        ", ".join(h.name for h in handles) or "none",
+    )
+    return budget, handles + parents
