@@ -151,7 +151,9 @@ def worker_main(
     payload: WorkerPayload = cloudpickle.loads(blob)
     payload.worker = worker
     os.environ[WORKER_MARK] = f"{payload.holder}|{pid}"  # inherited by what the jobs start
-    setproctitle.setproctitle(title(worker, payload.flow))
+    name = title(worker, payload.flow)
+    setproctitle.setproctitle(name)  # the command line ps shows, where it can be rewritten
+    setproctitle.setthreadtitle(name)  # and the process name (ps -o comm), always
     stage = payload.stage
     install_child_logging(
         conn, log_level, flow=payload.flow, queue=stage.name, worker=worker, pid=pid
