@@ -288,6 +288,7 @@ class Manager:
         process.start()
         child_end.close()
         commands_in.close()
+        self.orphans.workers.add(process.pid)
         with self.table.cond:
             w.process = process
             w.conn = parent_end

@@ -226,6 +226,8 @@ class Orphans:
     def __init__(self, holder: str) -> None:
         self.holder = holder
         self.known: dict[int, int] = {}  # adopted pid -> the worker pid it came from
+        #: every worker pid this supervisor started: a mark naming another pid is not ours
+        self.workers: set[int] = set()
 
     def _mark(self, proc: psutil.Process) -> int | None:
         try:
@@ -233,7 +235,9 @@ class Orphans:
         except psutil.Error:
             return None
         holder, _, worker = mark.rpartition("|")
-        return int(worker) if holder == self.holder and worker.isdigit() else None
+        if holder != self.holder or not worker.isdigit() or int(worker) not in self.workers:
+            return None
+        return int(worker)
 
     def collect(self, live_workers: set[int]) -> int:
         """Kill and reap the adopted processes of workers not in ``live_workers``, reap the
