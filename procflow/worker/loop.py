@@ -24,7 +24,7 @@ from ..errors import (
     RedisRefusedError,
     RedisUnavailableError,
 )
-from ..failures import FailOutcome, FailureRecord, RetryPolicy, record_failure
+from ..failures import Failer, FailureRecord, record_failure
 from ..store import keys
 from ..store.keys import TokenSeries
 from ..store.records import Lease
@@ -41,8 +41,9 @@ __all__ = ["JobSession", "WorkerLoop"]
 T = TypeVar("T")
 
 
-class JobSession(Protocol):
-    """The stage session a loop works through (``procflow.store.session.StageSession``)."""
+class JobSession(Failer, Protocol):
+    """The stage session a loop works through (``procflow.store.session.StageSession``);
+    its ``fail`` is ``Failer``'s."""
 
     def connect(self) -> int | None: ...
     def close(self) -> None: ...
@@ -57,14 +58,6 @@ class JobSession(Protocol):
         next_waiting: str,
         next_token: str = "",
     ) -> tuple[int, Lease | None]: ...
-    def fail(
-        self,
-        job_id: str,
-        token: str,
-        record: FailureRecord,
-        policy: RetryPolicy,
-        mode: str = "token",
-    ) -> FailOutcome: ...
     def requeue(self, job_id: str, token: str) -> str | None: ...
     def report_progress(self, job_id: str, token: str, value_json: str, announce: str) -> bool: ...
     def spawn_children(
