@@ -230,7 +230,11 @@ class Supervisor:
 
     def _finish(self) -> None:
         self._state = SupervisorState.STOPPED
-        self.manager.join(30)
+        if not self.manager.join(30):
+            self.log.warning(
+                "the manager thread did not end within 30 s of the stop (workers still alive: {})",
+                ", ".join(w.name for w in self.table.live()) or "none",
+            )
         self.store.close()
         self.flow.disconnect()
         self.table.record("flow", "disconnected")
@@ -322,12 +326,13 @@ class Supervisor:
         after ``drain_timeout`` seconds are killed and put back on their waiting lists."""
         if not self._state.active:
             return
-        self._state = SupervisorState.STOPPING
-        self.manager.respawn = False
+        with self.table.cond:  # no replacement is forked after this (Manager.replace)
+            self._state = SupervisorState.STOPPING
+            self.manager.respawn = False
+            workers = self.table.live()
         if self.monitor is not None:
             self.monitor.stop()
         drain = self.drain_timeout if drain_timeout is None else drain_timeout
-        workers = self.table.live()
         for w in workers:
             w.tell(child.STOP)
         self._unblock(workers)

@@ -120,12 +120,15 @@ class Manager:
         self.thread = threading.Thread(target=self._run, name="procflow-supervisor", daemon=True)
         self.thread.start()
 
-    def join(self, timeout: float) -> None:
-        """Wake the thread (it ends once the supervisor is stopped and no worker lives)."""
+    def join(self, timeout: float) -> bool:
+        """Wake the thread (it ends once the supervisor is stopped and no worker lives) and
+        wait for it; False if it is still running after ``timeout`` seconds."""
         self.poke()
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
-        self.thread = None
+        thread, self.thread = self.thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     def poke(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -225,12 +228,11 @@ class Manager:
             and self.state() is SupervisorState.RUNNING
             and now >= budget.next_tick
         ):
-            budget.tick(lambda h: self.spawn(h, start=True), self._unblock_one)
+            budget.tick(self.replace, self._unblock_one)
         for w in self.table:
             if w.respawn_at is not None and now >= w.respawn_at:
                 w.respawn_at = None
-                if self.respawn and self.state().active:
-                    self.spawn(w.handle, start=True)
+                self.replace(w.handle)
 
     # -- forking ---------------------------------------------------------------------------
 
@@ -258,6 +260,14 @@ class Manager:
             with self.table.cond:
                 self.table.by_handle[handle] = w
         return w
+
+    def replace(self, handle: WorkerHandle) -> None:
+        """Fork a replacement for ``handle`` and start it, unless a stop has begun. The check
+        and the fork hold the table's lock, which ``Supervisor.stop`` holds while it takes its
+        list of workers to stop: a replacement is either in that list or never forked."""
+        with self.table.cond:
+            if self.respawn and self.state() is SupervisorState.RUNNING:
+                self.spawn(handle, start=True)
 
     def spawn(self, handle: WorkerHandle, start: bool = False) -> WorkerProcess:
         """Fork the worker process of ``handle`` (manager thread only). With ``start``, its
@@ -414,8 +424,8 @@ class Manager:
         if recycled:
             log.info("worker {} recycled ({}); replacing it", w.name, w.end_reason)
             w.crashes = 0
-            if running:
-                self.spawn(w.handle, start=True)
+            if replace:
+                self.replace(w.handle)
         elif not planned and running:  # a replacement that could not connect tries again
             self._schedule_respawn(w, view.jobs, log)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 import psutil
@@ -334,3 +335,39 @@ def test_worker_logs_reach_the_supervisor_whole(redis_url: str) -> None:
     assert len(printed) == 20
     assert all(line["text"].rstrip().endswith("x" * 10_000) for line in printed)
     assert all(line["stream"] == "stdout" for line in printed)
+
+
+def test_a_replacement_forked_as_the_supervisor_stops_is_stopped_too(redis_url: str) -> None:
+    """A crashed worker's replacement that is being forked at the moment ``stop`` begins is
+    either in the list of workers to stop or never forked: nothing outlives the stop (a
+    replacement that did would lease later jobs of any flow sharing the queue names)."""
+    flow = Flow("race", [QueueSpec("w")], redis_url=redis_url)
+    flow.create_workers("w", lambda job: os._exit(7), count=1)
+    sup = flow.start_all()
+    forking, stopping, listed = threading.Event(), threading.Event(), threading.Event()
+    spawn, live = sup.manager.spawn, sup.table.live
+    order: list[str] = []
+
+    def listing() -> list[Any]:  # stop() takes its list of workers to stop
+        if threading.current_thread() is threading.main_thread() and stopping.is_set():
+            listed.set()
+        return live()
+
+    def spawn_as_stop_begins(handle: Any, start: bool = False) -> Any:
+        forking.set()
+        stopping.wait(10)
+        # give stop() the chance to list its workers before this fork; it must not take it
+        order.append("listed, then forked" if listed.wait(2) else "forked, then listed")
+        return spawn(handle, start)
+
+    sup.table.live = listing  # type: ignore[method-assign]
+    sup.manager.spawn = spawn_as_stop_begins  # type: ignore[method-assign]
+    try:
+        flow.create_job({"a": 1})  # its worker dies; the manager forks a replacement
+        assert forking.wait(20), "no replacement was forked"
+    finally:
+        stopping.set()
+        sup.stop()
+    assert order == ["forked, then listed"]
+    assert not sup.manager.alive
+    assert sup.worker_pids() == []
