@@ -34,8 +34,7 @@ from .handles import WorkerGroup, WorkerHandle
 from .reporting import progress
 from .settings import RedisSettings, WorkerOptions
 from .supervisor import LifecycleEvent, Supervisor
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Backoff",

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
 from .app import APP_FORMS, load_app
 from .cpus import usable_cpus
 from .definition import QueueSpec
@@ -24,6 +23,7 @@ from .server import RedisServer, embedded_binary
 from .settings import REDIS_URL_ENV, RedisSettings
 from .store import keys
 from .supervisor import Supervisor
+from .version import __version__
 
 __all__ = ["APP_HELP", "VERSION", "build_parser", "main", "unreachable_hint"]
 
@@ -252,6 +252,8 @@ def _report(flow: Flow, jobs: list[dict[str, Any]], wall: float) -> None:
 def _keep_or_remove(flow: Flow, ids: list[str], batch: str, keep: bool) -> None:
     """Remove this run's jobs (hashes, child jobs, lookup entries, places in the queues);
     never another run's. A list emptied by that is gone: Redis keeps no empty lists."""
+    if not keep:
+        flow.forget()  # the demo's registry entry and counts: a demo leaves nothing behind
     if not ids:
         return
     if keep:

@@ -17,7 +17,7 @@ from typing_extensions import TypeVar
 
 from .errors import ConfigurationError, UnknownQueueError
 from .failures import RetryPolicy
-from .settings import parse_size
+from .settings import DEFAULT_KEY_TTL, parse_size
 from .store import keys
 from .store.keys import StageKeys
 
@@ -183,6 +183,60 @@ class FlowDefinition:
     def child_keys(self, stage: Stage) -> dict[str, StageKeys]:
         """For a parent stage: child name → the child stage's keys."""
         return {n: self.stages[full].keys for n, full in stage.children.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """The definition as JSON-ready data (what the flow registry stores): names, next
+        queues, children, fields read, lookup attributes and limits — no code."""
+
+        def queue(spec: QueueSpec[Any, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "name": spec.name,
+                "nextQueue": spec.next_queue,
+                "attributesToGet": list(spec.attributes_to_get),
+                "maxAttempts": spec.max_attempts,
+                "timeout": spec.timeout,
+                "memoryLimit": _limit(spec),
+            }
+            if spec.children:
+                out["children"] = [queue(c) for c in spec.children]
+            return out
+
+        return {
+            "name": self.name,
+            "queues": [queue(q) for q in self.queues],
+            "lookupAttributes": list(self.lookup_attributes),
+            "keyTtl": self.key_ttl,
+        }
+
+    @classmethod
+    def from_description(cls, data: Any) -> FlowDefinition:
+        """The definition back from ``describe``'s data (retry delays take the default
+        backoff: a description is for looking at a flow, not for running its workers)."""
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"a flow description must be a JSON object, got {data!r}")
+
+        def spec(q: Any) -> QueueSpec[Any, Any]:
+            if not isinstance(q, Mapping) or not isinstance(q.get("name"), str):
+                raise ConfigurationError(f"a queue description needs a name, got {q!r}")
+            return QueueSpec(
+                q["name"],
+                next_queue=q.get("nextQueue"),
+                attributes_to_get=tuple(q.get("attributesToGet") or ()),
+                children=tuple(spec(c) for c in q.get("children") or ()),
+                max_attempts=int(q.get("maxAttempts") or 1),
+                timeout=q.get("timeout"),
+                memory_limit=q.get("memoryLimit"),
+            )
+
+        try:
+            return cls.build(
+                str(data.get("name", "")),
+                [spec(q) for q in data.get("queues") or ()],
+                list(data.get("lookupAttributes") or ()),
+                int(data.get("keyTtl") or DEFAULT_KEY_TTL),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"unreadable flow description: {exc}") from exc
 
     def stages_of_job(self, job_key: str) -> list[StageKeys]:
         """The stages whose jobs live where ``job_key`` does (a child queue's jobs)."""

@@ -28,6 +28,7 @@ from .settings import DEFAULT_KEY_TTL, RedisSettings, WorkerKwargs, WorkerOption
 from .store import acl, keys
 from .store.records import NewJob
 from .store.redis import Store
+from .store.registry import Registry
 from .supervisor import Supervisor
 from .waiting import wait_for_jobs
 
@@ -305,6 +306,11 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         stage = self.stage(queue)
         ids = list(job_ids) if job_ids is not None else self.failed_jobs(queue)
         return self.store.revive(stage.keys, ids)
+
+    def forget(self) -> None:
+        """Remove procflow's records of this flow (its registry entry, node heartbeats,
+        stats, finished lists and cancel requests); jobs and queues are left alone."""
+        Registry(self.store).unregister(self.name, list(self.stages))
 
     def acl_rules(self) -> list[str]:
         """The Redis ACL rules a user needs to run this flow, and nothing more: give them to

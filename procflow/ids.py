@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["uuid7", "uuid7_batch"]
+__all__ = ["created_at", "uuid7", "uuid7_batch"]
 
 
 def _format(ms: int, rand: bytes) -> str:
@@ -27,3 +27,15 @@ def uuid7_batch(count: int) -> list[str]:
     ms = time.time_ns() // 1_000_000
     rand = os.urandom(10 * count)
     return [_format(ms, rand[i * 10 : i * 10 + 10]) for i in range(count)]
+
+
+def created_at(job_id: str) -> float | None:
+    """When a UUIDv7 id was made (Unix seconds), or None for any other id (a version 4 id of
+    the TypeScript library carries no time)."""
+    hexa = job_id.replace("-", "")
+    if len(hexa) != 32 or hexa[12] != "7":
+        return None
+    try:
+        return int(hexa[:12], 16) / 1000
+    except ValueError:
+        return None

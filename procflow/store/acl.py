@@ -60,6 +60,14 @@ COMMANDS = (
     "zrangebyscore",
     "publish",
     "time",
+    # the flow registry, heartbeats, stats, cancel requests (store/registry.py)
+    "sadd",
+    "srem",
+    "smembers",
+    "zremrangebyscore",
+    "ltrim",
+    "lindex",
+    "hkeys",
     # waiting for jobs
     "subscribe",
     "unsubscribe",
@@ -80,6 +88,7 @@ def acl_rules(flow: str, stages: Sequence[StageKeys]) -> list[str]:
     for stage in stages:
         prefixes += [stage.job_prefix, keys.queue_prefix(stage.queue), stage.lock_prefix]
     patterns = [f"~{_literal(p)}*" for p in dict.fromkeys(prefixes)]
+    patterns.append(f"~{_literal(keys.FLOWS)}")  # the registry's list of flows
     channels = [f"&{_literal(c)}" for c in (keys.done_channel(flow), keys.progress_channel(flow))]
     return [
         "resetkeys",

@@ -199,6 +199,58 @@ def done_channel(flow: str) -> str:
     return f"procflow:{flow}:done"
 
 
+#: ``procflow:flows`` — set of the names of every flow whose supervisor registered it
+FLOWS = "procflow:flows"
+
+
+def flow_record(flow: str) -> str:
+    """``procflow:F:flow`` — JSON: flow F's description (queues, next queues, children, lookup
+    attributes, limits), written by each supervisor that starts it."""
+    return f"procflow:{flow}:flow"
+
+
+def nodes(flow: str) -> str:
+    """``procflow:F:nodes`` — sorted set: the node ids running flow F, score = the time (ms)
+    their heartbeat expires."""
+    return f"procflow:{flow}:nodes"
+
+
+def node(flow: str, node_name: str) -> str:
+    """``procflow:F:node:NODE`` — JSON with a time to live: node NODE's last heartbeat (its
+    supervisor and every worker)."""
+    return f"procflow:{flow}:node:{node_name}"
+
+
+def stats(flow: str, queue: str) -> str:
+    """``procflow:F:stats:Q`` — hash: stage Q's outcome counts (``completed``, ``failed``,
+    ``retried``, ``crashed``, ``cancelled``) and per-minute counts ``c:MINUTE`` / ``f:MINUTE``
+    (completed, failed; MINUTE = Unix time // 60), kept for ``STATS_MINUTES``."""
+    return f"procflow:{flow}:stats:{queue}"
+
+
+def finished(flow: str, queue: str) -> str:
+    """``procflow:F:finished:Q`` — list: the ids of the latest jobs that left flow F in stage
+    Q (newest first, at most ``FINISHED_KEPT``)."""
+    return f"procflow:{flow}:finished:{queue}"
+
+
+#: how many ids a ``finished`` list keeps
+FINISHED_KEPT = 1000
+
+
+def cancel_requests(flow: str) -> str:
+    """``procflow:F:cancel`` — set: ids of running jobs an operator asked to cancel; the node
+    whose worker holds one stops that worker."""
+    return f"procflow:{flow}:cancel"
+
+
+#: the outcome counters of a stats hash
+STATS_TOTALS = ("completed", "failed", "retried", "crashed", "cancelled")
+#: how long per-minute counts are kept (24 h)
+STATS_MINUTES = 24 * 60
+#: job field set on a job an operator cancelled (``true``)
+CANCELLED = "cancelled"
+
 ATTEMPTS_PREFIX = "attempts:"
 PROGRESS_PREFIX = "progress:"
 LEASE_PREFIX = "lease:"
@@ -220,6 +272,7 @@ _RESERVED = frozenset(
         FAILED_QUEUE,
         FAILED_ERROR_MSG,
         COMPLETED_QUEUE,
+        CANCELLED,
         "parentJob",
         "parentNotified",
     }
@@ -292,6 +345,8 @@ class StageKeys:
     queue_json: str
     done_channel: str
     progress_channel: str
+    stats: str
+    finished: str
     #: for a child queue: its parent stage's waiting list, parked set and pending field
     parent_waiting: str = ""
     parent_parked: str = ""
@@ -325,6 +380,8 @@ class StageKeys:
             queue_json=json.dumps(queue, ensure_ascii=False),
             done_channel=done_channel(flow),
             progress_channel=progress_channel(flow),
+            stats=stats(flow, queue),
+            finished=finished(flow, queue),
             **extra,
         )
 

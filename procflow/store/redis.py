@@ -75,7 +75,7 @@ class Store:
     # -- connections ---------------------------------------------------------------------
 
     @contextmanager
-    def _wire(self) -> Iterator[Wire]:
+    def wire(self) -> Iterator[Wire]:
         """Borrow a connection (a broken one reconnects on its next use)."""
         with self._lock:
             w = self._idle.pop() if self._idle else Wire(self.settings)
@@ -93,7 +93,7 @@ class Store:
     ) -> Iterator[StageSession]:
         """Stage ``stage``'s protocol on a borrowed connection (the supervisor settling a
         dead worker's job, the monitor, tests)."""
-        with self._wire() as w:
+        with self.wire() as w:
             yield StageSession(w, stage, fields=fields, lock_ms=lock_ms)
 
     def subscribe_done(self, flow: str, progress: bool = False) -> DoneSubscription:
@@ -111,12 +111,12 @@ class Store:
     def flush_db(self) -> None:
         """Remove every key of this database (FLUSHDB) — for test servers only
         (``procflow.testing``); nothing in the library calls it."""
-        with self._wire() as w:
+        with self.wire() as w:
             w.call("FLUSHDB")
 
     def ping(self) -> None:
         """Connect and PING; RedisUnavailableError names the address when that fails."""
-        with self._wire() as w:
+        with self.wire() as w:
             w.call("PING")
 
     # -- jobs: create, read, delete ------------------------------------------------------
@@ -152,7 +152,7 @@ class Store:
         ttl_bulk = b"$%d\r\n%d\r\n" % (len(str(ttl)), ttl)
         created: list[str] = []
         refused: RedisRefusedError | None = None
-        with self._wire() as w:
+        with self.wire() as w:
             in_flight: list[tuple[NewJob, int]] = []
             start = 0
             while start < len(jobs) and refused is None:
@@ -173,7 +173,7 @@ class Store:
         """HGETALL of every key in one round trip (an absent key gives ``{}``)."""
         if not hash_keys:
             return []
-        with self._wire() as w:
+        with self.wire() as w:
             replies = w.pipeline([pack("HGETALL", k) for k in hash_keys])
         out: list[dict[bytes, bytes]] = []
         for reply in replies:
@@ -185,32 +185,32 @@ class Store:
         return out
 
     def list_range(self, key: str, start: int = 0, stop: int = -1) -> list[str]:
-        with self._wire() as w:
+        with self.wire() as w:
             return [v.decode() for v in w.call("LRANGE", key, start, stop)]
 
     def hash_fields(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
         if not fields:
             return []
-        with self._wire() as w:
+        with self.wire() as w:
             return list(w.call("HMGET", key, *fields))
 
     def hash_field_many(self, hash_keys: Sequence[str], fields: Sequence[str]) -> list[list[Any]]:
         """HMGET the same fields from many hashes in one round trip."""
         if not hash_keys:
             return []
-        with self._wire() as w:
+        with self.wire() as w:
             return w.pipeline([pack("HMGET", k, *fields) for k in hash_keys])
 
     def exists_many(self, hash_keys: Sequence[str]) -> list[bool]:
         """Whether each key exists (one round trip)."""
         if not hash_keys:
             return []
-        with self._wire() as w:
+        with self.wire() as w:
             return [r == 1 for r in w.pipeline([pack("EXISTS", k) for k in hash_keys])]
 
     def children_status(self, child_keys: Sequence[str]) -> list[Any]:
         """Per child: EXISTS, then HMGET done failed — pipelined in one round trip."""
-        with self._wire() as w:
+        with self.wire() as w:
             return children_status(w, child_keys)
 
     def delete_job(
@@ -234,7 +234,7 @@ class Store:
             commands.append(pack("DEL", stage.lock(job_id)))
         commands.append(pack("DEL", job_key, *extra_keys))
         commands.append(pack("EXEC"))
-        with self._wire() as w:
+        with self.wire() as w:
             replies = w.pipeline(commands)
             w.check(replies[-1])
         return int(replies[-1][-1])
@@ -245,7 +245,7 @@ class Store:
         if not locks:
             return []
         s = script("renew")
-        with self._wire() as w:
+        with self.wire() as w:
             packed = [w.pack_evalsha(s, (key,), (token, ttl)) for key, token, ttl in locks]
             replies = w.run_scripts([s] * len(packed), packed)
         return [reply == 1 for reply in replies]
@@ -253,12 +253,12 @@ class Store:
     # -- fan-out / fan-in ----------------------------------------------------------------
 
     def unpark(self, stage: StageKeys, job_id: str) -> bool:
-        with self._wire() as w:
+        with self.wire() as w:
             return bool(w.evalsha(script("unpark"), (stage.parked, stage.waiting), (job_id,)) == 1)
 
     def parked_for(self, stage: StageKeys, age_ms: int, limit: int = 1000) -> list[str]:
         """Parents parked for at least ``age_ms`` by the server's clock."""
-        with self._wire() as w:
+        with self.wire() as w:
             ids = w.evalsha(script("parked"), (stage.parked,), (age_ms, limit))
         return [i.decode() for i in ids]
 
@@ -269,7 +269,7 @@ class Store:
         if not stages:
             return []
         s = script("promote")
-        with self._wire() as w:
+        with self.wire() as w:
             packed = [w.pack_evalsha(s, (st.delayed, st.waiting), (limit,)) for st in stages]
             replies = w.run_scripts([s] * len(packed), packed)
             for reply in replies:
@@ -283,7 +283,7 @@ class Store:
         Two round trips; cost proportional to the number of jobs in processing."""
         if not stages:
             return []
-        with self._wire() as w:
+        with self.wire() as w:
             lists = [
                 w.check(r)
                 for r in w.pipeline([pack("LRANGE", st.processing, 0, -1) for st in stages])
@@ -299,21 +299,21 @@ class Store:
 
     def acquire_or_renew(self, key: str, holder: str, ttl_ms: int) -> bool:
         """Take ``key`` if free, or extend it if ``holder`` has it: leader election."""
-        with self._wire() as w:
+        with self.wire() as w:
             if w.call("SET", key, holder, "NX", "PX", ttl_ms) is not None:
                 return True
             return bool(w.evalsha(script("renew"), (key,), (holder, ttl_ms)) == 1)
 
     def release_if_holder(self, key: str, holder: str) -> bool:
         """Delete ``key`` if ``holder`` holds it, atomically."""
-        with self._wire() as w:
+        with self.wire() as w:
             return bool(w.evalsha(script("release"), (key,), (holder,)) == 1)
 
     def revive(self, stage: StageKeys, job_ids: Sequence[str]) -> list[str]:
         """Failed jobs back onto their stage's waiting list with a fresh attempt count."""
         if not job_ids:
             return []
-        with self._wire() as w:
+        with self.wire() as w:
             moved = w.evalsha(
                 script("revive"),
                 (stage.failed, stage.waiting),
@@ -327,7 +327,7 @@ class Store:
         if not stages:
             return 0
         s = script("prune")
-        with self._wire() as w:
+        with self.wire() as w:
             packed = [w.pack_evalsha(s, (st.failed,), (st.job_prefix, limit)) for st in stages]
             replies = [w.check(r) for r in w.run_scripts([s] * len(packed), packed)]
         return sum(int(r) for r in replies)
@@ -336,7 +336,7 @@ class Store:
         """How many jobs wait in each stage (one round trip): the core budget's view."""
         if not stages:
             return []
-        with self._wire() as w:
+        with self.wire() as w:
             return [int(w.check(r)) for r in w.pipeline([pack("LLEN", s.waiting) for s in stages])]
 
     def counts(self, stages: Sequence[StageKeys]) -> list[dict[str, int]]:
@@ -352,7 +352,7 @@ class Store:
                 pack("ZCARD", st.parked),
                 pack("LLEN", st.failed),
             ]
-        with self._wire() as w:
+        with self.wire() as w:
             replies = [w.check(r) for r in w.pipeline(commands)]
         names = ("waiting", "processing", "delayed", "parked", "failed")
         return [
@@ -365,5 +365,5 @@ class Store:
         ids = list(client_ids)
         if not ids:
             return
-        with self._wire() as w:
+        with self.wire() as w:
             w.pipeline([pack("CLIENT", "UNBLOCK", i) for i in ids])

@@ -102,9 +102,6 @@ class StageSession:
         stage = self.stage
         return (stage.parent_waiting, stage.parent_parked) if stage.parent_pending_field else ()
 
-    def _base_keys(self) -> tuple[str, ...]:
-        return (self.stage.processing, self.stage.waiting, *self._parent_keys())
-
     def _head(self, name: str, script_keys: tuple[str, ...], *extra: Arg) -> Prepared:
         stage = self.stage
         args: list[Arg] = [
@@ -154,11 +151,18 @@ class StageSession:
         prepared = self._complete.get(next_waiting)
         if prepared is None:
             stage = self.stage
-            script_keys = (*self._base_keys(), *((next_waiting,) if next_waiting else ()))
+            script_keys = (
+                stage.processing,
+                stage.waiting,
+                stage.stats,
+                stage.finished,
+                *self._parent_keys(),
+                *((next_waiting,) if next_waiting else ()),
+            )
             prepared = self._complete[next_waiting] = self._head(
                 "complete",
                 script_keys,
-                stage.queue_json,
+                keys.FINISHED_KEPT,
                 stage.done_channel,
                 stage.parent_pending_field,
             )
@@ -192,6 +196,7 @@ class StageSession:
             stage.waiting,
             stage.delayed,
             stage.failed,
+            stage.stats,
             *self._parent_keys(),
         )
         args: tuple[Arg, ...] = (
@@ -209,6 +214,7 @@ class StageSession:
             policy.max_attempts,
             stage.done_channel,
             stage.parent_pending_field,
+            record.kind,
             *policy.delays_ms,
         )
         return FailOutcome.from_reply(self.wire.evalsha(script("fail"), script_keys, args))

@@ -11,9 +11,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import multiprocessing
-import signal
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,6 +36,7 @@ from ..waiting import wait_for_jobs
 from ..worker import main as child
 from ..worker.status import StatusView, read_status
 from .manager import Manager
+from .observers import Observers
 from .process import (
     LifecycleEvent,
     SupervisorState,
@@ -49,6 +48,7 @@ from .process import (
 )
 from .rebalance import Limits, cores_of, start_budget
 from .settle import Settler
+from .signals import run_until_signalled
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -117,6 +117,8 @@ class Supervisor:
         monitor_interval: float = 1.0,
         cores: int | str | None = None,
         limits: Mapping[str, Limits] | None = None,
+        heartbeat: bool = True,
+        metrics_port: int | None = None,
     ) -> None:
         self.flow = flow
         if flow.supervisor is not None and flow.supervisor is not self and flow.supervisor.running:
@@ -156,6 +158,16 @@ class Supervisor:
             limit_interval=limit_interval,
         )
         self.manager.slot_of = self._slot
+        self.observers = Observers(
+            flow.definition,
+            self.manager,
+            self.table,
+            node=self.node_id,
+            state=lambda: self._state,
+            log=self.log,
+            heartbeat=heartbeat,
+            metrics_port=metrics_port,
+        )
         self.cores = cores_of(cores)
         self.limits = dict(limits or {})
         atexit.register(self._at_exit)
@@ -230,6 +242,7 @@ class Supervisor:
 
     def _finish(self) -> None:
         self._state = SupervisorState.STOPPED
+        self.observers.stop()
         if not self.manager.join(30):
             self.log.warning(
                 "the manager thread did not end within 30 s of the stop (workers still alive: {})",
@@ -269,6 +282,7 @@ class Supervisor:
         self._state = SupervisorState.RUNNING
         self.manager.poke()  # its timers depend on the state (the core budget's tick)
         self._start_monitor()
+        self.observers.start(self.store)
         self.log.info(
             "supervisor running {} worker process(es) for flow {!r} on {} (node {})",
             len(workers),
@@ -462,34 +476,8 @@ class Supervisor:
         """Run until SIGTERM or SIGINT (the CLI). The first signal drains gracefully; a second
         SIGINT stops at once, putting running jobs back. Returns the exit status: 0 after a
         clean stop, 1 when the manager thread died."""
-        stop = threading.Event()
-        signals_seen: list[int] = []
+        return run_until_signalled(self)
 
-        def on_signal(signum: int, frame: Any) -> None:
-            signals_seen.append(signum)
-            if len(signals_seen) == 1:
-                self.log.info(
-                    "{} received: stopping; running jobs may take up to {:g} s to finish "
-                    "(Ctrl-C again to stop now)",
-                    signal.Signals(signum).name,
-                    self.drain_timeout,
-                )
-                stop.set()
-            else:
-                self.log.warning("second signal: stopping now, running jobs go back to waiting")
-                self.stop_now()
-
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        status = 0
-        try:
-            self.start()
-            while not stop.wait(1.0):
-                if not self.manager.alive:
-                    self.log.error("the supervisor's manager thread is gone; stopping")
-                    status = 1
-                    break
-            self.stop()
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
-        return status
+    def manager_alive(self) -> bool:
+        """Whether the manager thread (which watches the workers) still runs."""
+        return self.manager.alive

@@ -46,6 +46,7 @@ from .process import (
 )
 from .rebalance import CoreBudget
 from .settle import Settler
+from .tally import StageTally, Tally
 from .watchdogs import Watchdogs
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ T = TypeVar("T")
 
 #: the longest wait before respawning a worker that keeps crashing (seconds)
 RESPAWN_MAX = 30.0
+#: the kind of kill that stops a worker whose job was cancelled
+CANCEL = "cancel"
 #: a worker that lived this long (or finished a job) before crashing starts a new streak
 CRASH_STREAK_RESET = 30.0
 #: how often adopted processes of live workers are checked for having ended (seconds)
@@ -83,7 +86,9 @@ class Manager:
     ) -> None:
         self.table = table
         self.settler = settler
-        self.watchdogs = Watchdogs(settler.store, log, self.kill, limit_interval)
+        #: what this node's workers did (heartbeats, metrics)
+        self.tally = Tally()
+        self.watchdogs = Watchdogs(settler.store, log, self.kill, limit_interval, self.tally)
         self.ctx = ctx
         self.definition = definition
         self.redis = redis
@@ -276,6 +281,8 @@ class Manager:
         if not w.gone:
             return w
         blob = self.blob(handle.group)
+        if w.process is not None:
+            self.tally.restarted(handle.group.stage.name)
         clear_status(w.status)
         parent_end, child_end = self.ctx.Pipe(duplex=False)
         commands_in, commands_out = self.ctx.Pipe(duplex=False)
@@ -321,6 +328,22 @@ class Manager:
             "spawned worker {} (pid {})", handle.name, process.pid
         )
         return w
+
+    def cancel(self, job_ids: set[str]) -> list[str]:
+        """Stop the workers running any of ``job_ids`` (an operator cancelled them); their
+        exit finishes the cancel. Returns the ids found here."""
+        found = []
+        for w in self.table.live():
+            view = read_status(w.status)
+            if view.job in job_ids and view.activity.holds_job and w.kill_reason is None:
+                found.append(view.job)
+                self.kill(w, f"{CANCEL}: job {view.job} was cancelled by an operator")
+        return found
+
+    def tallies(self) -> dict[str, StageTally]:
+        """Per stage: what this node's worker processes did, the ended ones and the live."""
+        live = self.table.live()
+        return self.tally.snapshot((w.handle.group.stage.name, read_status(w.status)) for w in live)
 
     def kill(self, w: WorkerProcess, reason: str) -> None:
         """SIGKILL a worker's whole process tree; its exit is then settled with ``reason``
@@ -401,8 +424,12 @@ class Manager:
         log = self.log.bind(queue=stage.name, worker=w.name, pid=pid)
         self._collect_orphans(ended=w)
         replace = self.budget.on_exit(w) if self.budget is not None else True
+        self.tally.retire(stage.name, view)
         if w.kill_reason == "shutdown":
             self.settler.settle(stage, view, None)
+        elif w.kill_reason is not None and w.kill_reason.startswith(CANCEL):
+            self.tally.ended(stage.name, "cancel")
+            self.settler.cancel(stage, view)
         elif not planned:
             reason = w.kill_reason or f"the worker process died ({describe_exit(code)})"
             if w.state is WorkerState.FAILED:
@@ -411,6 +438,7 @@ class Manager:
                 held = f"; it held job {view.job}" if view.activity.holds_job and view.job else ""
                 log.error("worker {} (pid {}) ended unexpectedly: {}{}", w.name, pid, reason, held)
             kind = "crash" if w.kill_reason is None else w.kill_reason.split(":")[0]
+            self.tally.ended(stage.name, kind)
             record = FailureRecord.worker_died(reason, kind, worker=w.name, pid=pid, exitcode=code)
             self.settler.settle(stage, view, record)
         with self.table.cond:

@@ -21,6 +21,7 @@ from ..errors import RedisRefusedError, RedisUnavailableError
 from ..failures import FailureRecord, record_failure
 from ..store.keys import Holder, LeaseToken
 from ..store.redis import Store
+from ..store.registry import CANCELLED_MESSAGE, Registry
 from ..worker.status import Activity, StatusView
 
 if TYPE_CHECKING:
@@ -73,6 +74,24 @@ class Settler:
             ops.append(lambda: self._requeue(stage, "", next_token))
         for op in ops:
             self._attempt(op)
+
+    def cancel(self, stage: Stage, view: StatusView) -> None:
+        """Finish an operator's cancel of the job a worker was stopped for: the job is marked
+        cancelled (done, failed, not retried)."""
+        job, token = view.job, view.token
+        if not job or not view.activity.holds_job:
+            return
+        registry = Registry(self.store)
+        log = self.log.bind(queue=stage.name, job=job)
+
+        def finish() -> None:
+            outcome = registry.cancel_held(stage.keys, job, token, CANCELLED_MESSAGE)
+            if outcome == "cancelled":
+                log.warning("job {} cancelled by an operator while it ran", job)
+            else:
+                log.info("job {} was not cancelled: its lease had moved on ({})", job, outcome)
+
+        self._attempt(finish)
 
     def _requeue(self, stage: Stage, job: str, token: str) -> None:
         with self.store.session(stage.keys) as session:

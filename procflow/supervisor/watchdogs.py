@@ -18,6 +18,7 @@ from ..errors import RedisRefusedError, RedisUnavailableError
 from ..store.redis import Store
 from ..worker.status import Activity, read_status
 from .process import WorkerProcess, tree_rss
+from .tally import Tally
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -38,8 +39,10 @@ class Watchdogs:
         log: Logger,
         kill: Callable[[WorkerProcess, str], None],
         limit_interval: float = 0.1,
+        tally: Tally | None = None,
     ) -> None:
         self.store = store
+        self.tally = tally
         self.log = log
         self.kill = kill
         self.limit_interval = limit_interval
@@ -57,15 +60,20 @@ class Watchdogs:
     def renew(self, live: Sequence[WorkerProcess]) -> None:
         """Extend the lock of every job a live worker runs or completes (one round trip)."""
         locks = []
+        stages = []
         for w in live:
             view = read_status(w.status)
             if view.activity in (Activity.RUNNING, Activity.COMPLETING) and view.job and view.token:
                 stage = w.handle.group.stage
                 locks.append((stage.keys.lock(view.job), view.token, int(w.lock_time * 1000)))
+                stages.append(stage.name)
         if not locks:
             return
         try:
-            self.store.renew(locks)
+            held = self.store.renew(locks)
+            if self.tally is not None:
+                for name, ok in zip(stages, held, strict=True):
+                    self.tally.renewed(name, ok)
             if self._failing:
                 self.log.info("job locks renewed again")
                 self._failing = False

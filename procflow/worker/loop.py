@@ -31,7 +31,7 @@ from ..store.records import Lease
 from ..store.session import ChildJob
 from .fanout import child_keys_of, children_state, plan_children
 from .payload import WorkerPayload
-from .status import StatusWriter
+from .status import Outcome, StatusWriter
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["JobSession", "WorkerLoop"]
 
 T = TypeVar("T")
+#: what fail.lua reported → how the status record counts the attempt
+_OUTCOMES = {"retry": Outcome.RETRIED, "failed": Outcome.FAILED}
 
 
 class JobSession(Failer, Protocol):
@@ -204,6 +206,7 @@ class WorkerLoop:
                     broken = False
                 result = op()
             except (RedisUnavailableError, RedisRefusedError) as exc:
+                self.status.redis_error()
                 self._episode(exc)
                 if isinstance(exc, RedisUnavailableError):
                     broken = True
@@ -375,7 +378,7 @@ class WorkerLoop:
         )
         assert reply is not None
         status, following = reply
-        self.status.finished()
+        self.status.finished(Outcome.COMPLETED if status == 1 else Outcome.LOST)
         if following is not None:  # held from now on, so a worker killed before it runs
             self.status.leasing(following.token, following.id)  # the job is given back
         if status == 0:
@@ -403,10 +406,11 @@ class WorkerLoop:
             traceback=tb,
         )
         policy = self.stage.retry_policy()
-        self._redis(
+        result = self._redis(
             lambda: record_failure(self.session, lease.id, lease.token, record, policy, self.log)
         )
-        self.status.finished()
+        kind = (result.outcome if result is not None else None) or ""
+        self.status.finished(_OUTCOMES.get(kind, Outcome.LOST))
         return None
 
     # -- parent stages ---------------------------------------------------------------------

@@ -9,16 +9,58 @@ after that worker was SIGKILLed. The supervisor writes one field: ``stop``.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import time
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-__all__ = ["Activity", "StatusRecord", "StatusView", "StatusWriter", "clear_status", "read_status"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "Activity",
+    "Outcome",
+    "StatusRecord",
+    "StatusView",
+    "StatusWriter",
+    "clear_status",
+    "read_status",
+]
 
 TOKEN_BYTES = 160
 JOB_BYTES = 96
+
+#: upper bounds (seconds) of the job-duration histogram's buckets; one more counts the rest
+DURATION_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+
+
+class Outcome(IntEnum):
+    """How a job attempt in a worker ended, as its status record counts it."""
+
+    COMPLETED = 0
+    RETRIED = 1  # failed; another attempt is due
+    FAILED = 2  # failed for good
+    LOST = 3  # the lease was lost before the result was written
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
 class Activity(IntEnum):
@@ -50,6 +92,10 @@ class StatusRecord(ctypes.Structure):
         ("token", ctypes.c_char * TOKEN_BYTES),
         ("next_token", ctypes.c_char * TOKEN_BYTES),
         ("job", ctypes.c_char * JOB_BYTES),
+        ("outcomes", ctypes.c_uint64 * len(Outcome)),
+        ("durations", ctypes.c_uint64 * (len(DURATION_BUCKETS) + 1)),
+        ("duration_sum", ctypes.c_double),
+        ("redis_errors", ctypes.c_uint64),  # Redis calls that failed and were tried again
     ]
 
 
@@ -64,6 +110,10 @@ class StatusView:
     next_token: str
     job: str
     busy: float = 0.0
+    outcomes: tuple[int, ...] = (0,) * len(Outcome)
+    durations: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
+    duration_sum: float = 0.0
+    redis_errors: int = 0
 
 
 def _activity(value: int) -> Activity:
@@ -87,6 +137,10 @@ def read_status(raw: Any) -> StatusView:
             raw.next_token.decode(errors="replace"),
             raw.job.decode(errors="replace"),
             raw.busy,
+            tuple(raw.outcomes),
+            tuple(raw.durations),
+            raw.duration_sum,
+            raw.redis_errors,
         )
         if not before & 1 and raw.seq == before:
             break
@@ -141,11 +195,17 @@ class StatusWriter:
         raw.next_token = next_token.encode()
         raw.seq += 1
 
-    def finished(self) -> None:
+    def finished(self, outcome: Outcome | None = None) -> None:
+        """The job in hand is finished with; ``outcome`` counts an attempt that ran."""
         raw = self.raw
         raw.seq += 1
         if raw.state in (Activity.RUNNING, Activity.COMPLETING):
-            raw.busy += time.monotonic() - raw.started
+            took = time.monotonic() - raw.started
+            raw.busy += took
+            if outcome is not None:
+                raw.outcomes[outcome] += 1
+                raw.durations[bisect.bisect_left(DURATION_BUCKETS, took)] += 1
+                raw.duration_sum += took
         raw.state = Activity.IDLE
         raw.jobs += 1
         raw.job = b""
@@ -158,6 +218,9 @@ class StatusWriter:
         raw.seq += 1
         raw.state = Activity.PAUSED
         raw.seq += 1
+
+    def redis_error(self) -> None:
+        self.raw.redis_errors += 1  # a counter the supervisor only reads: no sequence needed
 
     @property
     def pause_requested(self) -> bool:

@@ -41,6 +41,7 @@ def test_public_api_is_exactly_all() -> None:
         "cli",
         "worker",
         "server",
+        "version",
     }
     assert public - modules == set(procflow.__all__) - {"__version__"}
 

@@ -85,3 +85,14 @@ local function pf_finished(job, id, channel, parent_waiting, parent_parked, pend
   pf_notify_parent(job, parent_waiting, parent_parked, pending_field)
   redis.call('PUBLISH', channel, id)
 end
+
+-- Count an outcome in a stage's stats hash (procflow:F:stats:Q): the running total, and with
+-- a minute prefix ('c' completed, 'f' failed) the count of the current minute (field c:MINUTE,
+-- MINUTE = Unix time // 60 by the server's clock). Old minutes are trimmed by the supervisors.
+local function pf_count(stats, outcome, minute_prefix)
+  redis.call('HINCRBY', stats, outcome, 1)
+  if minute_prefix then
+    local minute = math.floor(pf_now_ms() / 60000)
+    redis.call('HINCRBY', stats, minute_prefix .. ':' .. minute, 1)
+  end
+end

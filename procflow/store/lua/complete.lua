@@ -1,11 +1,13 @@
 -- complete: write the result, pass the job on (or mark it done), then lease the next job.
--- KEYS[1] queue:Q:processing  KEYS[2] queue:Q:waiting; for a child queue (its parent's
---   pending field ARGV[b+2] is not ''): KEYS[3] the parent stage's waiting list, KEYS[4] its
---   parked set; then, unless the job leaves the flow, the next stage's waiting list last.
+-- KEYS[1] queue:Q:processing  KEYS[2] queue:Q:waiting  KEYS[3] procflow:F:stats:Q
+--   KEYS[4] procflow:F:finished:Q (the latest jobs that left the flow here, capped); for a
+--   child queue (its parent's pending field ARGV[b+2] is not ''): KEYS[5] the parent stage's
+--   waiting list, KEYS[6] its parked set; then, unless the job leaves the flow, the next
+--   stage's waiting list last.
 --   Every KEY is a real key: no placeholder (Redis Cluster and ACL key patterns check them).
 -- ARGV[1] job prefix  ARGV[2] lock prefix  ARGV[3] lock ms  ARGV[4] attempts field
 -- ARGV[5] lease field  ARGV[6] F  ARGV[7 .. 6+F] fields to read for the next job
--- then, from b = 7+F: ARGV[b] (unused)  ARGV[b+1] done channel  ARGV[b+2] children pending
+-- then, from b = 7+F: ARGV[b] how many ids KEYS[4] keeps  ARGV[b+1] done channel  ARGV[b+2] children pending
 -- field of the parent stage ('' unless a child queue)  ARGV[b+3] id  ARGV[b+4] token
 -- ARGV[b+5] next token ('' = do not lease another)  ARGV[b+6 ..] field/value pairs to write:
 -- the result's, then completed-queue (and done = true when the job leaves the flow) last, so
@@ -15,9 +17,9 @@
 local f = tonumber(ARGV[6])
 local b = 7 + f
 local id, token = ARGV[b + 3], ARGV[b + 4]
-local parent_waiting, parent_parked, next_waiting = nil, nil, KEYS[3]
+local parent_waiting, parent_parked, next_waiting = nil, nil, KEYS[5]
 if ARGV[b + 2] ~= '' then
-  parent_waiting, parent_parked, next_waiting = KEYS[3], KEYS[4], KEYS[5]
+  parent_waiting, parent_parked, next_waiting = KEYS[5], KEYS[6], KEYS[7]
 end
 local job = ARGV[1] .. id
 local lock = ARGV[2] .. id
@@ -35,10 +37,13 @@ else
   if next_waiting == nil then
     pf_notify_parent(job, parent_waiting, parent_parked, ARGV[b + 2])
     redis.call('PUBLISH', ARGV[b + 1], id)
+    redis.call('LPUSH', KEYS[4], id)
+    redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[b]) - 1)
   else
     redis.call('HDEL', job, ARGV[5])  -- no lease holds it in this stage any more
     redis.call('RPUSH', next_waiting, id)
   end
+  pf_count(KEYS[3], 'completed', 'c')
   status = 1
 end
 local next_token = ARGV[b + 5]

@@ -2,15 +2,16 @@
 -- remain, else fail the job for good: done, failed, failedQueue, failedErrorMsg, onto the
 -- failed list, parent told.
 -- KEYS[1] queue:Q:processing  KEYS[2] queue:Q:waiting  KEYS[3] queue:Q:delayed
--- KEYS[4] queue:Q:failed; for a child queue only (ARGV[14] not ''): KEYS[5] the parent
--- stage's waiting list, KEYS[6] its parked set
+-- KEYS[4] queue:Q:failed  KEYS[5] procflow:F:stats:Q; for a child queue only (ARGV[14] not
+-- ''): KEYS[6] the parent stage's waiting list, KEYS[7] its parked set
 -- ARGV[1] id ('' = the job whose lock holds the token)  ARGV[2] token
 -- ARGV[3] mode: 'token' (the holder or its supervisor) or 'orphan' (the monitor: no lock)
 -- ARGV[4] job prefix  ARGV[5] lock prefix  ARGV[6] JSON of the queue name
 -- ARGV[7] attempts field  ARGV[8] errors field  ARGV[9] lease field
 -- ARGV[10] JSON failure record  ARGV[11] JSON error message
 -- ARGV[12] max attempts  ARGV[13] done channel  ARGV[14] children pending field or ''
--- ARGV[15..] retry delay in ms after attempt 1, 2, ...
+-- ARGV[15] the failure's kind ('crash' is counted as a crash too)
+-- ARGV[16..] retry delay in ms after attempt 1, 2, ...
 -- Returns false (not ours: nothing changed) or {id, outcome, attempts, delay ms} with
 -- outcome 'retry', 'failed', 'requeued' (an orphan that was never claimed) or 'missing'.
 local id = pf_owned(ARGV[1], ARGV[2], ARGV[3], KEYS[1], ARGV[5])
@@ -32,18 +33,21 @@ else
   errors = '[' .. ARGV[10] .. ']'
 end
 redis.call('HSET', job, ARGV[8], errors)
+if ARGV[15] == 'crash' then pf_count(KEYS[5], 'crashed') end
 local attempts = tonumber(redis.call('HGET', job, ARGV[7]) or '1') or 1
 if attempts < 1 then attempts = 1 end
 if attempts < tonumber(ARGV[12]) then
-  local delay = tonumber(ARGV[14 + attempts]) or 0
+  local delay = tonumber(ARGV[15 + attempts]) or 0
   if delay <= 0 then
     redis.call('RPUSH', KEYS[2], id)
   else
     redis.call('ZADD', KEYS[3], pf_now_ms() + delay, id)
   end
+  pf_count(KEYS[5], 'retried')
   return {id, 'retry', attempts, delay}
 end
 redis.call('HSET', job, 'failed', 'true', 'failedQueue', ARGV[6], 'failedErrorMsg', ARGV[11])
 redis.call('RPUSH', KEYS[4], id)
-pf_finished(job, id, ARGV[13], KEYS[5], KEYS[6], ARGV[14])
+pf_count(KEYS[5], 'failed', 'f')
+pf_finished(job, id, ARGV[13], KEYS[6], KEYS[7], ARGV[14])
 return {id, 'failed', attempts, 0}

@@ -1,0 +1,304 @@
+"""procflow's own records for operators' tools, beside the fixed layout: the flow registry,
+node heartbeats, per-stage outcome counts, cancel requests and bounded reads of a stage's
+lists.
+
+Everything here is read from a Redis URL alone (the CLI, the dashboard): no app import. None
+of it changes a key or field of the TypeScript layout. Every read is bounded: a page of a
+list, a fixed window of minutes, the members of small sets.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import DecodeError
+from . import keys
+from .keys import StageKeys
+from .redis import Store
+from .wire import pack, script
+
+__all__ = ["CANCELLED_MESSAGE", "PAGE_STATES", "Page", "Registry", "StageStats"]
+
+#: the ``failedErrorMsg`` of a cancelled job
+CANCELLED_MESSAGE = "cancelled by an operator"
+
+#: what a stage's page can list: its four lists and two sorted sets
+PAGE_STATES = ("waiting", "processing", "delayed", "parked", "failed", "finished")
+_LISTS = {"waiting", "processing", "failed", "finished"}
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """One stage's outcome counts: totals since the stats began, and per minute (oldest
+    first) for the window asked for."""
+
+    totals: dict[str, int]
+    completed_per_minute: list[int]
+    failed_per_minute: list[int]
+    #: the minute (Unix time // 60, by the server's clock) of the last entry
+    last_minute: int = 0
+
+    def rate(self, minutes: int = 5) -> float:
+        """Completions per minute over the last ``minutes`` whole minutes (the current,
+        partial minute left out)."""
+        done = self.completed_per_minute[-minutes - 1 : -1]
+        return sum(done) / max(1, len(done))
+
+
+@dataclass(frozen=True)
+class Page:
+    """A bounded slice of one stage list: ``ids`` from ``start``; ``scores`` (ms) for the
+    sorted sets (delayed: due time; parked: since)."""
+
+    state: str
+    total: int
+    start: int
+    ids: list[str]
+    scores: list[float] = field(default_factory=list)
+
+
+def _decode_json(raw: bytes | None, key: str) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise DecodeError(key, "(value)", raw, str(exc)) from exc
+
+
+class Registry:
+    """The operator's records, through ``store``'s connections."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- flows -----------------------------------------------------------------------------
+
+    def register(self, flow: str, description: dict[str, Any]) -> None:
+        """Describe flow ``flow`` (a supervisor starting it): listed in ``procflow:flows``,
+        described in ``procflow:F:flow``."""
+        text = json.dumps(description, separators=(",", ":"), ensure_ascii=False)
+        with self.store.wire() as w:
+            replies = w.pipeline(
+                [
+                    pack("MULTI"),
+                    pack("SADD", keys.FLOWS, flow),
+                    pack("SET", keys.flow_record(flow), text),
+                    pack("EXEC"),
+                ]
+            )
+            w.check(replies[-1])
+
+    def flows(self) -> list[str]:
+        """The names of every registered flow, sorted."""
+        with self.store.wire() as w:
+            return sorted(m.decode() for m in w.call("SMEMBERS", keys.FLOWS))
+
+    def describe(self, flow: str) -> dict[str, Any] | None:
+        """Flow ``flow``'s description, or None when no supervisor ever registered it."""
+        with self.store.wire() as w:
+            raw = w.call("GET", keys.flow_record(flow))
+        value = _decode_json(raw, keys.flow_record(flow))
+        return value if isinstance(value, dict) else None
+
+    def unregister(self, flow: str, queues: Sequence[str]) -> None:
+        """Forget flow ``flow``: its description, node records, stats and cancel requests."""
+        own = [keys.flow_record(flow), keys.nodes(flow), keys.cancel_requests(flow)]
+        own += [keys.stats(flow, q) for q in queues] + [keys.finished(flow, q) for q in queues]
+        with self.store.wire() as w:
+            nodes = [n.decode() for n in w.call("ZRANGE", keys.nodes(flow), 0, -1)]
+            own += [keys.node(flow, n) for n in nodes]
+            w.pipeline([pack("SREM", keys.FLOWS, flow), pack("DEL", *own)])
+
+    # -- node heartbeats -------------------------------------------------------------------
+
+    def beat(self, flow: str, node: str, record: dict[str, Any], ttl_ms: int) -> None:
+        """Write node ``node``'s heartbeat, expiring after ``ttl_ms``; drop node entries
+        whose heartbeat expired a minute ago or more (by this machine's clock)."""
+        now = int(time.time() * 1000)
+        text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        with self.store.wire() as w:
+            replies = w.pipeline(
+                [
+                    pack("MULTI"),
+                    pack("SET", keys.node(flow, node), text, "PX", ttl_ms),
+                    pack("ZADD", keys.nodes(flow), now + ttl_ms, node),
+                    pack("ZREMRANGEBYSCORE", keys.nodes(flow), "-inf", now - 60_000),
+                    pack("EXEC"),
+                ]
+            )
+            w.check(replies[-1])
+
+    def forget_node(self, flow: str, node: str) -> None:
+        """A node that stops cleanly removes its heartbeat at once."""
+        with self.store.wire() as w:
+            w.pipeline([pack("ZREM", keys.nodes(flow), node), pack("DEL", keys.node(flow, node))])
+
+    def nodes(self, flow: str) -> list[dict[str, Any]]:
+        """The live nodes' last heartbeats (an expired one is gone with its key)."""
+        with self.store.wire() as w:
+            names = [n.decode() for n in w.call("ZRANGE", keys.nodes(flow), 0, -1)]
+            raws = w.call("MGET", *[keys.node(flow, n) for n in names]) if names else []
+        out = []
+        for name, raw in zip(names, raws, strict=True):
+            value = _decode_json(raw, keys.node(flow, name))
+            if isinstance(value, dict):
+                out.append(value)
+        return out
+
+    # -- outcome counts --------------------------------------------------------------------
+
+    def server_minute(self) -> int:
+        """The current minute (Unix time // 60) by the server's clock."""
+        with self.store.wire() as w:
+            seconds, _ = w.call("TIME")
+        return int(seconds) // 60
+
+    def stats(self, flow: str, queues: Sequence[str], minutes: int = 60) -> list[StageStats]:
+        """Each stage's totals and its last ``minutes`` minutes (one round trip after the
+        server's clock is read; at most twice ``minutes`` fields per stage)."""
+        if not queues:
+            return []
+        now = self.server_minute()
+        span = range(now - minutes + 1, now + 1)
+        fields = [*keys.STATS_TOTALS, *(f"c:{m}" for m in span), *(f"f:{m}" for m in span)]
+        with self.store.wire() as w:
+            replies = [
+                w.check(r)
+                for r in w.pipeline([pack("HMGET", keys.stats(flow, q), *fields) for q in queues])
+            ]
+        out = []
+        n = len(keys.STATS_TOTALS)
+        for reply in replies:
+            values = [int(v) if v is not None else 0 for v in reply]
+            out.append(
+                StageStats(
+                    dict(zip(keys.STATS_TOTALS, values[:n], strict=True)),
+                    values[n : n + minutes],
+                    values[n + minutes :],
+                    now,
+                )
+            )
+        return out
+
+    def trim_stats(self, flow: str, queues: Sequence[str]) -> int:
+        """Drop per-minute counts older than ``keys.STATS_MINUTES``; returns how many. Each
+        stats hash holds at most two fields per kept minute, so reading its field names is
+        bounded."""
+        if not queues:
+            return 0
+        oldest = self.server_minute() - keys.STATS_MINUTES
+        dropped = 0
+        with self.store.wire() as w:
+            for q in queues:
+                key = keys.stats(flow, q)
+                old = []
+                for raw in w.call("HKEYS", key):
+                    name = raw.decode()
+                    kind, _, minute = name.partition(":")
+                    if kind in ("c", "f") and minute.isdigit() and int(minute) < oldest:
+                        old.append(name)
+                if old:
+                    dropped += int(w.call("HDEL", key, *old))
+        return dropped
+
+    # -- a stage's lists, a page at a time ----------------------------------------------------
+
+    def page(self, stage: StageKeys, state: str, start: int = 0, count: int = 50) -> Page:
+        """Ids ``start`` … ``start + count - 1`` of one of the stage's lists and its length:
+        two commands however long it is."""
+        if state not in PAGE_STATES:
+            raise ValueError(f"unknown state {state!r}; choose from {', '.join(PAGE_STATES)}")
+        key = {
+            "waiting": stage.waiting,
+            "processing": stage.processing,
+            "failed": stage.failed,
+            "finished": stage.finished,
+            "delayed": stage.delayed,
+            "parked": stage.parked,
+        }[state]
+        stop = start + max(1, count) - 1
+        with self.store.wire() as w:
+            if state in _LISTS:
+                total, ids = (
+                    w.check(r)
+                    for r in w.pipeline([pack("LLEN", key), pack("LRANGE", key, start, stop)])
+                )
+                return Page(state, int(total), start, [i.decode() for i in ids])
+            total, flat = (
+                w.check(r)
+                for r in w.pipeline(
+                    [pack("ZCARD", key), pack("ZRANGE", key, start, stop, "WITHSCORES")]
+                )
+            )
+        if flat and isinstance(flat[0], list):  # RESP3 pairs
+            flat = [x for pair in flat for x in pair]
+        ids = [i.decode() for i in flat[::2]]
+        return Page(state, int(total), start, ids, [float(s) for s in flat[1::2]])
+
+    def oldest_waiting(self, stages: Sequence[StageKeys]) -> list[str | None]:
+        """The id at the head of each stage's waiting list (the one waiting longest)."""
+        if not stages:
+            return []
+        with self.store.wire() as w:
+            replies = w.pipeline([pack("LINDEX", s.waiting, 0) for s in stages])
+        return [r.decode() if isinstance(r, bytes) else None for r in replies]
+
+    # -- cancelling ------------------------------------------------------------------------
+
+    @staticmethod
+    def _cancel_call(stage: StageKeys, job_id: str, token: str, message: str) -> tuple[Any, Any]:
+        script_keys = [
+            stage.waiting,
+            stage.delayed,
+            stage.processing,
+            stage.parked,
+            keys.cancel_requests(stage.flow),
+            stage.stats,
+        ]
+        if stage.parent_pending_field:
+            script_keys += [stage.parent_waiting, stage.parent_parked]
+        args = [
+            job_id,
+            token,
+            stage.job_prefix,
+            stage.lock_prefix,
+            stage.queue_json,
+            json.dumps(message, ensure_ascii=False),
+            stage.done_channel,
+            stage.parent_pending_field,
+            stage.lease_field,
+        ]
+        return script_keys, args
+
+    def cancel(self, stages: Sequence[StageKeys], job_id: str, message: str) -> tuple[str, str]:
+        """Cancel job ``job_id`` wherever it is among ``stages`` (one round trip): returns
+        (outcome, stage name) — outcome ``cancelled`` (it was waiting, delayed or parked),
+        ``running`` (its node is asked to stop it) or ``absent``."""
+        s = script("cancel")
+        with self.store.wire() as w:
+            packed = [
+                w.pack_evalsha(s, *self._cancel_call(st, job_id, "", message)) for st in stages
+            ]
+            replies = [w.check(r) for r in w.run_scripts([s] * len(packed), packed)]
+        for stage, reply in zip(stages, replies, strict=True):
+            outcome = reply.decode() if isinstance(reply, bytes) else str(reply)
+            if outcome != "absent":
+                return outcome, stage.queue
+        return "absent", ""
+
+    def cancel_held(self, stage: StageKeys, job_id: str, token: str, message: str) -> str:
+        """Finish the cancel of a running job whose worker was stopped: ``cancelled``, or
+        ``lost`` when the lease ``token`` no longer holds it."""
+        with self.store.wire() as w:
+            reply = w.evalsha(script("cancel"), *self._cancel_call(stage, job_id, token, message))
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def cancel_requests(self, flow: str) -> set[str]:
+        """Ids of running jobs an operator asked to cancel."""
+        with self.store.wire() as w:
+            return {m.decode() for m in w.call("SMEMBERS", keys.cancel_requests(flow))}

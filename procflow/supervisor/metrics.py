@@ -1,0 +1,198 @@
+"""Prometheus metrics of one supervisor (``--metrics-port``), with ``prometheus_client``.
+
+No multiprocess mode: the supervisor already sees every outcome of its children (their status
+records and their exits), so it sums them itself at scrape time. Names have the ``procflow_``
+prefix, durations are in seconds, labels are flow, queue, outcome / state / kind and node —
+never a job id. Queue depths are read from Redis at scrape time: a fixed number of commands
+per stage, whatever the queues hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from ..definition import FlowDefinition
+from ..errors import RedisRefusedError, RedisUnavailableError
+from ..ids import created_at
+from ..store.redis import Store
+from ..store.registry import Registry
+from ..version import __version__
+from ..worker.status import DURATION_BUCKETS, Outcome, read_status
+from .heartbeat import worker_state
+from .process import SupervisorState, WorkerTable
+from .tally import StageTally
+
+__all__ = ["MetricsServer", "NodeCollector"]
+
+
+class NodeCollector(Collector):
+    """Every metric of one node's supervisor, computed when Prometheus scrapes."""
+
+    def __init__(
+        self,
+        definition: FlowDefinition,
+        node: str,
+        table: WorkerTable,
+        store: Store,
+        tally: Callable[[], dict[str, StageTally]],
+        state: Callable[[], SupervisorState],
+    ) -> None:
+        self.definition = definition
+        self.node = node
+        self.table = table
+        self.store = store
+        self.registry = Registry(store)
+        self.tally = tally
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        flow, node = self.definition.name, self.node
+        tallies = self.tally()
+        yield from self._outcomes(flow, node, tallies)
+        yield from self._workers(flow, node)
+        yield from self._queues(flow)
+        info = GaugeMetricFamily(
+            "procflow_node_info", "This supervisor (value 1).", labels=["flow", "node", "version"]
+        )
+        info.add_metric([flow, node, __version__], 1)
+        yield info
+
+    def _outcomes(self, flow: str, node: str, tallies: dict[str, StageTally]) -> Iterator[Metric]:
+        jobs = CounterMetricFamily(
+            "procflow_jobs",
+            "Job attempts that ran on this node, by how they ended (completed, retried, "
+            "failed for good, lost: the lease moved on before the result was written).",
+            labels=["flow", "queue", "outcome", "node"],
+        )
+        exits = CounterMetricFamily(
+            "procflow_worker_exits",
+            "Worker processes that ended unplanned, by kind (crash, timeout, memory, cancel).",
+            labels=["flow", "queue", "kind", "node"],
+        )
+        restarts = CounterMetricFamily(
+            "procflow_worker_restarts",
+            "Worker processes replaced.",
+            labels=["flow", "queue", "node"],
+        )
+        renewals = CounterMetricFamily(
+            "procflow_lease_renewals",
+            "Lock renewals of running jobs, by result (held, lost).",
+            labels=["flow", "queue", "result", "node"],
+        )
+        errors = CounterMetricFamily(
+            "procflow_redis_errors",
+            "Redis calls of the workers that failed (server away or refusing) and were retried.",
+            labels=["flow", "queue", "node"],
+        )
+        durations = HistogramMetricFamily(
+            "procflow_job_duration_seconds",
+            "How long job attempts ran in the worker function.",
+            labels=["flow", "queue", "node"],
+        )
+        for queue, t in sorted(tallies.items()):
+            for outcome in Outcome:
+                jobs.add_metric([flow, queue, outcome.label, node], t.outcomes[outcome])
+            for kind, n in sorted(t.ended.items()):
+                exits.add_metric([flow, queue, kind, node], n)
+            restarts.add_metric([flow, queue, node], t.restarts)
+            renewals.add_metric([flow, queue, "held", node], t.renewals - t.renewals_lost)
+            renewals.add_metric([flow, queue, "lost", node], t.renewals_lost)
+            errors.add_metric([flow, queue, node], t.redis_errors)
+            buckets, running = [], 0
+            for bound, n in zip((*DURATION_BUCKETS, float("inf")), t.durations, strict=True):
+                running += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            durations.add_metric([flow, queue, node], buckets, t.duration_sum)
+        yield from (jobs, exits, restarts, renewals, errors, durations)
+
+    def _workers(self, flow: str, node: str) -> Iterator[Metric]:
+        states = GaugeMetricFamily(
+            "procflow_workers",
+            "Worker processes by state.",
+            labels=["flow", "queue", "state", "node"],
+        )
+        rss = GaugeMetricFamily(
+            "procflow_worker_rss_bytes",
+            "Resident memory of each worker process and what its job started.",
+            labels=["flow", "queue", "worker", "node"],
+        )
+        stopping = self.state() is SupervisorState.STOPPING
+        count: Counter[tuple[str, str]] = Counter()
+        for w in self.table:
+            queue = w.handle.group.stage.name
+            count[(queue, worker_state(w, read_status(w.status).activity, stopping))] += 1
+            if w.ps is not None and not w.gone:
+                with contextlib.suppress(psutil.Error):
+                    rss.add_metric([flow, queue, w.name, node], w.ps.memory_info().rss)
+        for (queue, state), n in sorted(count.items()):
+            states.add_metric([flow, queue, state, node], n)
+        yield from (states, rss)
+
+    def _queues(self, flow: str) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "procflow_queue_jobs",
+            "Jobs in each stage's lists, by state (read from Redis at scrape time).",
+            labels=["flow", "queue", "state"],
+        )
+        age = GaugeMetricFamily(
+            "procflow_queue_oldest_waiting_seconds",
+            "Age of the job waiting longest in each stage (0 when none waits).",
+            labels=["flow", "queue"],
+        )
+        up = GaugeMetricFamily(
+            "procflow_redis_up", "Whether the last scrape could read Redis.", labels=["flow"]
+        )
+        stages = list(self.definition.stages.values())
+        try:
+            counts = self.store.counts([s.keys for s in stages])
+            heads = self.registry.oldest_waiting([s.keys for s in stages])
+        except (RedisUnavailableError, RedisRefusedError):
+            up.add_metric([flow], 0)
+            yield up
+            return
+        now = time.time()
+        for stage, numbers, head in zip(stages, counts, heads, strict=True):
+            for state, n in numbers.items():
+                depth.add_metric([flow, stage.name, state], n)
+            born = created_at(head) if head else None
+            age.add_metric([flow, stage.name], max(0.0, now - born) if born else 0.0)
+        up.add_metric([flow], 1)
+        yield from (depth, age, up)
+
+
+class MetricsServer:
+    """The HTTP endpoint (``/metrics``) serving one collector, on a thread of its own."""
+
+    def __init__(self, collector: NodeCollector, port: int, host: str = "0.0.0.0") -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(collector)
+        self.port = port
+        self.host = host
+        self._server: Any = None
+
+    def start(self) -> int:
+        """Listen; returns the port (useful when ``port`` was 0)."""
+        server, _thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        self._server = server
+        self.port = int(server.server_address[1])
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
