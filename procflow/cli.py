@@ -1,4 +1,4 @@
-"""``python -m procflow``: demo, status and failed-job commands.
+"""``python -m procflow`` (and ``procflow``): the demo, and the operator's commands.
 
 ``python -m procflow.supervisor APP`` (see ``procflow.supervisor.__main__``) is the
 command that runs workers on a node; this one is for people looking at a flow.
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .app import APP_FORMS, load_app
+from .commands import add_operator_commands
 from .cpus import usable_cpus
 from .definition import QueueSpec
 from .errors import ProcflowError, RedisUnavailableError
@@ -34,23 +35,30 @@ VERSION = f"procflow {__version__}"
 APP_HELP = f"{APP_FORMS} naming a Flow (or a function returning one)"
 
 DESCRIPTION = f"""\
-Look at a procflow flow: run the demo, count the jobs in each queue, list failed jobs and
-put them back. To run a flow's workers on a node, use: python -m procflow.supervisor APP
+Operate procflow flows from a Redis URL alone: every flow describes itself in Redis when
+its supervisor starts, so these commands need no app code. See what runs (flows, status),
+look at jobs (job, jobs), and act (retry, cancel, delete, purge); or run the demo. To run a
+flow's workers on a node, use: python -m procflow.supervisor APP
 
-APP is {APP_FORMS}: a Flow, or a function
-without arguments returning one. A module is looked up from the current directory and
-sys.path; a .py file is imported under its own name.
+Where a command takes APP, it is {APP_FORMS}: a Flow, or a function without arguments
+returning one. A module is looked up from the current directory and sys.path; a .py file is
+imported under its own name.
 """
 
 EPILOG = f"""\
 examples:
-  python -m procflow demo
-  python -m procflow status myapp.flows:flow --redis-url redis://127.0.0.1:6379/0
-  python -m procflow failed ./myapp.py:flow render --retry
+  procflow demo
+  procflow flows --redis-url redis://127.0.0.1:6379/0
+  procflow status access --watch
+  procflow job 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b
+  procflow jobs access --by userId=62
+  procflow retry access check
+  procflow failed ./myapp.py:flow render --retry
 
-The Redis URL is --redis-url, else ${REDIS_URL_ENV}, else the flow's own.
-exit status: 0 ok, 1 a failed demo job, an unknown id for --retry or a Redis error,
-2 bad arguments or an app that cannot be loaded.
+The Redis URL is --redis-url, else ${REDIS_URL_ENV}, else redis://127.0.0.1:6379/0 (for an
+APP: the flow's own).
+exit status: 0 ok, 1 a failed demo job, an unknown job or flow, a refused action or a Redis
+error, 2 bad arguments or an app that cannot be loaded.
 """
 
 #: the demo's job sizes: primes below 2000-2490, the longest Collatz chain below a quarter
@@ -277,17 +285,6 @@ def _load(args: argparse.Namespace) -> Flow:
     return flow
 
 
-def _status(args: argparse.Namespace) -> int:
-    flow = _load(args)
-    counts = flow.counts()
-    names = ("waiting", "processing", "delayed", "parked", "failed")
-    width = max(len(q) for q in counts)
-    print(f"{'queue':<{width}}  " + "  ".join(f"{n:>10}" for n in names))
-    for queue, c in counts.items():
-        print(f"{queue:<{width}}  " + "  ".join(f"{c[n]:>10}" for n in names))
-    return 0
-
-
 def _retry(flow: Flow, queue: str, wanted: list[str]) -> int:
     """Put failed jobs back: all of them, or ``wanted``; 1 when some id was not failed."""
     moved = flow.retry_failed(queue, wanted or None)
@@ -373,10 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", help="COMMAND --help tells more"
     )
     _add_demo(sub)
-    status = _add_flow_command(
-        sub, "status", "print the waiting, processing, delayed, parked and failed jobs per queue"
-    )
-    status.set_defaults(run=_status)
+    add_operator_commands(sub, os.environ.get(REDIS_URL_ENV))
     failed = _add_flow_command(sub, "failed", "list a queue's failed jobs, or put them back")
     failed.add_argument("queue", metavar="QUEUE", help="the queue (a child queue: PARENT:CHILD)")
     failed.add_argument("ids", nargs="*", metavar="ID", help="with --retry: only these jobs")

@@ -46,6 +46,7 @@ __all__ = [
     "RedisUnavailableError",
     "ServerStartError",
     "SupervisorStateError",
+    "UnknownFlowError",
     "UnknownJobError",
     "UnknownLookupAttributeError",
     "UnknownQueueError",
@@ -71,6 +72,23 @@ class UnknownQueueError(ConfigurationError, KeyError):
         self.queue = queue
         self.known = tuple(known)
         super().__init__(f"unknown queue {queue!r}; this flow's queues are: {', '.join(known)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class UnknownFlowError(ConfigurationError, KeyError):
+    """A flow name that no supervisor registered in this Redis."""
+
+    def __init__(self, flow: str, known: Sequence[str]) -> None:
+        self.flow = flow
+        self.known = tuple(known)
+        listed = (
+            ", ".join(known) if known else "none yet (a flow registers when its supervisor starts)"
+        )
+        super().__init__(
+            f"no flow {flow!r} is registered in this Redis; registered flows: {listed}"
+        )
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

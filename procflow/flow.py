@@ -187,6 +187,10 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         self.store.create_jobs(jobs, self.key_ttl)
         return [job.id for job in jobs]
 
+    def decode(self, key: str, job_id: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+        """A raw job hash (HGETALL) decoded, with its ``"id"``."""
+        return self._decode(key, job_id, raw)
+
     def _decode(self, key: str, job_id: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
         job: dict[str, Any] = {keys.ID: job_id}
         for f, v in raw.items():

@@ -39,14 +39,15 @@ class StageStats:
     totals: dict[str, int]
     completed_per_minute: list[int]
     failed_per_minute: list[int]
-    #: the minute (Unix time // 60, by the server's clock) of the last entry
-    last_minute: int = 0
+    #: the server's time (Unix seconds) when they were read; its minute is the last entry's
+    now: float = 0.0
 
     def rate(self, minutes: int = 5) -> float:
-        """Completions per minute over the last ``minutes`` whole minutes (the current,
-        partial minute left out)."""
-        done = self.completed_per_minute[-minutes - 1 : -1]
-        return sum(done) / max(1, len(done))
+        """Completions per minute over the last ``minutes`` minutes, the current one counted
+        for the part of it that has passed."""
+        done = self.completed_per_minute[-minutes:]
+        elapsed = max(1, len(done)) - 1 + max(self.now % 60, 1.0) / 60
+        return sum(done) / elapsed
 
 
 @dataclass(frozen=True)
@@ -152,18 +153,19 @@ class Registry:
 
     # -- outcome counts --------------------------------------------------------------------
 
-    def server_minute(self) -> int:
-        """The current minute (Unix time // 60) by the server's clock."""
+    def server_time(self) -> float:
+        """The server's clock (Unix seconds)."""
         with self.store.wire() as w:
-            seconds, _ = w.call("TIME")
-        return int(seconds) // 60
+            seconds, micros = w.call("TIME")
+        return int(seconds) + int(micros) / 1e6
 
     def stats(self, flow: str, queues: Sequence[str], minutes: int = 60) -> list[StageStats]:
         """Each stage's totals and its last ``minutes`` minutes (one round trip after the
         server's clock is read; at most twice ``minutes`` fields per stage)."""
         if not queues:
             return []
-        now = self.server_minute()
+        clock = self.server_time()
+        now = int(clock) // 60
         span = range(now - minutes + 1, now + 1)
         fields = [*keys.STATS_TOTALS, *(f"c:{m}" for m in span), *(f"f:{m}" for m in span)]
         with self.store.wire() as w:
@@ -180,7 +182,7 @@ class Registry:
                     dict(zip(keys.STATS_TOTALS, values[:n], strict=True)),
                     values[n : n + minutes],
                     values[n + minutes :],
-                    now,
+                    clock,
                 )
             )
         return out
@@ -191,7 +193,7 @@ class Registry:
         bounded."""
         if not queues:
             return 0
-        oldest = self.server_minute() - keys.STATS_MINUTES
+        oldest = int(self.server_time()) // 60 - keys.STATS_MINUTES
         dropped = 0
         with self.store.wire() as w:
             for q in queues:
@@ -247,6 +249,43 @@ class Registry:
         with self.store.wire() as w:
             replies = w.pipeline([pack("LINDEX", s.waiting, 0) for s in stages])
         return [r.decode() if isinstance(r, bytes) else None for r in replies]
+
+    def locate(self, stages: Sequence[StageKeys], job_id: str) -> list[tuple[str, str]]:
+        """Where job ``job_id`` is among the stages' lists: (stage, state) pairs, in stage
+        order (one round trip; LPOS walks a list, so this is for one job, not for pages)."""
+        commands = []
+        for st in stages:
+            commands += [
+                pack("LPOS", st.waiting, job_id),
+                pack("LPOS", st.processing, job_id),
+                pack("ZSCORE", st.delayed, job_id),
+                pack("ZSCORE", st.parked, job_id),
+                pack("LPOS", st.failed, job_id),
+            ]
+        with self.store.wire() as w:
+            replies = [w.check(r) for r in w.pipeline(commands)] if commands else []
+        names = ("waiting", "processing", "delayed", "parked", "failed")
+        found = []
+        for i, st in enumerate(stages):
+            for name, reply in zip(names, replies[i * 5 : i * 5 + 5], strict=True):
+                if reply is not None:
+                    found.append((st.queue, name))
+        return found
+
+    def delete_matching(self, patterns: Sequence[str], batch: int = 500) -> int:
+        """Delete every key matching any of the glob ``patterns`` (SCAN, then UNLINK in
+        batches): for purging a whole flow. Returns how many keys went."""
+        removed = 0
+        with self.store.wire() as w:
+            for pattern in patterns:
+                cursor = b"0"
+                while True:
+                    cursor, found = w.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                    for i in range(0, len(found), batch):
+                        removed += int(w.call("UNLINK", *found[i : i + batch]))
+                    if cursor in (b"0", 0, "0"):
+                        break
+        return removed
 
     # -- cancelling ------------------------------------------------------------------------
 

@@ -176,6 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not take part in expired-lock recovery (another node's monitor does it)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (0: a free port, logged)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="the address the metrics endpoint binds (default: 0.0.0.0, every interface)",
+    )
     return parser
 
 
@@ -253,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         monitor=not args.no_monitor,
         log_level=args.log_level,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     try:
         return supervisor.run()

@@ -102,7 +102,10 @@ class Supervisor:
     ``node_id`` names this machine in lock values (default: ``$PROCFLOW_NODE_ID`` or the host
     name); ``drain_timeout`` is how long a graceful stop lets running jobs finish;
     ``monitor=False`` leaves expired-lock recovery to other nodes; ``start_method`` is the
-    multiprocessing start method (``fork`` on Linux, else ``spawn``)."""
+    multiprocessing start method (``fork`` on Linux, else ``spawn``). ``heartbeat`` (default
+    on) registers the flow and writes this node's record every 2 s for ``procflow status``
+    and the dashboard; ``metrics_port`` serves Prometheus metrics there (0: a free port,
+    ``sup.metrics_port`` tells which)."""
 
     def __init__(
         self,
@@ -119,6 +122,7 @@ class Supervisor:
         limits: Mapping[str, Limits] | None = None,
         heartbeat: bool = True,
         metrics_port: int | None = None,
+        metrics_host: str = "0.0.0.0",
     ) -> None:
         self.flow = flow
         if flow.supervisor is not None and flow.supervisor is not self and flow.supervisor.running:
@@ -167,6 +171,7 @@ class Supervisor:
             log=self.log,
             heartbeat=heartbeat,
             metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
         self.cores = cores_of(cores)
         self.limits = dict(limits or {})
@@ -477,6 +482,11 @@ class Supervisor:
         SIGINT stops at once, putting running jobs back. Returns the exit status: 0 after a
         clean stop, 1 when the manager thread died."""
         return run_until_signalled(self)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port of the Prometheus endpoint, once it listens (None without one)."""
+        return self.observers.port
 
     def manager_alive(self) -> bool:
         """Whether the manager thread (which watches the workers) still runs."""

@@ -32,6 +32,7 @@ elseif redis.call('EXISTS', job) == 0 then
   status = -1
 else
   redis.call('HSET', job, unpack(ARGV, b + 6))
+  redis.call('HDEL', job, ARGV[5])  -- no lease holds it in this stage any more
   redis.call('LREM', KEYS[1], -1, id)
   redis.call('DEL', lock)
   if next_waiting == nil then
@@ -40,7 +41,6 @@ else
     redis.call('LPUSH', KEYS[4], id)
     redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[b]) - 1)
   else
-    redis.call('HDEL', job, ARGV[5])  -- no lease holds it in this stage any more
     redis.call('RPUSH', next_waiting, id)
   end
   pf_count(KEYS[3], 'completed', 'c')

@@ -1,0 +1,499 @@
+"""The operator's commands of ``procflow``: flows, status, job, jobs, retry, cancel, delete,
+purge. They work from a Redis URL alone — the flows describe themselves in Redis when their
+supervisors start — and print tables for people (``rich``) or JSON for scripts (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .app import APP_FORMS, load_app
+from .errors import ConfigurationError
+from .ops import PAGE_STATES, Operator, StageStatus, as_json
+from .settings import REDIS_URL_ENV
+
+__all__ = ["add_operator_commands", "looks_like_app", "operator_for"]
+
+_URL_HELP = f"the Redis to look at (default: ${REDIS_URL_ENV}, else redis://127.0.0.1:6379/0)"
+
+
+def looks_like_app(target: str) -> bool:
+    """Whether a command-line target names an app (``module:attr``, ``file.py:attr``) rather
+    than a registered flow."""
+    return ":" in target or target.endswith(".py")
+
+
+def operator_for(args: argparse.Namespace) -> Operator:
+    return Operator(args.redis_url)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(as_json(value), indent=2, ensure_ascii=False, default=str))
+
+
+def _console() -> Console:
+    """Tables as wide as the terminal; at least 160 columns when the output is not one (a
+    pipe or a file would otherwise get 80 and truncated cells)."""
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, soft_wrap=False, width=max(160, console.width))
+    return console
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "-"
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# -- flows ---------------------------------------------------------------------------------
+
+
+def _flows_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(box=box.SIMPLE, title="flows")
+    for name in ("flow", "stages", "waiting", "processing", "failed", "done/min", "nodes"):
+        table.add_column(name, justify="left" if name == "flow" else "right")
+    table.add_column("workers", justify="right")
+    for r in rows:
+        table.add_row(
+            r["flow"],
+            *(
+                str(r[k])
+                for k in ("stages", "waiting", "processing", "failed", "done_per_min", "nodes")
+            ),
+            str(r["workers"]),
+        )
+    if not rows:
+        table.caption = "no flow registered yet: a flow registers when its supervisor starts"
+    return table
+
+
+def _cmd_flows(args: argparse.Namespace) -> int:
+    op = operator_for(args)
+    try:
+        rows = op.overview()
+    finally:
+        op.close()
+    if args.json:
+        _print_json(rows)
+    else:
+        _console().print(_flows_table(rows))
+    return 0
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def _stages_table(flow: str, stages: list[StageStatus]) -> Table:
+    table = Table(box=box.SIMPLE, title=f"flow {flow}")
+    columns = ("stage", "waiting", "processing", "delayed", "parked", "failed", "done/min")
+    for name in columns:
+        table.add_column(name, justify="left" if name == "stage" else "right")
+    table.add_column("oldest waiting", justify="right")
+    table.add_column("completed", justify="right")
+    for s in stages:
+        label = f"  {s.name}" if s.parent else s.name
+        table.add_row(
+            label,
+            str(s.waiting),
+            str(s.processing),
+            str(s.delayed),
+            str(s.parked),
+            str(s.failed),
+            f"{s.done_per_min:g}",
+            _ago(s.oldest_waiting_s),
+            str(s.totals.get("completed", 0)),
+        )
+    return table
+
+
+def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
+    table = Table(box=box.SIMPLE, title="nodes and workers")
+    for name in ("node", "worker", "stage", "pid", "state", "job", "for", "rss", "cpu %"):
+        table.add_column(name, justify="right" if name in ("pid", "rss", "cpu %") else "left")
+    table.add_column("jobs", justify="right")
+    now = time.time()
+    for n in nodes:
+        label = f"{n.get('node')} ({n.get('host')}, pid {n.get('pid')}, {n.get('state')})"
+        table.add_row(label, "", "", "", "", "", "", "", "", "")
+        for w in n.get("workers") or []:
+            since = w.get("since")
+            rss = w.get("rss")
+            table.add_row(
+                "",
+                str(w.get("name")),
+                str(w.get("stage")),
+                str(w.get("pid") or "-"),
+                str(w.get("state")),
+                str(w.get("job") or "-"),
+                _ago(now - since) if since else "-",
+                f"{rss / 2**20:.0f} MiB" if rss else "-",
+                f"{w['cpu']:g}" if w.get("cpu") is not None else "-",
+                str(w.get("jobs", 0)),
+            )
+    if not nodes:
+        table.caption = "no node is running this flow"
+    return table
+
+
+def _status_view(op: Operator, flows: list[str]) -> Group:
+    parts: list[Any] = []
+    for name in flows:
+        parts.append(_stages_table(name, op.status(name)))
+        parts.append(_nodes_table(op.nodes(name)))
+    return Group(*parts)
+
+
+def _status_targets(op: Operator, target: str | None) -> list[str]:
+    if target is None:
+        return op.flows()
+    if looks_like_app(target) and target not in op.flows():
+        flow = load_app(target)
+        flow.use_redis(op.redis)
+        op.adopt(flow)
+        return [flow.name]
+    op.flow(target)  # UnknownFlowError lists the registered ones
+    return [target]
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    op = operator_for(args)
+    try:
+        flows = _status_targets(op, args.flow)
+        if args.json:
+            _print_json([{"flow": f, "stages": op.status(f), "nodes": op.nodes(f)} for f in flows])
+            return 0
+        console = _console()
+        if not flows:
+            console.print(_flows_table([]))
+            return 0
+        if not args.watch:
+            console.print(_status_view(op, flows))
+            return 0
+        try:
+            if not console.is_terminal:  # a pipe or a log: one view after the other
+                while True:
+                    console.print(f"-- {_when(time.time())}")
+                    console.print(_status_view(op, flows))
+                    time.sleep(args.interval)  # the refresh period of the view
+            with Live(_status_view(op, flows), console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(args.interval)  # the refresh period of a live view
+                    live.update(_status_view(op, flows), refresh=True)
+        except KeyboardInterrupt:
+            return 0
+    finally:
+        op.close()
+
+
+# -- one job, and searching ----------------------------------------------------------------
+
+
+def _job_view(detail: dict[str, Any]) -> Group:
+    fields = detail["fields"]
+    head = Table(box=box.SIMPLE, show_header=False, title=f"job {detail['id']}")
+    head.add_column("", style="bold")
+    head.add_column("")
+    head.add_row(
+        "flow", detail["flow"] + (f" (child queue {detail['queue']})" if detail["queue"] else "")
+    )
+    head.add_row("state", detail["state"])
+    head.add_row("created", _when(detail.get("createdAt")))
+    body = Table(box=box.SIMPLE, title="fields")
+    body.add_column("field")
+    body.add_column("value")
+    history = Table(box=box.SIMPLE, title="attempts and errors")
+    for name in ("stage", "attempt", "kind", "at", "error"):
+        history.add_column(name)
+    children = Table(box=box.SIMPLE, title="children")
+    for name in ("queue", "id", "state", "error"):
+        children.add_column(name)
+    for name, value in sorted(fields.items()):
+        if name.startswith("errors:") and isinstance(value, list):
+            for n, e in enumerate(value, 1):
+                if isinstance(e, dict):
+                    at = e.get("at")
+                    history.add_row(
+                        name[7:],
+                        str(n),
+                        str(e.get("kind", "")),
+                        _when(at / 1000 if isinstance(at, int | float) else None),
+                        Text(str(e.get("error", ""))),
+                    )
+            continue
+        if name.startswith("children:") and name.endswith(":jobs") and isinstance(value, list):
+            for child in value:
+                if isinstance(child, dict):
+                    state = (
+                        "failed"
+                        if child.get("failed")
+                        else "done"
+                        if child.get("done")
+                        else "pending"
+                    )
+                    children.add_row(
+                        str(child.get("failedQueue") or child.get("completed-queue") or ""),
+                        str(child.get("id", "")),
+                        state,
+                        Text(str(child.get("failedErrorMsg", ""))),
+                    )
+            continue
+        text = json.dumps(value, ensure_ascii=False)
+        body.add_row(Text(name), Text(text if len(text) <= 200 else text[:200] + " …"))
+    parts: list[Any] = [head, body]
+    if history.row_count:
+        parts.append(history)
+    if children.row_count:
+        parts.append(children)
+    return Group(*parts)
+
+
+def _cmd_job(args: argparse.Namespace) -> int:
+    op = operator_for(args)
+    try:
+        detail = op.job(args.id, args.flow)
+    finally:
+        op.close()
+    if args.json:
+        _print_json(detail)
+    else:
+        _console().print(_job_view(detail))
+    return 0
+
+
+def _jobs_table(title: str, jobs: list[dict[str, Any]], caption: str = "") -> Table:
+    table = Table(box=box.SIMPLE, title=title, caption=caption or None)
+    for name in ("id", "done", "failed", "last stage", "error"):
+        table.add_column(name)
+    for j in jobs:
+        table.add_row(
+            str(j.get("id")),
+            "yes" if j.get("done") else "",
+            "yes" if j.get("failed") else "",
+            str(j.get("completed-queue") or ""),
+            Text(str(j.get("failedErrorMsg") or "")),
+        )
+    return table
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    op = operator_for(args)
+    try:
+        if args.by:
+            attribute, sep, value = args.by.partition("=")
+            if not sep or not attribute:
+                raise ConfigurationError(f"--by wants ATTR=VALUE, got {args.by!r}")
+            jobs = op.jobs_by(args.flow, attribute, value, args.limit)
+            title, caption = f"jobs of {args.flow} with {attribute} = {value}", f"{len(jobs)} found"
+            payload: Any = jobs
+        else:
+            if args.queue is None:
+                raise ConfigurationError("give --by ATTR=VALUE, or --queue Q (with --state)")
+            page = op.page(args.flow, args.queue, args.state, args.start, args.limit)
+            jobs = page.jobs
+            end = page.start + len(jobs)
+            title = f"{args.flow} · {args.queue} · {args.state}"
+            caption = f"{page.start + 1 if jobs else 0}-{end} of {page.total}"
+            payload = page
+    finally:
+        op.close()
+    if args.json:
+        _print_json(payload)
+    else:
+        _console().print(_jobs_table(title, jobs, caption))
+    return 0
+
+
+# -- actions -------------------------------------------------------------------------------
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    op = operator_for(args)
+    try:
+        moved = op.retry(args.flow, args.queue, args.ids or None)
+    finally:
+        op.close()
+    print(f"put {len(moved)} job(s) back on {args.queue!r}")
+    unknown = [i for i in dict.fromkeys(args.ids) if i not in set(moved)]
+    if unknown:
+        print(
+            f"error: not on the failed list of {args.queue!r}: {', '.join(unknown)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    op = operator_for(args)
+    try:
+        outcome, queue = op.cancel(args.id, args.flow)
+    finally:
+        op.close()
+    if outcome == "cancelled":
+        print(f"cancelled job {args.id} (it was pending in {queue!r})")
+        return 0
+    if outcome == "running":
+        print(
+            f"job {args.id} is running in {queue!r}: its node will stop that worker and mark "
+            "the job cancelled within a heartbeat (about 2 s); a new worker takes its place"
+        )
+        return 0
+    print(
+        f"error: job {args.id} is not waiting, delayed, parked or running (done already?)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    op = operator_for(args)
+    try:
+        op.delete(args.id, args.flow)
+    finally:
+        op.close()
+    print(f"deleted job {args.id} with its child jobs and lookup entries")
+    return 0
+
+
+def _confirm(question: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print("error: refusing without --yes (no terminal to ask)", file=sys.stderr)
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    op = operator_for(args)
+    try:
+        op.flow(args.flow)
+        if args.failed is not None:
+            what = f"every failed job of {args.flow} · {args.failed}"
+            if not _confirm(f"delete {what}?", args.yes):
+                return 1
+            print(f"deleted {op.purge_failed(args.flow, args.failed)} failed job(s)")
+            return 0
+        if not _confirm(
+            f"delete EVERYTHING of flow {args.flow} (jobs, queues, records)?", args.yes
+        ):
+            return 1
+        print(f"deleted {op.purge_flow(args.flow)} key(s) of flow {args.flow}")
+        return 0
+    finally:
+        op.close()
+
+
+# -- the parser ----------------------------------------------------------------------------
+
+
+def add_operator_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], url_default: str | None
+) -> None:
+    """The operator's subcommands, each with ``--redis-url`` and (where it reads) ``--json``."""
+
+    def command(
+        name: str, text: str, run: Callable[[argparse.Namespace], int], json_out: bool = True
+    ) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
+        cmd.add_argument("--redis-url", default=url_default, metavar="URL", help=_URL_HELP)
+        if json_out:
+            cmd.add_argument("--json", action="store_true", help="print JSON, for scripts")
+        cmd.set_defaults(run=run)
+        return cmd
+
+    def flow_option(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument(
+            "--flow", metavar="FLOW", help="the job's flow (default: look in every registered flow)"
+        )
+
+    command("flows", "list the flows registered in this Redis with their totals", _cmd_flows)
+    status = command(
+        "status",
+        "show per stage the waiting, processing, delayed, parked and failed jobs, the done "
+        "rate and the oldest waiting job's age, then the nodes and their workers",
+        _cmd_status,
+    )
+    status.add_argument(
+        "flow",
+        nargs="?",
+        metavar="FLOW",
+        help=f"a registered flow, or an app ({APP_FORMS}); default: every registered flow",
+    )
+    status.add_argument("--watch", action="store_true", help="a live view, until Ctrl-C")
+    status.add_argument(
+        "--interval", type=float, default=2.0, metavar="SECONDS", help="--watch refresh (default 2)"
+    )
+    job = command("job", "show one job: its fields, state, attempts, errors and children", _cmd_job)
+    job.add_argument("id", metavar="ID", help="the job id")
+    flow_option(job)
+    jobs = command(
+        "jobs",
+        "find a flow's jobs by a lookup attribute, or list a page of one stage's jobs",
+        _cmd_jobs,
+    )
+    jobs.add_argument("flow", metavar="FLOW", help="a registered flow")
+    jobs.add_argument(
+        "--by", metavar="ATTR=VALUE", help="jobs whose lookup attribute ATTR is VALUE"
+    )
+    jobs.add_argument("--queue", metavar="QUEUE", help="list this stage's jobs (with --state)")
+    jobs.add_argument(
+        "--state",
+        choices=PAGE_STATES,
+        default="waiting",
+        help="which of the stage's lists (default: waiting)",
+    )
+    jobs.add_argument("--start", type=int, default=0, metavar="N", help="skip the first N")
+    jobs.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    retry = command(
+        "retry", "put failed jobs back on their stage's waiting list", _cmd_retry, json_out=False
+    )
+    retry.add_argument("flow", metavar="FLOW", help="a registered flow")
+    retry.add_argument("queue", metavar="QUEUE", help="the stage (a child queue: PARENT:CHILD)")
+    retry.add_argument("ids", nargs="*", metavar="ID", help="only these jobs (default: all failed)")
+    cancel = command(
+        "cancel",
+        "cancel a job: a pending one is removed at once; a running one's worker is stopped and "
+        "replaced",
+        _cmd_cancel,
+        json_out=False,
+    )
+    cancel.add_argument("id", metavar="ID", help="the job id")
+    flow_option(cancel)
+    delete = command(
+        "delete", "delete a job with its child jobs and lookup entries", _cmd_delete, json_out=False
+    )
+    delete.add_argument("id", metavar="ID", help="the job id")
+    flow_option(delete)
+    purge = command(
+        "purge",
+        "delete a stage's failed jobs, or a whole flow (asks first unless --yes)",
+        _cmd_purge,
+        json_out=False,
+    )
+    purge.add_argument("flow", metavar="FLOW", help="a registered flow")
+    purge.add_argument("--failed", metavar="QUEUE", help="only this stage's failed jobs")
+    purge.add_argument("--yes", action="store_true", help="do not ask")

@@ -1,0 +1,306 @@
+"""The operator's view of a procflow deployment, from a Redis URL alone.
+
+``Operator`` finds every registered flow and rebuilds it from its description (no app import),
+and answers what the ``procflow`` command line and the dashboard show: per-stage counts and
+rates, nodes and their workers, one job in full, a stage's jobs a page at a time, lookup
+search; and does what they do: retry, cancel, delete, purge. Every read is bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .definition import FlowDefinition
+from .errors import ConfigurationError, UnknownFlowError, UnknownJobError
+from .flow import Flow
+from .ids import created_at
+from .settings import RedisSettings
+from .store import keys
+from .store.redis import Store
+from .store.registry import CANCELLED_MESSAGE, PAGE_STATES, Registry, StageStats
+
+__all__ = ["PAGE_STATES", "JobPage", "Operator", "StageStatus"]
+
+
+@dataclass
+class StageStatus:
+    """One stage of a flow as ``procflow status`` shows it."""
+
+    name: str
+    parent: str | None
+    waiting: int
+    processing: int
+    delayed: int
+    parked: int
+    failed: int
+    #: completions per minute over the last five whole minutes
+    done_per_min: float
+    #: seconds the oldest waiting job has waited (None: none waits, or its id has no time)
+    oldest_waiting_s: float | None
+    totals: dict[str, int]
+    completed_per_minute: list[int] = field(default_factory=list)
+    failed_per_minute: list[int] = field(default_factory=list)
+
+
+@dataclass
+class JobPage:
+    """A page of one stage's jobs in one state, with the jobs decoded."""
+
+    flow: str
+    queue: str
+    state: str
+    total: int
+    start: int
+    jobs: list[dict[str, Any]]
+    scores: list[float]
+
+
+def _age(job_id: str | None, now: float) -> float | None:
+    born = created_at(job_id) if job_id else None
+    return max(0.0, now - born) if born is not None else None
+
+
+class Operator:
+    """Everything the CLI and the dashboard do, against one Redis."""
+
+    def __init__(self, redis: RedisSettings | str | None = None) -> None:
+        settings = redis if isinstance(redis, RedisSettings) else RedisSettings.from_env(redis)
+        self.redis = settings
+        self.store = Store(settings)
+        self.registry = Registry(self.store)
+        self._flows: dict[str, Flow] = {}
+
+    def close(self) -> None:
+        for flow in self._flows.values():
+            flow.disconnect()
+        self.store.close()
+
+    # -- flows -----------------------------------------------------------------------------
+
+    def flows(self) -> list[str]:
+        return self.registry.flows()
+
+    def flow(self, name: str) -> Flow:
+        """The registered flow ``name``, rebuilt from its description (cached)."""
+        flow = self._flows.get(name)
+        if flow is None:
+            data = self.registry.describe(name)
+            if data is None:
+                raise UnknownFlowError(name, self.registry.flows())
+            d = FlowDefinition.from_description(data)
+            flow = Flow(d.name, d.queues, d.lookup_attributes, redis=self.redis, key_ttl=d.key_ttl)
+            self._flows[name] = flow
+        return flow
+
+    def adopt(self, flow: Flow) -> None:
+        """Look at ``flow`` as it is defined in code (an APP given on the command line), even
+        before any supervisor registered it."""
+        self._flows[flow.name] = flow
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """The flow's description: queues with their next queues and children."""
+        return self.flow(name).definition.describe()
+
+    def stage_order(self, name: str) -> list[str]:
+        """Stage names in pipeline order: each top stage followed by its child stages."""
+        flow = self.flow(name)
+        top = [s for s in flow.stages.values() if s.parent is None]
+        return [n for s in top for n in (s.name, *s.children.values())]
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self, name: str, minutes: int = 60) -> list[StageStatus]:
+        """Per stage, in pipeline order: its counts, rate, oldest waiting age and totals."""
+        flow = self.flow(name)
+        stages = [flow.stage(n) for n in self.stage_order(name)]
+        counts = self.store.counts([s.keys for s in stages])
+        stats = self.registry.stats(name, [s.name for s in stages], minutes)
+        heads = self.registry.oldest_waiting([s.keys for s in stages])
+        now = time.time()
+        out = []
+        for stage, c, st, head in zip(stages, counts, stats, heads, strict=True):
+            out.append(_stage_status(stage.name, stage.parent, c, st, _age(head, now)))
+        return out
+
+    def nodes(self, name: str) -> list[dict[str, Any]]:
+        """The live nodes of flow ``name`` with their workers (their heartbeats)."""
+        self.flow(name)
+        return sorted(self.registry.nodes(name), key=lambda n: str(n.get("node")))
+
+    def overview(self) -> list[dict[str, Any]]:
+        """Every flow with its totals: stages, waiting, failed, done/min, nodes, workers."""
+        out = []
+        for name in self.flows():
+            try:
+                stages = self.status(name)
+            except ConfigurationError:
+                continue  # an unreadable description: listed by `flows`, not summed here
+            nodes = self.registry.nodes(name)
+            out.append(
+                {
+                    "flow": name,
+                    "stages": len(stages),
+                    "waiting": sum(s.waiting for s in stages),
+                    "processing": sum(s.processing for s in stages),
+                    "failed": sum(s.failed for s in stages),
+                    "done_per_min": round(sum(s.done_per_min for s in stages), 1),
+                    "nodes": len(nodes),
+                    "workers": sum(len(n.get("workers", [])) for n in nodes),
+                }
+            )
+        return out
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def find_job(self, job_id: str, flow: str | None = None) -> tuple[str, str | None]:
+        """(flow, child stage or None) of the job with this id: looked up in ``flow``, else in
+        every registered flow (its own jobs and its child queues' jobs)."""
+        names = [flow] if flow is not None else self.flows()
+        candidates: list[tuple[str, str | None, str]] = []
+        for name in names:
+            f = self.flow(name)
+            candidates.append((name, None, f.job_key(job_id)))
+            for stage in f.stages.values():
+                if stage.parent is not None:
+                    candidates.append((name, stage.name, stage.keys.job(job_id)))
+        found = self.store.exists_many([key for _, _, key in candidates])
+        for (name, child, _), there in zip(candidates, found, strict=True):
+            if there:
+                return name, child
+        raise UnknownJobError(flow or "any registered flow", [job_id])
+
+    def job(self, job_id: str, flow: str | None = None) -> dict[str, Any]:
+        """One job in full: its fields decoded (children resolved), where it is now, and per
+        stage its attempts and error history."""
+        name, child = self.find_job(job_id, flow)
+        f = self.flow(name)
+        if child is None:
+            found = f.get_jobs([job_id], resolve_children=True)
+            stages = [s.keys for s in f.definition.top_stages]
+        else:
+            stage = f.stage(child)
+            raw = self.store.get_hashes([stage.keys.job(job_id)])[0]
+            found = [f.decode(stage.keys.job(job_id), job_id, raw)] if raw else []
+            stages = [stage.keys]
+        if not found:
+            raise UnknownJobError(name, [job_id])
+        job = found[0]
+        places = self.registry.locate(stages, job_id)
+        return {
+            "flow": name,
+            "queue": child,
+            "id": job_id,
+            "state": _job_state(job, places),
+            "places": [{"queue": q, "state": s} for q, s in places],
+            "createdAt": created_at(job_id),
+            "fields": job,
+        }
+
+    def jobs_by(self, name: str, attribute: str, value: str, limit: int = 100) -> list[Any]:
+        """Jobs of flow ``name`` whose lookup attribute has ``value`` (as text, the way the
+        lookup list is named), newest last, at most ``limit``."""
+        f = self.flow(name)
+        if attribute not in f.lookup_attributes:
+            f.get_jobs_by_key(attribute, value)  # raises UnknownLookupAttributeError
+        ids = self.store.list_range(keys.lookup(name, attribute, value), -limit, -1)
+        return list(f.get_jobs(ids))
+
+    def page(self, name: str, queue: str, state: str, start: int = 0, count: int = 50) -> JobPage:
+        """Jobs ``start`` … ``start + count - 1`` of one stage list, decoded: a page costs the
+        same for a list of ten as for one of millions."""
+        f = self.flow(name)
+        stage = f.stage(queue)
+        page = self.registry.page(stage.keys, state, max(0, start), max(1, min(count, 500)))
+        hashes = self.store.get_hashes([stage.keys.job(i) for i in page.ids])
+        jobs = [
+            f.decode(stage.keys.job(i), i, raw) if raw else {"id": i, "gone": True}
+            for i, raw in zip(page.ids, hashes, strict=True)
+        ]
+        return JobPage(name, queue, state, page.total, page.start, jobs, page.scores)
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def retry(self, name: str, queue: str, job_ids: Sequence[str] | None = None) -> list[str]:
+        """Failed jobs of ``queue`` (all, or these) back on its waiting list."""
+        return self.flow(name).retry_failed(queue, job_ids)
+
+    def cancel(self, job_id: str, flow: str | None = None) -> tuple[str, str]:
+        """Cancel one job: (outcome, queue). ``cancelled``: it was waiting, delayed or parked
+        and is now marked cancelled; ``running``: the node running it was asked to stop it
+        (within a heartbeat, about two seconds); ``absent``: it is not pending anywhere (done
+        already, say)."""
+        name, child = self.find_job(job_id, flow)
+        f = self.flow(name)
+        stages = (
+            [f.stage(child).keys]
+            if child is not None
+            else [s.keys for s in f.definition.top_stages]
+        )
+        return self.registry.cancel(stages, job_id, CANCELLED_MESSAGE)
+
+    def delete(self, job_id: str, flow: str | None = None) -> bool:
+        name, _ = self.find_job(job_id, flow)
+        return self.flow(name).delete_job(job_id)
+
+    def purge_failed(self, name: str, queue: str) -> int:
+        """Delete every job on ``queue``'s failed list (hash, lookups, children)."""
+        f = self.flow(name)
+        ids = f.failed_jobs(queue)
+        return sum(1 for i in ids if f.delete_job(i))
+
+    def purge_flow(self, name: str) -> int:
+        """Delete everything of flow ``name``: its jobs, lookup lists, its stages' lists and
+        locks, and procflow's records of it. Returns how many keys went."""
+        f = self.flow(name)
+        patterns = [f"{keys.job_prefix(name)}*", f"{keys.own_prefix(name)}*"]
+        for stage in f.stages.values():
+            patterns += [f"{stage.keys.job_prefix}*", f"{keys.queue_prefix(stage.name)}*"]
+            patterns.append(f"{stage.keys.lock_prefix}*")
+        removed = self.registry.delete_matching(list(dict.fromkeys(patterns)))
+        self.registry.unregister(name, list(f.stages))
+        self._flows.pop(name, None)
+        return removed
+
+
+def _stage_status(
+    name: str, parent: str | None, c: dict[str, int], st: StageStats, oldest: float | None
+) -> StageStatus:
+    return StageStatus(
+        name=name,
+        parent=parent,
+        waiting=c["waiting"],
+        processing=c["processing"],
+        delayed=c["delayed"],
+        parked=c["parked"],
+        failed=c["failed"],
+        done_per_min=round(st.rate(5), 1),
+        oldest_waiting_s=round(oldest, 1) if oldest is not None and c["waiting"] else None,
+        totals=st.totals,
+        completed_per_minute=st.completed_per_minute,
+        failed_per_minute=st.failed_per_minute,
+    )
+
+
+def _job_state(job: dict[str, Any], places: list[tuple[str, str]]) -> str:
+    if job.get(keys.CANCELLED) is True:
+        return "cancelled"
+    if job.get(keys.DONE) is True:
+        return "failed" if job.get(keys.FAILED) is True else "done"
+    for queue, state in places:
+        if state != "failed":
+            return f"{state} in {queue}"
+    return "unknown (in no list: being moved, or its lists expired)"
+
+
+def as_json(value: Any) -> Any:
+    """Dataclasses of this module as plain data (for ``--json``)."""
+    if isinstance(value, list):
+        return [as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return value
