@@ -19,11 +19,34 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .flow import Flow
+from .settings import REDIS_URL_ENV
+from .version import __version__
 
-__all__ = ["APP_FORMS", "AppLoadError", "load_app", "user_traceback"]
+__all__ = [
+    "APP_FORMS",
+    "APP_HELP",
+    "VERSION",
+    "AppLoadError",
+    "load_app",
+    "unreachable_hint",
+    "user_traceback",
+]
 
 #: how the error messages spell what APP may be
 APP_FORMS = "module:attribute or path/to/file.py:attribute"
+
+#: the help of APP, for both command lines
+APP_HELP = f"{APP_FORMS} naming a Flow (or a function returning one)"
+
+#: what ``--version`` prints, for both command lines
+VERSION = f"procflow {__version__}"
+
+
+def unreachable_hint(demo: bool = False) -> str:
+    """What to do when Redis cannot be reached (a line to print after the error)."""
+    embedded = ", or omit both for the embedded server" if demo else ""
+    return f"  start a Redis server there, pass --redis-url URL, or set ${REDIS_URL_ENV}{embedded}"
+
 
 #: frames of these directories are procflow's and importlib's, not the user's
 _NOT_USER_DIRS = tuple(

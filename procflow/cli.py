@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .app import APP_FORMS, load_app
+from .app import APP_FORMS, APP_HELP, VERSION, load_app, unreachable_hint
 from .commands import add_operator_commands
 from .cpus import usable_cpus
 from .definition import QueueSpec
@@ -24,15 +24,9 @@ from .server import RedisServer, embedded_binary
 from .settings import REDIS_URL_ENV, RedisSettings
 from .store import keys
 from .supervisor import Supervisor
-from .version import __version__
 
 __all__ = ["APP_HELP", "VERSION", "build_parser", "main", "unreachable_hint"]
 
-#: what ``--version`` prints, for both command lines
-VERSION = f"procflow {__version__}"
-
-#: the help of APP, for both command lines
-APP_HELP = f"{APP_FORMS} naming a Flow (or a function returning one)"
 
 DESCRIPTION = f"""\
 Operate procflow flows from a Redis URL alone: every flow describes itself in Redis when
@@ -63,12 +57,6 @@ error, 2 bad arguments or an app that cannot be loaded.
 
 #: the demo's job sizes: primes below 2000-2490, the longest Collatz chain below a quarter
 _DEMO_SIZES = (2000, 10, 50)
-
-
-def unreachable_hint(demo: bool = False) -> str:
-    """What to do when Redis cannot be reached (a line to print after the error)."""
-    embedded = ", or omit both for the embedded server" if demo else ""
-    return f"  start a Redis server there, pass --redis-url URL, or set ${REDIS_URL_ENV}{embedded}"
 
 
 def _count_primes(limit: int) -> int:

@@ -44,6 +44,8 @@ from procflow import Flow, QueueSpec, Supervisor
 from procflow.server import RedisServer, find_server_binary
 
 URL = ""
+#: this tree (its procflow is the one measured, also in the subprocesses)
+ROOT = str(Path(__file__).resolve().parents[1])
 _clients: dict[int, redis.Redis] = {}
 
 
@@ -186,7 +188,8 @@ def pf_w1(n: int, directory: str) -> tuple[float, float]:
             "WARNING",
         ],
         cwd=directory,
-        env={**os.environ, "BENCH_URL": URL, "PYTHONPATH": directory},
+        # this tree's procflow, whatever is installed (to compare two trees side by side)
+        env={**os.environ, "BENCH_URL": URL, "PYTHONPATH": os.pathsep.join([directory, ROOT])},
     )
     with PssSampler(
         lambda: [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))],
@@ -399,7 +402,13 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--server", default=None, help="server binary (default: redis-server)")
     parser.add_argument("--no-huey", action="store_true")
+    parser.add_argument(
+        "--only",
+        default="W1,W1e,W2,W3",
+        help="workloads to run, comma-separated (W4 comes with W1; default: all)",
+    )
     args = parser.parse_args()
+    only = set(args.only.split(","))
     try:
         import huey  # noqa: F401, PLC0415 - optional: compared only when installed
 
@@ -422,31 +431,39 @@ def main() -> int:
         Path(pf_dir, "bench_pf_app.py").write_text(textwrap.dedent(PF_APP))
         for run in range(args.runs):
             print(f"run {run + 1}/{args.runs} …", file=sys.stderr)
-            rate, pss = pf_w1(args.jobs, pf_dir)
-            add("procflow", "W1", rate)
-            add("procflow", "W4", pss)
-            rate, pss = pool_w1(args.jobs, None)
-            add("pool", "W1", rate)
-            add("pool", "W4", pss)
-            add("pool1", "W1", pool_w1(args.jobs, 1)[0])
-            single_rate, batch_rate = pf_w1e(args.jobs)
-            add("procflow", "W1e one", single_rate)
-            add("procflow", "W1e batch", batch_rate)
-            for _ in range(3):  # W2 is short and this machine noisy: three pairs per run
-                add("procflow", "W2", 200 * single / (2 * pf_w2(rounds)))
-                add("pool", "W2", 200 * single / (2 * pool_w2(rounds)))
-            lat = pf_w3()
-            add("procflow", "W3 p50", percentile(lat, 0.5))
-            add("procflow", "W3 p99", percentile(lat, 0.99))
+            if "W1" in only:
+                rate, pss = pf_w1(args.jobs, pf_dir)
+                add("procflow", "W1", rate)
+                add("procflow", "W4", pss)
+                rate, pss = pool_w1(args.jobs, None)
+                add("pool", "W1", rate)
+                add("pool", "W4", pss)
+                add("pool1", "W1", pool_w1(args.jobs, 1)[0])
+            if "W1e" in only:
+                single_rate, batch_rate = pf_w1e(args.jobs)
+                add("procflow", "W1e one", single_rate)
+                add("procflow", "W1e batch", batch_rate)
+            if "W2" in only:
+                for _ in range(3):  # W2 is short and this machine noisy: three pairs per run
+                    add("procflow", "W2", 200 * single / (2 * pf_w2(rounds)))
+                    add("pool", "W2", 200 * single / (2 * pool_w2(rounds)))
+            if "W3" in only:
+                lat = pf_w3()
+                add("procflow", "W3 p50", percentile(lat, 0.5))
+                add("procflow", "W3 p99", percentile(lat, 0.99))
             if hy is not None:
-                rate, pss = hy.w1(args.jobs)
-                add("huey", "W1", rate)
-                add("huey", "W4", pss)
-                add("huey", "W1e one", hy.w1e(args.jobs))
-                add("huey", "W2", 200 * single / (2 * hy.w2(rounds)))
-                lat = hy.w3()
-                add("huey", "W3 p50", percentile(lat, 0.5))
-                add("huey", "W3 p99", percentile(lat, 0.99))
+                if "W1" in only:
+                    rate, pss = hy.w1(args.jobs)
+                    add("huey", "W1", rate)
+                    add("huey", "W4", pss)
+                if "W1e" in only:
+                    add("huey", "W1e one", hy.w1e(args.jobs))
+                if "W2" in only:
+                    add("huey", "W2", 200 * single / (2 * hy.w2(rounds)))
+                if "W3" in only:
+                    lat = hy.w3()
+                    add("huey", "W3 p50", percentile(lat, 0.5))
+                    add("huey", "W3 p99", percentile(lat, 0.99))
         version = server.version().split()[2]
     finally:
         server.stop()

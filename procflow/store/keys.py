@@ -222,9 +222,10 @@ def node(flow: str, node_name: str) -> str:
 
 
 def stats(flow: str, queue: str) -> str:
-    """``procflow:F:stats:Q`` — hash: stage Q's outcome counts (``completed``, ``failed``,
-    ``retried``, ``crashed``, ``cancelled``) and per-minute counts ``c:MINUTE`` / ``f:MINUTE``
-    (completed, failed; MINUTE = Unix time // 60), kept for ``STATS_MINUTES``."""
+    """``procflow:F:stats:Q`` — hash: stage Q's per-minute counts ``c:MINUTE`` / ``f:MINUTE``
+    (completed, failed for good; MINUTE = Unix time // 60), kept for ``STATS_MINUTES`` and then
+    folded into the totals ``completed`` / ``failed``; totals ``retried``, ``crashed``,
+    ``cancelled``."""
     return f"procflow:{flow}:stats:{queue}"
 
 

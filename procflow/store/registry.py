@@ -160,53 +160,53 @@ class Registry:
         return int(seconds) + int(micros) / 1e6
 
     def stats(self, flow: str, queues: Sequence[str], minutes: int = 60) -> list[StageStats]:
-        """Each stage's totals and its last ``minutes`` minutes (one round trip after the
-        server's clock is read; at most twice ``minutes`` fields per stage)."""
+        """Each stage's totals and its last ``minutes`` minutes: one HGETALL per stage of a
+        hash that holds at most two fields per minute of a day. A total is what was folded
+        from old minutes plus the minutes still kept."""
         if not queues:
             return []
         clock = self.server_time()
         now = int(clock) // 60
-        span = range(now - minutes + 1, now + 1)
-        fields = [*keys.STATS_TOTALS, *(f"c:{m}" for m in span), *(f"f:{m}" for m in span)]
         with self.store.wire() as w:
             replies = [
                 w.check(r)
-                for r in w.pipeline([pack("HMGET", keys.stats(flow, q), *fields) for q in queues])
+                for r in w.pipeline([pack("HGETALL", keys.stats(flow, q)) for q in queues])
             ]
         out = []
-        n = len(keys.STATS_TOTALS)
         for reply in replies:
-            values = [int(v) if v is not None else 0 for v in reply]
+            flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]
+            totals = dict.fromkeys(keys.STATS_TOTALS, 0)
+            per_minute: dict[str, dict[int, int]] = {"c": {}, "f": {}}
+            for raw_name, raw_value in zip(flat[::2], flat[1::2], strict=True):
+                name, value = raw_name.decode(), int(raw_value)
+                kind, _, minute = name.partition(":")
+                if kind in per_minute and minute.isdigit():
+                    per_minute[kind][int(minute)] = value
+                    totals["completed" if kind == "c" else "failed"] += value
+                elif name in totals:
+                    totals[name] += value
+            span = range(now - minutes + 1, now + 1)
             out.append(
                 StageStats(
-                    dict(zip(keys.STATS_TOTALS, values[:n], strict=True)),
-                    values[n : n + minutes],
-                    values[n + minutes :],
+                    totals,
+                    [per_minute["c"].get(m, 0) for m in span],
+                    [per_minute["f"].get(m, 0) for m in span],
                     clock,
                 )
             )
         return out
 
     def trim_stats(self, flow: str, queues: Sequence[str]) -> int:
-        """Drop per-minute counts older than ``keys.STATS_MINUTES``; returns how many. Each
-        stats hash holds at most two fields per kept minute, so reading its field names is
-        bounded."""
+        """Fold per-minute counts older than ``keys.STATS_MINUTES`` into the totals (one
+        script per stage); returns how many minute fields went."""
         if not queues:
             return 0
         oldest = int(self.server_time()) // 60 - keys.STATS_MINUTES
-        dropped = 0
+        s = script("trimstats")
         with self.store.wire() as w:
-            for q in queues:
-                key = keys.stats(flow, q)
-                old = []
-                for raw in w.call("HKEYS", key):
-                    name = raw.decode()
-                    kind, _, minute = name.partition(":")
-                    if kind in ("c", "f") and minute.isdigit() and int(minute) < oldest:
-                        old.append(name)
-                if old:
-                    dropped += int(w.call("HDEL", key, *old))
-        return dropped
+            packed = [w.pack_evalsha(s, (keys.stats(flow, q),), (oldest,)) for q in queues]
+            replies = [w.check(r) for r in w.run_scripts([s] * len(packed), packed)]
+        return sum(int(r) for r in replies)
 
     # -- a stage's lists, a page at a time ----------------------------------------------------
 

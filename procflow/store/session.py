@@ -10,6 +10,7 @@ call is packed once per session.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -166,7 +167,7 @@ class StageSession:
                 stage.done_channel,
                 stage.parent_pending_field,
             )
-        tail: list[str | bytes] = [job_id, token, next_token]
+        tail: list[str | bytes] = [job_id, token, next_token, str(int(time.time()) // 60)]
         for field, value in result:
             tail.append(field)
             tail.append(value)

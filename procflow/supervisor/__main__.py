@@ -15,8 +15,7 @@ from collections.abc import Sequence
 import setproctitle
 from loguru import logger
 
-from ..app import APP_FORMS, load_app
-from ..cli import APP_HELP, VERSION, unreachable_hint
+from ..app import APP_FORMS, APP_HELP, VERSION, load_app, unreachable_hint
 from ..cpus import usable_cpus
 from ..errors import ConfigurationError, ProcflowError, RedisUnavailableError
 from ..flow import Flow

@@ -11,13 +11,14 @@ from ..store.redis import Store
 from ..store.registry import Registry
 from .heartbeat import Heartbeat
 from .manager import Manager
-from .metrics import MetricsServer, NodeCollector
 from .process import SupervisorState, WorkerTable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from loguru import Logger
+
+    from .metrics import MetricsServer
 
 __all__ = ["Observers"]
 
@@ -65,6 +66,9 @@ class Observers:
             )
             self.heartbeat.start()
         if self.metrics_port is not None:
+            # prometheus_client (7 MiB) is loaded only by a supervisor that serves metrics
+            from .metrics import MetricsServer, NodeCollector  # noqa: PLC0415
+
             collector = NodeCollector(
                 self.definition, self.node, self.table, store, self.manager.tallies, self.state
             )

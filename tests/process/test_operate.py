@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from procflow import Backoff, Flow, QueueSpec
@@ -19,6 +23,7 @@ from tests.conftest import wait_until
 from tests.helpers import lazy_client
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "operate"
 
 
 def shop(url: str) -> Flow:
@@ -72,6 +77,22 @@ def metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         for sample in family.samples:
             out[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return out
+
+
+def served_names(port: int) -> set[str]:
+    """Every metric name a scrape offers: families (a counter also as NAME_total) and
+    samples."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names.update(f"{family.name}_{s}" for s in ("bucket", "sum", "count"))
+        names.update(s.name for s in family.samples)
+    return names
 
 
 def sample(
@@ -151,6 +172,19 @@ def test_a_running_flow_describes_itself_beats_counts_and_serves_metrics(
         assert sample(values, "procflow_redis_up", flow="shop") == 1
         assert sample(values, "procflow_worker_rss_bytes", worker="check#0") > 0
         assert all("job" not in dict(labels) for _, labels in values)
+        # every metric the Grafana dashboard and the alert rules in docs/ use is served
+        served = served_names(port)
+        for path in ("grafana-dashboard.json", "alerts.yml"):
+            text = (DOCS / path).read_text()
+            used = set(re.findall(r"procflow_[a-z_]+", text))
+            assert used and used <= served, (path, used - served)
+        json.loads((DOCS / "grafana-dashboard.json").read_text())
+        rules = yaml.safe_load((DOCS / "alerts.yml").read_text())
+        assert {r["alert"] for r in rules["groups"][0]["rules"]} >= {
+            "ProcflowQueueWaitingTooLong",
+            "ProcflowCrashLoop",
+            "ProcflowNoNode",
+        }
     # a clean stop removes the node's record at once; the flow stays registered
     assert op.nodes("shop") == [] and op.flows() == ["shop"]
     op.close()
@@ -166,14 +200,24 @@ def test_a_dead_nodes_record_expires_by_itself(redis_url: str) -> None:
     op.close()
 
 
-def test_per_minute_counts_older_than_a_day_are_trimmed(redis_url: str, r: redis.Redis) -> None:
+def test_per_minute_counts_older_than_a_day_are_folded_into_the_totals(
+    redis_url: str, r: redis.Redis
+) -> None:
     op = Operator(redis_url)
     now = int(op.registry.server_time()) // 60
     key = keys.stats("shop", "check")
     old, recent = now - keys.STATS_MINUTES - 5, now - 10
     r.hset(key, mapping={f"c:{old}": 3, f"f:{old}": 1, f"c:{recent}": 2, "completed": 5})
+    before = op.registry.stats("shop", ["check"])[0].totals
+    assert before["completed"] == 5 + 3 + 2 and before["failed"] == 1
     assert op.registry.trim_stats("shop", ["check"]) == 2
-    assert r.hgetall(key) == {f"c:{recent}".encode(): b"2", b"completed": b"5"}
+    assert r.hgetall(key) == {
+        f"c:{recent}".encode(): b"2",
+        b"completed": b"8",
+        b"failed": b"1",
+    }
+    after = op.registry.stats("shop", ["check"])[0]
+    assert after.totals == before and after.completed_per_minute[-11] == 2
     op.close()
 
 

@@ -86,13 +86,9 @@ local function pf_finished(job, id, channel, parent_waiting, parent_parked, pend
   redis.call('PUBLISH', channel, id)
 end
 
--- Count an outcome in a stage's stats hash (procflow:F:stats:Q): the running total, and with
--- a minute prefix ('c' completed, 'f' failed) the count of the current minute (field c:MINUTE,
--- MINUTE = Unix time // 60 by the server's clock). Old minutes are trimmed by the supervisors.
-local function pf_count(stats, outcome, minute_prefix)
-  redis.call('HINCRBY', stats, outcome, 1)
-  if minute_prefix then
-    local minute = math.floor(pf_now_ms() / 60000)
-    redis.call('HINCRBY', stats, minute_prefix .. ':' .. minute, 1)
-  end
+-- Count an outcome in a stage's stats hash (procflow:F:stats:Q): a total (retried, crashed,
+-- cancelled) or a minute's count (c:MINUTE completed, f:MINUTE failed for good; MINUTE = Unix
+-- time // 60). Supervisors fold minutes older than a day into the completed/failed totals.
+local function pf_count(stats, field)
+  redis.call('HINCRBY', stats, field, 1)
 end

@@ -7,11 +7,12 @@
 --   Every KEY is a real key: no placeholder (Redis Cluster and ACL key patterns check them).
 -- ARGV[1] job prefix  ARGV[2] lock prefix  ARGV[3] lock ms  ARGV[4] attempts field
 -- ARGV[5] lease field  ARGV[6] F  ARGV[7 .. 6+F] fields to read for the next job
--- then, from b = 7+F: ARGV[b] how many ids KEYS[4] keeps  ARGV[b+1] done channel  ARGV[b+2] children pending
--- field of the parent stage ('' unless a child queue)  ARGV[b+3] id  ARGV[b+4] token
--- ARGV[b+5] next token ('' = do not lease another)  ARGV[b+6 ..] field/value pairs to write:
--- the result's, then completed-queue (and done = true when the job leaves the flow) last, so
--- that procflow's own fields win
+-- then, from b = 7+F: ARGV[b] how many ids KEYS[4] keeps  ARGV[b+1] done channel
+-- ARGV[b+2] children pending field of the parent stage ('' unless a child queue)
+-- ARGV[b+3] id  ARGV[b+4] token  ARGV[b+5] next token ('' = do not lease another)
+-- ARGV[b+6] the current minute (Unix time // 60, the worker's clock: counted in KEYS[3] as
+-- c:MINUTE)  ARGV[b+7 ..] field/value pairs to write: the result's, then completed-queue (and
+-- done = true when the job leaves the flow) last, so that procflow's own fields win
 -- Returns {status} or {status, lease reply}; status 1 done, 0 the lease was lost (nothing
 -- changed), -1 the job hash is gone.
 local f = tonumber(ARGV[6])
@@ -31,19 +32,21 @@ elseif redis.call('EXISTS', job) == 0 then
   redis.call('DEL', lock)
   status = -1
 else
-  redis.call('HSET', job, unpack(ARGV, b + 6))
+  redis.call('HSET', job, unpack(ARGV, b + 7))
   redis.call('HDEL', job, ARGV[5])  -- no lease holds it in this stage any more
   redis.call('LREM', KEYS[1], -1, id)
   redis.call('DEL', lock)
   if next_waiting == nil then
     pf_notify_parent(job, parent_waiting, parent_parked, ARGV[b + 2])
     redis.call('PUBLISH', ARGV[b + 1], id)
-    redis.call('LPUSH', KEYS[4], id)
-    redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[b]) - 1)
+    local kept = tonumber(ARGV[b])
+    if redis.call('LPUSH', KEYS[4], id) > kept + kept / 10 then  -- trimmed now and then
+      redis.call('LTRIM', KEYS[4], 0, kept - 1)
+    end
   else
     redis.call('RPUSH', next_waiting, id)
   end
-  pf_count(KEYS[3], 'completed', 'c')
+  redis.call('HINCRBY', KEYS[3], 'c:' .. ARGV[b + 6], 1)
   status = 1
 end
 local next_token = ARGV[b + 5]

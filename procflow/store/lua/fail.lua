@@ -48,6 +48,6 @@ if attempts < tonumber(ARGV[12]) then
 end
 redis.call('HSET', job, 'failed', 'true', 'failedQueue', ARGV[6], 'failedErrorMsg', ARGV[11])
 redis.call('RPUSH', KEYS[4], id)
-pf_count(KEYS[5], 'failed', 'f')
+pf_count(KEYS[5], 'f:' .. math.floor(pf_now_ms() / 60000))
 pf_finished(job, id, ARGV[13], KEYS[6], KEYS[7], ARGV[14])
 return {id, 'failed', attempts, 0}
