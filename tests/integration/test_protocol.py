@@ -76,7 +76,7 @@ def test_complete_writes_result_and_routes(flow: Flow, wire: Wire, r: redis.Redi
         [(b"result", encode({"ok": True}).encode()), (b"n", b"3")],
         "queue:b:waiting",
     )
-    assert (status, following) == (1, None)
+    assert (status, following) == (1, [])
     job = r.hgetall(f"job:F:{job_id}")
     assert job[b"result"] == b'{"ok":true}'
     assert job[b"n"] == b"3"
@@ -111,8 +111,8 @@ def test_complete_leases_the_next_job_in_the_same_call(
     assert got is not None and got.id == first
     status, following = session(flow, wire, "a").complete(first, "T1", [], "queue:b:waiting", "T2")
     assert status == 1
-    assert following is not None
-    assert (following.id, following.values) == (second, [b"2", None])
+    (nxt,) = following
+    assert (nxt.id, nxt.values) == (second, [b"2", None])
     assert r.get(f"lock:a:{second}") == b"T2"
 
 

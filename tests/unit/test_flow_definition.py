@@ -42,6 +42,9 @@ def test_public_api_is_exactly_all() -> None:
         "worker",
         "server",
         "version",
+        "ops",
+        "commands",
+        "dashboard",
     }
     assert public - modules == set(procflow.__all__) - {"__version__"}
 
