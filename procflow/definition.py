@@ -21,7 +21,10 @@ from .settings import DEFAULT_KEY_TTL, parse_size
 from .store import keys
 from .store.keys import StageKeys
 
-__all__ = ["Backoff", "FlowDefinition", "QueueSpec", "Stage"]
+__all__ = ["MAX_PREFETCH", "Backoff", "FlowDefinition", "QueueSpec", "Stage"]
+
+#: the most jobs one lease call may take (``QueueSpec.prefetch``)
+MAX_PREFETCH = 64
 
 ParamsT = TypeVar("ParamsT", bound=Mapping[str, Any], default=dict[str, Any])
 ResultT = TypeVar("ResultT", bound=Mapping[str, Any], default=dict[str, Any])
@@ -63,7 +66,10 @@ class QueueSpec(Generic[ParamsT, ResultT]):
     ``name`` is the child name; the queue is ``PARENT:CHILD``). ``max_attempts`` and
     ``retry_backoff``: the retry policy for every kind of failure. ``timeout``: seconds after
     which the supervisor kills the worker running a job. ``memory_limit``: bytes (or text like
-    ``'512MiB'``) the worker's process tree may use while it runs a job.
+    ``'512MiB'``) the worker's process tree may use while it runs a job. ``prefetch``: how
+    many waiting jobs one lease call takes (1 to 64; default 1). For stages of tiny jobs: the
+    worker runs them in order, each under its own lock, and the last one's completion leases
+    the next batch; a parent stage always takes one.
 
     Type it as ``QueueSpec[Params, Result](...)`` to have a type checker match its worker
     functions."""
@@ -76,6 +82,7 @@ class QueueSpec(Generic[ParamsT, ResultT]):
     retry_backoff: Backoff = field(default_factory=Backoff)
     timeout: float | None = None
     memory_limit: int | str | None = None
+    prefetch: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -93,6 +100,15 @@ class QueueSpec(Generic[ParamsT, ResultT]):
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ConfigurationError(
                 f"queue {self.name!r}: max_attempts must be an int >= 1, got {self.max_attempts!r}"
+            )
+        if (
+            not isinstance(self.prefetch, int)
+            or isinstance(self.prefetch, bool)
+            or not 1 <= self.prefetch <= MAX_PREFETCH
+        ):
+            raise ConfigurationError(
+                f"queue {self.name!r}: prefetch must be an int from 1 to {MAX_PREFETCH}, "
+                f"got {self.prefetch!r}"
             )
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigurationError(f"queue {self.name!r}: timeout must be > 0 seconds")
@@ -117,6 +133,11 @@ class Stage:
     @property
     def is_parent(self) -> bool:
         return bool(self.children)
+
+    @property
+    def prefetch(self) -> int:
+        """How many jobs one lease call of this stage takes (a parent stage: one)."""
+        return 1 if self.children else self.spec.prefetch
 
     @property
     def next_waiting(self) -> str:
@@ -196,6 +217,7 @@ class FlowDefinition:
                 "maxAttempts": spec.max_attempts,
                 "timeout": spec.timeout,
                 "memoryLimit": _limit(spec),
+                "prefetch": spec.prefetch,
             }
             if spec.children:
                 out["children"] = [queue(c) for c in spec.children]
@@ -226,6 +248,7 @@ class FlowDefinition:
                 max_attempts=int(q.get("maxAttempts") or 1),
                 timeout=q.get("timeout"),
                 memory_limit=q.get("memoryLimit"),
+                prefetch=int(q.get("prefetch") or 1),
             )
 
         try:

@@ -172,6 +172,7 @@ def _inline_worker(
         fields=stage.fields,
         lock_ms=group.options.lock_ms,
         block_timeout=group.options.block_timeout,
+        prefetch=stage.prefetch,
     )
     status = StatusRecord()
     log = flow.logger.bind(queue=stage.name, worker=payload.worker, pid=os.getpid())

@@ -4,7 +4,9 @@
 
 Workloads (docs/benchmarks.md):
   W1   10,000 jobs whose task does one Redis INCR, all enqueued first, then 2 workers started;
-       jobs/s from the first job's start to the last completion observed
+       jobs/s from the first job's start to the last completion observed; procflow with
+       prefetch 1 and 16; the server's CPU per job (INFO cpu, user + sys, from the workers'
+       start to the last completion, the tasks' own INCR included)
   W1e  the same 10,000 jobs enqueued one call per job, and in batches of 1,000; jobs/s
   W2   200 jobs of a pure-Python loop calibrated to ~20 ms, 2 workers already running;
        parallel efficiency = (200 x single-job time) / (2 x wall), procflow and Pool measured
@@ -167,17 +169,26 @@ def incr(job):
         c.set("bench:start", repr(time.time()))
     return {}
 def flow():
-    f = Flow("w1", [QueueSpec("work")], redis_url=URL)
+    prefetch = int(os.environ.get("BENCH_PREFETCH", "1"))
+    f = Flow("w1", [QueueSpec("work", prefetch=prefetch)], redis_url=URL)
     f.create_workers("work", incr, count=2)
     return f
 """
 )
 
 
-def pf_w1(n: int, directory: str) -> tuple[float, float]:
-    """W1 with the supervisor as operators run it (its own process), like huey's consumer."""
+def redis_cpu(r: redis.Redis) -> float:
+    """The server's CPU time so far (user + system seconds, INFO cpu)."""
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def pf_w1(n: int, directory: str, prefetch: int = 1) -> tuple[float, float, float]:
+    """W1 with the supervisor as operators run it (its own process), like huey's consumer:
+    (jobs/s, PSS MiB, the server's CPU µs per job)."""
     r = flush()
     Flow("w1", [QueueSpec("work")], redis_url=URL).create_jobs([{"i": i} for i in range(n)])
+    cpu = redis_cpu(r)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -189,7 +200,12 @@ def pf_w1(n: int, directory: str) -> tuple[float, float]:
         ],
         cwd=directory,
         # this tree's procflow, whatever is installed (to compare two trees side by side)
-        env={**os.environ, "BENCH_URL": URL, "PYTHONPATH": os.pathsep.join([directory, ROOT])},
+        env={
+            **os.environ,
+            "BENCH_URL": URL,
+            "BENCH_PREFETCH": str(prefetch),
+            "PYTHONPATH": os.pathsep.join([directory, ROOT]),
+        },
     )
     with PssSampler(
         lambda: [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))],
@@ -197,9 +213,10 @@ def pf_w1(n: int, directory: str) -> tuple[float, float]:
         n // 2,
     ) as pss:
         end = wait_count(r, n)
+    used = redis_cpu(r) - cpu
     proc.terminate()
     proc.wait(60)
-    return n / (end - float(r.get("bench:start") or 0)), pss.peak
+    return n / (end - float(r.get("bench:start") or 0)), pss.peak, used / n * 1e6
 
 
 def pf_w1e(n: int) -> tuple[float, float]:
@@ -243,8 +260,9 @@ def pf_w3() -> list[float]:
 # -- multiprocessing.Pool ----------------------------------------------------------------
 
 
-def pool_w1(n: int, chunksize: int | None) -> tuple[float, float]:
+def pool_w1(n: int, chunksize: int | None) -> tuple[float, float, float]:
     r = flush()
+    cpu = redis_cpu(r)
     with multiprocessing.get_context("fork").Pool(2) as pool:
         pool.map(burn, [1] * 4)  # workers up before the clock starts
         workers = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
@@ -256,7 +274,7 @@ def pool_w1(n: int, chunksize: int | None) -> tuple[float, float]:
                     pass
             end = time.time()
     start = float(r.get("bench:start") or 0)
-    return n / (end - start), pss.peak
+    return n / (end - start), pss.peak, (redis_cpu(r) - cpu) / n * 1e6
 
 
 def pool_w2(rounds: int) -> float:
@@ -323,10 +341,11 @@ class Huey:
         proc.terminate()
         proc.wait(30)
 
-    def w1(self, n: int) -> tuple[float, float]:
+    def w1(self, n: int) -> tuple[float, float, float]:
         r = flush()
         for _ in range(n):
             self.app.incr()
+        cpu = redis_cpu(r)
         proc = self.consumer()
         with PssSampler(
             lambda: [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))],
@@ -334,8 +353,9 @@ class Huey:
             n // 2,
         ) as pss:
             end = wait_count(r, n)
+        used = redis_cpu(r) - cpu
         self.stop(proc)
-        return n / (end - float(r.get("bench:start") or 0)), pss.peak
+        return n / (end - float(r.get("bench:start") or 0)), pss.peak, used / n * 1e6
 
     def w1e(self, n: int) -> float:
         flush()
@@ -432,12 +452,17 @@ def main() -> int:
         for run in range(args.runs):
             print(f"run {run + 1}/{args.runs} …", file=sys.stderr)
             if "W1" in only:
-                rate, pss = pf_w1(args.jobs, pf_dir)
+                rate, pss, cpu = pf_w1(args.jobs, pf_dir)
                 add("procflow", "W1", rate)
                 add("procflow", "W4", pss)
-                rate, pss = pool_w1(args.jobs, None)
+                add("procflow", "W1 cpu", cpu)
+                rate, _, cpu = pf_w1(args.jobs, pf_dir, prefetch=16)
+                add("procflow", "W1 p16", rate)
+                add("procflow", "W1 p16 cpu", cpu)
+                rate, pss, cpu = pool_w1(args.jobs, None)
                 add("pool", "W1", rate)
                 add("pool", "W4", pss)
+                add("pool", "W1 cpu", cpu)
                 add("pool1", "W1", pool_w1(args.jobs, 1)[0])
             if "W1e" in only:
                 single_rate, batch_rate = pf_w1e(args.jobs)
@@ -453,9 +478,10 @@ def main() -> int:
                 add("procflow", "W3 p99", percentile(lat, 0.99))
             if hy is not None:
                 if "W1" in only:
-                    rate, pss = hy.w1(args.jobs)
+                    rate, pss, cpu = hy.w1(args.jobs)
                     add("huey", "W1", rate)
                     add("huey", "W4", pss)
+                    add("huey", "W1 cpu", cpu)
                 if "W1e" in only:
                     add("huey", "W1e one", hy.w1e(args.jobs))
                 if "W2" in only:
@@ -477,6 +503,9 @@ def main() -> int:
 
     rows = [
         ("W1 jobs/s", "W1", ",.0f", "≥ 14,000", "pool"),
+        ("W1 jobs/s, prefetch 16", "W1 p16", ",.0f", "≥ 0.9 x Pool, ≥ 2.5 x huey", "pool"),
+        ("W1 Redis CPU µs/job", "W1 cpu", ".1f", "", "pool"),
+        ("W1 Redis CPU µs/job, prefetch 16", "W1 p16 cpu", ".1f", "≤ 15", "pool"),
         ("W1e jobs/s, one call per job", "W1e one", ",.0f", "≥ 12,000", None),
         ("W1e jobs/s, batches of 1,000", "W1e batch", ",.0f", "≥ 60,000", None),
         ("W2 parallel efficiency", "W2", ".3f", "≥ 0.98 x Pool", "pool"),
@@ -494,9 +523,12 @@ def main() -> int:
     table = [header]
     for label, name, fmt, target, _ in rows:
         pf, pool, hy_v = med(name, "procflow"), med(name, "pool"), med(name, "huey")
+        if name.startswith("W1 p16"):  # compared with the others' plain W1 figures
+            base = name.replace(" p16", "")
+            pool, hy_v = med(base, "pool"), med(base, "huey")
         ratio = f"{pf / hy_v:.2f}x" if pf and hy_v else "—"
         pool_text = show(pool, fmt)
-        if name == "W1":
+        if name in ("W1", "W1 p16"):
             pool_text += f" (chunk 1: {show(med('W1', 'pool1'), fmt)})"
         table.append([label, show(pf, fmt), pool_text, show(hy_v, fmt), ratio, target])
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]

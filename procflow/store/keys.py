@@ -61,6 +61,7 @@ __all__ = [
     "queue_prefix",
     "safe_node_id",
     "split_job_key",
+    "token_at",
     "waiting",
 ]
 
@@ -460,6 +461,13 @@ class LeaseToken:
             return None
 
 
+def token_at(token: str, offset: int) -> str:
+    """The lease token ``offset`` places after ``token`` in its worker's series (a token ends
+    with the number of the worker's lease): how one lease call for several jobs names them."""
+    prefix, _, n = token.rpartition("|")
+    return f"{prefix}|{int(n) + offset}"
+
+
 class TokenSeries:
     """A worker process's lease tokens, made on the hot path: one string format per job."""
 
@@ -469,6 +477,8 @@ class TokenSeries:
         self.prefix = f"{holder}|{worker_pid}|"
         self.count = 0
 
-    def next(self) -> str:
-        self.count += 1
-        return f"{self.prefix}{self.count}"
+    def next(self, count: int = 1) -> str:
+        """A new token; ``count`` > 1 reserves that many (the first is returned, the others
+        are ``token_at(first, i)``)."""
+        self.count += count
+        return f"{self.prefix}{self.count - count + 1}"

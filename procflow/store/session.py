@@ -18,14 +18,24 @@ from .. import codec
 from ..failures import FailOutcome, FailureRecord, RetryPolicy
 from ..settings import RedisSettings
 from . import keys
-from .keys import StageKeys
+from .keys import StageKeys, token_at
 from .records import Lease
 from .wire import Arg, Prepared, Wire, pack, script
 
 __all__ = ["ChildJob", "StageSession"]
 
 #: scripts a worker loads when it connects (so the first job pays no NOSCRIPT round trip)
-_WORKER_SCRIPTS = ("lease", "claim", "complete", "fail", "requeue", "spawn", "park", "progress")
+_WORKER_SCRIPTS = (
+    "lease",
+    "lease_many",
+    "claim",
+    "complete",
+    "fail",
+    "requeue",
+    "spawn",
+    "park",
+    "progress",
+)
 _COMPLETED_QUEUE = keys.COMPLETED_QUEUE.encode()
 _DONE_TRUE = (keys.DONE.encode(), b"true")
 
@@ -46,13 +56,17 @@ class StageSession:
         fields: Sequence[str] = (),
         lock_ms: int = 0,
         blocking: Wire | None = None,
+        prefetch: int = 1,
     ) -> None:
         self.wire = wire
+        #: how many jobs one lease call takes
+        self.prefetch = max(1, prefetch)
         self.blocking = blocking
         self.stage = stage
         self.fields = tuple(fields)
         self.lock_ms = lock_ms
         self._lease = self._head("lease", (stage.waiting, stage.processing))
+        self._lease_many = self._head("lease_many", (stage.waiting, stage.processing))
         self._claim = self._head("claim", (stage.processing,))
         self._complete: dict[str, Prepared] = {}
 
@@ -65,6 +79,7 @@ class StageSession:
         fields: Sequence[str],
         lock_ms: int,
         block_timeout: float,
+        prefetch: int = 1,
     ) -> StageSession:
         """A worker's session with connections of its own (not connected yet). The blocking
         connection's socket times out a little after the server should have answered, so a
@@ -75,6 +90,7 @@ class StageSession:
             fields=fields,
             lock_ms=lock_ms,
             blocking=Wire(settings, socket_timeout=block_timeout + settings.socket_timeout),
+            prefetch=prefetch,
         )
 
     # -- connections ---------------------------------------------------------------------
@@ -122,6 +138,12 @@ class StageSession:
         reply = self.wire.run(self._lease, (token,))
         return Lease.from_reply(reply, token) if reply else None
 
+    def lease_many(self, token: str) -> list[Lease]:
+        """Up to ``prefetch`` waiting jobs, each claimed under its own token (``token``, then
+        the tokens numbered after it), in one call."""
+        reply = self.wire.run(self._lease_many, (token, str(self.prefetch)))
+        return [Lease.from_reply(claim, token_at(token, i)) for i, claim in enumerate(reply)]
+
     def wait_for_job(self, timeout: float) -> str | None:
         """BLMOVE waiting → processing, up to ``timeout`` s, on the blocking connection (a
         borrowed session blocks its only one)."""
@@ -144,11 +166,11 @@ class StageSession:
         result: Sequence[tuple[bytes, bytes]],
         next_waiting: str,
         next_token: str = "",
-    ) -> tuple[int, Lease | None]:
+    ) -> tuple[int, list[Lease]]:
         """Complete a job (write ``result``, pass it to ``next_waiting`` or mark it done) and,
-        given ``next_token``, lease the next one in the same call. Returns (status, next
-        lease): status 1 completed, 0 the lease was lost and nothing changed, -1 the job hash
-        was gone."""
+        given ``next_token``, lease the next ones (up to ``prefetch``) in the same call.
+        Returns (status, the next leases): status 1 completed, 0 the lease was lost and
+        nothing changed, -1 the job hash was gone."""
         prepared = self._complete.get(next_waiting)
         if prepared is None:
             stage = self.stage
@@ -166,6 +188,7 @@ class StageSession:
                 keys.FINISHED_KEPT,
                 stage.done_channel,
                 stage.parent_pending_field,
+                self.prefetch,
             )
         tail: list[str | bytes] = [job_id, token, next_token, str(int(time.time()) // 60)]
         for field, value in result:
@@ -175,8 +198,11 @@ class StageSession:
         if not next_waiting:
             tail += _DONE_TRUE
         reply = self.wire.run(prepared, tail)
-        lease = Lease.from_reply(reply[1], next_token) if len(reply) > 1 else None
-        return int(reply[0]), lease
+        leases = [
+            Lease.from_reply(claim, token_at(next_token, i) if i else next_token)
+            for i, claim in enumerate(reply[1:])
+        ]
+        return int(reply[0]), leases
 
     # -- failing and giving back -----------------------------------------------------------
 

@@ -313,6 +313,7 @@ class Manager:
             w.state = WorkerState.SPAWNED
             w.gone = False
             w.kill_reason = None
+            w.cancelled = set()
             w.error = None
             w.client_id = None
             w.exitcode = None
@@ -335,9 +336,16 @@ class Manager:
         found = []
         for w in self.table.live():
             view = read_status(w.status)
-            if view.job in job_ids and view.activity.holds_job and w.kill_reason is None:
-                found.append(view.job)
-                self.kill(w, f"{CANCEL}: job {view.job} was cancelled by an operator")
+            held = {job for job, _ in view.pending}
+            if view.job and view.activity.holds_job:
+                held.add(view.job)
+            mine = held & job_ids
+            if mine and w.kill_reason is None:
+                found += sorted(mine)
+                w.cancelled = mine
+                self.kill(
+                    w, f"{CANCEL}: job {', '.join(sorted(mine))} was cancelled by an operator"
+                )
         return found
 
     def tallies(self) -> dict[str, StageTally]:
@@ -429,7 +437,7 @@ class Manager:
             self.settler.settle(stage, view, None)
         elif w.kill_reason is not None and w.kill_reason.startswith(CANCEL):
             self.tally.ended(stage.name, "cancel")
-            self.settler.cancel(stage, view)
+            self.settler.cancel(stage, view, w.cancelled)
         elif not planned:
             reason = w.kill_reason or f"the worker process died ({describe_exit(code)})"
             if w.state is WorkerState.FAILED:

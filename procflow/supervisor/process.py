@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from multiprocessing.connection import Connection
 from typing import Any
@@ -121,6 +121,8 @@ class WorkerProcess:
     ps: psutil.Process | None = None
     gone: bool = True
     exitcode: int | None = None
+    #: the job ids an operator cancelled that this worker held when it was stopped for them
+    cancelled: set[str] = field(default_factory=set)
 
     @property
     def name(self) -> str:

@@ -57,7 +57,11 @@ class Settler:
         if failure is None or view.activity is Activity.LEASING:
             if view.activity.holds_job:
                 leased_only = view.activity is Activity.LEASING
-                ops.append(lambda: self._requeue(stage, "" if leased_only else job, token))
+                if leased_only and not job:  # a lease call for one or several jobs
+                    for lost in view.lost_tokens():
+                        ops.append(functools.partial(self._requeue, stage, "", lost))
+                else:
+                    ops.append(lambda: self._requeue(stage, "" if leased_only else job, token))
                 if leased_only and job:
                     ops.append(lambda: self._never_claimed(stage, job))
         elif view.activity in (Activity.RUNNING, Activity.COMPLETING) and job:
@@ -70,28 +74,35 @@ class Settler:
 
             ops.append(fail)
         if view.activity is Activity.COMPLETING and view.next_token:
-            next_token = view.next_token
-            ops.append(lambda: self._requeue(stage, "", next_token))
+            for lost in view.lost_tokens():
+                ops.append(functools.partial(self._requeue, stage, "", lost))
+        # prefetched jobs the worker never started go back uncounted
+        for held_job, held_token in view.pending:
+            ops.append(functools.partial(self._requeue, stage, held_job, held_token))
         for op in ops:
             self._attempt(op)
 
-    def cancel(self, stage: Stage, view: StatusView) -> None:
-        """Finish an operator's cancel of the job a worker was stopped for: the job is marked
-        cancelled (done, failed, not retried)."""
-        job, token = view.job, view.token
-        if not job or not view.activity.holds_job:
-            return
+    def cancel(self, stage: Stage, view: StatusView, wanted: set[str]) -> None:
+        """Finish an operator's cancel of the jobs in ``wanted`` that the stopped worker held
+        (running or prefetched): they are marked cancelled (done, failed, not retried). What
+        else it held is settled as after a shutdown (given back uncounted)."""
+        held = [(view.job, view.token)] if view.job and view.activity.holds_job else []
+        held += list(view.pending)
         registry = Registry(self.store)
-        log = self.log.bind(queue=stage.name, job=job)
+        for job, token in held:
+            if job not in wanted:
+                self._attempt(functools.partial(self._requeue, stage, job, token))
+                continue
+            log = self.log.bind(queue=stage.name, job=job)
 
-        def finish() -> None:
-            outcome = registry.cancel_held(stage.keys, job, token, CANCELLED_MESSAGE)
-            if outcome == "cancelled":
-                log.warning("job {} cancelled by an operator while it ran", job)
-            else:
-                log.info("job {} was not cancelled: its lease had moved on ({})", job, outcome)
+            def finish(job: str = job, token: str = token, log: Logger = log) -> None:
+                outcome = registry.cancel_held(stage.keys, job, token, CANCELLED_MESSAGE)
+                if outcome == "cancelled":
+                    log.warning("job {} cancelled by an operator while it was held", job)
+                else:
+                    log.info("job {} was not cancelled: its lease had moved on ({})", job, outcome)
 
-        self._attempt(finish)
+            self._attempt(finish)
 
     def _requeue(self, stage: Stage, job: str, token: str) -> None:
         with self.store.session(stage.keys) as session:

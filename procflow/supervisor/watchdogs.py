@@ -58,14 +58,19 @@ class Watchdogs:
         return max(_MIN_RENEW, min((w.lock_time for w in live), default=_IDLE_LOCK_TIME) / 3)
 
     def renew(self, live: Sequence[WorkerProcess]) -> None:
-        """Extend the lock of every job a live worker runs or completes (one round trip)."""
+        """Extend the lock of every job a live worker runs, completes or holds prefetched
+        (one round trip)."""
         locks = []
         stages = []
         for w in live:
             view = read_status(w.status)
+            stage = w.handle.group.stage
+            ttl = int(w.lock_time * 1000)
             if view.activity in (Activity.RUNNING, Activity.COMPLETING) and view.job and view.token:
-                stage = w.handle.group.stage
-                locks.append((stage.keys.lock(view.job), view.token, int(w.lock_time * 1000)))
+                locks.append((stage.keys.lock(view.job), view.token, ttl))
+                stages.append(stage.name)
+            for job, token in view.pending:  # prefetched, waiting their turn: held too
+                locks.append((stage.keys.lock(job), token, ttl))
                 stages.append(stage.name)
         if not locks:
             return

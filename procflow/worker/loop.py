@@ -9,6 +9,7 @@ stage session it is given (a fake one in unit tests).
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import time
@@ -26,7 +27,7 @@ from ..errors import (
 )
 from ..failures import Failer, FailureRecord, record_failure
 from ..store import keys
-from ..store.keys import TokenSeries
+from ..store.keys import TokenSeries, token_at
 from ..store.records import Lease
 from ..store.session import ChildJob
 from .fanout import child_keys_of, children_state, plan_children
@@ -50,6 +51,7 @@ class JobSession(Failer, Protocol):
     def connect(self) -> int | None: ...
     def close(self) -> None: ...
     def lease(self, token: str) -> Lease | None: ...
+    def lease_many(self, token: str) -> list[Lease]: ...
     def wait_for_job(self, timeout: float) -> str | None: ...
     def claim(self, job_id: str, token: str) -> Lease | None: ...
     def complete(
@@ -59,7 +61,7 @@ class JobSession(Failer, Protocol):
         result: Sequence[tuple[bytes, bytes]],
         next_waiting: str,
         next_token: str = "",
-    ) -> tuple[int, Lease | None]: ...
+    ) -> tuple[int, list[Lease]]: ...
     def requeue(self, job_id: str, token: str) -> str | None: ...
     def report_progress(self, job_id: str, token: str, value_json: str, announce: str) -> bool: ...
     def spawn_children(
@@ -98,6 +100,10 @@ class WorkerLoop:
         self._gate = gate
         self.pid = os.getpid() if pid is None else pid
         self.tokens = TokenSeries(payload.holder, self.pid)
+        #: how many jobs one lease call takes (1 for a parent stage)
+        self.prefetch = self.stage.prefetch
+        #: leased jobs not started yet, in order, and their place in the prefetched batch
+        self._batch: collections.deque[tuple[Lease, int]] = collections.deque()
         self.jobs_done = 0
         self.born = time.monotonic()
         self.client_id: int | None = None
@@ -133,24 +139,37 @@ class WorkerLoop:
 
     def run(self) -> str:
         """Take jobs until told to stop or due for recycling; returns why it ended."""
-        lease: Lease | None = None
         while True:
-            if lease is None:
+            if not self._batch:
                 if self.status.pause_requested and not self._hold():
                     self.end_reason = self.end_reason or "stop"
                     break
                 if self.should_end():
                     break
-                lease = self._next_lease()
+                self._take(self._next_leases())
                 continue
             if self.should_end():
-                # leased together with the last completion and never started: give it back
-                self._redis(functools.partial(self.session.requeue, lease.id, lease.token))
-                self.status.finished()
+                self._give_back_batch()  # leased and never started: given back uncounted
                 break
-            lease = self._process(lease)
+            lease, index = self._batch.popleft()
+            self._take(self._process(lease, index, last=not self._batch))
         self.status.stopped()
         return self.end_reason
+
+    def _take(self, leases: list[Lease]) -> None:
+        """Hold newly leased jobs (several: prefetched, recorded for the supervisor)."""
+        if len(leases) > 1:
+            self.status.hold([lease.id for lease in leases], leases[0].token)
+            self._batch.extend((lease, i) for i, lease in enumerate(leases))
+        elif leases:
+            self._batch.append((leases[0], -1))
+
+    def _give_back_batch(self) -> None:
+        for lease, _ in self._batch:
+            self._redis(functools.partial(self.session.requeue, lease.id, lease.token))
+        self._batch.clear()
+        self.status.release_held()
+        self.status.finished()
 
     def run_available(self, limit: int | None = None) -> int:
         """Take the jobs waiting now, without blocking for more (at most ``limit``), and
@@ -159,22 +178,17 @@ class WorkerLoop:
         process, so fields make the same JSON round trip."""
         done = 0
         while limit is None or done < limit:
-            token = self.tokens.next()
-            self.status.leasing(token)
-            lease = self._redis(functools.partial(self.session.lease, token), lost_token=token)
-            if lease is None:
+            self._take(self._lease_now())
+            if not self._batch:
                 self.status.waiting()
                 return done
-            while lease is not None:
-                done += 1
-                following = self._process(lease)
-                if following is not None and limit is not None and done >= limit:
-                    self._redis(
-                        functools.partial(self.session.requeue, following.id, following.token)
-                    )
-                    self.status.finished()
+            while self._batch:
+                if limit is not None and done >= limit:
+                    self._give_back_batch()
                     return done
-                lease = following
+                done += 1
+                lease, index = self._batch.popleft()
+                self._take(self._process(lease, index, last=not self._batch))
         return done
 
     def _hold(self) -> bool:
@@ -190,19 +204,25 @@ class WorkerLoop:
     # -- Redis calls that survive outages ------------------------------------------------
 
     def _redis(
-        self, op: Callable[[], T], lost_token: str = "", abort_on_stop: bool = False
+        self,
+        op: Callable[[], T],
+        lost_token: str = "",
+        abort_on_stop: bool = False,
+        lost_count: int = 1,
     ) -> T | None:
         """Run ``op`` until it works: through an outage (the server away, the connection
         broken) and through a refusal (``BUSY``, ``OOM``, ``NOPERM`` …: the server answered
         but did not run it), with backoff, logged once per episode. The lease is kept
         meanwhile (the supervisor renews it). After a broken connection, a lease that may have
-        happened under ``lost_token`` is given back before ``op`` runs again."""
+        happened under ``lost_token`` (and the ``lost_count - 1`` tokens after it) is given
+        back before ``op`` runs again."""
         delay = 0.05
         broken = False
         while True:
             try:
                 if broken and lost_token:
-                    self.session.requeue("", lost_token)
+                    for i in range(lost_count):
+                        self.session.requeue("", token_at(lost_token, i) if i else lost_token)
                     broken = False
                 result = op()
             except (RedisUnavailableError, RedisRefusedError) as exc:
@@ -213,7 +233,7 @@ class WorkerLoop:
                     self.session.close()  # both connections: reconnect once, together
                 if abort_on_stop and self.should_end():
                     if broken:
-                        self._give_back_lost(lost_token)
+                        self._give_back_lost(lost_token, lost_count)
                     return None
                 self._sleep(delay)  # back-off before trying again, not synchronisation
                 delay = min(delay * 2, 2.0)
@@ -239,14 +259,15 @@ class WorkerLoop:
             self._outage_kind = "is reachable"
             self.log.warning("{}; retrying with backoff", exc)
 
-    def _give_back_lost(self, lost_token: str) -> None:
-        """Stopping during an outage: a lease call that broke may have leased a job under
-        ``lost_token`` on the server; give it back now (one try) rather than leave it locked
-        until its lock expires."""
+    def _give_back_lost(self, lost_token: str, count: int = 1) -> None:
+        """Stopping during an outage: a lease call that broke may have leased jobs under
+        ``lost_token`` (and the tokens after it) on the server; give them back now (one try)
+        rather than leave them locked until their locks expire."""
         if not lost_token:
             return
         try:
-            self.session.requeue("", lost_token)
+            for i in range(count):
+                self.session.requeue("", token_at(lost_token, i) if i else lost_token)
         except RedisUnavailableError as exc:
             self.log.warning(
                 "could not give back a possible lease while stopping ({}); if one was made, "
@@ -256,37 +277,67 @@ class WorkerLoop:
 
     # -- leasing -------------------------------------------------------------------------
 
-    def _next_lease(self) -> Lease | None:
-        token = self.tokens.next()
-        self.status.leasing(token)
-        lease = self._redis(lambda: self.session.lease(token), lost_token=token, abort_on_stop=True)
-        if lease is not None or self.should_end() or self.status.pause_requested:
-            return lease
+    def _lease_now(self) -> list[Lease]:
+        """Lease what waits now (up to ``prefetch`` jobs), without blocking."""
+        k = self.prefetch
+        token = self.tokens.next(k)
+        self.status.leasing(token, count=k)
+        if k == 1:
+            lease = self._redis(lambda: self.session.lease(token), lost_token=token)
+            return [lease] if lease is not None else []
+        leases = self._redis(lambda: self.session.lease_many(token), lost_token=token, lost_count=k)
+        return leases or []
+
+    def _next_leases(self) -> list[Lease]:
+        k = self.prefetch
+        token = self.tokens.next(k)
+        self.status.leasing(token, count=k)
+        if k == 1:
+            lease = self._redis(
+                lambda: self.session.lease(token), lost_token=token, abort_on_stop=True
+            )
+            leases = [lease] if lease is not None else []
+        else:
+            leases = (
+                self._redis(
+                    lambda: self.session.lease_many(token),
+                    lost_token=token,
+                    abort_on_stop=True,
+                    lost_count=k,
+                )
+                or []
+            )
+        if leases or self.should_end() or self.status.pause_requested:
+            return leases
         self.status.waiting()
         job_id = self._redis(
             lambda: self.session.wait_for_job(self.options.block_timeout), abort_on_stop=True
         )
         if job_id is None:
-            return None
+            return []
         token = self.tokens.next()
         self.status.leasing(token, job_id)
         lease = self._redis(lambda: self.session.claim(job_id, token), lost_token=token)
         if lease is None:
             self.status.waiting()
-        return lease
+            return []
+        return [lease]
 
     # -- one job ---------------------------------------------------------------------------
 
-    def _process(self, lease: Lease) -> Lease | None:
+    def _process(self, lease: Lease, index: int = -1, last: bool = True) -> list[Lease]:
+        """Run one job (``index``: its place in a prefetched batch); ``last``: no other job
+        is held, so its completion leases the next ones. Returns what that leased."""
         if lease.vanished:
             self.log.bind(job=lease.id).warning(
                 "job {} was in {} but its hash is gone (expired or deleted); dropped",
                 lease.id,
                 self.keys.waiting,
             )
+            self.status.running(lease.id, lease.token, time.monotonic(), index)
             self.status.finished()
-            return None
-        self.status.running(lease.id, lease.token, time.monotonic())
+            return []
+        self.status.running(lease.id, lease.token, time.monotonic(), index)
         if self.payload.is_parent:
             return self._process_parent(lease)
         fn = self.payload.fn
@@ -313,7 +364,7 @@ class WorkerLoop:
             return self._fail(lease, str(exc), "result")
         except Exception as exc:  # any result that cannot be read is the attempt's failure
             return self._fail(lease, f"unusable result: {type(exc).__name__}: {exc}", "result")
-        return self._complete(lease, pairs, next_waiting)
+        return self._complete(lease, pairs, next_waiting, last)
 
     def _progress_sender(self, lease: Lease) -> Callable[[str, str], None]:
         def send(value_json: str, announce: str) -> None:
@@ -366,21 +417,23 @@ class WorkerLoop:
         return codec.encode_fields(fields, "result field", limit), next_waiting
 
     def _complete(
-        self, lease: Lease, pairs: list[tuple[bytes, bytes]], next_waiting: str
-    ) -> Lease | None:
+        self, lease: Lease, pairs: list[tuple[bytes, bytes]], next_waiting: str, last: bool = True
+    ) -> list[Lease]:
         self.jobs_done += 1
-        hold = self.should_end() or self.status.pause_requested
-        next_token = "" if hold else self.tokens.next()
-        self.status.completing(next_token)
+        hold = not last or self.should_end() or self.status.pause_requested
+        k = self.prefetch
+        next_token = "" if hold else self.tokens.next(k)
+        self.status.completing(next_token, k)
         reply = self._redis(
             lambda: self.session.complete(lease.id, lease.token, pairs, next_waiting, next_token),
             lost_token=next_token,
+            lost_count=k,
         )
         assert reply is not None
         status, following = reply
         self.status.finished(Outcome.COMPLETED if status == 1 else Outcome.LOST)
-        if following is not None:  # held from now on, so a worker killed before it runs
-            self.status.leasing(following.token, following.id)  # the job is given back
+        if len(following) == 1:  # held from now on, so a worker killed before it runs
+            self.status.leasing(following[0].token, following[0].id)  # the job is given back
         if status == 0:
             self.log.bind(job=lease.id).warning(
                 "the lease on job {} was lost before it completed (its lock expired and the job "
@@ -393,9 +446,9 @@ class WorkerLoop:
             self.log.bind(job=lease.id).debug("completed job {}", lease.id)
         return following
 
-    def _fail(self, lease: Lease, message: str, kind: str, tb: str | None = None) -> Lease | None:
+    def _fail(self, lease: Lease, message: str, kind: str, tb: str | None = None) -> list[Lease]:
         """Record one failed attempt (retry or fail per the queue's policy); the loop then
-        leases its next job on its own, so this returns None."""
+        leases its next job on its own, so this returns no lease."""
         self.jobs_done += 1
         record = FailureRecord.in_worker(
             message,
@@ -411,11 +464,11 @@ class WorkerLoop:
         )
         kind = (result.outcome if result is not None else None) or ""
         self.status.finished(_OUTCOMES.get(kind, Outcome.LOST))
-        return None
+        return []
 
     # -- parent stages ---------------------------------------------------------------------
 
-    def _process_parent(self, lease: Lease) -> Lease | None:
+    def _process_parent(self, lease: Lease) -> list[Lease]:
         """Fan out once (create the children, park the parent); when the parent comes back
         with every child done, pass it on with the failed children listed."""
         queue = self.stage.name
@@ -448,7 +501,7 @@ class WorkerLoop:
                     if status == 0:
                         self.log.bind(job=lease.id).warning("lease on parent job {} lost", lease.id)
                     self.status.finished()
-                    return None
+                    return []
                 raw_jobs = self._redis(lambda: self.session.children_jobs(lease.id)) or b"[]"
             child_keys = child_keys_of(jobs_field, codec.decode_field(key, jobs_field, raw_jobs))
         except (DecodeError, ParentError) as exc:
@@ -461,4 +514,4 @@ class WorkerLoop:
             return self._complete(lease, [(failed_field, failed_json)], self.stage.next_waiting)
         self._redis(lambda: self.session.park(lease.id, lease.token))
         self.status.finished()
-        return None
+        return []

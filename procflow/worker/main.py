@@ -170,6 +170,7 @@ def worker_main(
         fields=stage.fields,
         lock_ms=payload.options.lock_ms,
         block_timeout=payload.options.block_timeout,
+        prefetch=stage.prefetch,
     )
     commands = Commands(commands_conn, parent_pid)
 

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from ..definition import MAX_PREFETCH
+from ..store.keys import token_at
+
 __all__ = [
     "DURATION_BUCKETS",
     "Activity",
@@ -29,6 +32,8 @@ __all__ = [
 
 TOKEN_BYTES = 160
 JOB_BYTES = 96
+#: a job id in the record's list of prefetched jobs (a UUID is 36 characters)
+HELD_ID_BYTES = 40
 
 #: upper bounds (seconds) of the job-duration histogram's buckets; one more counts the rest
 DURATION_BUCKETS = (
@@ -96,6 +101,16 @@ class StatusRecord(ctypes.Structure):
         ("durations", ctypes.c_uint64 * (len(DURATION_BUCKETS) + 1)),
         ("duration_sum", ctypes.c_double),
         ("redis_errors", ctypes.c_uint64),  # Redis calls that failed and were tried again
+        # a lease call for several jobs (prefetch): its tokens are ``token`` (LEASING) or
+        # ``next_token`` (COMPLETING) and the ``lease_count - 1`` that follow it
+        ("lease_count", ctypes.c_int32),
+        # prefetched jobs: ``held_count`` ids, leased under the tokens numbered from
+        # ``held_first``; those from index ``held_from`` on have not started
+        ("held_count", ctypes.c_int32),
+        ("held_from", ctypes.c_int32),
+        ("held_first", ctypes.c_uint64),
+        ("held_prefix", ctypes.c_char * TOKEN_BYTES),  # the tokens' common start
+        ("held", ctypes.c_char * (HELD_ID_BYTES * MAX_PREFETCH)),
     ]
 
 
@@ -114,6 +129,18 @@ class StatusView:
     durations: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
     duration_sum: float = 0.0
     redis_errors: int = 0
+    lease_count: int = 1
+    #: prefetched jobs not started yet: (id, lease token)
+    pending: tuple[tuple[str, str], ...] = ()
+
+    def lost_tokens(self) -> list[str]:
+        """The tokens of a lease call in flight whose reply may never have been seen."""
+        first = self.token if self.activity is Activity.LEASING else self.next_token
+        if not first or self.activity not in (Activity.LEASING, Activity.COMPLETING):
+            return []
+        if self.activity is Activity.LEASING and self.job:  # a claim of a known job
+            return [first]
+        return [first] + [token_at(first, i) for i in range(1, max(1, self.lease_count))]
 
 
 def _activity(value: int) -> Activity:
@@ -123,17 +150,33 @@ def _activity(value: int) -> Activity:
         return Activity.LEASING
 
 
+def _pending(raw: Any) -> tuple[tuple[str, str], ...]:
+    """The prefetched jobs not started yet, with their tokens."""
+    count = max(0, min(int(raw.held_count), MAX_PREFETCH))
+    start = max(0, int(raw.held_from))
+    if start >= count:
+        return ()
+    ids = bytes(raw.held).decode(errors="replace")
+    first = int(raw.held_first)
+    prefix = raw.held_prefix.decode(errors="replace")
+    return tuple(
+        (ids[i * HELD_ID_BYTES : (i + 1) * HELD_ID_BYTES].rstrip("\x00 "), f"{prefix}{first + i}")
+        for i in range(start, count)
+    )
+
+
 def read_status(raw: Any) -> StatusView:
     """A consistent copy: the sequence number is even and unchanged around the read. A writer
     that died mid-write leaves it odd; its fields are then taken as they are (every recovery
     step checks the lease token in Redis, so a mixed copy can only make one a no-op)."""
     for _ in range(1000):
         before = raw.seq
+        token = raw.token.decode(errors="replace")
         view = StatusView(
             _activity(raw.state),
             raw.started,
             raw.jobs,
-            raw.token.decode(errors="replace"),
+            token,
             raw.next_token.decode(errors="replace"),
             raw.job.decode(errors="replace"),
             raw.busy,
@@ -141,6 +184,8 @@ def read_status(raw: Any) -> StatusView:
             tuple(raw.durations),
             raw.duration_sum,
             raw.redis_errors,
+            raw.lease_count,
+            _pending(raw),
         )
         if not before & 1 and raw.seq == before:
             break
@@ -169,18 +214,44 @@ class StatusWriter:
         raw.next_token = b""
         raw.seq += 1
 
-    def leasing(self, token: str, job: str = "") -> None:
+    def leasing(self, token: str, job: str = "", count: int = 1) -> None:
+        """A lease call under ``token`` (and, for ``count`` jobs, the tokens after it)."""
         raw = self.raw
         raw.seq += 1
         raw.state = Activity.LEASING
+        raw.lease_count = count
         raw.token = token.encode()
         raw.next_token = b""
         raw.job = job.encode()
         raw.seq += 1
 
-    def running(self, job: str, token: str, started: float) -> None:
+    def hold(self, ids: list[str], first_token: str) -> None:
+        """Prefetched jobs, leased under ``first_token`` and the tokens after it: none has
+        started (the loop then calls ``running`` for each, with its index)."""
         raw = self.raw
         raw.seq += 1
+        prefix, _, n = first_token.rpartition("|")
+        raw.held_prefix = f"{prefix}|".encode()
+        raw.held_first = int(n)
+        raw.held = b"".join(i.encode().ljust(HELD_ID_BYTES, b" ") for i in ids)
+        raw.held_count = len(ids)
+        raw.held_from = 0
+        raw.seq += 1
+
+    def release_held(self) -> None:
+        """No prefetched job is held any more (all started, or given back)."""
+        raw = self.raw
+        raw.seq += 1
+        raw.held_count = 0
+        raw.held_from = 0
+        raw.seq += 1
+
+    def running(self, job: str, token: str, started: float, held_index: int = -1) -> None:
+        """Running ``job``; ``held_index``: its place among the prefetched jobs."""
+        raw = self.raw
+        raw.seq += 1
+        if held_index >= 0:
+            raw.held_from = held_index + 1
         raw.state = Activity.RUNNING
         raw.job = job.encode()
         raw.token = token.encode()
@@ -188,10 +259,11 @@ class StatusWriter:
         raw.started = started
         raw.seq += 1
 
-    def completing(self, next_token: str) -> None:
+    def completing(self, next_token: str, count: int = 1) -> None:
         raw = self.raw
         raw.seq += 1
         raw.state = Activity.COMPLETING
+        raw.lease_count = count
         raw.next_token = next_token.encode()
         raw.seq += 1
 

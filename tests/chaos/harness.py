@@ -40,8 +40,9 @@ def _work(rounds: int) -> int:
     return sum(i * i for i in range(rounds))  # a little CPU, like a real stage
 
 
-def chaos_flow(url: str, *, workers: int = 2, max_attempts: int = 10) -> Flow:
-    """3 stages, the middle one fanning out to two child queues; every stage counted."""
+def chaos_flow(url: str, *, workers: int = 2, max_attempts: int = 10, prefetch: int = 1) -> Flow:
+    """3 stages, the middle one fanning out to two child queues; every stage counted.
+    ``prefetch``: for every stage but the parent (which takes one job at a time)."""
     count = _counter(url)
 
     def prepare(job: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +68,7 @@ def chaos_flow(url: str, *, workers: int = 2, max_attempts: int = 10) -> Flow:
         return {"total": len(job["children:fanout:jobs"])}
 
     def spec(name: str, **kw: Any) -> QueueSpec:
+        kw.setdefault("prefetch", prefetch)
         return QueueSpec(name, max_attempts=max_attempts, retry_backoff=RETRY, **kw)
 
     flow = Flow(
@@ -75,6 +77,7 @@ def chaos_flow(url: str, *, workers: int = 2, max_attempts: int = 10) -> Flow:
             spec("prepare", next_queue="fanout", attributes_to_get=["n"]),
             spec(
                 "fanout",
+                prefetch=1,
                 next_queue="finish",
                 children=[
                     spec("alpha", attributes_to_get=["v"]),

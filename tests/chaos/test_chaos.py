@@ -69,6 +69,27 @@ def test_a_random_worker_sigkilled_every_200ms(redis_url: str, server: RedisServ
     report("a: SIGKILL a worker every 200 ms", result, killer.kills, clock(), kind_of(server))
 
 
+def test_a_random_worker_sigkilled_every_200ms_with_prefetch_16(
+    redis_url: str, server: RedisServer
+) -> None:
+    flow = chaos_flow(redis_url, prefetch=16)
+    clock = timed()
+    with Supervisor(flow, monitor_interval=0.5) as sup:
+        ids = flow.create_jobs([{"n": n} for n in range(3000)])
+        with Killer(sup.worker_pids, 0.2) as killer:
+            sup.wait(ids, timeout=240)
+    result = audit(flow, ids)
+    assert result.done == 3000
+    assert killer.kills >= 10
+    report(
+        "g: SIGKILL a worker every 200 ms, prefetch 16",
+        result,
+        killer.kills,
+        clock(),
+        kind_of(server),
+    )
+
+
 def _cli(url: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [

@@ -76,7 +76,7 @@ def test_complete_writes_result_and_routes(flow: Flow, wire: Wire, r: redis.Redi
         [(b"result", encode({"ok": True}).encode()), (b"n", b"3")],
         "queue:b:waiting",
     )
-    assert (status, following) == (1, None)
+    assert (status, following) == (1, [])
     job = r.hgetall(f"job:F:{job_id}")
     assert job[b"result"] == b'{"ok":true}'
     assert job[b"n"] == b"3"
@@ -111,8 +111,8 @@ def test_complete_leases_the_next_job_in_the_same_call(
     assert got is not None and got.id == first
     status, following = session(flow, wire, "a").complete(first, "T1", [], "queue:b:waiting", "T2")
     assert status == 1
-    assert following is not None
-    assert (following.id, following.values) == (second, [b"2", None])
+    (nxt,) = following
+    assert (nxt.id, nxt.values) == (second, [b"2", None])
     assert r.get(f"lock:a:{second}") == b"T2"
 
 
@@ -293,3 +293,32 @@ def test_fan_out_and_fan_in(flow: Flow, wire: Wire, r: redis.Redis) -> None:
     assert r.lrange("queue:p:waiting", 0, -1) == [parent_id.encode()]
     assert r.zscore("queue:p:parked", parent_id) is None
     assert r.hget(f"job:F:{parent_id}", "children:p:pending") == b"0"
+
+
+def test_a_prefetching_lease_takes_up_to_k_jobs_each_under_its_own_token(
+    flow: Flow, wire: Wire, r: redis.Redis
+) -> None:
+    ids = flow.create_jobs([{"x": n} for n in range(5)])
+    stage = flow.stage("a")
+    s = StageSession(wire, stage.keys, fields=stage.fields, lock_ms=LOCK_MS, prefetch=3)
+    leases = s.lease_many("node|1|2.00|3|10")
+    assert [(x.id, x.token, x.attempts) for x in leases] == [
+        (ids[0], "node|1|2.00|3|10", 1),
+        (ids[1], "node|1|2.00|3|11", 1),
+        (ids[2], "node|1|2.00|3|12", 1),
+    ]
+    assert [x.values for x in leases] == [[b"0", None], [b"1", None], [b"2", None]]
+    for x in leases:
+        assert r.get(f"lock:a:{x.id}") == x.token.encode()
+        assert 0 < r.pttl(f"lock:a:{x.id}") <= LOCK_MS
+    assert [i.decode() for i in r.lrange("queue:a:processing", 0, -1)] == ids[:3]
+    # the last one's completion leases the rest in the same call: as many as wait
+    status, following = s.complete(
+        ids[2], leases[2].token, [], "queue:b:waiting", "node|1|2.00|3|13"
+    )
+    assert status == 1
+    assert [(x.id, x.token) for x in following] == [
+        (ids[3], "node|1|2.00|3|13"),
+        (ids[4], "node|1|2.00|3|14"),
+    ]
+    assert s.lease_many("node|1|2.00|3|20") == []  # nothing waits: nothing leased

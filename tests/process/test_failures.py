@@ -424,3 +424,42 @@ def test_processes_a_crashed_job_left_in_their_own_session_are_killed(
 
         wait_until(gone, timeout=10, what="the job's daemons to be killed")
     assert not any(psutil.pid_exists(p) for p in pids)  # and reaped, not left as zombies
+
+
+def test_a_crash_with_a_prefetched_batch_counts_only_the_running_job(
+    redis_url: str, r: redis.Redis
+) -> None:
+    get = lazy_client(redis_url)
+
+    def work(job: dict[str, Any]) -> dict[str, Any]:
+        c = get()
+        c.rpush("order", job["n"])
+        if job["n"] == 0 and c.incr("first-runs") == 1:
+            c.set("victim", os.getpid())
+            time.sleep(60)  # the test kills us here, with seven more jobs prefetched
+        return {"pid": os.getpid()}
+
+    flow = Flow(
+        "batch",
+        [QueueSpec("w", attributes_to_get=["n"], max_attempts=2, prefetch=8)],
+        redis_url=redis_url,
+    )
+    flow.create_workers("w", work, count=1)
+    ids = flow.create_jobs([{"n": n} for n in range(8)])  # waiting before the worker starts
+    with flow.start_all() as sup:
+        victim = int(wait_until(lambda: r.get("victim"), what="the first job to start"))
+        assert r.llen("queue:w:processing") == 8 and r.llen("queue:w:waiting") == 0
+        held = [r.get(f"lock:w:{i}").decode() for i in ids]
+        assert len(set(held)) == 8  # each job its own lease token …
+        assert [int(t.rsplit("|", 1)[1]) for t in held] == list(range(1, 9))  # … in sequence
+        os.kill(victim, signal.SIGKILL)
+        jobs = sup.wait(ids, timeout=30)
+    assert all(j["done"] is True and "failed" not in j for j in jobs)
+    (crash,) = jobs[0]["errors:w"]
+    assert crash["kind"] == "crash" and crash["signal"] == "SIGKILL"
+    assert jobs[0]["attempts:w"] == 2
+    for job in jobs[1:]:  # given back uncounted: each ran once, on its first attempt
+        assert job["attempts:w"] == 1 and "errors:w" not in job
+        assert job["pid"] != victim
+    ran = [int(n) for n in r.lrange("order", 0, -1)]
+    assert sorted(ran) == [0, *range(8)]  # nothing ran twice but the crashed one

@@ -89,7 +89,7 @@ class FakeSession:
 
     def complete(self, job_id, token, result, next_waiting, next_token=""):
         return self._answer(
-            "complete", (1, None), job_id, token, list(result), next_waiting, next_token
+            "complete", (1, []), job_id, token, list(result), next_waiting, next_token
         )
 
     def fail(self, job_id, token, record, policy, mode="token"):
@@ -178,7 +178,7 @@ def test_a_result_is_completed_to_the_next_stage_with_json_fields() -> None:
         return {"y": 2, "name": "joe", "nested": {"k": [1.5, None]}}
 
     loop = make_loop(session, work)
-    assert loop._process(job([b'{"k":1}'])) is None
+    assert loop._process(job([b'{"k":1}'])) == []
 
     assert seen == [{"id": "j1", "x": {"k": 1}}]
     assert session.named("complete") == [
@@ -211,8 +211,8 @@ def test_the_last_stage_completes_the_job_out_of_the_flow() -> None:
 
 def test_the_lease_completion_returns_is_the_next_job() -> None:
     following = Lease("j2", 1, [b"2"], token(1))
-    loop = make_loop(FakeSession(complete=[(1, following)]), lambda p: {})
-    assert loop._process(job([b"1"])) is following
+    loop = make_loop(FakeSession(complete=[(1, [following])]), lambda p: {})
+    assert loop._process(job([b"1"])) == [following]
 
 
 def test_next_queue_in_the_result_routes_the_job_there() -> None:
@@ -235,7 +235,7 @@ def test_a_next_queue_of_none_keeps_the_stages_own_route() -> None:
 def test_an_unknown_next_queue_is_a_failed_attempt_of_kind_result() -> None:
     session = FakeSession()
     loop = make_loop(session, lambda p: {"nextQueue": "nowhere"})
-    assert loop._process(job([b"1"])) is None
+    assert loop._process(job([b"1"])) == []
 
     assert session.named("complete") == []
     record = the_failure(session)
@@ -287,7 +287,7 @@ def test_a_function_that_raises_is_a_failed_attempt_of_kind_exception() -> None:
 
     session = FakeSession()
     loop = make_loop(session, work)
-    assert loop._process(job([b"1"])) is None
+    assert loop._process(job([b"1"])) == []
 
     assert session.named("complete") == []
     ((job_id, lease_token, record, policy, mode),) = session.named("fail")
@@ -349,7 +349,7 @@ def test_a_vanished_job_is_dropped_without_completing_or_failing_it(
     called = []
     session = FakeSession()
     loop = make_loop(session, lambda p: called.append(p) or {})
-    assert loop._process(Lease("j1", -1, [None], "tok")) is None
+    assert loop._process(Lease("j1", -1, [None], "tok")) == []
     assert called == []
     assert session.calls == []
     assert read_status(loop.status.raw).activity is Activity.IDLE
@@ -378,7 +378,7 @@ def test_the_status_names_the_next_token_while_completing() -> None:
 
     def complete(*args):
         views.append(read_status(loop.status.raw))
-        return 1, None
+        return 1, []
 
     loop = make_loop(FakeSession(complete=[complete]), lambda p: {})
     loop._process(job([b"1"]))
@@ -393,7 +393,7 @@ def test_the_status_names_the_next_token_while_completing() -> None:
 def test_a_completion_that_did_not_take_is_logged(
     lines: list[dict[str, Any]], status: int, words: str
 ) -> None:
-    loop = make_loop(FakeSession(complete=[(status, None)]), lambda p: {})
+    loop = make_loop(FakeSession(complete=[(status, [])]), lambda p: {})
     loop._process(job([b"1"]))
     warnings = [r for r in lines if r["level"].name == "WARNING"]
     assert len(warnings) == 1
@@ -451,7 +451,7 @@ def test_a_lease_taken_ahead_is_given_back_when_stop_comes_during_the_completion
 
     def complete_then_stop(job_id, lease_token, result, next_waiting, next_token):
         loop.status.raw.stop = 1
-        return 1, Lease("j2", 1, [b"2"], next_token)
+        return 1, [Lease("j2", 1, [b"2"], next_token)]
 
     ran = []
     session = FakeSession(lease=[leased("j1", b"1")], complete=[complete_then_stop])
@@ -470,7 +470,7 @@ def test_a_lease_taken_ahead_stays_in_the_status_record_until_it_is_given_back()
 
     def complete_then_stop(job_id, lease_token, result, next_waiting, next_token):
         loop.status.raw.stop = 1
-        return 1, Lease("j2", 1, [b"2"], next_token)
+        return 1, [Lease("j2", 1, [b"2"], next_token)]
 
     def requeue(job_id, lease_token):
         views.append(read_status(loop.status.raw))
@@ -500,7 +500,7 @@ def test_blocking_for_a_job_then_claiming_it_shows_in_the_status_before_each_cal
 
     def complete_then_stop(*args):
         loop.status.raw.stop = 1
-        return 1, None
+        return 1, []
 
     session = FakeSession(
         lease=[None], wait_for_job=[wait], claim=[claim], complete=[complete_then_stop]
@@ -540,7 +540,7 @@ def test_an_outage_during_a_lease_gives_back_what_it_may_have_leased_and_retries
 
     def complete_then_stop(*args):
         loop.status.raw.stop = 1
-        return 1, None
+        return 1, []
 
     session = FakeSession(
         lease=[RedisUnavailableError("127.0.0.1:1", "connection refused"), leased("j1", b"1")],
@@ -569,7 +569,7 @@ def test_the_back_off_doubles_up_to_two_seconds_while_redis_stays_away() -> None
 
     def complete_then_stop(*args):
         loop.status.raw.stop = 1
-        return 1, None
+        return 1, []
 
     session = FakeSession(
         lease=[down] * 8 + [leased("j1", b"1")],
@@ -616,7 +616,7 @@ def test_a_parent_stage_reads_its_children_fields_first() -> None:
 def test_a_parents_first_visit_creates_its_children_once_and_lets_it_go() -> None:
     session = FakeSession()
     loop = parent_loop(session)
-    assert loop._process(job([PARAMS, None])) is None
+    assert loop._process(job([PARAMS, None])) == []
 
     ((job_id, lease_token, children, jobs_json, ttl),) = session.named("spawn_children")
     assert (job_id, lease_token, ttl) == ("j1", "tok", 86400)
@@ -672,7 +672,7 @@ def test_a_parent_with_a_child_not_done_is_parked_again() -> None:
     keys_json = b'["job:p:c1:A","job:p:c1:B"]'
     session = FakeSession(children_status=[[1, [b"true", None], 1, [None, None]]])
     loop = parent_loop(session)
-    assert loop._process(job([PARAMS, keys_json])) is None
+    assert loop._process(job([PARAMS, keys_json])) == []
     assert session.named("park") == [("j1", "tok")]
     assert session.named("complete") == []
     assert session.named("spawn_children") == []
@@ -771,7 +771,7 @@ def test_a_paused_worker_holds_no_job_until_resumed() -> None:
 
     def stop_after_one(*args: Any) -> tuple[int, None]:
         loop.status.raw.stop = 1
-        return 1, None
+        return 1, []
 
     session.answers["complete"] = [stop_after_one]
     assert loop.run() == "stop"

@@ -92,3 +92,17 @@ end
 local function pf_count(stats, field)
   redis.call('HINCRBY', stats, field, 1)
 end
+
+-- Lease up to k jobs from waiting into processing, claiming the i-th (from 0) under the
+-- token whose number is first's plus i; the claims are appended to ``claims``. ``argv`` is
+-- the calling script's ARGV with the common head (ARGV[1..6+f]).
+local function pf_claim_many(claims, k, waiting, processing, first, argv, f)
+  local prefix, n = string.match(first, '^(.*|)(%d+)$')
+  n = tonumber(n)
+  for i = 0, k - 1 do
+    local id = redis.call('LMOVE', waiting, processing, 'LEFT', 'RIGHT')
+    if not id then break end
+    claims[#claims + 1] = pf_claim(id, processing, argv[1], argv[2], prefix .. (n + i), argv[3],
+                                   argv[4], argv[5], argv, 7, 6 + f)
+  end
+end

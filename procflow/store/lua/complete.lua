@@ -9,15 +9,17 @@
 -- ARGV[5] lease field  ARGV[6] F  ARGV[7 .. 6+F] fields to read for the next job
 -- then, from b = 7+F: ARGV[b] how many ids KEYS[4] keeps  ARGV[b+1] done channel
 -- ARGV[b+2] children pending field of the parent stage ('' unless a child queue)
--- ARGV[b+3] id  ARGV[b+4] token  ARGV[b+5] next token ('' = do not lease another)
--- ARGV[b+6] the current minute (Unix time // 60, the worker's clock: counted in KEYS[3] as
--- c:MINUTE)  ARGV[b+7 ..] field/value pairs to write: the result's, then completed-queue (and
+-- ARGV[b+3] K, how many jobs the next lease takes (the queue's prefetch)
+-- ARGV[b+4] id  ARGV[b+5] token  ARGV[b+6] next token ('' = do not lease another; with K > 1
+-- the i-th job is claimed under its number plus i)
+-- ARGV[b+7] the current minute (Unix time // 60, the worker's clock: counted in KEYS[3] as
+-- c:MINUTE)  ARGV[b+8 ..] field/value pairs to write: the result's, then completed-queue (and
 -- done = true when the job leaves the flow) last, so that procflow's own fields win
--- Returns {status} or {status, lease reply}; status 1 done, 0 the lease was lost (nothing
+-- Returns {status} or {status, lease reply, ...} (one lease reply per job leased); status 1 done, 0 the lease was lost (nothing
 -- changed), -1 the job hash is gone.
 local f = tonumber(ARGV[6])
 local b = 7 + f
-local id, token = ARGV[b + 3], ARGV[b + 4]
+local id, token = ARGV[b + 4], ARGV[b + 5]
 local parent_waiting, parent_parked, next_waiting = nil, nil, KEYS[5]
 if ARGV[b + 2] ~= '' then
   parent_waiting, parent_parked, next_waiting = KEYS[5], KEYS[6], KEYS[7]
@@ -32,7 +34,7 @@ elseif redis.call('EXISTS', job) == 0 then
   redis.call('DEL', lock)
   status = -1
 else
-  redis.call('HSET', job, unpack(ARGV, b + 7))
+  redis.call('HSET', job, unpack(ARGV, b + 8))
   redis.call('HDEL', job, ARGV[5])  -- no lease holds it in this stage any more
   redis.call('LREM', KEYS[1], -1, id)
   redis.call('DEL', lock)
@@ -46,11 +48,17 @@ else
   else
     redis.call('RPUSH', next_waiting, id)
   end
-  redis.call('HINCRBY', KEYS[3], 'c:' .. ARGV[b + 6], 1)
+  redis.call('HINCRBY', KEYS[3], 'c:' .. ARGV[b + 7], 1)
   status = 1
 end
-local next_token = ARGV[b + 5]
+local next_token = ARGV[b + 6]
 if next_token ~= '' then
+  local k = tonumber(ARGV[b + 3])
+  if k > 1 then
+    local reply = {status}
+    pf_claim_many(reply, k, KEYS[2], KEYS[1], next_token, ARGV, f)
+    return reply
+  end
   local next_id = redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT')
   if next_id then
     return {status, pf_claim(next_id, KEYS[1], ARGV[1], ARGV[2], next_token, ARGV[3], ARGV[4],
