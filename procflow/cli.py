@@ -17,6 +17,7 @@ from typing import Any
 from .app import APP_FORMS, APP_HELP, VERSION, load_app, unreachable_hint
 from .commands import add_operator_commands
 from .cpus import usable_cpus
+from .dashboard import add_dashboard_command
 from .definition import QueueSpec
 from .errors import ProcflowError, RedisUnavailableError
 from .flow import Flow
@@ -47,6 +48,7 @@ examples:
   procflow job 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b
   procflow jobs access --by userId=62
   procflow retry access check
+  procflow dashboard --redis-url redis://127.0.0.1:6379/0
   procflow failed ./myapp.py:flow render --retry
 
 The Redis URL is --redis-url, else ${REDIS_URL_ENV}, else redis://127.0.0.1:6379/0 (for an
@@ -359,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_demo(sub)
     add_operator_commands(sub, os.environ.get(REDIS_URL_ENV))
+    add_dashboard_command(sub, os.environ.get(REDIS_URL_ENV))
     failed = _add_flow_command(sub, "failed", "list a queue's failed jobs, or put them back")
     failed.add_argument("queue", metavar="QUEUE", help="the queue (a child queue: PARENT:CHILD)")
     failed.add_argument("ids", nargs="*", metavar="ID", help="with --retry: only these jobs")

@@ -1,0 +1,220 @@
+"""What the dashboard's pages show, as plain data (no web framework): the operator's flows kept
+in step with the registry, a stage page's rows, search results, one job's fields, attempts,
+errors and children. Values stay data: the page's script puts them in the page as text.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from itertools import zip_longest
+from typing import Any
+
+from .. import codec
+from ..definition import FlowDefinition
+from ..errors import ProcflowError
+from ..flow import Flow
+from ..ids import created_at
+from ..ops import Operator
+from ..store import keys
+
+__all__ = ["FlowCache", "job_view", "page_rows", "search_rows", "value_text"]
+
+#: a field's value longer than this is cut on the job page (its end replaced by a note)
+VALUE_LIMIT = 20_000
+PREVIEW_LIMIT = 160
+_ERROR_KEYS = ("error", "kind", "at", "attempt", "exitCode", "signal", "worker", "pid")
+
+
+class FlowCache:
+    """Keeps ``operator``'s flows as they are registered now. The Operator builds each flow once
+    from its description, which suits a command; the dashboard lives on while supervisors are
+    redeployed, so before each page it compares the description (one GET) with the one it
+    built from, and rebuilds the flow when it changed (new stages, say)."""
+
+    def __init__(self, operator: Operator) -> None:
+        self.op = operator
+        self._lock = threading.Lock()
+        self._seen: dict[str, Any] = {}
+
+    def check(self, name: str) -> None:
+        """Make sure the operator knows flow ``name`` as registered (UnknownFlowError if it
+        never was)."""
+        raw = self.op.registry.describe(name)
+        with self._lock:  # builds each flow once, whichever request comes first
+            seen = self._seen.get(name)
+            if raw is None or seen is None or raw == seen:
+                self.op.flow(name)
+                if raw is not None:
+                    self._seen[name] = raw
+                return
+            d = FlowDefinition.from_description(raw)
+            old = self.op.flow(name)
+            self.op.adopt(
+                Flow(d.name, d.queues, d.lookup_attributes, redis=self.op.redis, key_ttl=d.key_ttl)
+            )
+            self._seen[name] = raw
+        old.disconnect()
+
+    def check_all(self) -> None:
+        for name in self.op.flows():
+            self.check(name)
+
+    def lookup_attributes(self) -> dict[str, list[str]]:
+        """Each registered flow's lookup attributes (the search form's choices)."""
+        out: dict[str, list[str]] = {}
+        for name in self.op.flows():
+            try:
+                self.check(name)
+                out[name] = list(self.op.flow(name).lookup_attributes)
+            except ProcflowError:
+                continue  # an unreadable description: no attribute to offer
+        return out
+
+
+def value_text(value: Any, limit: int = VALUE_LIMIT) -> str:
+    """A field's value as JSON text (indented when it is a list or an object), cut at
+    ``limit`` characters."""
+    indent = 2 if isinstance(value, dict | list) else None
+    text = json.dumps(value, ensure_ascii=False, default=str, indent=indent)
+    if len(text) > limit:
+        return f"{text[:limit]} … ({len(text) - limit:,} more characters)"
+    return text
+
+
+def _preview(job: dict[str, Any]) -> str:
+    """The job's own fields (options and results, not procflow's) on one line, cut short."""
+    own = {k: v for k, v in job.items() if not keys.is_reserved(k)}
+    text = json.dumps(own, ensure_ascii=False, default=str)
+    return text if len(text) <= PREVIEW_LIMIT else text[: PREVIEW_LIMIT - 1] + "…"
+
+
+def _outcome(job: dict[str, Any]) -> str:
+    if job.get("gone"):
+        return "gone"
+    if job.get(keys.CANCELLED) is True:
+        return "cancelled"
+    if job.get(keys.DONE) is True:
+        return "failed" if job.get(keys.FAILED) is True else "done"
+    return "pending"
+
+
+def _last_error(job: dict[str, Any], queue: str | None) -> dict[str, Any]:
+    fields = [keys.errors_field(queue)] if queue else []
+    fields += [k for k in job if k.startswith(keys.ERRORS_PREFIX)]
+    for name in fields:
+        errors = job.get(name)
+        if isinstance(errors, list) and errors and isinstance(errors[-1], dict):
+            return errors[-1]
+    return {}
+
+
+def _row(job: dict[str, Any], queue: str | None) -> dict[str, Any]:
+    job_id = str(job.get(keys.ID, ""))
+    last = _last_error(job, queue)
+    return {
+        "id": job_id,
+        "createdAt": created_at(job_id),
+        "outcome": _outcome(job),
+        "attempts": job.get(keys.attempts_field(queue), 0) if queue else None,
+        "lastStage": job.get(keys.COMPLETED_QUEUE) or job.get(keys.FAILED_QUEUE),
+        "error": str(job.get(keys.FAILED_ERROR_MSG) or last.get("error") or ""),
+        "kind": str(last.get("kind") or ""),
+        "preview": _preview(job),
+    }
+
+
+def page_rows(jobs: Sequence[dict[str, Any]], scores: Sequence[float], queue: str) -> list[Any]:
+    """A stage page's rows; ``score`` (ms) is a delayed job's due time, a parked one's since."""
+    out = []
+    for job, score in zip_longest(jobs, scores[: len(jobs)]):
+        out.append({**_row(job, queue), "score": score})
+    return out
+
+
+def search_rows(jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Search results' rows: newest first."""
+    return [_row(job, None) for job in reversed(jobs)]
+
+
+def _child_queue(child: dict[str, Any], parent: str) -> str:
+    for name in (keys.FAILED_QUEUE, keys.COMPLETED_QUEUE):
+        if isinstance(child.get(name), str):
+            return str(child[name])
+    prefix = keys.attempts_field(f"{parent}:")
+    for name in child:
+        if name.startswith(prefix):
+            return name[len(keys.ATTEMPTS_PREFIX) :]
+    return parent
+
+
+def _errors(stage: str, value: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for n, e in enumerate(value, 1):
+        if not isinstance(e, dict):
+            continue
+        row = {k: e.get(k) for k in _ERROR_KEYS}
+        row["stage"] = stage
+        row["attempt"] = e.get("attempt", n)
+        row["error"] = str(e.get("error", ""))
+        row["traceback"] = str(e.get("traceback") or "")
+        other = {k: v for k, v in e.items() if k not in (*_ERROR_KEYS, "traceback")}
+        row["details"] = value_text(other, 2000) if other else ""
+        out.append(row)
+    return out
+
+
+def _actions(detail: dict[str, Any]) -> dict[str, Any]:
+    failed_in = [p["queue"] for p in detail["places"] if p["state"] == "failed"]
+    pending = any(p["state"] != "failed" for p in detail["places"])
+    ended = detail["state"] in ("done", "failed", "cancelled")
+    return {"retry": failed_in[0] if failed_in else None, "cancel": pending and not ended}
+
+
+def job_view(detail: dict[str, Any], lookups: Sequence[str]) -> dict[str, Any]:
+    """``Operator.job``'s detail, shaped for the job page: fields as text (lookup attributes
+    with the values to search for), attempts per stage, every error, the children."""
+    fields: list[dict[str, Any]] = []
+    attempts: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    children: list[dict[str, Any]] = []
+    for name, value in detail["fields"].items():
+        if name.startswith(keys.ERRORS_PREFIX) and isinstance(value, list):
+            errors += _errors(name[len(keys.ERRORS_PREFIX) :], value)
+        elif name.startswith(keys.ATTEMPTS_PREFIX):
+            attempts.append({"stage": name[len(keys.ATTEMPTS_PREFIX) :], "count": value})
+        elif keys.is_children_jobs_field(name) and isinstance(value, list):
+            parent = name[len("children:") : -len(":jobs")]
+            children += [
+                {
+                    "parent": parent,
+                    "queue": _child_queue(c, parent),
+                    "id": str(c.get(keys.ID, "")),
+                    "outcome": _outcome(c),
+                    "error": str(c.get(keys.FAILED_ERROR_MSG) or ""),
+                }
+                for c in value
+                if isinstance(c, dict)
+            ]
+        elif name != keys.ID:
+            search = list(codec.lookup_texts(value)) if name in lookups else []
+            fields.append({"name": name, "value": value_text(value), "search": search})
+    parent = detail["fields"].get(keys.PARENT_JOB)
+    split = keys.split_job_key(parent) if isinstance(parent, str) else None
+    fields.sort(key=lambda f: keys.is_reserved(f["name"]))  # the job's own fields first
+    errors.sort(key=lambda e: e["at"] if isinstance(e.get("at"), int | float) else 0)
+    return {
+        "flow": detail["flow"],
+        "queue": detail["queue"],
+        "id": detail["id"],
+        "state": detail["state"],
+        "places": detail["places"],
+        "createdAt": detail["createdAt"],
+        "parent": split[1] if split else None,
+        "fields": fields,
+        "attempts": attempts,
+        "errors": errors,
+        "children": children,
+        "actions": _actions(detail),
+    }
