@@ -30,6 +30,7 @@ _WORKER_SCRIPTS = (
     "lease_many",
     "claim",
     "complete",
+    "complete_many",
     "fail",
     "requeue",
     "spawn",
@@ -119,9 +120,10 @@ class StageSession:
         stage = self.stage
         return (stage.parent_waiting, stage.parent_parked) if stage.parent_pending_field else ()
 
-    def _head(self, name: str, script_keys: tuple[str, ...], *extra: Arg) -> Prepared:
+    def _head_args(self, *extra: Arg) -> list[Arg]:
+        """The arguments every per-job script starts with (then ``extra``)."""
         stage = self.stage
-        args: list[Arg] = [
+        return [
             stage.job_prefix,
             stage.lock_prefix,
             str(self.lock_ms),
@@ -131,7 +133,9 @@ class StageSession:
             *self.fields,
             *extra,
         ]
-        return Prepared(script(name), script_keys, args)
+
+    def _head(self, name: str, script_keys: tuple[str, ...], *extra: Arg) -> Prepared:
+        return Prepared(script(name), script_keys, self._head_args(*extra))
 
     def lease(self, token: str) -> Lease | None:
         """LMOVE the next waiting job to processing and claim it, atomically."""
@@ -203,6 +207,49 @@ class StageSession:
             for i, claim in enumerate(reply[1:])
         ]
         return int(reply[0]), leases
+
+    def complete_many(
+        self,
+        jobs: Sequence[tuple[str, str, Sequence[tuple[bytes, bytes]], str]],
+        next_token: str = "",
+    ) -> tuple[list[int], list[Lease]]:
+        """Complete the jobs of a prefetched batch — each (id, token, result, next waiting
+        list) as ``complete`` would — and, given ``next_token``, lease the next batch, in one
+        call. Returns (a status per job, the next leases)."""
+        stage = self.stage
+        targets: dict[str, int] = {}
+        script_keys: list[Arg] = [
+            stage.processing,
+            stage.waiting,
+            stage.stats,
+            stage.finished,
+            *self._parent_keys(),
+        ]
+        tail: list[Arg] = [next_token, str(int(time.time()) // 60), len(jobs)]
+        for job_id, token, result, next_waiting in jobs:
+            target = 0
+            if next_waiting:
+                target = targets.get(next_waiting, 0)
+                if not target:
+                    script_keys.append(next_waiting)
+                    target = targets[next_waiting] = len(script_keys)
+            fields = [*result, (_COMPLETED_QUEUE, stage.queue_json.encode())]
+            if not next_waiting:
+                fields.append(_DONE_TRUE)
+            tail += [job_id, token, target, len(fields)]
+            for field, value in fields:
+                tail.append(field)
+                tail.append(value)
+        head = self._head_args(
+            keys.FINISHED_KEPT, stage.done_channel, stage.parent_pending_field, self.prefetch
+        )
+        reply = self.wire.evalsha(script("complete_many"), script_keys, [*head, *tail])
+        statuses = [int(x) for x in reply[0]]
+        leases = [
+            Lease.from_reply(claim, token_at(next_token, i) if i else next_token)
+            for i, claim in enumerate(reply[1:])
+        ]
+        return statuses, leases
 
     # -- failing and giving back -----------------------------------------------------------
 

@@ -42,6 +42,9 @@ __all__ = ["JobSession", "WorkerLoop"]
 T = TypeVar("T")
 #: what fail.lua reported → how the status record counts the attempt
 _OUTCOMES = {"retry": Outcome.RETRIED, "failed": Outcome.FAILED}
+#: how long the results of a prefetched batch's jobs may wait to be written with the batch's
+#: last one (seconds); past it they are written at once
+DEFER_AT_MOST = 0.05
 
 
 class JobSession(Failer, Protocol):
@@ -62,6 +65,11 @@ class JobSession(Failer, Protocol):
         next_waiting: str,
         next_token: str = "",
     ) -> tuple[int, list[Lease]]: ...
+    def complete_many(
+        self,
+        jobs: Sequence[tuple[str, str, Sequence[tuple[bytes, bytes]], str]],
+        next_token: str = "",
+    ) -> tuple[list[int], list[Lease]]: ...
     def requeue(self, job_id: str, token: str) -> str | None: ...
     def report_progress(self, job_id: str, token: str, value_json: str, announce: str) -> bool: ...
     def spawn_children(
@@ -104,6 +112,10 @@ class WorkerLoop:
         self.prefetch = self.stage.prefetch
         #: leased jobs not started yet, in order, and their place in the prefetched batch
         self._batch: collections.deque[tuple[Lease, int]] = collections.deque()
+        #: prefetched jobs run, their completion not yet written: (lease, index, result, next)
+        self._deferred: list[tuple[Lease, int, list[tuple[bytes, bytes]], str]] = []
+        self._deferred_since = 0.0
+        self._index = -1  # the running job's place in its prefetched batch (-1: none)
         self.jobs_done = 0
         self.born = time.monotonic()
         self.client_id: int | None = None
@@ -149,12 +161,21 @@ class WorkerLoop:
                 self._take(self._next_leases())
                 continue
             if self.should_end():
-                self._give_back_batch()  # leased and never started: given back uncounted
+                self._flush(lease_next=False)  # what ran is written …
+                self._give_back_batch()  # … what never started goes back uncounted
                 break
-            lease, index = self._batch.popleft()
-            self._take(self._process(lease, index, last=not self._batch))
+            self._step()
         self.status.stopped()
         return self.end_reason
+
+    def _step(self) -> None:
+        """Run the next held job; after a batch's last one, write the batch's completions
+        and lease the next batch in the same call."""
+        lease, index = self._batch.popleft()
+        self._take(self._process(lease, index, last=not self._batch))
+        if not self._batch and self._deferred:
+            hold = self.should_end() or self.status.pause_requested
+            self._take(self._flush(lease_next=not hold))
 
     def _take(self, leases: list[Lease]) -> None:
         """Hold newly leased jobs (several: prefetched, recorded for the supervisor)."""
@@ -184,11 +205,11 @@ class WorkerLoop:
                 return done
             while self._batch:
                 if limit is not None and done >= limit:
+                    self._flush(lease_next=False)
                     self._give_back_batch()
                     return done
                 done += 1
-                lease, index = self._batch.popleft()
-                self._take(self._process(lease, index, last=not self._batch))
+                self._step()
         return done
 
     def _hold(self) -> bool:
@@ -334,10 +355,13 @@ class WorkerLoop:
                 lease.id,
                 self.keys.waiting,
             )
-            self.status.running(lease.id, lease.token, time.monotonic(), index)
+            self.status.running(lease.id, lease.token, time.monotonic())
+            if index >= 0:
+                self.status.release(index)
             self.status.finished()
             return []
-        self.status.running(lease.id, lease.token, time.monotonic(), index)
+        self._index = index
+        self.status.running(lease.id, lease.token, time.monotonic())
         if self.payload.is_parent:
             return self._process_parent(lease)
         fn = self.payload.fn
@@ -419,6 +443,15 @@ class WorkerLoop:
     def _complete(
         self, lease: Lease, pairs: list[tuple[bytes, bytes]], next_waiting: str, last: bool = True
     ) -> list[Lease]:
+        if self._index >= 0:  # a prefetched job: written with its batch (see _step, _flush)
+            self.jobs_done += 1
+            if not self._deferred:
+                self._deferred_since = time.monotonic()
+            self._deferred.append((lease, self._index, pairs, next_waiting))
+            self.status.finished(Outcome.COMPLETED)  # recounted if the write finds it lost
+            if not last and time.monotonic() - self._deferred_since >= DEFER_AT_MOST:
+                return self._flush(lease_next=False)  # slow jobs: results not held back
+            return []
         self.jobs_done += 1
         hold = not last or self.should_end() or self.status.pause_requested
         k = self.prefetch
@@ -446,6 +479,42 @@ class WorkerLoop:
             self.log.bind(job=lease.id).debug("completed job {}", lease.id)
         return following
 
+    def _flush(self, lease_next: bool) -> list[Lease]:
+        """Write the completions of the batch's jobs that ran (one call) and, with
+        ``lease_next``, lease the next batch in it."""
+        if not self._deferred:
+            return []
+        k = self.prefetch
+        next_token = self.tokens.next(k) if lease_next else ""
+        self.status.completing(next_token, k)  # a crash now: the next batch is given back
+        entries = [(lease.id, lease.token, pairs, nxt) for lease, _, pairs, nxt in self._deferred]
+        reply = self._redis(
+            lambda: self.session.complete_many(entries, next_token),
+            lost_token=next_token,
+            lost_count=k,
+        )
+        assert reply is not None
+        statuses, following = reply
+        lost = [
+            lease
+            for (lease, _, _, _), status in zip(self._deferred, statuses, strict=True)
+            if status != 1
+        ]
+        self.status.written([index for _, index, _, _ in self._deferred], lost=len(lost))
+        self._deferred.clear()
+        for lease in lost:
+            self.log.bind(job=lease.id).warning(
+                "the lease on job {} was lost before its completion was written (its lock "
+                "expired and the job was taken back, or the job vanished); this result was "
+                "not written",
+                lease.id,
+            )
+        if len(following) == 1:
+            self.status.leasing(following[0].token, following[0].id)
+        elif not following:
+            self.status.waiting()  # holds nothing: the lease part found no job
+        return following
+
     def _fail(self, lease: Lease, message: str, kind: str, tb: str | None = None) -> list[Lease]:
         """Record one failed attempt (retry or fail per the queue's policy); the loop then
         leases its next job on its own, so this returns no lease."""
@@ -464,6 +533,8 @@ class WorkerLoop:
         )
         kind = (result.outcome if result is not None else None) or ""
         self.status.finished(_OUTCOMES.get(kind, Outcome.LOST))
+        if self._index >= 0:
+            self.status.release(self._index)
         return []
 
     # -- parent stages ---------------------------------------------------------------------

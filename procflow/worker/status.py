@@ -105,9 +105,10 @@ class StatusRecord(ctypes.Structure):
         # ``next_token`` (COMPLETING) and the ``lease_count - 1`` that follow it
         ("lease_count", ctypes.c_int32),
         # prefetched jobs: ``held_count`` ids, leased under the tokens numbered from
-        # ``held_first``; those from index ``held_from`` on have not started
+        # ``held_first``; bit i of ``held_mask`` set: entry i is still held (not started, or run
+        # and its completion not yet written)
         ("held_count", ctypes.c_int32),
-        ("held_from", ctypes.c_int32),
+        ("held_mask", ctypes.c_uint64),
         ("held_first", ctypes.c_uint64),
         ("held_prefix", ctypes.c_char * TOKEN_BYTES),  # the tokens' common start
         ("held", ctypes.c_char * (HELD_ID_BYTES * MAX_PREFETCH)),
@@ -130,7 +131,8 @@ class StatusView:
     duration_sum: float = 0.0
     redis_errors: int = 0
     lease_count: int = 1
-    #: prefetched jobs not started yet: (id, lease token)
+    #: prefetched jobs still held besides ``job`` (not started, or run and their completion
+    #: not yet written): (id, lease token)
     pending: tuple[tuple[str, str], ...] = ()
 
     def lost_tokens(self) -> list[str]:
@@ -150,19 +152,22 @@ def _activity(value: int) -> Activity:
         return Activity.LEASING
 
 
-def _pending(raw: Any) -> tuple[tuple[str, str], ...]:
-    """The prefetched jobs not started yet, with their tokens."""
+def _pending(raw: Any, current: str) -> tuple[tuple[str, str], ...]:
+    """The prefetched jobs still held, but ``current`` (the one in hand), with their tokens."""
     count = max(0, min(int(raw.held_count), MAX_PREFETCH))
-    start = max(0, int(raw.held_from))
-    if start >= count:
+    mask = int(raw.held_mask)
+    if not count or not mask:
         return ()
     ids = bytes(raw.held).decode(errors="replace")
     first = int(raw.held_first)
     prefix = raw.held_prefix.decode(errors="replace")
-    return tuple(
-        (ids[i * HELD_ID_BYTES : (i + 1) * HELD_ID_BYTES].rstrip("\x00 "), f"{prefix}{first + i}")
-        for i in range(start, count)
-    )
+    out = []
+    for i in range(count):
+        if mask >> i & 1:
+            job = ids[i * HELD_ID_BYTES : (i + 1) * HELD_ID_BYTES].rstrip("\x00 ")
+            if job != current:
+                out.append((job, f"{prefix}{first + i}"))
+    return tuple(out)
 
 
 def read_status(raw: Any) -> StatusView:
@@ -172,20 +177,21 @@ def read_status(raw: Any) -> StatusView:
     for _ in range(1000):
         before = raw.seq
         token = raw.token.decode(errors="replace")
+        job = raw.job.decode(errors="replace")
         view = StatusView(
             _activity(raw.state),
             raw.started,
             raw.jobs,
             token,
             raw.next_token.decode(errors="replace"),
-            raw.job.decode(errors="replace"),
+            job,
             raw.busy,
             tuple(raw.outcomes),
             tuple(raw.durations),
             raw.duration_sum,
             raw.redis_errors,
             raw.lease_count,
-            _pending(raw),
+            _pending(raw, job),
         )
         if not before & 1 and raw.seq == before:
             break
@@ -226,8 +232,7 @@ class StatusWriter:
         raw.seq += 1
 
     def hold(self, ids: list[str], first_token: str) -> None:
-        """Prefetched jobs, leased under ``first_token`` and the tokens after it: none has
-        started (the loop then calls ``running`` for each, with its index)."""
+        """Prefetched jobs, leased under ``first_token`` and the tokens after it, all held."""
         raw = self.raw
         raw.seq += 1
         prefix, _, n = first_token.rpartition("|")
@@ -235,23 +240,40 @@ class StatusWriter:
         raw.held_first = int(n)
         raw.held = b"".join(i.encode().ljust(HELD_ID_BYTES, b" ") for i in ids)
         raw.held_count = len(ids)
-        raw.held_from = 0
+        raw.held_mask = (1 << len(ids)) - 1
+        raw.seq += 1
+
+    def release(self, index: int) -> None:
+        """Entry ``index`` of the prefetched batch is no longer held (its completion or its
+        failure was written)."""
+        raw = self.raw
+        raw.seq += 1
+        raw.held_mask &= ~(1 << index)
+        raw.seq += 1
+
+    def written(self, indices: list[int], lost: int = 0) -> None:
+        """The completions of these prefetched entries were written (``lost`` of them found
+        their lease gone: counted as lost, not completed)."""
+        raw = self.raw
+        raw.seq += 1
+        for index in indices:
+            raw.held_mask &= ~(1 << index)
+        if lost:
+            raw.outcomes[Outcome.COMPLETED] -= lost
+            raw.outcomes[Outcome.LOST] += lost
         raw.seq += 1
 
     def release_held(self) -> None:
-        """No prefetched job is held any more (all started, or given back)."""
+        """No prefetched job is held any more (all written, or given back)."""
         raw = self.raw
         raw.seq += 1
         raw.held_count = 0
-        raw.held_from = 0
+        raw.held_mask = 0
         raw.seq += 1
 
-    def running(self, job: str, token: str, started: float, held_index: int = -1) -> None:
-        """Running ``job``; ``held_index``: its place among the prefetched jobs."""
+    def running(self, job: str, token: str, started: float) -> None:
         raw = self.raw
         raw.seq += 1
-        if held_index >= 0:
-            raw.held_from = held_index + 1
         raw.state = Activity.RUNNING
         raw.job = job.encode()
         raw.token = token.encode()

@@ -75,11 +75,11 @@ def test_a_random_worker_sigkilled_every_200ms_with_prefetch_16(
     flow = chaos_flow(redis_url, prefetch=16)
     clock = timed()
     with Supervisor(flow, monitor_interval=0.5) as sup:
-        ids = flow.create_jobs([{"n": n} for n in range(3000)])
+        ids = flow.create_jobs([{"n": n} for n in range(8000)])  # fast: more jobs
         with Killer(sup.worker_pids, 0.2) as killer:
             sup.wait(ids, timeout=240)
     result = audit(flow, ids)
-    assert result.done == 3000
+    assert result.done == 8000
     assert killer.kills >= 10
     report(
         "g: SIGKILL a worker every 200 ms, prefetch 16",

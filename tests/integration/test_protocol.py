@@ -322,3 +322,35 @@ def test_a_prefetching_lease_takes_up_to_k_jobs_each_under_its_own_token(
         (ids[4], "node|1|2.00|3|14"),
     ]
     assert s.lease_many("node|1|2.00|3|20") == []  # nothing waits: nothing leased
+
+
+def test_a_prefetched_batch_is_completed_in_one_call_that_leases_the_next(
+    flow: Flow, wire: Wire, r: redis.Redis
+) -> None:
+    ids = flow.create_jobs([{"x": n} for n in range(5)])
+    stage = flow.stage("a")
+    s = StageSession(wire, stage.keys, fields=stage.fields, lock_ms=LOCK_MS, prefetch=3)
+    leases = s.lease_many("n|1|2.00|3|1")
+    r.set(f"lock:a:{ids[1]}", "SOMEONE ELSE")  # its lock expired and another node took it
+    statuses, following = s.complete_many(
+        [
+            (ids[0], leases[0].token, [(b"r", b"0")], "queue:b:waiting"),
+            (ids[1], leases[1].token, [(b"r", b"1")], "queue:b:waiting"),
+            (ids[2], leases[2].token, [(b"r", b"2")], ""),  # it leaves the flow here
+        ],
+        "n|1|2.00|3|4",
+    )
+    assert statuses == [1, 0, 1]
+    assert [(x.id, x.token) for x in following] == [
+        (ids[3], "n|1|2.00|3|4"),
+        (ids[4], "n|1|2.00|3|5"),
+    ]
+    assert [i.decode() for i in r.lrange("queue:b:waiting", 0, -1)] == [ids[0]]
+    assert r.hget(f"job:F:{ids[0]}", "r") == b"0" and r.hget(f"job:F:{ids[1]}", "r") is None
+    assert r.hget(f"job:F:{ids[2]}", "done") == b"true"
+    assert r.hget(f"job:F:{ids[2]}", "completed-queue") == b'"a"'
+    assert r.exists(f"lock:a:{ids[0]}", f"lock:a:{ids[2]}") == 0
+    assert [i.decode() for i in r.lrange("queue:a:processing", 0, -1)] == [ids[1], ids[3], ids[4]]
+    assert (
+        sum(int(v) for k, v in r.hgetall("procflow:F:stats:a").items() if k.startswith(b"c:")) == 2
+    )

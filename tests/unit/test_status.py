@@ -229,3 +229,35 @@ def test_a_pause_is_asked_for_and_shown() -> None:
     assert writer.pause_requested
     writer.paused()
     assert read_status(raw).activity is Activity.PAUSED
+
+
+def test_a_prefetched_batch_is_held_until_each_entry_is_written() -> None:
+    raw = StatusRecord()
+    w = StatusWriter(raw)
+    ids = ["01a23190-0000-7000-8000-00000000000a", "01a23190-0000-7000-8000-00000000000b", "c"]
+    w.hold(ids, "node|1|2.00|3|41")
+    w.running(ids[0], "node|1|2.00|3|41", 1.0)
+    view = read_status(raw)
+    assert view.activity is Activity.RUNNING and view.job == ids[0]
+    # the one in hand is settled as the crash; the others go back uncounted
+    assert view.pending == ((ids[1], "node|1|2.00|3|42"), ("c", "node|1|2.00|3|43"))
+    w.finished()  # ran; its completion waits for the batch's
+    w.running(ids[1], "node|1|2.00|3|42", 2.0)
+    assert read_status(raw).pending == ((ids[0], "node|1|2.00|3|41"), ("c", "node|1|2.00|3|43"))
+    w.release(2)  # its failure was written
+    w.finished()
+    w.written([0, 1])
+    assert read_status(raw).pending == ()
+
+
+def test_the_tokens_of_a_lease_call_for_several_jobs_are_all_given_back() -> None:
+    raw = StatusRecord()
+    w = StatusWriter(raw)
+    w.leasing("node|1|2.00|3|7", count=3)
+    assert read_status(raw).lost_tokens() == [
+        "node|1|2.00|3|7",
+        "node|1|2.00|3|8",
+        "node|1|2.00|3|9",
+    ]
+    w.leasing("node|1|2.00|3|10", "job-known")  # a claim of a job BLMOVE moved: one token
+    assert read_status(raw).lost_tokens() == ["node|1|2.00|3|10"]

@@ -106,3 +106,38 @@ local function pf_claim_many(claims, k, waiting, processing, first, argv, f)
                                    argv[4], argv[5], argv, 7, 6 + f)
   end
 end
+
+
+-- Complete one job: the lease must still hold ``token``; write the result fields
+-- argv[first .. last] (pairs), pass the job to ``next_waiting`` or, with none, mark it done
+-- (the fields say so), tell its parent, announce it and note it in ``finished`` (trimmed to
+-- ``kept`` now and then); count it in ``stats`` under c:MINUTE. Returns 1 done, 0 the lease
+-- was lost (nothing changed), -1 the job hash is gone.
+local function pf_complete_one(id, token, job_prefix, lock_prefix, lease_field, processing,
+                               stats, finished, kept, done_channel, pending_field,
+                               parent_waiting, parent_parked, next_waiting, minute, argv,
+                               first, last)
+  local job = job_prefix .. id
+  local lock = lock_prefix .. id
+  if redis.call('GET', lock) ~= token then return 0 end
+  if redis.call('EXISTS', job) == 0 then
+    redis.call('LREM', processing, -1, id)
+    redis.call('DEL', lock)
+    return -1
+  end
+  redis.call('HSET', job, unpack(argv, first, last))
+  redis.call('HDEL', job, lease_field)  -- no lease holds it in this stage any more
+  redis.call('LREM', processing, -1, id)
+  redis.call('DEL', lock)
+  if next_waiting == nil then
+    pf_notify_parent(job, parent_waiting, parent_parked, pending_field)
+    redis.call('PUBLISH', done_channel, id)
+    if redis.call('LPUSH', finished, id) > kept + kept / 10 then  -- trimmed now and then
+      redis.call('LTRIM', finished, 0, kept - 1)
+    end
+  else
+    redis.call('RPUSH', next_waiting, id)
+  end
+  redis.call('HINCRBY', stats, 'c:' .. minute, 1)
+  return 1
+end

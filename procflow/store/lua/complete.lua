@@ -24,33 +24,9 @@ local parent_waiting, parent_parked, next_waiting = nil, nil, KEYS[5]
 if ARGV[b + 2] ~= '' then
   parent_waiting, parent_parked, next_waiting = KEYS[5], KEYS[6], KEYS[7]
 end
-local job = ARGV[1] .. id
-local lock = ARGV[2] .. id
-local status
-if redis.call('GET', lock) ~= token then
-  status = 0
-elseif redis.call('EXISTS', job) == 0 then
-  redis.call('LREM', KEYS[1], -1, id)
-  redis.call('DEL', lock)
-  status = -1
-else
-  redis.call('HSET', job, unpack(ARGV, b + 8))
-  redis.call('HDEL', job, ARGV[5])  -- no lease holds it in this stage any more
-  redis.call('LREM', KEYS[1], -1, id)
-  redis.call('DEL', lock)
-  if next_waiting == nil then
-    pf_notify_parent(job, parent_waiting, parent_parked, ARGV[b + 2])
-    redis.call('PUBLISH', ARGV[b + 1], id)
-    local kept = tonumber(ARGV[b])
-    if redis.call('LPUSH', KEYS[4], id) > kept + kept / 10 then  -- trimmed now and then
-      redis.call('LTRIM', KEYS[4], 0, kept - 1)
-    end
-  else
-    redis.call('RPUSH', next_waiting, id)
-  end
-  redis.call('HINCRBY', KEYS[3], 'c:' .. ARGV[b + 7], 1)
-  status = 1
-end
+local status = pf_complete_one(id, token, ARGV[1], ARGV[2], ARGV[5], KEYS[1], KEYS[3], KEYS[4],
+                               tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], parent_waiting,
+                               parent_parked, next_waiting, ARGV[b + 7], ARGV, b + 8, #ARGV)
 local next_token = ARGV[b + 6]
 if next_token ~= '' then
   local k = tonumber(ARGV[b + 3])
