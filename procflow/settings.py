@@ -113,7 +113,7 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-_SCHEMES = ("redis", "rediss", "unix")
+_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 SSL_CERT_REQS = {
     "none": ssl.CERT_NONE,
     "optional": ssl.CERT_OPTIONAL,
@@ -143,6 +143,10 @@ class RedisSettings:
     socket_timeout: float = 10.0
     #: the largest value a field may hold: the server's ``proto-max-bulk-len`` (512 MiB)
     max_value_bytes: int = 512 * 1024 * 1024
+    #: Sentinel: the sentinels' addresses and the name of the master they watch; every
+    #: connection asks them for the current master (``host``/``port`` are then unused)
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
@@ -158,6 +162,8 @@ class RedisSettings:
             if scheme not in _SCHEMES:
                 raise ValueError(f"scheme must be one of {', '.join(_SCHEMES)}, not {scheme!r}")
             query = {k: v[-1] for k, v in parse_qs(parts.query, strict_parsing=False).items()}
+            if scheme.endswith("+sentinel"):
+                return cls._from_sentinel_url(url.strip(), scheme, query)
             unknown = set(query) - {
                 "db",
                 "ssl_cert_reqs",
@@ -215,8 +221,51 @@ class RedisSettings:
         except ValueError as exc:  # urlsplit's port parsing raises ValueError too
             raise ConfigurationError(
                 f"cannot parse Redis URL {_redact(url)!r}: {exc}; expected "
-                "redis://[user:password@]host[:port][/db], rediss://… or unix:///path"
+                "redis://[user:password@]host[:port][/db], rediss://…, unix:///path or "
+                "redis+sentinel://host:port[,host:port…]/master-name[/db]"
             ) from None
+        return cls(**options)
+
+    @classmethod
+    def _from_sentinel_url(cls, url: str, scheme: str, query: dict[str, str]) -> RedisSettings:
+        """``redis+sentinel://[user:password@]h1:26379,h2:26379/SERVICE[/DB]``: the
+        password is the master's (the sentinels are asked without one)."""
+        rest = url.split("://", 1)[1].split("?", 1)[0]
+        netloc, _, path = rest.partition("/")
+        user = password = None
+        if "@" in netloc:
+            auth, netloc = netloc.rsplit("@", 1)
+            name, sep, secret = auth.partition(":")
+            user = unquote(name) or None
+            password = unquote(secret) if sep else None
+        sentinels = []
+        for item in netloc.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if not sep:
+                host, port = item.strip(), "26379"
+            if not host or not port.isdigit():
+                raise ValueError(f"sentinel address {item!r} is not host:port")
+            sentinels.append((host.strip("[]"), int(port)))
+        service, _, db_text = path.strip("/").partition("/")
+        if not service:
+            raise ValueError("a sentinel URL needs the master's name: …/mymaster[/db]")
+        db_text = query.get("db", db_text or "0")
+        if not re.fullmatch(r"\d+", db_text):
+            raise ValueError(f"database must be a number, not {db_text!r}")
+        unknown = set(query) - {"db", "socket_connect_timeout", "socket_timeout"}
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
+        options: dict[str, Any] = {
+            "username": user,
+            "password": password,
+            "db": int(db_text),
+            "ssl": scheme.startswith("rediss"),
+            "sentinels": tuple(sentinels),
+            "service_name": unquote(service),
+        }
+        for name in ("socket_connect_timeout", "socket_timeout"):
+            if name in query:
+                options[name] = float(query[name])
         return cls(**options)
 
     @classmethod
@@ -230,7 +279,11 @@ class RedisSettings:
 
     @property
     def address(self) -> str:
-        """Where the server is, for messages: ``host:port`` or ``unix:/path``."""
+        """Where the server is, for messages: ``host:port``, ``unix:/path`` or ``sentinel
+        master NAME at h1:p1,h2:p2``."""
+        if self.sentinels:
+            watched = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"sentinel master {self.service_name} at {watched}"
         if self.unix_socket_path:
             return f"unix:{self.unix_socket_path}"
         return f"{self.host}:{self.port}"
@@ -239,6 +292,10 @@ class RedisSettings:
     def url(self) -> str:
         """A URL for these settings with the password left out."""
         user = f"{self.username}@" if self.username else ""
+        if self.sentinels:
+            scheme = "rediss+sentinel" if self.ssl else "redis+sentinel"
+            watched = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"{scheme}://{user}{watched}/{self.service_name}/{self.db}"
         if self.unix_socket_path:
             return f"unix://{user}{self.unix_socket_path}?db={self.db}"
         scheme = "rediss" if self.ssl else "redis"

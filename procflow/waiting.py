@@ -44,6 +44,26 @@ def _still_pending(flow: WaitableFlow, pending: set[str]) -> set[str]:
     return {i for i, reply in zip(ids, replies, strict=True) if not keys.is_true(reply[0])}
 
 
+def _first_read(
+    flow: WaitableFlow, ids: list[str], deadline: float | None
+) -> tuple[set[str], list[bool], list[str]]:
+    """The jobs not done yet, whether each exists, in the order checked — riding out an
+    outage (a failover, say) until the deadline."""
+    outage = False
+    while True:
+        try:
+            pending = _still_pending(flow, set(ids))
+            listed = sorted(pending)
+            return pending, flow.store.exists_many([flow.job_key(i) for i in listed]), listed
+        except (RedisUnavailableError, RedisRefusedError) as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            if not outage:
+                outage = True
+                flow.logger.warning("wait: {}; still waiting", exc)
+            time.sleep(0.2)  # back-off while the server is away
+
+
 def wait_for_jobs(
     flow: WaitableFlow,
     job_ids: Sequence[str],
@@ -57,9 +77,7 @@ def wait_for_jobs(
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     with flow.store.subscribe_done(flow.name, progress=progress) as subscription:
-        pending = _still_pending(flow, set(ids))
-        listed = sorted(pending)
-        there = flow.store.exists_many([flow.job_key(i) for i in listed])
+        pending, there, listed = _first_read(flow, ids, deadline)
         unknown = [i for i, ok in zip(listed, there, strict=True) if not ok]
         if unknown:
             raise UnknownJobError(flow.name, unknown)

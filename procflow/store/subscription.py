@@ -6,6 +6,7 @@ while it was disconnected, so its users re-read the jobs now and then (``waiting
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import redis.exceptions as rex
@@ -36,6 +37,7 @@ class DoneSubscription:
             health_check_interval=max(1.0, settings.socket_timeout / 2),
         )
         self._pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self._subscribed = False
 
     def open(self) -> DoneSubscription:
         channels = [self.channel, *([self.progress_channel] if self.progress_channel else [])]
@@ -43,6 +45,7 @@ class DoneSubscription:
             self._pubsub.subscribe(*channels)
         except rex.RedisError as exc:
             raise RedisUnavailableError(self.settings.address, exc) from None
+        self._subscribed = True
         return self
 
     def take(self, timeout: float) -> list[str]:
@@ -50,6 +53,8 @@ class DoneSubscription:
         connection raises RedisUnavailableError; the next call reconnects and subscribes
         again (what was announced meanwhile is lost)."""
         ids: list[str] = []
+        if not self._subscribed:  # the server was away when the subscription began
+            self.open()
         try:
             message = self._pubsub.get_message(timeout=max(0.0, timeout))
             while message is not None:
@@ -77,7 +82,10 @@ class DoneSubscription:
         self._client.close()
 
     def __enter__(self) -> DoneSubscription:
-        return self.open()
+        """Subscribe now if the server answers; else the first ``take`` tries again."""
+        with contextlib.suppress(RedisUnavailableError):
+            self.open()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -18,6 +18,7 @@ from typing import Any
 import hiredis
 import redis
 import redis.exceptions as rex
+import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -125,12 +126,24 @@ class Wire:
         self.settings = settings
         if socket_timeout is None:
             socket_timeout = settings.socket_timeout
-        kwargs = connection_kwargs(
-            settings, socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0)
-        )
-        self._conn: Any = connection_class(settings)(**kwargs)
+        self._socket_timeout = socket_timeout
+        self._conn: Any = self._connection(settings)
         self._sock: Any = None
         self._reader: Any = None
+
+    def _connection(self, settings: RedisSettings) -> Any:
+        kwargs = connection_kwargs(
+            settings, socket_timeout=self._socket_timeout, retry=Retry(NoBackoff(), 0)
+        )
+        return connection_class(settings)(**kwargs)
+
+    def _follow_master(self) -> None:
+        """Under Sentinel: connect to the master the sentinels name now (after a failover,
+        the new one)."""
+        host, port = discover_master(self.settings)
+        if (self._conn.host, self._conn.port) != (host, port):
+            self._conn.disconnect()
+            self._conn = self._connection(self.settings.with_options(host=host, port=port))
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -139,8 +152,13 @@ class Wire:
         return RedisUnavailableError(self.settings.address, exc)
 
     def refused(self, reply: BaseException | str) -> RedisRefusedError:
-        """The procflow error for an error reply of this server."""
-        return refusal(self.settings.address, str(reply))
+        """The procflow error for an error reply of this server. Under Sentinel a READONLY
+        reply means this server is a replica now: the connection is dropped, and the next
+        call asks the sentinels for the master again."""
+        error = refusal(self.settings.address, str(reply))
+        if self.settings.sentinels and error.code == "READONLY":
+            self.close()
+        return error
 
     def close(self) -> None:
         """Drop the connection (the next call opens a new one)."""
@@ -153,6 +171,8 @@ class Wire:
         if self._sock is not None:
             return
         try:
+            if self.settings.sentinels:
+                self._follow_master()
             self._conn.connect()
         except _CONNECTION_ERRORS as exc:
             raise self._fail(exc) from None
@@ -311,8 +331,38 @@ class Wire:
         return reply
 
 
+def _sentinel(settings: RedisSettings) -> redis.sentinel.Sentinel:
+    timeout = settings.socket_connect_timeout
+    return redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(settings.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+
+
+def discover_master(settings: RedisSettings) -> tuple[str, int]:
+    """The address of the master the sentinels of ``settings`` name now. Raises
+    RedisUnavailableError when none of them answers with a healthy master."""
+    assert settings.service_name is not None
+    try:
+        found = _sentinel(settings).discover_master(  # type: ignore[no-untyped-call]
+            settings.service_name
+        )
+        host, port = found
+    except rex.RedisError as exc:
+        raise RedisUnavailableError(settings.address, exc) from None
+    return str(host), int(port)
+
+
 def make_client(settings: RedisSettings, **overrides: Any) -> redis.Redis:
-    """A plain redis-py client (pub/sub)."""
+    """A plain redis-py client (pub/sub); under Sentinel, one that follows the master."""
+    if settings.sentinels:
+        assert settings.service_name is not None
+        kwargs = connection_kwargs(settings, **overrides)
+        for name in ("host", "port", "path", "socket_keepalive"):
+            kwargs.pop(name, None)
+        client: redis.Redis = _sentinel(settings).master_for(  # type: ignore[no-untyped-call]
+            settings.service_name, **kwargs
+        )
+        return client
     kwargs = connection_kwargs(settings, **overrides)
     pool = redis.ConnectionPool(connection_class=connection_class(settings), **kwargs)
     return redis.Redis(connection_pool=pool)

@@ -80,3 +80,26 @@ def test_sizes() -> None:
     for bad in ("lots", -1, 0, "0MB", True):
         with pytest.raises(ConfigurationError):
             parse_size(bad)  # type: ignore[arg-type]
+
+
+def test_a_sentinel_url_names_the_sentinels_the_master_and_the_database() -> None:
+    s = RedisSettings.from_url("redis+sentinel://:s3cret@10.0.0.1:26379,10.0.0.2/pay-master/3")
+    assert s.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26379))
+    assert (s.service_name, s.db, s.password, s.ssl) == ("pay-master", 3, "s3cret", False)
+    assert s.url == "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/pay-master/3"
+    assert "s3cret" not in repr(s) and "pay-master" in s.address
+    assert RedisSettings.from_url("rediss+sentinel://h:1/m").ssl is True
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("redis+sentinel://h1:26379", "master's name"),
+        ("redis+sentinel://h1:x/m", "not host:port"),
+        ("redis+sentinel://h1:1/m/zero", "database must be a number"),
+        ("redis+sentinel://h1:1/m?ssl_keyfile=k", "unknown option"),
+    ],
+)
+def test_a_bad_sentinel_url_says_what_is_wrong(url: str, words: str) -> None:
+    with pytest.raises(ConfigurationError, match=words):
+        RedisSettings.from_url(url)
