@@ -17,7 +17,7 @@ from typing_extensions import TypeVar
 
 from .errors import ConfigurationError, UnknownQueueError
 from .failures import RetryPolicy
-from .settings import DEFAULT_KEY_TTL, parse_size
+from .settings import DEFAULT_KEY_TTL, RedisSettings, parse_size
 from .store import keys
 from .store.keys import StageKeys
 
@@ -260,6 +260,30 @@ class FlowDefinition:
             )
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"unreadable flow description: {exc}") from exc
+
+    def on_cluster(self, settings: RedisSettings) -> RedisSettings:
+        """``settings`` for this flow: on Redis Cluster (``cluster_nodes``), every key of the
+        flow must hash to one slot — else ConfigurationError names the keys and shows the
+        tagged spelling — and the connections serve that slot."""
+        if not settings.cluster_nodes:
+            return settings
+        names = [keys.job_prefix(self.name) + "ID", keys.own_prefix(self.name) + "x"]
+        for stage in self.stages.values():
+            k = stage.keys
+            names += [k.waiting, k.lock_prefix + "ID", k.job_prefix + "ID"]
+        slots = {name: keys.key_slot(name) for name in dict.fromkeys(names)}
+        if len(set(slots.values())) > 1:
+            tag = keys.hash_tag(self.name) if "{" in self.name else self.name
+            shown = ", ".join(f"{n} (slot {slot})" for n, slot in list(slots.items())[:6])
+            spelled = ", ".join(
+                f"QueueSpec('{{{tag}}}.{q.name.split('}')[-1].lstrip('.')}')" for q in self.queues
+            )
+            raise ConfigurationError(
+                f"on Redis Cluster every key of flow {self.name!r} must hash to one slot, and "
+                f"these do not: {shown}; give the flow and every queue the same hash tag: "
+                f"Flow('{{{tag}}}', [{spelled}]) (child queues inherit their parent's name)"
+            )
+        return settings.with_options(cluster_key=names[0])
 
     def stages_of_job(self, job_key: str) -> list[StageKeys]:
         """The stages whose jobs live where ``job_key`` does (a child queue's jobs)."""

@@ -66,7 +66,8 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         self.definition = FlowDefinition.build(name, queues, lookup_attributes, key_ttl)
         if redis is not None and redis_url is not None:
             raise ConfigurationError("give either redis_url or redis settings, not both")
-        self.redis = redis if redis is not None else RedisSettings.from_env(redis_url)
+        settings = redis if redis is not None else RedisSettings.from_env(redis_url)
+        self.redis = self.definition.on_cluster(settings)
         self.logger: Logger = (logger or default_logger).bind(flow=name)
         self.groups: list[WorkerGroup] = []
         self._store: Store | None = None
@@ -132,7 +133,8 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         if self.supervisor is not None and self.supervisor.running:
             raise SupervisorStateError("cannot change the Redis of a running flow")
         self.disconnect()
-        self.redis = redis if isinstance(redis, RedisSettings) else RedisSettings.from_url(redis)
+        settings = redis if isinstance(redis, RedisSettings) else RedisSettings.from_url(redis)
+        self.redis = self.definition.on_cluster(settings)
         self._store = None
 
     # -- jobs ----------------------------------------------------------------------------

@@ -72,11 +72,29 @@ class Operator:
         self.store = Store(settings)
         self.registry = Registry(self.store)
         self._flows: dict[str, Flow] = {}
+        self._registries: dict[str, Registry] = {}
 
     def close(self) -> None:
         for flow in self._flows.values():
             flow.disconnect()
+        for registry in self._registries.values():
+            registry.store.close()
+        self.registry.close()
         self.store.close()
+
+    def _store_of(self, name: str) -> Store:
+        """The store for flow ``name``'s keys: on Redis Cluster the master of its slot."""
+        return self.registry_of(name).store
+
+    def registry_of(self, name: str) -> Registry:
+        """The registry reads of flow ``name`` (on Redis Cluster, on its slot's master)."""
+        if not self.redis.cluster_nodes:
+            return self.registry
+        registry = self._registries.get(name)
+        if registry is None:
+            settings = self.redis.with_options(cluster_key=keys.flow_record(name))
+            registry = self._registries[name] = Registry(Store(settings))
+        return registry
 
     # -- flows -----------------------------------------------------------------------------
 
@@ -87,7 +105,7 @@ class Operator:
         """The registered flow ``name``, rebuilt from its description (cached)."""
         flow = self._flows.get(name)
         if flow is None:
-            data = self.registry.describe(name)
+            data = self.registry_of(name).describe(name)
             if data is None:
                 raise UnknownFlowError(name, self.registry.flows())
             d = FlowDefinition.from_description(data)
@@ -116,9 +134,9 @@ class Operator:
         """Per stage, in pipeline order: its counts, rate, oldest waiting age and totals."""
         flow = self.flow(name)
         stages = [flow.stage(n) for n in self.stage_order(name)]
-        counts = self.store.counts([s.keys for s in stages])
-        stats = self.registry.stats(name, [s.name for s in stages], minutes)
-        heads = self.registry.oldest_waiting([s.keys for s in stages])
+        counts = self._store_of(name).counts([s.keys for s in stages])
+        stats = self.registry_of(name).stats(name, [s.name for s in stages], minutes)
+        heads = self.registry_of(name).oldest_waiting([s.keys for s in stages])
         now = time.time()
         out = []
         for stage, c, st, head in zip(stages, counts, stats, heads, strict=True):
@@ -128,7 +146,7 @@ class Operator:
     def nodes(self, name: str) -> list[dict[str, Any]]:
         """The live nodes of flow ``name`` with their workers (their heartbeats)."""
         self.flow(name)
-        return sorted(self.registry.nodes(name), key=lambda n: str(n.get("node")))
+        return sorted(self.registry_of(name).nodes(name), key=lambda n: str(n.get("node")))
 
     def overview(self) -> list[dict[str, Any]]:
         """Every flow with its totals: stages, waiting, failed, done/min, nodes, workers."""
@@ -138,7 +156,7 @@ class Operator:
                 stages = self.status(name)
             except ConfigurationError:
                 continue  # an unreadable description: listed by `flows`, not summed here
-            nodes = self.registry.nodes(name)
+            nodes = self.registry_of(name).nodes(name)
             out.append(
                 {
                     "flow": name,
@@ -159,17 +177,16 @@ class Operator:
         """(flow, child stage or None) of the job with this id: looked up in ``flow``, else in
         every registered flow (its own jobs and its child queues' jobs)."""
         names = [flow] if flow is not None else self.flows()
-        candidates: list[tuple[str, str | None, str]] = []
-        for name in names:
+        for name in names:  # one round trip per flow (on a cluster each has its own slot)
             f = self.flow(name)
-            candidates.append((name, None, f.job_key(job_id)))
+            candidates: list[tuple[str | None, str]] = [(None, f.job_key(job_id))]
             for stage in f.stages.values():
                 if stage.parent is not None:
-                    candidates.append((name, stage.name, stage.keys.job(job_id)))
-        found = self.store.exists_many([key for _, _, key in candidates])
-        for (name, child, _), there in zip(candidates, found, strict=True):
-            if there:
-                return name, child
+                    candidates.append((stage.name, stage.keys.job(job_id)))
+            found = self._store_of(name).exists_many([key for _, key in candidates])
+            for (child, _), there in zip(candidates, found, strict=True):
+                if there:
+                    return name, child
         raise UnknownJobError(flow or "any registered flow", [job_id])
 
     def job(self, job_id: str, flow: str | None = None) -> dict[str, Any]:
@@ -182,13 +199,13 @@ class Operator:
             stages = [s.keys for s in f.definition.top_stages]
         else:
             stage = f.stage(child)
-            raw = self.store.get_hashes([stage.keys.job(job_id)])[0]
+            raw = self._store_of(name).get_hashes([stage.keys.job(job_id)])[0]
             found = [f.decode(stage.keys.job(job_id), job_id, raw)] if raw else []
             stages = [stage.keys]
         if not found:
             raise UnknownJobError(name, [job_id])
         job = found[0]
-        places = self.registry.locate(stages, job_id)
+        places = self.registry_of(name).locate(stages, job_id)
         return {
             "flow": name,
             "queue": child,
@@ -205,7 +222,7 @@ class Operator:
         f = self.flow(name)
         if attribute not in f.lookup_attributes:
             f.get_jobs_by_key(attribute, value)  # raises UnknownLookupAttributeError
-        ids = self.store.list_range(keys.lookup(name, attribute, value), -limit, -1)
+        ids = self._store_of(name).list_range(keys.lookup(name, attribute, value), -limit, -1)
         return list(f.get_jobs(ids))
 
     def page(self, name: str, queue: str, state: str, start: int = 0, count: int = 50) -> JobPage:
@@ -213,8 +230,10 @@ class Operator:
         same for a list of ten as for one of millions."""
         f = self.flow(name)
         stage = f.stage(queue)
-        page = self.registry.page(stage.keys, state, max(0, start), max(1, min(count, 500)))
-        hashes = self.store.get_hashes([stage.keys.job(i) for i in page.ids])
+        page = self.registry_of(name).page(
+            stage.keys, state, max(0, start), max(1, min(count, 500))
+        )
+        hashes = self._store_of(name).get_hashes([stage.keys.job(i) for i in page.ids])
         jobs = [
             f.decode(stage.keys.job(i), i, raw) if raw else {"id": i, "gone": True}
             for i, raw in zip(page.ids, hashes, strict=True)
@@ -239,7 +258,7 @@ class Operator:
             if child is not None
             else [s.keys for s in f.definition.top_stages]
         )
-        return self.registry.cancel(stages, job_id, CANCELLED_MESSAGE)
+        return self.registry_of(name).cancel(stages, job_id, CANCELLED_MESSAGE)
 
     def delete(self, job_id: str, flow: str | None = None) -> bool:
         name, _ = self.find_job(job_id, flow)
@@ -259,8 +278,8 @@ class Operator:
         for stage in f.stages.values():
             patterns += [f"{stage.keys.job_prefix}*", f"{keys.queue_prefix(stage.name)}*"]
             patterns.append(f"{stage.keys.lock_prefix}*")
-        removed = self.registry.delete_matching(list(dict.fromkeys(patterns)))
-        self.registry.unregister(name, list(f.stages))
+        removed = self.registry_of(name).delete_matching(list(dict.fromkeys(patterns)))
+        self.registry_of(name).unregister(name, list(f.stages))
         self._flows.pop(name, None)
         return removed
 

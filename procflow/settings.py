@@ -113,7 +113,15 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
 SSL_CERT_REQS = {
     "none": ssl.CERT_NONE,
     "optional": ssl.CERT_OPTIONAL,
@@ -147,6 +155,10 @@ class RedisSettings:
     #: connection asks them for the current master (``host``/``port`` are then unused)
     sentinels: tuple[tuple[str, int], ...] = ()
     service_name: str | None = None
+    #: Redis Cluster: some of its nodes (asked for the slot map), and a key whose hash slot
+    #: these connections serve (a flow sets it: every key of a flow shares one slot)
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
+    cluster_key: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
@@ -164,6 +176,8 @@ class RedisSettings:
             query = {k: v[-1] for k, v in parse_qs(parts.query, strict_parsing=False).items()}
             if scheme.endswith("+sentinel"):
                 return cls._from_sentinel_url(url.strip(), scheme, query)
+            if scheme.endswith("+cluster"):
+                return cls._from_cluster_url(url.strip(), scheme, query)
             unknown = set(query) - {
                 "db",
                 "ssl_cert_reqs",
@@ -222,8 +236,55 @@ class RedisSettings:
             raise ConfigurationError(
                 f"cannot parse Redis URL {_redact(url)!r}: {exc}; expected "
                 "redis://[user:password@]host[:port][/db], rediss://…, unix:///path or "
-                "redis+sentinel://host:port[,host:port…]/master-name[/db]"
+                "redis+sentinel://host:port[,host:port…]/master-name[/db] or "
+                "redis+cluster://host:port[,host:port…]"
             ) from None
+        return cls(**options)
+
+    @staticmethod
+    def _nodes(
+        netloc: str, default_port: int
+    ) -> tuple[tuple[str | None, str | None], list[tuple[str, int]]]:
+        """(user, password) and the ``host:port`` list of a multi-host network location."""
+        user = password = None
+        if "@" in netloc:
+            auth, netloc = netloc.rsplit("@", 1)
+            name, sep, secret = auth.partition(":")
+            user = unquote(name) or None
+            password = unquote(secret) if sep else None
+        nodes = []
+        for item in netloc.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if not sep:
+                host, port = item.strip(), str(default_port)
+            if not host or not port.isdigit():
+                raise ValueError(f"address {item!r} is not host:port")
+            nodes.append((host.strip("[]"), int(port)))
+        return (user, password), nodes
+
+    @classmethod
+    def _from_cluster_url(cls, url: str, scheme: str, query: dict[str, str]) -> RedisSettings:
+        """``redis+cluster://[user:password@]h1:7000,h2:7001[/0]``: a few of the cluster's
+        nodes; the others are found from them."""
+        rest = url.split("://", 1)[1].split("?", 1)[0]
+        netloc, _, path = rest.partition("/")
+        (user, password), nodes = cls._nodes(netloc, 6379)
+        if path.strip("/") not in ("", "0"):
+            raise ValueError("a cluster has database 0 only")
+        unknown = set(query) - {"socket_connect_timeout", "socket_timeout"}
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
+        options: dict[str, Any] = {
+            "username": user,
+            "password": password,
+            "ssl": scheme.startswith("rediss"),
+            "host": nodes[0][0],
+            "port": nodes[0][1],
+            "cluster_nodes": tuple(nodes),
+        }
+        for name in ("socket_connect_timeout", "socket_timeout"):
+            if name in query:
+                options[name] = float(query[name])
         return cls(**options)
 
     @classmethod
@@ -232,20 +293,7 @@ class RedisSettings:
         password is the master's (the sentinels are asked without one)."""
         rest = url.split("://", 1)[1].split("?", 1)[0]
         netloc, _, path = rest.partition("/")
-        user = password = None
-        if "@" in netloc:
-            auth, netloc = netloc.rsplit("@", 1)
-            name, sep, secret = auth.partition(":")
-            user = unquote(name) or None
-            password = unquote(secret) if sep else None
-        sentinels = []
-        for item in netloc.split(","):
-            host, sep, port = item.strip().rpartition(":")
-            if not sep:
-                host, port = item.strip(), "26379"
-            if not host or not port.isdigit():
-                raise ValueError(f"sentinel address {item!r} is not host:port")
-            sentinels.append((host.strip("[]"), int(port)))
+        (user, password), sentinels = cls._nodes(netloc, 26379)
         service, _, db_text = path.strip("/").partition("/")
         if not service:
             raise ValueError("a sentinel URL needs the master's name: …/mymaster[/db]")
@@ -284,6 +332,8 @@ class RedisSettings:
         if self.sentinels:
             watched = ",".join(f"{h}:{p}" for h, p in self.sentinels)
             return f"sentinel master {self.service_name} at {watched}"
+        if self.cluster_nodes:
+            return "cluster " + ",".join(f"{h}:{p}" for h, p in self.cluster_nodes)
         if self.unix_socket_path:
             return f"unix:{self.unix_socket_path}"
         return f"{self.host}:{self.port}"
@@ -292,6 +342,9 @@ class RedisSettings:
     def url(self) -> str:
         """A URL for these settings with the password left out."""
         user = f"{self.username}@" if self.username else ""
+        if self.cluster_nodes:
+            scheme = "rediss+cluster" if self.ssl else "redis+cluster"
+            return f"{scheme}://{user}" + ",".join(f"{h}:{p}" for h, p in self.cluster_nodes)
         if self.sentinels:
             scheme = "rediss+sentinel" if self.ssl else "redis+sentinel"
             watched = ",".join(f"{h}:{p}" for h, p in self.sentinels)

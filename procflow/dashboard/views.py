@@ -41,7 +41,7 @@ class FlowCache:
     def check(self, name: str) -> None:
         """Make sure the operator knows flow ``name`` as registered (UnknownFlowError if it
         never was)."""
-        raw = self.op.registry.describe(name)
+        raw = self.op.registry_of(name).describe(name)
         with self._lock:  # builds each flow once, whichever request comes first
             seen = self._seen.get(name)
             if raw is None or seen is None or raw == seen:

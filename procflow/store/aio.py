@@ -30,7 +30,7 @@ from . import keys
 from .keys import StageKeys
 from .records import NewJob
 from .redis import CREATE_CHUNK, PRUNE_LIMIT, Store, created_from
-from .wire import Arg, Script, connection_kwargs, discover_master, pack, script
+from .wire import Arg, Script, connection_kwargs, discover_master, pack, script, slot_master
 
 __all__ = ["AsyncStore", "AsyncSubscription", "Link", "open_streams"]
 
@@ -63,8 +63,9 @@ async def open_streams(settings: RedisSettings) -> Streams:
     streams. RedisUnavailableError names the address; a refusal during the handshake (a
     database out of range, say) is the server's error. Under Sentinel, the master the
     sentinels name now (asked on a thread: the sentinel client is blocking)."""
-    if settings.sentinels:
-        host, port = await asyncio.to_thread(discover_master, settings)
+    if settings.sentinels or settings.cluster_nodes:
+        find = discover_master if settings.sentinels else slot_master
+        host, port = await asyncio.to_thread(find, settings)
         settings = settings.with_options(host=host, port=port)
     kwargs = connection_kwargs(
         settings, socket_timeout=settings.socket_timeout, retry=Retry(NoBackoff(), 0)

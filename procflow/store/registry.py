@@ -76,6 +76,22 @@ class Registry:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._global: Store | None = None
+
+    @property
+    def global_store(self) -> Store:
+        """Where ``procflow:flows`` lives: on Redis Cluster its own slot's master, else the
+        same server."""
+        settings = self.store.settings
+        if not settings.cluster_nodes:
+            return self.store
+        if self._global is None:
+            self._global = Store(settings.with_options(cluster_key=keys.FLOWS))
+        return self._global
+
+    def close(self) -> None:
+        if self._global is not None:
+            self._global.close()
 
     # -- flows -----------------------------------------------------------------------------
 
@@ -84,19 +100,13 @@ class Registry:
         described in ``procflow:F:flow``."""
         text = json.dumps(description, separators=(",", ":"), ensure_ascii=False)
         with self.store.wire() as w:
-            replies = w.pipeline(
-                [
-                    pack("MULTI"),
-                    pack("SADD", keys.FLOWS, flow),
-                    pack("SET", keys.flow_record(flow), text),
-                    pack("EXEC"),
-                ]
-            )
-            w.check(replies[-1])
+            w.call("SET", keys.flow_record(flow), text)
+        with self.global_store.wire() as w:  # listed once described
+            w.call("SADD", keys.FLOWS, flow)
 
     def flows(self) -> list[str]:
         """The names of every registered flow, sorted."""
-        with self.store.wire() as w:
+        with self.global_store.wire() as w:
             return sorted(m.decode() for m in w.call("SMEMBERS", keys.FLOWS))
 
     def describe(self, flow: str) -> dict[str, Any] | None:
@@ -113,7 +123,9 @@ class Registry:
         with self.store.wire() as w:
             nodes = [n.decode() for n in w.call("ZRANGE", keys.nodes(flow), 0, -1)]
             own += [keys.node(flow, n) for n in nodes]
-            w.pipeline([pack("SREM", keys.FLOWS, flow), pack("DEL", *own)])
+            w.check(w.call("DEL", *own))
+        with self.global_store.wire() as w:
+            w.call("SREM", keys.FLOWS, flow)
 
     # -- node heartbeats -------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from redis.retry import Retry
 
 from ..errors import RedisRefusedError, RedisUnavailableError, refusal
 from ..settings import SSL_CERT_REQS, RedisSettings
+from .keys import key_slot
 
 __all__ = [
     "Arg",
@@ -130,12 +131,23 @@ class Wire:
         self._conn: Any = self._connection(settings)
         self._sock: Any = None
         self._reader: Any = None
+        #: Cluster: where a MOVED reply sent this connection (used by the next connect)
+        self._moved_to: tuple[str, int] | None = None
 
     def _connection(self, settings: RedisSettings) -> Any:
         kwargs = connection_kwargs(
             settings, socket_timeout=self._socket_timeout, retry=Retry(NoBackoff(), 0)
         )
         return connection_class(settings)(**kwargs)
+
+    def _follow_slot(self) -> None:
+        """Under Cluster: connect to the master serving ``cluster_key``'s slot (where a MOVED
+        reply pointed, or what the slot map says now)."""
+        target, self._moved_to = self._moved_to, None
+        host, port = target or slot_master(self.settings)
+        if (self._conn.host, self._conn.port) != (host, port):
+            self._conn.disconnect()
+            self._conn = self._connection(self.settings.with_options(host=host, port=port))
 
     def _follow_master(self) -> None:
         """Under Sentinel: connect to the master the sentinels name now (after a failover,
@@ -158,6 +170,12 @@ class Wire:
         error = refusal(self.settings.address, str(reply))
         if self.settings.sentinels and error.code == "READONLY":
             self.close()
+        elif self.settings.cluster_nodes and error.code in ("MOVED", "ASK"):
+            # "MOVED 3999 127.0.0.1:6381": the slot lives there now; the call is retried there
+            host, _, port = str(reply).split()[-1].rpartition(":")
+            self.close()
+            if port.isdigit():
+                self._moved_to = (host, int(port))
         return error
 
     def close(self) -> None:
@@ -173,6 +191,8 @@ class Wire:
         try:
             if self.settings.sentinels:
                 self._follow_master()
+            elif self.settings.cluster_nodes:
+                self._follow_slot()
             self._conn.connect()
         except _CONNECTION_ERRORS as exc:
             raise self._fail(exc) from None
@@ -338,6 +358,35 @@ def _sentinel(settings: RedisSettings) -> redis.sentinel.Sentinel:
     )
 
 
+def slot_master(settings: RedisSettings) -> tuple[str, int]:
+    """The master serving the hash slot of ``settings.cluster_key``, from the slot map of the
+    first of ``cluster_nodes`` that answers. RedisUnavailableError when none does."""
+    slot = key_slot(settings.cluster_key or "")
+    timeout = settings.socket_connect_timeout
+    problems = []
+    for host, port in settings.cluster_nodes:
+        kwargs = connection_kwargs(
+            settings.with_options(host=host, port=port), socket_timeout=timeout
+        )
+        client = redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=connection_class(settings), **kwargs
+            )
+        )
+        try:
+            slots = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            for first, last, master, *_ in slots:
+                if int(first) <= slot <= int(last):
+                    name = master[0].decode() if isinstance(master[0], bytes) else master[0]
+                    return name or host, int(master[1])
+            problems.append(f"{host}:{port} has no master for slot {slot}")
+        except rex.RedisError as exc:
+            problems.append(f"{host}:{port}: {exc}")
+        finally:
+            client.close()
+    raise RedisUnavailableError(settings.address, "; ".join(problems))
+
+
 def discover_master(settings: RedisSettings) -> tuple[str, int]:
     """The address of the master the sentinels of ``settings`` name now. Raises
     RedisUnavailableError when none of them answers with a healthy master."""
@@ -353,7 +402,8 @@ def discover_master(settings: RedisSettings) -> tuple[str, int]:
 
 
 def make_client(settings: RedisSettings, **overrides: Any) -> redis.Redis:
-    """A plain redis-py client (pub/sub); under Sentinel, one that follows the master."""
+    """A plain redis-py client (pub/sub); under Sentinel, one that follows the master; under
+    Cluster, one on the master of the settings' slot (classic pub/sub reaches every node)."""
     if settings.sentinels:
         assert settings.service_name is not None
         kwargs = connection_kwargs(settings, **overrides)
@@ -363,6 +413,9 @@ def make_client(settings: RedisSettings, **overrides: Any) -> redis.Redis:
             settings.service_name, **kwargs
         )
         return client
+    if settings.cluster_nodes:
+        host, port = slot_master(settings)
+        settings = settings.with_options(host=host, port=port)
     kwargs = connection_kwargs(settings, **overrides)
     pool = redis.ConnectionPool(connection_class=connection_class(settings), **kwargs)
     return redis.Redis(connection_pool=pool)

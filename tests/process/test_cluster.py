@@ -1,0 +1,200 @@
+"""Redis Cluster: a hash-tagged flow on a real local cluster, and a master killed mid-run.
+
+Six ``redis-server --cluster-enabled yes`` processes on loopback ports of their own (three
+masters, three replicas), joined with CLUSTER ADDSLOTSRANGE / MEET / REPLICATE, started and
+stopped by pid here.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from procflow import ConfigurationError, Flow, QueueSpec
+from procflow.ops import Operator
+from procflow.store.keys import key_slot
+from procflow.store.wire import slot_master
+from tests.conftest import server_binary, wait_until
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+SLOTS = 16384
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(taken: set[int]) -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 40000)
+        if port not in taken and _bindable(port) and _bindable(port + 10000):
+            taken.add(port)
+            return port
+
+
+@dataclass
+class Cluster:
+    ports: list[int]
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=2)
+
+
+def _healthy(c: Cluster, ports: list[int]) -> bool:
+    try:
+        return all(c.client(p).cluster("info")["cluster_state"] == "ok" for p in ports)
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    binary = server_binary("redis")
+    taken: set[int] = set()
+    c = Cluster([free_port(taken) for _ in range(6)])
+    for port in c.ports:
+        d = tmp_path / str(port)
+        d.mkdir()
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(d)]
+        args += ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]
+        args += ["--cluster-config-file", str(d / "nodes.conf"), "--save", "", "--appendonly", "no"]
+        c.procs[port] = subprocess.Popen(
+            [binary, *args], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    try:
+        for port in c.ports:
+            wait_until(lambda port=port: _ping(c, port), timeout=20, what=f"node {port}")
+        masters, replicas = c.ports[:3], c.ports[3:]
+        for n, port in enumerate(masters):
+            first, last = n * SLOTS // 3, (n + 1) * SLOTS // 3 - 1
+            c.client(port).execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        for port in c.ports[1:]:
+            c.client(port).execute_command("CLUSTER", "MEET", "127.0.0.1", c.ports[0])
+        wait_until(
+            lambda: all(len(c.client(p).cluster("nodes")) == 6 for p in c.ports),
+            timeout=20,
+            what="every node to know the others",
+        )
+        for master, replica in zip(masters, replicas, strict=True):
+            node_id = c.client(master).execute_command("CLUSTER", "MYID").decode()
+            c.client(replica).execute_command("CLUSTER", "REPLICATE", node_id)
+        wait_until(lambda: _healthy(c, c.ports), timeout=30, what="cluster_state ok")
+        wait_until(
+            lambda: all(
+                c.client(r).info("replication").get("master_link_status") == "up" for r in replicas
+            ),
+            timeout=30,
+            what="the replicas in sync",
+        )
+        yield c
+    finally:
+        for proc in c.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+def _ping(c: Cluster, port: int) -> bool:
+    try:
+        return bool(c.client(port).ping())
+    except redis.RedisError:
+        return False
+
+
+def test_a_flow_whose_keys_spread_over_slots_is_refused_with_the_tagged_spelling() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Flow("pay", [QueueSpec("check")], redis_url="redis+cluster://127.0.0.1:1")
+    text = str(caught.value)
+    assert "job:pay:ID (slot" in text and "queue:check:waiting (slot" in text
+    assert "Flow('{pay}', [QueueSpec('{pay}.check')])" in text
+
+
+def test_a_tagged_flow_with_fan_out_runs_through_a_master_failover(cluster: Cluster) -> None:
+    def check(job: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(0.002)
+        return {
+            "checked": True,
+            "children:{pay}.charge:params": [{"childName": "card", "amount": job["amount"]}],
+        }
+
+    flow = Flow(
+        "{pay}",
+        [
+            QueueSpec(
+                "{pay}.check",
+                next_queue="{pay}.charge",
+                attributes_to_get=["amount"],
+                max_attempts=5,
+            ),
+            QueueSpec(
+                "{pay}.charge",
+                children=[QueueSpec("card", attributes_to_get=["amount"], max_attempts=5)],
+                max_attempts=5,
+            ),
+        ],
+        lookup_attributes=["user"],
+        redis_url=cluster.url,
+    )
+    flow.create_workers("{pay}.check", check, count=2, lock_time=2)
+    flow.create_parent_workers("{pay}.charge", count=1, lock_time=2)
+    flow.create_child_workers(
+        "{pay}.charge", "card", lambda job: {"paid": job["amount"]}, count=1, lock_time=2
+    )
+    host, port = slot_master(flow.redis)
+    assert host == "127.0.0.1" and port in cluster.ports[:3]
+    assert key_slot("job:{pay}:x") == key_slot("queue:{pay}.charge:card:waiting")
+    master = cluster.client(port)
+    with flow.start_all(monitor_interval=0.5) as sup:
+        ids = flow.create_jobs([{"amount": n, "user": n % 4} for n in range(300)])
+        assert master.execute_command("WAIT", 1, 5000) == 1  # the replica has every job
+        wait_until(
+            lambda: master.llen("queue:{pay}.check:waiting") < 250,
+            timeout=30,
+            what="the run under way",
+        )
+        cluster.procs[port].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        jobs = sup.wait(ids, timeout=120)
+        recovered = time.monotonic() - killed_at
+    assert all(j["done"] is True and "failed" not in j for j in jobs), [
+        j for j in jobs if not j.get("done") or j.get("failed")
+    ][:3]
+    children = [
+        c
+        for j in flow.get_jobs(ids, resolve_children=True)
+        for c in j["children:{pay}.charge:jobs"]
+    ]
+    assert len(children) == 300 and all(c.get("paid") is not None for c in children)
+    _, new_port = slot_master(flow.redis)
+    assert new_port != port and new_port in cluster.ports[3:]  # its replica took over
+    op = Operator(cluster.url)  # the registry's set lives in a slot of its own
+    assert op.flows() == ["{pay}"]
+    assert [s.name for s in op.status("{pay}")] == [
+        "{pay}.check",
+        "{pay}.charge",
+        "{pay}.charge:card",
+    ]
+    op.close()
+    print(f"\ncluster failover: 300 jobs with fan-out done {recovered:.1f} s after the kill")
