@@ -40,7 +40,14 @@ def _work(rounds: int) -> int:
     return sum(i * i for i in range(rounds))  # a little CPU, like a real stage
 
 
-def chaos_flow(url: str, *, workers: int = 2, max_attempts: int = 10, prefetch: int = 1) -> Flow:
+def chaos_flow(
+    url: str,
+    *,
+    workers: int = 2,
+    max_attempts: int = 10,
+    prefetch: int = 1,
+    lock_time: float = 180,
+) -> Flow:
     """3 stages, the middle one fanning out to two child queues; every stage counted.
     ``prefetch``: for every stage but the parent (which takes one job at a time)."""
     count = _counter(url)
@@ -88,17 +95,23 @@ def chaos_flow(url: str, *, workers: int = 2, max_attempts: int = 10, prefetch: 
         ],
         redis_url=url,
     )
-    flow.create_workers("prepare", prepare, count=workers, block_timeout=1)
-    flow.create_parent_workers("fanout", count=1, block_timeout=1)
-    flow.create_child_workers("fanout", "alpha", alpha, count=workers, block_timeout=1)
-    flow.create_child_workers("fanout", "beta", beta, count=workers, block_timeout=1)
-    flow.create_workers("finish", finish, count=1, block_timeout=1)
+    flow.create_workers("prepare", prepare, count=workers, block_timeout=1, lock_time=lock_time)
+    flow.create_parent_workers("fanout", count=1, block_timeout=1, lock_time=lock_time)
+    flow.create_child_workers(
+        "fanout", "alpha", alpha, count=workers, block_timeout=1, lock_time=lock_time
+    )
+    flow.create_child_workers(
+        "fanout", "beta", beta, count=workers, block_timeout=1, lock_time=lock_time
+    )
+    flow.create_workers("finish", finish, count=1, block_timeout=1, lock_time=lock_time)
     return flow
 
 
 def chaos_app() -> Flow:
-    """For ``python -m procflow.supervisor tests.chaos.harness:chaos_app``."""
-    return chaos_flow(os.environ["PROCFLOW_REDIS_URL"])
+    """For ``python -m procflow.supervisor tests.chaos.harness:chaos_app`` (locks of
+    ``$CHAOS_LOCK_TIME`` seconds, default 180)."""
+    lock_time = float(os.environ.get("CHAOS_LOCK_TIME", "180"))
+    return chaos_flow(os.environ["PROCFLOW_REDIS_URL"], lock_time=lock_time)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from procflow.server import RedisServer
 from tests.chaos.harness import Audit, Killer, audit, chaos_flow, timed
 from tests.conftest import CHAOS_REPORT, SERVER_KINDS, server_binary, wait_until
 from tests.helpers import lazy_client, segfault
+from tests.proxy import Proxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("no_leaks")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_a_random_worker_sigkilled_every_200ms_with_prefetch_16(
     )
 
 
-def _cli(url: str, *args: str) -> subprocess.Popen[str]:
+def _cli(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -102,12 +103,98 @@ def _cli(url: str, *args: str) -> subprocess.Popen[str]:
             *args,
         ],
         cwd=ROOT,
-        env={**os.environ, "PROCFLOW_REDIS_URL": url},
+        env={**os.environ, "PROCFLOW_REDIS_URL": url, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,  # its own process group, killed whole below
     )
+
+
+def _locks(r: redis.Redis, flow: Flow) -> dict[tuple[str, str], str]:
+    """(stage, job id) → lock value, for every job in the flow's processing lists."""
+    out = {}
+    for stage in flow.stages.values():
+        ids = [i.decode() for i in r.lrange(stage.keys.processing, 0, -1)]
+        values = r.mget([stage.keys.lock(i) for i in ids]) if ids else []
+        for job_id, value in zip(ids, values, strict=True):
+            if value is not None:
+                out[(stage.name, job_id)] = value.decode()
+    return out
+
+
+def _held_by(r: redis.Redis, flow: Flow, node: str) -> set[tuple[str, str]]:
+    """The (stage, job id) pairs locked by ``node``."""
+    return {k for k, v in _locks(r, flow).items() if v.startswith(f"{node}|")}
+
+
+def _moved_on(r: redis.Redis, flow: Flow, held: set[tuple[str, str]], node: str) -> bool:
+    """Whether every job ``node`` held has left that stage or is held by another node."""
+    locks = _locks(r, flow)
+    for stage, job_id in held:
+        value = locks.get((stage, job_id))
+        if value is None:
+            in_stage = r.lpos(flow.stage(stage).keys.processing, job_id) is not None
+            if in_stage:
+                return False  # still there without a lock: not taken back yet
+        elif value.startswith(f"{node}|"):
+            return False
+    return True
+
+
+def test_three_nodes_one_killed_one_cut_off_longer_than_its_locks(
+    redis_url: str, server: RedisServer
+) -> None:
+    flow = chaos_flow(redis_url)
+    r = redis.Redis.from_url(redis_url)
+    ids = flow.create_jobs([{"n": n} for n in range(4000)])
+    short = {"CHAOS_LOCK_TIME": "2"}
+    clock = timed()
+    with Proxy(server.port) as proxy:
+        a = _cli(redis_url, "--node-id", "node-a", env=short)
+        b = _cli(redis_url, "--node-id", "node-b", env=short)
+        c = _cli(proxy.url(), "--node-id", "node-c", env=short)
+        try:
+
+            def cut_off_holding() -> set[tuple[str, str]]:
+                proxy.pause()  # node c's connections stay open but silent
+                held = _held_by(r, flow, "node-c")
+                if not held:
+                    proxy.resume()  # it held nothing at that moment: try again
+                return held
+
+            held_c = wait_until(cut_off_holding, timeout=60, what="node c cut off holding jobs")
+            cut = time.monotonic()
+            wait_until(lambda: _held_by(r, flow, "node-a"), timeout=60, what="node a at work")
+            os.killpg(a.pid, signal.SIGKILL)  # the whole node: supervisor and workers
+            a.wait(10)
+            killed = time.monotonic()
+            held_a = _held_by(r, flow, "node-a")
+            wait_until(
+                lambda: _moved_on(r, flow, held_a, "node-a"), timeout=60, what="a's jobs rerun"
+            )
+            a_recovered = time.monotonic() - killed
+            wait_until(
+                lambda: _moved_on(r, flow, held_c, "node-c"), timeout=60, what="c's jobs taken"
+            )
+            c_taken = time.monotonic() - cut
+            wait_until(lambda: time.monotonic() - cut > 5, timeout=10, what="the partition")
+            proxy.resume()  # c comes back: its stale leases must not complete
+            wait_until(lambda: done_count(flow, ids) == 4000, timeout=180, what="every job done")
+        finally:
+            for proc in (a, b, c):
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in (a, b, c):
+                proc.wait(60)
+    result = audit(flow, ids)
+    r.close()
+    assert result.done == 4000
+    print(
+        f"\nnode a's {len(held_a)} jobs running elsewhere {a_recovered:.1f} s after the kill; "
+        f"node c's {len(held_c)} taken over {c_taken:.1f} s after the cut"
+    )
+    report("h: 3 nodes, one SIGKILLed, one cut off 5 s", result, 2, clock(), kind_of(server))
 
 
 def test_the_whole_supervisor_sigkilled_then_restarted(redis_url: str, server: RedisServer) -> None:
