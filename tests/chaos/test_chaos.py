@@ -305,7 +305,7 @@ def test_hangs_segfaults_and_memory_hogs(redis_url: str, server: RedisServer) ->
             QueueSpec(
                 "w",
                 attributes_to_get=["kind"],
-                timeout=1.0,
+                timeout=2.0,  # well above a hog's time to 400 MiB on a loaded machine
                 memory_limit="400MiB",
                 max_attempts=2,
                 retry_backoff=Backoff(base=0.05),
