@@ -113,6 +113,14 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _flag(text: str, name: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0, not {text!r}")
+
+
 _SCHEMES = (
     "redis",
     "rediss",
@@ -159,6 +167,10 @@ class RedisSettings:
     #: these connections serve (a flow sets it: every key of a flow shares one slot)
     cluster_nodes: tuple[tuple[str, int], ...] = ()
     cluster_key: str | None = None
+    #: every write waits until one replica has it (``WAIT 1 durable_ms``); a write no replica
+    #: acknowledged in time is a ``NOREPLICAS`` refusal (retried like any refusal)
+    durable: bool = False
+    durable_ms: int = 1000
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
@@ -188,6 +200,7 @@ class RedisSettings:
                 "socket_connect_timeout",
                 "socket_timeout",
                 "max_value_bytes",
+                "durable",
             }
             if unknown:
                 raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
@@ -232,6 +245,8 @@ class RedisSettings:
                         raise ValueError(f"{name} must be > 0 seconds")
             if "max_value_bytes" in query:
                 options["max_value_bytes"] = parse_size(query["max_value_bytes"], "max_value_bytes")
+            if "durable" in query:
+                options["durable"] = _flag(query["durable"], "durable")
         except ValueError as exc:  # urlsplit's port parsing raises ValueError too
             raise ConfigurationError(
                 f"cannot parse Redis URL {_redact(url)!r}: {exc}; expected "
@@ -271,10 +286,11 @@ class RedisSettings:
         (user, password), nodes = cls._nodes(netloc, 6379)
         if path.strip("/") not in ("", "0"):
             raise ValueError("a cluster has database 0 only")
-        unknown = set(query) - {"socket_connect_timeout", "socket_timeout"}
+        unknown = set(query) - {"socket_connect_timeout", "socket_timeout", "durable"}
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
         options: dict[str, Any] = {
+            "durable": _flag(query.get("durable", "0"), "durable"),
             "username": user,
             "password": password,
             "ssl": scheme.startswith("rediss"),
@@ -300,10 +316,11 @@ class RedisSettings:
         db_text = query.get("db", db_text or "0")
         if not re.fullmatch(r"\d+", db_text):
             raise ValueError(f"database must be a number, not {db_text!r}")
-        unknown = set(query) - {"db", "socket_connect_timeout", "socket_timeout"}
+        unknown = set(query) - {"db", "socket_connect_timeout", "socket_timeout", "durable"}
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
         options: dict[str, Any] = {
+            "durable": _flag(query.get("durable", "0"), "durable"),
             "username": user,
             "password": password,
             "db": int(db_text),

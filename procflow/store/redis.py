@@ -163,6 +163,8 @@ class Store:
                 in_flight = [(j, n) for j, (_, n) in zip(chunk, blocks, strict=True)]
                 start += len(chunk)
             refused = _read_created(w, in_flight, created) or refused
+            if refused is None:
+                w.wait_replicas()  # durable: acknowledged once a replica has them all
         if refused is not None:
             if len(jobs) == 1:
                 raise refused
@@ -235,7 +237,7 @@ class Store:
         commands.append(pack("DEL", job_key, *extra_keys))
         commands.append(pack("EXEC"))
         with self.wire() as w:
-            replies = w.pipeline(commands)
+            replies = w.pipeline(commands, writes=True)
             w.check(replies[-1])
         return int(replies[-1][-1])
 

@@ -282,20 +282,58 @@ class Wire:
             raise self.refused(reply)
         return reply
 
-    def pipeline(self, commands: Sequence[bytes]) -> list[Any]:
-        """Send packed commands in one write, read every reply (errors as values)."""
+    def pipeline(self, commands: Sequence[bytes], writes: bool = False) -> list[Any]:
+        """Send packed commands in one write, read every reply (errors as values). Commands
+        that ``writes`` under ``durable`` get a WAIT for one replica in the same write."""
         if not commands:
             return []
-        self.send(b"".join(commands))
-        return self.read_many(len(commands))
+        if not (writes and self.settings.durable):
+            self.send(b"".join(commands))
+            return self.read_many(len(commands))
+        self.send(b"".join([*commands, self._wait]))
+        replies = self.read_many(len(commands) + 1)
+        self._replicated(replies.pop())
+        return replies
+
+    @property
+    def _wait(self) -> bytes:
+        return pack("WAIT", 1, self.settings.durable_ms)
+
+    def _replicated(self, reply: Any) -> None:
+        """A WAIT's reply: fewer than one replica means the write is not durable yet."""
+        if isinstance(reply, rex.ResponseError):
+            raise self.refused(reply)
+        if int(reply) < 1:
+            raise self.refused(
+                f"NOREPLICAS no replica acknowledged the write within "
+                f"{self.settings.durable_ms} ms (durable=1)"
+            )
+
+    def wait_replicas(self) -> None:
+        """With ``durable``: wait until one replica has every write sent on this connection
+        so far (after a pipelined batch of writes)."""
+        if self.settings.durable:
+            self._replicated(self.call("WAIT", 1, self.settings.durable_ms))
 
     def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Run a script by SHA; load it first if the server does not know it (a restart or
         SCRIPT FLUSH). An error raised by the script raises."""
-        packed = pack("EVALSHA", script.sha, len(keys), *keys, *args)
-        self.send(packed)
+        return self._script_call(script, pack("EVALSHA", script.sha, len(keys), *keys, *args))
+
+    def _script_call(self, script: Script, packed: bytes) -> Any:
+        """Send a packed EVALSHA (with ``durable``, a WAIT in the same write) and read it;
+        NOSCRIPT loads the script and sends it again."""
+        durable = self.settings.durable
+        self.send(packed + self._wait if durable else packed)
         reply = self.read()
-        if isinstance(reply, rex.NoScriptError):
+        if durable:
+            waited = self.read()
+            if isinstance(reply, rex.NoScriptError):
+                self.load(script)
+                return self._script_call(script, packed)
+            if not isinstance(reply, rex.ResponseError):
+                self._replicated(waited)
+        elif isinstance(reply, rex.NoScriptError):
             self.load(script)
             self.send(packed)
             reply = self.read()
@@ -305,16 +343,7 @@ class Wire:
 
     def run(self, prepared: Prepared, tail: Sequence[str | bytes]) -> Any:
         """Run a prepared script call with its per-call arguments."""
-        packed = prepared.pack(tail)
-        self.send(packed)
-        reply = self.read()
-        if isinstance(reply, rex.NoScriptError):
-            self.load(prepared.script)
-            self.send(packed)
-            reply = self.read()
-        if isinstance(reply, rex.ResponseError):
-            raise self.refused(reply)
-        return reply
+        return self._script_call(prepared.script, prepared.pack(tail))
 
     def pack_evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> bytes:
         """A packed EVALSHA, for ``run_scripts``."""
@@ -323,12 +352,12 @@ class Wire:
     def run_scripts(self, scripts: Sequence[Script], packed: Sequence[bytes]) -> list[Any]:
         """Pipeline several EVALSHA calls; those the server did not know are loaded and sent
         again (a NOSCRIPT reply means that call did not run). Error replies are values."""
-        replies = self.pipeline(packed)
+        replies = self.pipeline(packed, writes=True)
         missing = [i for i, r in enumerate(replies) if isinstance(r, rex.NoScriptError)]
         if missing:
             for s in {scripts[i].sha: scripts[i] for i in missing}.values():
                 self.load(s)
-            again = self.pipeline([packed[i] for i in missing])
+            again = self.pipeline([packed[i] for i in missing], writes=True)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from procflow import Flow, QueueSpec
+from procflow import Flow, QueueSpec, RedisRefusedError, RedisUnavailableError
 from procflow.settings import RedisSettings
 from procflow.store.wire import discover_master
 from tests.conftest import server_binary, wait_until
@@ -136,3 +136,36 @@ def test_a_flow_runs_through_a_sentinel_failover(sentinels: SentinelSet) -> None
     new_master = redis.Redis(port=sentinels.replica_port)
     assert new_master.llen("queue:w:waiting") == 0 and new_master.llen("queue:w:processing") == 0
     print(f"\nsentinel failover: 600 jobs done {recovered:.1f} s after the master was killed")
+
+
+def test_with_durable_every_acknowledged_job_survives_the_failover(
+    sentinels: SentinelSet,
+) -> None:
+    url = sentinels.url + "?durable=1"
+    assert RedisSettings.from_url(url).durable is True
+    flow = Flow("durable", [QueueSpec("w")], redis_url=url)
+    replica = sentinels.procs["replica"]
+    replica.send_signal(signal.SIGSTOP)  # no replica acknowledges: no write is acknowledged
+    try:
+        with pytest.raises(RedisRefusedError, match="NOREPLICAS"):
+            flow.create_jobs([{"n": -1}])
+    finally:
+        replica.send_signal(signal.SIGCONT)
+    ids: list[str] = []
+    for n in range(20):  # acknowledged batch after batch, right up to the kill
+        ids += flow.create_jobs([{"n": n * 50 + i} for i in range(50)])
+    sentinels.procs["master"].send_signal(signal.SIGKILL)  # no WAIT of the test's own
+    settings = RedisSettings.from_url(url)
+
+    def promoted() -> bool:
+        try:
+            return discover_master(settings)[1] == sentinels.replica_port
+        except RedisUnavailableError:  # between masters: none to name yet
+            return False
+
+    wait_until(promoted, timeout=60, what="the replica promoted")
+    new_master = redis.Redis(port=sentinels.replica_port)
+    assert new_master.llen("queue:w:waiting") >= 1000  # the refused one was written too
+    assert all(flow.get_jobs(ids[i : i + 100]) for i in range(0, 1000, 100))
+    assert len(flow.get_jobs(ids)) == 1000
+    flow.disconnect()
