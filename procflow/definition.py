@@ -20,6 +20,7 @@ from .failures import RetryPolicy
 from .settings import DEFAULT_KEY_TTL, RedisSettings, parse_size
 from .store import keys
 from .store.keys import StageKeys
+from .store.slots import hash_tag, key_slot
 
 __all__ = ["MAX_PREFETCH", "Backoff", "FlowDefinition", "QueueSpec", "Stage"]
 
@@ -271,9 +272,9 @@ class FlowDefinition:
         for stage in self.stages.values():
             k = stage.keys
             names += [k.waiting, k.lock_prefix + "ID", k.job_prefix + "ID"]
-        slots = {name: keys.key_slot(name) for name in dict.fromkeys(names)}
+        slots = {name: key_slot(name) for name in dict.fromkeys(names)}
         if len(set(slots.values())) > 1:
-            tag = keys.hash_tag(self.name) if "{" in self.name else self.name
+            tag = hash_tag(self.name) if "{" in self.name else self.name
             shown = ", ".join(f"{n} (slot {slot})" for n, slot in list(slots.items())[:6])
             spelled = ", ".join(
                 f"QueueSpec('{{{tag}}}.{q.name.split('}')[-1].lstrip('.')}')" for q in self.queues

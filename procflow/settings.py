@@ -278,15 +278,15 @@ class RedisSettings:
         return (user, password), nodes
 
     @classmethod
-    def _from_cluster_url(cls, url: str, scheme: str, query: dict[str, str]) -> RedisSettings:
-        """``redis+cluster://[user:password@]h1:7000,h2:7001[/0]``: a few of the cluster's
-        nodes; the others are found from them."""
+    def _multi_host(
+        cls, url: str, scheme: str, query: dict[str, str], default_port: int, allowed: set[str]
+    ) -> tuple[dict[str, Any], list[tuple[str, int]], str]:
+        """What Sentinel and Cluster URLs share: the options of the network location and the
+        query (credentials, TLS, timeouts, ``durable``), its hosts, and the path."""
         rest = url.split("://", 1)[1].split("?", 1)[0]
         netloc, _, path = rest.partition("/")
-        (user, password), nodes = cls._nodes(netloc, 6379)
-        if path.strip("/") not in ("", "0"):
-            raise ValueError("a cluster has database 0 only")
-        unknown = set(query) - {"socket_connect_timeout", "socket_timeout", "durable"}
+        (user, password), nodes = cls._nodes(netloc, default_port)
+        unknown = set(query) - {"socket_connect_timeout", "socket_timeout", "durable", *allowed}
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
         options: dict[str, Any] = {
@@ -294,43 +294,36 @@ class RedisSettings:
             "username": user,
             "password": password,
             "ssl": scheme.startswith("rediss"),
-            "host": nodes[0][0],
-            "port": nodes[0][1],
-            "cluster_nodes": tuple(nodes),
         }
         for name in ("socket_connect_timeout", "socket_timeout"):
             if name in query:
                 options[name] = float(query[name])
+                if not options[name] > 0:
+                    raise ValueError(f"{name} must be > 0 seconds")
+        return options, nodes, path.strip("/")
+
+    @classmethod
+    def _from_cluster_url(cls, url: str, scheme: str, query: dict[str, str]) -> RedisSettings:
+        """``redis+cluster://[user:password@]h1:7000,h2:7001[/0]``: a few of the cluster's
+        nodes; the others are found from them."""
+        options, nodes, path = cls._multi_host(url, scheme, query, 6379, set())
+        if path not in ("", "0"):
+            raise ValueError("a cluster has database 0 only")
+        options.update(host=nodes[0][0], port=nodes[0][1], cluster_nodes=tuple(nodes))
         return cls(**options)
 
     @classmethod
     def _from_sentinel_url(cls, url: str, scheme: str, query: dict[str, str]) -> RedisSettings:
         """``redis+sentinel://[user:password@]h1:26379,h2:26379/SERVICE[/DB]``: the
         password is the master's (the sentinels are asked without one)."""
-        rest = url.split("://", 1)[1].split("?", 1)[0]
-        netloc, _, path = rest.partition("/")
-        (user, password), sentinels = cls._nodes(netloc, 26379)
-        service, _, db_text = path.strip("/").partition("/")
+        options, sentinels, path = cls._multi_host(url, scheme, query, 26379, {"db"})
+        service, _, db_text = path.partition("/")
         if not service:
             raise ValueError("a sentinel URL needs the master's name: …/mymaster[/db]")
         db_text = query.get("db", db_text or "0")
         if not re.fullmatch(r"\d+", db_text):
             raise ValueError(f"database must be a number, not {db_text!r}")
-        unknown = set(query) - {"db", "socket_connect_timeout", "socket_timeout", "durable"}
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
-        options: dict[str, Any] = {
-            "durable": _flag(query.get("durable", "0"), "durable"),
-            "username": user,
-            "password": password,
-            "db": int(db_text),
-            "ssl": scheme.startswith("rediss"),
-            "sentinels": tuple(sentinels),
-            "service_name": unquote(service),
-        }
-        for name in ("socket_connect_timeout", "socket_timeout"):
-            if name in query:
-                options[name] = float(query[name])
+        options.update(db=int(db_text), sentinels=tuple(sentinels), service_name=unquote(service))
         return cls(**options)
 
     @classmethod

@@ -172,18 +172,21 @@ class Registry:
         return int(seconds) + int(micros) / 1e6
 
     def stats(self, flow: str, queues: Sequence[str], minutes: int = 60) -> list[StageStats]:
-        """Each stage's totals and its last ``minutes`` minutes: one HGETALL per stage of a
-        hash that holds at most two fields per minute of a day. A total is what was folded
+        """Each stage's totals and its last ``minutes`` minutes (one round trip: the server's
+        clock, then one HGETALL per stage of a hash holding at most two fields per minute of a
+        day). A total is what was folded
         from old minutes plus the minutes still kept."""
         if not queues:
             return []
-        clock = self.server_time()
-        now = int(clock) // 60
-        with self.store.wire() as w:
-            replies = [
+        with self.store.wire() as w:  # the server's clock and every hash: one round trip
+            time_reply, *replies = [
                 w.check(r)
-                for r in w.pipeline([pack("HGETALL", keys.stats(flow, q)) for q in queues])
+                for r in w.pipeline(
+                    [pack("TIME"), *(pack("HGETALL", keys.stats(flow, q)) for q in queues)]
+                )
             ]
+        clock = int(time_reply[0]) + int(time_reply[1]) / 1e6
+        now = int(clock) // 60
         out = []
         for reply in replies:
             flat = reply if isinstance(reply, list) else [x for kv in reply.items() for x in kv]

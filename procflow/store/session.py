@@ -145,8 +145,7 @@ class StageSession:
     def lease_many(self, token: str) -> list[Lease]:
         """Up to ``prefetch`` waiting jobs, each claimed under its own token (``token``, then
         the tokens numbered after it), in one call."""
-        reply = self.wire.run(self._lease_many, (token, str(self.prefetch)))
-        return [Lease.from_reply(claim, token_at(token, i)) for i, claim in enumerate(reply)]
+        return _leases(self.wire.run(self._lease_many, (token, str(self.prefetch))), token)
 
     def wait_for_job(self, timeout: float) -> str | None:
         """BLMOVE waiting → processing, up to ``timeout`` s, on the blocking connection (a
@@ -202,11 +201,7 @@ class StageSession:
         if not next_waiting:
             tail += _DONE_TRUE
         reply = self.wire.run(prepared, tail)
-        leases = [
-            Lease.from_reply(claim, token_at(next_token, i) if i else next_token)
-            for i, claim in enumerate(reply[1:])
-        ]
-        return int(reply[0]), leases
+        return int(reply[0]), _leases(reply[1:], next_token)
 
     def complete_many(
         self,
@@ -244,12 +239,7 @@ class StageSession:
             keys.FINISHED_KEPT, stage.done_channel, stage.parent_pending_field, self.prefetch
         )
         reply = self.wire.evalsha(script("complete_many"), script_keys, [*head, *tail])
-        statuses = [int(x) for x in reply[0]]
-        leases = [
-            Lease.from_reply(claim, token_at(next_token, i) if i else next_token)
-            for i, claim in enumerate(reply[1:])
-        ]
-        return statuses, leases
+        return [int(x) for x in reply[0]], _leases(reply[1:], next_token)
 
     # -- failing and giving back -----------------------------------------------------------
 
@@ -384,6 +374,14 @@ class StageSession:
     def children_status(self, child_keys: Sequence[str]) -> list[Any]:
         """Per child: EXISTS, then HMGET done failed — pipelined in one round trip."""
         return children_status(self.wire, child_keys)
+
+
+def _leases(claims: Sequence[Any], first_token: str) -> list[Lease]:
+    """The claims of one lease call: the i-th under the token i places after ``first_token``."""
+    return [
+        Lease.from_reply(claim, token_at(first_token, i) if i else first_token)
+        for i, claim in enumerate(claims)
+    ]
 
 
 def children_status(wire: Wire, child_keys: Sequence[str]) -> list[Any]:

@@ -24,7 +24,7 @@ from redis.retry import Retry
 
 from ..errors import RedisRefusedError, RedisUnavailableError, refusal
 from ..settings import SSL_CERT_REQS, RedisSettings
-from .keys import key_slot
+from .slots import key_slot
 
 __all__ = [
     "Arg",
@@ -144,15 +144,15 @@ class Wire:
         """Under Cluster: connect to the master serving ``cluster_key``'s slot (where a MOVED
         reply pointed, or what the slot map says now)."""
         target, self._moved_to = self._moved_to, None
-        host, port = target or slot_master(self.settings)
-        if (self._conn.host, self._conn.port) != (host, port):
-            self._conn.disconnect()
-            self._conn = self._connection(self.settings.with_options(host=host, port=port))
+        self._point_at(*(target or slot_master(self.settings)))
 
     def _follow_master(self) -> None:
         """Under Sentinel: connect to the master the sentinels name now (after a failover,
         the new one)."""
-        host, port = discover_master(self.settings)
+        self._point_at(*discover_master(self.settings))
+
+    def _point_at(self, host: str, port: int) -> None:
+        """Connect to ``host:port`` from now on (Sentinel's master, Cluster's slot owner)."""
         if (self._conn.host, self._conn.port) != (host, port):
             self._conn.disconnect()
             self._conn = self._connection(self.settings.with_options(host=host, port=port))

@@ -202,36 +202,27 @@ class WorkerLoop:
 
     # -- leasing -------------------------------------------------------------------------
 
-    def _lease_now(self) -> list[Lease]:
-        """Lease what waits now (up to ``prefetch`` jobs), without blocking."""
-        k = self.prefetch
-        token = self.tokens.next(k)
-        self.status.leasing(token, count=k)
-        if k == 1:
-            lease = self._redis(lambda: self.session.lease(token), lost_token=token)
-            return [lease] if lease is not None else []
-        leases = self._redis(lambda: self.session.lease_many(token), lost_token=token, lost_count=k)
-        return leases or []
-
-    def _next_leases(self) -> list[Lease]:
+    def _lease_now(self, abort_on_stop: bool = False) -> list[Lease]:
+        """Lease what waits now (up to ``prefetch`` jobs, one call), without blocking."""
         k = self.prefetch
         token = self.tokens.next(k)
         self.status.leasing(token, count=k)
         if k == 1:
             lease = self._redis(
-                lambda: self.session.lease(token), lost_token=token, abort_on_stop=True
+                lambda: self.session.lease(token), lost_token=token, abort_on_stop=abort_on_stop
             )
-            leases = [lease] if lease is not None else []
-        else:
-            leases = (
-                self._redis(
-                    lambda: self.session.lease_many(token),
-                    lost_token=token,
-                    abort_on_stop=True,
-                    lost_count=k,
-                )
-                or []
-            )
+            return [lease] if lease is not None else []
+        leases = self._redis(
+            lambda: self.session.lease_many(token),
+            lost_token=token,
+            abort_on_stop=abort_on_stop,
+            lost_count=k,
+        )
+        return leases or []
+
+    def _next_leases(self) -> list[Lease]:
+        """What waits now; else block in BLMOVE for the next job and claim it."""
+        leases = self._lease_now(abort_on_stop=True)
         if leases or self.should_end() or self.status.pause_requested:
             return leases
         self.status.waiting()

@@ -22,7 +22,7 @@ import redis
 
 from procflow import ConfigurationError, Flow, QueueSpec
 from procflow.ops import Operator
-from procflow.store.keys import key_slot
+from procflow.store.slots import key_slot
 from procflow.store.wire import slot_master
 from tests.conftest import server_binary, wait_until
 
