@@ -359,9 +359,11 @@ class WorkerLoop:
         )
         assert reply is not None
         status, following = reply
-        self.status.finished(Outcome.COMPLETED if status == 1 else Outcome.LOST)
-        if len(following) == 1:  # held from now on, so a worker killed before it runs
-            self.status.leasing(following[0].token, following[0].id)  # the job is given back
+        outcome = Outcome.COMPLETED if status == 1 else Outcome.LOST
+        if len(following) == 1:  # held from the same write on: a kill now gives it back
+            self.status.finished(outcome, following[0].id, following[0].token)
+        else:
+            self.status.finished(outcome)
         if status == 0:
             self.log.bind(job=lease.id).warning(
                 "the lease on job {} was lost before it completed (its lock expired and the job "

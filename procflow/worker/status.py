@@ -289,8 +289,12 @@ class StatusWriter:
         raw.next_token = next_token.encode()
         raw.seq += 1
 
-    def finished(self, outcome: Outcome | None = None) -> None:
-        """The job in hand is finished with; ``outcome`` counts an attempt that ran."""
+    def finished(
+        self, outcome: Outcome | None = None, next_job: str = "", next_token: str = ""
+    ) -> None:
+        """The job in hand is finished with; ``outcome`` counts an attempt that ran. Given
+        the job its completion leased (``next_job`` under ``next_token``), the record says it
+        is held in the same write: no moment in which a kill would leave it unaccounted."""
         raw = self.raw
         raw.seq += 1
         if raw.state in (Activity.RUNNING, Activity.COMPLETING):
@@ -300,11 +304,17 @@ class StatusWriter:
                 raw.outcomes[outcome] += 1
                 raw.durations[bisect.bisect_left(DURATION_BUCKETS, took)] += 1
                 raw.duration_sum += took
-        raw.state = Activity.IDLE
         raw.jobs += 1
-        raw.job = b""
-        raw.token = b""
         raw.next_token = b""
+        if next_job:
+            raw.state = Activity.LEASING
+            raw.lease_count = 1
+            raw.token = next_token.encode()
+            raw.job = next_job.encode()
+        else:
+            raw.state = Activity.IDLE
+            raw.job = b""
+            raw.token = b""
         raw.seq += 1
 
     def paused(self) -> None:

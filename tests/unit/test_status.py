@@ -261,3 +261,14 @@ def test_the_tokens_of_a_lease_call_for_several_jobs_are_all_given_back() -> Non
     ]
     w.leasing("node|1|2.00|3|10", "job-known")  # a claim of a job BLMOVE moved: one token
     assert read_status(raw).lost_tokens() == ["node|1|2.00|3|10"]
+
+
+def test_a_completion_that_leased_the_next_job_hands_it_over_in_one_write() -> None:
+    raw = StatusRecord()
+    w = StatusWriter(raw)
+    w.running("j1", "node|1|2.00|3|1", 1.0)
+    w.completing("node|1|2.00|3|2")
+    w.finished(next_job="j2", next_token="node|1|2.00|3|2")
+    view = read_status(raw)  # what the supervisor reads if the worker dies right here
+    assert (view.activity, view.job, view.token) == (Activity.LEASING, "j2", "node|1|2.00|3|2")
+    assert view.jobs == 1 and view.lost_tokens() == ["node|1|2.00|3|2"]
