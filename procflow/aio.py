@@ -170,6 +170,11 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
             raise ConfigurationError(
                 f"AsyncFlow wraps a procflow.Flow, not a {type(flow).__name__}"
             )
+        if flow.partitioning is not None:
+            raise ConfigurationError(
+                f"AsyncFlow does not serve partitioned flows yet (flow {flow.name!r} has "
+                f"{len(flow.parts)} partitions); use the Flow's own methods, from a thread"
+            )
         self.flow = flow
         self._store: AsyncStore | None = None
         self._hub: _DoneHub | None = None
@@ -246,7 +251,7 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         ``Flow.create_job``) on the first queue and return its id. Options that cannot be
         stored raise EncodeError before anything is sent."""
         flow = self.flow
-        job = flow._prepare(options, uuid7(), flow.first_stage.keys.waiting)
+        job = flow._prepare(options, uuid7())
         await self.store.create_jobs([job], flow.key_ttl)
         return job.id
 
@@ -328,7 +333,7 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
                 child_stages = flow.definition.stages_of_job(child_key)
                 await self.store.delete_job(child_key, child_id, (), child_stages)
         top = [s.keys for s in flow.definition.top_stages]
-        await self.store.delete_job(key, job_id, flow._lookup_keys(job), top)
+        await self.store.delete_job(key, job_id, flow._lookup_keys(flow.parts[0], job), top)
         return True
 
     async def counts(self) -> dict[str, dict[str, int]]:

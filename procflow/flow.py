@@ -19,18 +19,19 @@ from .errors import (
     EncodeError,
     JobFailedError,
     SupervisorStateError,
-    UnknownLookupAttributeError,
     UnknownQueueError,
 )
 from .handles import PARENT, WORKER, WorkerGroup, WorkerHandle
 from .ids import uuid7, uuid7_batch
+from .partitions import Part, Partitioning, for_each
+from .reading import JobReads
 from .settings import DEFAULT_KEY_TTL, RedisSettings, WorkerKwargs, WorkerOptions
 from .store import acl, keys
 from .store.records import NewJob
 from .store.redis import Store
 from .store.registry import Registry
 from .supervisor import Supervisor
-from .waiting import wait_for_jobs
+from .waiting import wait_for_jobs, wait_in_parts
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -44,7 +45,7 @@ P = TypeVar("P", bound=Mapping[str, Any])
 R = TypeVar("R", bound=Mapping[str, Any])
 
 
-class Flow(Generic[JobT, OptionsT, LookupT]):
+class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
     """A named pipeline of stage queues over one Redis.
 
     ``Flow[Job, Options, Lookup]`` is generic over the union of job shapes that
@@ -62,35 +63,64 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         redis: RedisSettings | None = None,
         logger: Logger | None = None,
         key_ttl: int = DEFAULT_KEY_TTL,
+        partitions: int | None = None,
+        partition_key: str | None = None,
     ) -> None:
-        self.definition = FlowDefinition.build(name, queues, lookup_attributes, key_ttl)
+        if partitions is None:
+            if partition_key is not None:
+                raise ConfigurationError("partition_key needs partitions=K")
+            self.partitioning: Partitioning | None = None
+            definitions: tuple[FlowDefinition, ...] = (
+                FlowDefinition.build(name, queues, lookup_attributes, key_ttl),
+            )
+        else:
+            self.partitioning = Partitioning.build(name, partitions, partition_key)
+            definitions = self.partitioning.definitions(queues, lookup_attributes, key_ttl)
+        self._name = name
+        self._queues = tuple(queues)
         if redis is not None and redis_url is not None:
             raise ConfigurationError("give either redis_url or redis settings, not both")
-        settings = redis if redis is not None else RedisSettings.from_env(redis_url)
-        self.redis = self.definition.on_cluster(settings)
         self.logger: Logger = (logger or default_logger).bind(flow=name)
         self.groups: list[WorkerGroup] = []
-        self._store: Store | None = None
         self.supervisor: Supervisor | None = None
+        self._definitions = definitions
+        self._pick = (self.partitioning or Partitioning(name, 1)).chooser()
+        self.parts: tuple[Part, ...] = ()
+        self._point(redis if redis is not None else RedisSettings.from_env(redis_url))
+
+    def _point(self, settings: RedisSettings) -> None:
+        """Each partition's connection settings (on a cluster: its slot's master)."""
+        for part in self.parts:
+            part.close()
+        self.parts = tuple(
+            Part(i, d, d.on_cluster(settings), self.logger) for i, d in enumerate(self._definitions)
+        )
+        self.redis = self.parts[0].redis
 
     def __repr__(self) -> str:
+        shown = f", partitions={len(self.parts)}" if self.partitioning else ""
         return (
-            f"Flow({self.name!r}, queues={[q.name for q in self.queues]}, redis={self.redis.url!r})"
+            f"Flow({self.name!r}, queues={[q.name for q in self.queues]}{shown}, "
+            f"redis={self.redis.url!r})"
         )
 
     # -- the definition ------------------------------------------------------------------
 
     @property
+    def definition(self) -> FlowDefinition:
+        """The flow's definition (of a partitioned flow: partition 0's; ``parts`` holds
+        every partition's)."""
+        return self._definitions[0]
+
+    @property
     def name(self) -> str:
-        return self.definition.name
+        """The flow's name as given (a partition's own name is ``{NAME#i}``)."""
+        return self._name
 
     @property
     def queues(self) -> tuple[QueueSpec[Any, Any], ...]:
-        return self.definition.queues
-
-    @property
-    def lookup_attributes(self) -> tuple[LookupT, ...]:
-        return self.definition.lookup_attributes  # type: ignore[return-value]
+        """The queues as given (with the names the user wrote)."""
+        return self._queues
 
     @property
     def key_ttl(self) -> int:
@@ -98,56 +128,66 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
 
     @property
     def stages(self) -> Mapping[str, Stage]:
+        """Queue name → stage (of a partitioned flow: partition 0's, by full name)."""
         return self.definition.stages
 
     def stage(self, queue: str) -> Stage:
-        """The stage called ``queue`` (a child queue is ``PARENT:CHILD``)."""
-        return self.definition.stage(queue)
+        """The stage called ``queue`` (a child queue is ``PARENT:CHILD``; of a partitioned
+        flow: partition 0's)."""
+        return self.stages_of(queue)[0]
+
+    def stages_of(self, queue: str) -> list[Stage]:
+        """The stage called ``queue`` in every partition (one for an unpartitioned flow). A
+        partitioned flow's queues go by the names given (``check``, ``fan:child``) or by a
+        partition's full name."""
+        if self.partitioning is None:
+            return [self.definition.stage(queue)]
+        split = self.partitioning
+        short = split.short(queue)
+        try:
+            return [p.definition.stages[split.queue(p.index, short)] for p in self.parts]
+        except KeyError:
+            names = [split.short(n) for n in self.definition.stages]
+            raise UnknownQueueError(queue, names) from None
 
     @property
     def first_stage(self) -> Stage:
         return self.definition.first_stage
 
     def job_key(self, job_id: str) -> str:
-        return keys.job(self.name, job_id)
+        """Job ``job_id``'s key (of a partitioned flow: in partition 0; ``part_of`` finds
+        the partition that holds it)."""
+        return keys.job(self.definition.name, job_id)
 
     # -- connection ----------------------------------------------------------------------
 
     @property
     def store(self) -> Store:
-        """The flow's own Redis layer (opened on first use)."""
-        if self._store is None:
-            self._store = Store(self.redis)
-        return self._store
+        """The flow's own Redis layer, opened on first use (of a partitioned flow:
+        partition 0's; every part in ``parts`` has its own)."""
+        return self.parts[0].store
 
     def connect(self) -> None:
-        """Open the flow's connection now; RedisUnavailableError names the address."""
-        self.store.ping()
+        """Open the flow's connections now; RedisUnavailableError names the address."""
+        for_each(self.parts, lambda part: part.store.ping())
 
     def disconnect(self) -> None:
-        if self._store is not None:
-            self._store.close()
+        for part in self.parts:
+            part.close()
 
     def use_redis(self, redis: RedisSettings | str) -> None:
         """Point the flow at another server (before its workers start)."""
         if self.supervisor is not None and self.supervisor.running:
             raise SupervisorStateError("cannot change the Redis of a running flow")
-        self.disconnect()
-        settings = redis if isinstance(redis, RedisSettings) else RedisSettings.from_url(redis)
-        self.redis = self.definition.on_cluster(settings)
-        self._store = None
+        self._point(redis if isinstance(redis, RedisSettings) else RedisSettings.from_url(redis))
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _lookup_keys(self, values: Mapping[str, Any]) -> list[str]:
-        return [
-            keys.lookup(self.name, attr, text)
-            for attr in self.lookup_attributes
-            if attr in values
-            for text in codec.lookup_texts(values[attr])
-        ]
-
-    def _prepare(self, options: Mapping[str, Any], job_id: str, first: str) -> NewJob:
+    def _prepare(self, options: Mapping[str, Any], job_id: str) -> NewJob:
+        part = self.parts[self._pick(options)]
+        if self.partitioning is not None:  # children:Q:params under the partition's name
+            renames = self.partitioning.renames(part.definition)
+            options = {renames.get(k, k): v for k, v in options.items()}
         fields = codec.encode_fields(options, max_bytes=self.redis.max_value_bytes)
         reserved = [k for k in options if keys.is_reserved(k)]
         if reserved:
@@ -160,24 +200,39 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
             raise EncodeError(
                 "options", "a job needs at least one field (a Redis hash cannot be empty)"
             )
-        return NewJob(job_id, self.job_key(job_id), fields, self._lookup_keys(options), first)
+        waiting = part.definition.first_stage.keys.waiting
+        key = keys.job(part.name, job_id)
+        return NewJob(job_id, key, fields, self._lookup_keys(part, options), waiting)
+
+    def _create(self, jobs: list[NewJob]) -> None:
+        """Write prepared jobs, each partition's in one pipeline, side by side."""
+        if len(self.parts) == 1:
+            self.store.create_jobs(jobs, self.key_ttl)
+            return
+        groups: dict[int, list[NewJob]] = {}
+        for job in jobs:
+            groups.setdefault(self._part_of_key(job.key).index, []).append(job)
+        for_each(
+            list(groups.items()),
+            lambda group: self.parts[group[0]].store.create_jobs(group[1], self.key_ttl),
+        )
 
     def create_job(self, options: OptionsT) -> str:
         """Create one job (one MULTI … EXEC) on the first queue and return its id. Options
-        that are not JSON-encodable raise EncodeError and write nothing."""
-        job = self._prepare(options, uuid7(), self.first_stage.keys.waiting)
-        self.store.create_jobs([job], self.key_ttl)
+        that are not JSON-encodable raise EncodeError and write nothing. A partitioned flow
+        puts it in the next partition in turn, or the one its ``partition_key`` picks."""
+        job = self._prepare(options, uuid7())
+        self._create([job])
         return job.id
 
     def _prepare_many(self, many: Iterable[Mapping[str, Any]]) -> list[NewJob]:
         """Every job checked and encoded, before anything is written (the sync and async
         ``create_jobs``): one bad job raises EncodeError naming it."""
         items = list(many)
-        first = self.first_stage.keys.waiting
         jobs = []
         for n, (options, job_id) in enumerate(zip(items, uuid7_batch(len(items)), strict=True)):
             try:
-                jobs.append(self._prepare(options, job_id, first))
+                jobs.append(self._prepare(options, job_id))
             except EncodeError as exc:
                 raise EncodeError(f"job {n}: {exc.where}", exc.problem) from None
         return jobs
@@ -186,97 +241,8 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         """Create many jobs, pipelined (each its own MULTI … EXEC). Every option is checked
         before anything is written: one bad job raises and writes none of them."""
         jobs = self._prepare_many(many)
-        self.store.create_jobs(jobs, self.key_ttl)
+        self._create(jobs)
         return [job.id for job in jobs]
-
-    def decode(self, key: str, job_id: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-        """A raw job hash (HGETALL) decoded, with its ``"id"``."""
-        return self._decode(key, job_id, raw)
-
-    def _decode(self, key: str, job_id: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-        job: dict[str, Any] = {keys.ID: job_id}
-        for f, v in raw.items():
-            name = f.decode()
-            if name != keys.ID:  # written by another library: the real id wins
-                job[name] = codec.decode_field(key, name, v)
-        return job
-
-    def _fetch(self, refs: Sequence[tuple[str, str]], resolve: bool) -> list[dict[str, Any] | None]:
-        """Jobs by (key, id), aligned with ``refs``; None where the hash is gone."""
-        raws = self.store.get_hashes([key for key, _ in refs])
-        jobs = [
-            self._decode(key, job_id, raw) if raw else None
-            for (key, job_id), raw in zip(refs, raws, strict=True)
-        ]
-        if resolve:
-            self._resolve_children([j for j in jobs if j is not None])
-        return jobs
-
-    @staticmethod
-    def _child_refs(job: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
-        """Each ``children:Q:jobs`` field of a job, with its child jobs as (key, id)."""
-        out = []
-        for name, value in job.items():
-            if keys.is_children_jobs_field(name) and isinstance(value, list):
-                refs = []
-                for key in value:
-                    split = keys.split_job_key(key) if isinstance(key, str) else None
-                    if split is not None:
-                        refs.append((key, split[1]))
-                out.append((name, refs))
-        return out
-
-    def _resolve_children(self, jobs: list[dict[str, Any]]) -> None:
-        """Replace each ``children:Q:jobs`` list of keys by the child jobs (one round trip
-        per level of nesting)."""
-        wanted = [(job, name, refs) for job in jobs for name, refs in self._child_refs(job)]
-        if not wanted:
-            return
-        unique = list(dict.fromkeys(ref for _, _, refs in wanted for ref in refs))
-        found = self._fetch(unique, resolve=True)
-        by_ref = {ref: child for ref, child in zip(unique, found, strict=True) if child is not None}
-        for job, name, refs in wanted:
-            job[name] = [by_ref[r] for r in refs if r in by_ref]
-
-    def get_job(self, job_id: str) -> JobT | None:
-        """The decoded job hash with its ``"id"``, or None when there is no such job."""
-        return self._fetch([(self.job_key(job_id), job_id)], resolve=False)[0]  # type: ignore[return-value]
-
-    def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[JobT]:
-        """Decoded job hashes (one round trip), skipping ids whose hash is gone."""
-        jobs = self._fetch([(self.job_key(i), i) for i in job_ids], resolve_children)
-        return [j for j in jobs if j is not None]  # type: ignore[misc]
-
-    def get_jobs_by_key(
-        self, key: LookupT, value: str | int | float | bool | None, resolve_children: bool = False
-    ) -> list[JobT]:
-        """The jobs whose lookup attribute ``key`` has ``value``, oldest first. With
-        ``resolve_children``, every ``children:Q:jobs`` field holds the child jobs."""
-        if key not in self.lookup_attributes:
-            raise UnknownLookupAttributeError(str(key), list(self.lookup_attributes))
-        if not isinstance(value, str | int | float | bool) and value is not None:
-            raise ConfigurationError(
-                f"a lookup value must be a string, number, boolean or None, got a "
-                f"{type(value).__name__}"
-            )
-        ids = self.store.list_range(keys.lookup(self.name, key, codec.lookup_text(value)))
-        return self.get_jobs(ids, resolve_children)
-
-    def delete_job(self, job_id: str) -> bool:
-        """Remove a job: its hash, its lookup entries, its place in every queue of the flow
-        and its child jobs. Returns False when there was no such job."""
-        key = self.job_key(job_id)
-        raw = self.store.get_hashes([key])[0]
-        if not raw:
-            return False
-        job = self._decode(key, job_id, raw)
-        for _, refs in self._child_refs(job):
-            for child_key, child_id in refs:
-                child_stages = self.definition.stages_of_job(child_key)
-                self.store.delete_job(child_key, child_id, (), child_stages)
-        top = [s.keys for s in self.definition.top_stages]
-        self.store.delete_job(key, job_id, self._lookup_keys(job), top)
-        return True
 
     def wait(
         self,
@@ -292,7 +258,10 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         JobFailedError instead). Rides out Redis outages; WaitTimeoutError lists the ids not
         done after ``timeout`` seconds. ``progress`` shows a progress line on stderr, with the
         jobs' own reports (``procflow.progress``)."""
-        jobs = wait_for_jobs(self, job_ids, timeout, progress)
+        if len(self.parts) == 1:
+            jobs = wait_for_jobs(self, job_ids, timeout, progress)
+        else:
+            jobs = wait_in_parts(self, job_ids, timeout, progress)
         if raise_on_failure and any(j.get(keys.FAILED) is True for j in jobs):
             raise JobFailedError(jobs)
         return jobs  # type: ignore[return-value]
@@ -301,53 +270,95 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
 
     def failed_jobs(self, queue: str, start: int = 0, stop: int = -1) -> list[str]:
         """Ids on ``queue``'s failed list (jobs that used up their attempts there), oldest
-        first; ids whose job hash has expired are dropped from the list first."""
-        keys_ = self.stage(queue).keys
-        self.store.prune_failed([keys_])
-        return self.store.list_range(keys_.failed, start, stop)
+        first (of a partitioned flow: partition by partition); ids whose job hash has
+        expired are dropped from the list first."""
+        pairs = list(zip(self.parts, self.stages_of(queue), strict=True))
+
+        def listed(pair: tuple[Part, Stage]) -> list[str]:
+            part, stage = pair
+            part.store.prune_failed([stage.keys])
+            if len(pairs) == 1:
+                return part.store.list_range(stage.keys.failed, start, stop)
+            return part.store.list_range(stage.keys.failed)
+
+        ids = [i for found in for_each(pairs, listed) for i in found]
+        if len(pairs) == 1:
+            return ids
+        return ids[start : None if stop == -1 else stop + 1]
 
     def retry_failed(self, queue: str, job_ids: Sequence[str] | None = None) -> list[str]:
         """Put failed jobs (all of ``queue``'s, or the given ids) back on its waiting list
         with a fresh attempt count. Returns the ids moved."""
-        stage = self.stage(queue)
         ids = list(job_ids) if job_ids is not None else self.failed_jobs(queue)
-        return self.store.revive(stage.keys, ids)
+        pairs = list(zip(self.parts, self.stages_of(queue), strict=True))
+        moved = for_each(pairs, lambda pair: pair[0].store.revive(pair[1].keys, ids))
+        return [i for found in moved for i in found]
 
     def forget(self) -> None:
         """Remove procflow's records of this flow (its registry entry, node heartbeats,
         stats, finished lists and cancel requests); jobs and queues are left alone."""
-        Registry(self.store).unregister(self.name, list(self.stages))
+        for part in self.parts:
+            Registry(part.store).unregister(part.name, list(part.definition.stages))
 
     def acl_rules(self) -> list[str]:
         """The Redis ACL rules a user needs to run this flow, and nothing more: give them to
         ``ACL SETUSER name on >password …``. See docs/configuration.md."""
-        return acl.acl_rules(self.name, [s.keys for s in self.stages.values()])
+        rules = [
+            rule
+            for part in self.parts
+            for rule in acl.acl_rules(part.name, [s.keys for s in part.definition.stages.values()])
+        ]
+        return list(dict.fromkeys(rules))
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Per queue: waiting, processing, delayed, parked and failed."""
-        stages = list(self.stages.values())
-        return {
-            s.name: c
-            for s, c in zip(stages, self.store.counts([s.keys for s in stages]), strict=True)
-        }
+        """Per queue: waiting, processing, delayed, parked and failed (of a partitioned
+        flow: summed over the partitions, by the queue names given)."""
+
+        def counted(part: Part) -> list[tuple[str, dict[str, int]]]:
+            stages = list(part.definition.stages.values())
+            found = part.store.counts([s.keys for s in stages])
+            return list(zip([s.name for s in stages], found, strict=True))
+
+        out: dict[str, dict[str, int]] = {}
+        short = self.partitioning.short if self.partitioning else str
+        for found in for_each(self.parts, counted):
+            for name, c in found:
+                into = out.setdefault(short(name), dict.fromkeys(c, 0))
+                for what, n in c.items():
+                    into[what] = into.get(what, 0) + n
+        return out
 
     # -- workers -------------------------------------------------------------------------
 
     def _add_group(
         self,
-        stage: Stage,
+        stages: list[Stage],
         kind: str,
         fn: Callable[[Any], Any] | None,
         count: int,
         options: WorkerKwargs,
     ) -> list[WorkerHandle]:
-        where = f"workers for {stage.name!r}"
+        label = self._label(stages[0])
+        where = f"workers for {label!r}"
         if fn is not None and not callable(fn):
-            raise ConfigurationError(f"the worker function for {stage.name!r} is not callable")
+            raise ConfigurationError(f"the worker function for {label!r} is not callable")
         built = WorkerOptions.build(where, **options)
-        group = WorkerGroup(self, stage, kind, fn, count, built)
+        group = WorkerGroup(
+            self,
+            stages[0],
+            kind,
+            fn,
+            count,
+            built,
+            lanes=tuple(stages),
+            partitioning=self.partitioning,
+        )
         self.groups.append(group)
         return group.handles
+
+    def _label(self, stage: Stage) -> str:
+        """A stage's name as the user wrote it (without a partition's tag)."""
+        return self.partitioning.short(stage.name) if self.partitioning else stage.name
 
     @overload
     def create_workers(
@@ -378,14 +389,15 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         ``fn`` travels to the processes with cloudpickle (lambdas and closures work). The
         options (``lock_time``, ``block_timeout``, ``max_jobs_per_child``, ``max_age``) are
         ``procflow.WorkerOptions``'s."""
-        stage = self.stage(queue if isinstance(queue, str) else queue.name)
-        if stage.is_parent:
+        stages = self.stages_of(queue if isinstance(queue, str) else queue.name)
+        label = self._label(stages[0])
+        if stages[0].is_parent:
             raise ConfigurationError(
-                f"queue {stage.name!r} has children: use create_parent_workers for it"
+                f"queue {label!r} has children: use create_parent_workers for it"
             )
         if not callable(fn):
-            raise ConfigurationError(f"the worker function for {stage.name!r} is not callable")
-        return self._add_group(stage, WORKER, fn, count, options)
+            raise ConfigurationError(f"the worker function for {label!r} is not callable")
+        return self._add_group(stages, WORKER, fn, count, options)
 
     def create_parent_workers(
         self,
@@ -395,10 +407,12 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
     ) -> list[WorkerHandle]:
         """Workers for a stage with children: they create the child jobs from
         ``children:Q:params`` and pass the parent on once every child is done."""
-        stage = self.stage(queue if isinstance(queue, str) else queue.name)
-        if not stage.is_parent:
-            raise ConfigurationError(f"queue {stage.name!r} has no children to fan out to")
-        return self._add_group(stage, PARENT, None, count, options)
+        stages = self.stages_of(queue if isinstance(queue, str) else queue.name)
+        if not stages[0].is_parent:
+            raise ConfigurationError(
+                f"queue {self._label(stages[0])!r} has no children to fan out to"
+            )
+        return self._add_group(stages, PARENT, None, count, options)
 
     @overload
     def create_child_workers(
@@ -429,16 +443,24 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         **options: Unpack[WorkerKwargs],
     ) -> list[WorkerHandle]:
         """Workers for the child queue ``PARENT:CHILD``."""
-        parent = self.stage(parent_queue if isinstance(parent_queue, str) else parent_queue.name)
+        parents = self.stages_of(
+            parent_queue if isinstance(parent_queue, str) else parent_queue.name
+        )
         child = child_name if isinstance(child_name, str) else child_name.name
-        if child not in parent.children:
+        if child not in parents[0].children:
             raise UnknownQueueError(
-                keys.child_queue(parent.name, child), [*parent.children.values()]
+                keys.child_queue(self._label(parents[0]), child),
+                [self._label(self.stages[c]) for c in parents[0].children.values()],
             )
-        stage = self.stages[parent.children[child]]
+        stages = [
+            part.definition.stages[parent.children[child]]
+            for part, parent in zip(self.parts, parents, strict=True)
+        ]
         if not callable(fn):
-            raise ConfigurationError(f"the worker function for {stage.name!r} is not callable")
-        return self._add_group(stage, WORKER, fn, count, options)
+            raise ConfigurationError(
+                f"the worker function for {self._label(stages[0])!r} is not callable"
+            )
+        return self._add_group(stages, WORKER, fn, count, options)
 
     @property
     def handles(self) -> list[WorkerHandle]:

@@ -9,14 +9,15 @@ as a Protocol, so it sits below the supervisor.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .definition import FlowDefinition, Stage
 from .errors import ConfigurationError, SupervisorStateError
+from .partitions import Partitioning
 from .settings import RedisSettings, WorkerOptions
-from .worker.payload import WorkerPayload
+from .worker.payload import Lane, WorkerPayload
 
 __all__ = ["ControllerSource", "WorkerController", "WorkerGroup", "WorkerHandle"]
 
@@ -61,37 +62,71 @@ class WorkerGroup:
     count: int
     options: WorkerOptions = field(default_factory=WorkerOptions)
     handles: list[WorkerHandle] = field(default_factory=list)
+    #: the stage in each partition of a partitioned flow (``stage`` is the first); empty:
+    #: the flow has one
+    lanes: tuple[Stage, ...] = ()
+    #: how a partitioned flow names its partitions (None: the flow has one)
+    partitioning: Partitioning | None = None
 
     def __post_init__(self) -> None:
+        if not self.lanes:
+            self.lanes = (self.stage,)
         self.options.check(self.where)
         self.set_count(self.count)
 
     @property
     def where(self) -> str:
-        return f"workers for {self.stage.name!r}"
+        return f"workers for {self.name!r}"
 
     @property
     def name(self) -> str:
-        return self.stage.name
+        """The stage's name as the user wrote it (a partitioned flow's, without the tag)."""
+        split = self.partitioning
+        return split.short(self.stage.name) if split is not None else self.stage.name
+
+    def lane(self, index: int) -> Stage:
+        """The stage of lane ``index`` (a worker's status record says which it is in)."""
+        return self.lanes[index] if 0 <= index < len(self.lanes) else self.stage
 
     def payload(
-        self, definition: FlowDefinition, redis: RedisSettings, holder: str, log_level: str
+        self,
+        flow: str,
+        parts: Sequence[tuple[FlowDefinition, RedisSettings]],
+        holder: str,
+        log_level: str,
     ) -> WorkerPayload:
         """What each worker process of this group is told (the supervisor sends it; inline
-        test runs build their loops from it too)."""
-        stage = self.stage
+        test runs build their loops from it too): per partition, its stage, connection,
+        routes and child stages."""
+        split = self.partitioning
+        lanes = []
+        for stage, (definition, redis) in zip(self.lanes, parts, strict=True):
+            routes = definition.routes()
+            if split is not None:  # a result's nextQueue by the names the user wrote too
+                routes.update({split.short(name): w for name, w in list(routes.items())})
+            lanes.append(
+                Lane(
+                    stage=stage,
+                    redis=redis,
+                    routes=routes,
+                    child_stages=definition.child_keys(stage) if self.kind == PARENT else {},
+                    renames=split.renames(definition) if split is not None else {},
+                )
+            )
+        first = lanes[0]
         return WorkerPayload(
-            flow=definition.name,
-            redis=redis,
-            stage=stage,
+            flow=flow,
+            redis=first.redis,
+            stage=first.stage,
             kind=self.kind,
             fn=self.fn,
             options=self.options,
-            key_ttl=definition.key_ttl,
+            key_ttl=parts[0][0].key_ttl,
             holder=holder,
-            routes=definition.routes(),
-            child_stages=definition.child_keys(stage) if self.kind == PARENT else {},
+            routes=first.routes,
+            child_stages=first.child_stages,
             log_level=log_level,
+            lanes=lanes,
         )
 
     def set_count(self, count: int) -> None:
@@ -111,7 +146,7 @@ class WorkerHandle:
     @property
     def name(self) -> str:
         """``queue#index``, as in logs."""
-        return f"{self.group.stage.name}#{self.index}"
+        return f"{self.group.name}#{self.index}"
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.name} {self.state}>"

@@ -42,7 +42,6 @@ from .settings import RedisSettings
 from .store import keys
 from .store.keys import Holder, TokenSeries
 from .store.redis import Store
-from .store.session import StageSession
 from .supervisor import Supervisor
 from .worker.loop import WorkerLoop
 from .worker.status import StatusRecord, StatusWriter, read_status
@@ -163,20 +162,15 @@ def _inline_worker(
 ) -> _Inline:
     """A WorkerLoop for ``group`` as a worker process builds it (supervisor/manager.py's
     payload, worker/main.py's session), on a plain status record."""
-    definition, stage = flow.definition, group.stage
-    payload = group.payload(definition, flow.redis, holder, "INFO")
-    payload.worker = f"{stage.name}#inline"
-    session = StageSession.open(
-        flow.redis,
-        stage.keys,
-        fields=stage.fields,
-        lock_ms=group.options.lock_ms,
-        block_timeout=group.options.block_timeout,
-        prefetch=stage.prefetch,
-    )
+    parts = [(part.definition, part.redis) for part in flow.parts]
+    payload = group.payload(flow.name, parts, holder, "INFO")
+    payload.worker = f"{group.name}#inline"
+    sessions = payload.open_sessions()
     status = StatusRecord()
-    log = flow.logger.bind(queue=stage.name, worker=payload.worker, pid=os.getpid())
-    loop = WorkerLoop(payload, session, StatusWriter(status), log, sleep=sleep)
+    log = flow.logger.bind(queue=group.name, worker=payload.worker, pid=os.getpid())
+    loop = WorkerLoop(
+        payload, sessions[0], StatusWriter(status), log, sleep=sleep, more_sessions=sessions[1:]
+    )
     loop.tokens = tokens  # one series for every loop of this process: tokens never repeat
     return _Inline(group, loop, status)
 

@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import RedisRefusedError, RedisUnavailableError, UnknownJobError, WaitTimeoutError
+from .partitions import Part
 from .store import keys
 from .store.redis import Store
 
 if TYPE_CHECKING:
     from loguru import Logger
 
-__all__ = ["WaitableFlow", "wait_for_jobs"]
+__all__ = ["PartitionedFlow", "WaitableFlow", "wait_for_jobs", "wait_in_parts"]
 
 _RECHECK = 2.0
 
@@ -36,6 +37,74 @@ class WaitableFlow(Protocol):
     def logger(self) -> Logger: ...
     def job_key(self, job_id: str) -> str: ...
     def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[Any]: ...
+
+
+class PartitionedFlow(WaitableFlow, Protocol):
+    """What waiting needs of a partitioned flow."""
+
+    @property
+    def parts(self) -> tuple[Part, ...]: ...
+    def locate(self, job_ids: Sequence[str]) -> dict[str, Part]: ...
+
+
+class _InPart:
+    """One partition of a flow, as waiting sees it."""
+
+    def __init__(self, flow: WaitableFlow, part: Part) -> None:
+        self.flow = flow
+        self.part = part
+
+    @property
+    def name(self) -> str:
+        return self.part.name
+
+    @property
+    def store(self) -> Store:
+        return self.part.store
+
+    @property
+    def logger(self) -> Logger:
+        return self.flow.logger
+
+    def job_key(self, job_id: str) -> str:
+        return keys.job(self.part.name, job_id)
+
+    def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[Any]:
+        return self.flow.get_jobs(job_ids, resolve_children)
+
+
+def wait_in_parts(
+    flow: PartitionedFlow,
+    job_ids: Sequence[str],
+    timeout: float | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """``wait_for_jobs`` for a partitioned flow: each id's partition found first, then each
+    partition's jobs waited for in turn, under one deadline (ids found nowhere are reported
+    as unknown by partition 0's wait)."""
+    ids = list(job_ids)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    outage = False
+    while True:  # finding the partitions rides out an outage too, until the deadline
+        try:
+            located = flow.locate(ids)
+            break
+        except (RedisUnavailableError, RedisRefusedError) as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            if not outage:
+                outage = True
+                flow.logger.warning("wait: {}; still waiting", exc)
+            time.sleep(0.2)  # back-off while the server is away
+    groups: dict[int, list[str]] = {}
+    for job_id in ids:
+        groups.setdefault(located[job_id].index if job_id in located else 0, []).append(job_id)
+    done: dict[str, dict[str, Any]] = {}
+    for index, group in sorted(groups.items()):
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        for job in wait_for_jobs(_InPart(flow, flow.parts[index]), group, left, progress):
+            done[job[keys.ID]] = job
+    return [done[i] for i in ids if i in done]
 
 
 def _still_pending(flow: WaitableFlow, pending: set[str]) -> set[str]:

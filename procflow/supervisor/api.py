@@ -21,18 +21,17 @@ import psutil
 from ..definition import FlowDefinition
 from ..errors import (
     ConfigurationError,
-    JobFailedError,
     SupervisorStateError,
     WorkerStartError,
     describe_exit,
 )
 from ..handles import WorkerGroup, WorkerHandle
 from ..monitor import FlowMonitor
+from ..partitions import Part, StoreMap
 from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
 from ..store import keys
 from ..store.keys import Holder
 from ..store.redis import Store
-from ..waiting import wait_for_jobs
 from ..worker import main as child
 from ..worker.status import StatusView, read_status
 from .manager import Manager
@@ -76,6 +75,8 @@ class SupervisedFlow(Protocol):
     @property
     def store(self) -> Store: ...
     @property
+    def parts(self) -> tuple[Part, ...]: ...
+    @property
     def logger(self) -> Logger: ...
     @property
     def groups(self) -> list[WorkerGroup]: ...
@@ -85,6 +86,14 @@ class SupervisedFlow(Protocol):
     def disconnect(self) -> None: ...
     def job_key(self, job_id: str) -> str: ...
     def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[Any]: ...
+    def wait(
+        self,
+        job_ids: Sequence[str],
+        timeout: float | None = None,
+        *,
+        progress: bool = False,
+        raise_on_failure: bool = False,
+    ) -> list[Any]: ...
 
 
 def _default_start_method() -> str:
@@ -142,19 +151,22 @@ class Supervisor:
         self.drain_timeout = drain_timeout
         self.log_level = log_level.upper()
         self.log = flow.logger.bind(worker="supervisor", pid=me.pid)
-        self.monitor = (
-            FlowMonitor(flow, self.holder, interval=monitor_interval) if monitor else None
+        #: one per partition (expired locks and due retries are per partition's keys)
+        self.monitors = (
+            [FlowMonitor(part, self.holder, interval=monitor_interval) for part in flow.parts]
+            if monitor
+            else []
         )
         self._state = SupervisorState.NEW
         self._immediate = False
         self.table = WorkerTable()
-        self.store = Store(self._store_settings())
+        self.stores = StoreMap(self._store_settings())
         self.manager = Manager(
             self.table,
-            Settler(self.store, holder, self.log),
+            Settler(self.stores, holder, self.log),
             ctx=multiprocessing.get_context(method),
-            definition=flow.definition,
-            redis=flow.redis,
+            flow_name=flow.name,
+            parts=[(part.definition, part.redis) for part in flow.parts],
             holder=self.holder,
             log=self.log,
             log_level=self.log_level,
@@ -163,7 +175,8 @@ class Supervisor:
         )
         self.manager.slot_of = self._slot
         self.observers = Observers(
-            flow.definition,
+            flow.name,
+            [part.definition for part in flow.parts],
             self.manager,
             self.table,
             node=self.node_id,
@@ -222,28 +235,45 @@ class Supervisor:
 
     # -- the flow's side ---------------------------------------------------------------
 
-    def _store_settings(self) -> RedisSettings:
-        timeout = min(self.flow.redis.socket_timeout, SUPERVISOR_SOCKET_TIMEOUT)
-        return dataclasses.replace(self.flow.redis, socket_timeout=timeout)
+    def _store_settings(self) -> list[tuple[FlowDefinition, RedisSettings]]:
+        """Each partition's definition and the supervisor's settings for it."""
+        out = []
+        for part in self.flow.parts:
+            timeout = min(part.redis.socket_timeout, SUPERVISOR_SOCKET_TIMEOUT)
+            out.append((part.definition, dataclasses.replace(part.redis, socket_timeout=timeout)))
+        return out
+
+    @property
+    def store(self) -> Store:
+        """The supervisor's own connection (of a partitioned flow: to partition 0)."""
+        return self.stores.first
 
     def _ensure_core(self) -> None:
         """Connect the flow and start the manager thread, once."""
         if self.manager.alive:
             return
-        if self.store.settings != self._store_settings():  # the flow moved (use_redis)
-            self.store.close()
-            self.store = Store(self._store_settings())
-            self.manager.use_store(self.store)
+        wanted = self._store_settings()
+        if self.stores.settings != tuple(s for _, s in wanted):  # the flow moved (use_redis)
+            self.stores.close()
+            self.stores = StoreMap(wanted)
+            self.manager.use_stores(self.stores)
+            self.manager.parts = [(part.definition, part.redis) for part in self.flow.parts]
         self.flow.connect()
         become_subreaper()  # orphans of workers' jobs come here, to be found and killed
         self.table.record("flow", "connected")
-        self.manager.settler.reclaim(list(self.flow.definition.stages.values()))
+        self.manager.settler.reclaim(
+            [stage for part in self.flow.parts for stage in part.definition.stages.values()]
+        )
         self._immediate = False
         self.manager.start_thread()
 
     def _start_monitor(self) -> None:
-        if self.monitor is not None:
-            self.monitor.start()
+        for monitor in self.monitors:
+            monitor.start()
+
+    def _stop_monitor(self) -> None:
+        for monitor in self.monitors:
+            monitor.stop()
 
     def _finish(self) -> None:
         self._state = SupervisorState.STOPPED
@@ -253,7 +283,7 @@ class Supervisor:
                 "the manager thread did not end within 30 s of the stop (workers still alive: {})",
                 ", ".join(w.name for w in self.table.live()) or "none",
             )
-        self.store.close()
+        self.stores.close()
         self.flow.disconnect()
         self.table.record("flow", "disconnected")
         self.log.info("supervisor stopped")
@@ -287,7 +317,7 @@ class Supervisor:
         self._state = SupervisorState.RUNNING
         self.manager.poke()  # its timers depend on the state (the core budget's tick)
         self._start_monitor()
-        self.observers.start(self.store)
+        self.observers.start(self.stores)
         self.log.info(
             "supervisor running {} worker process(es) for flow {!r} on {} (node {})",
             len(workers),
@@ -300,7 +330,7 @@ class Supervisor:
         """Under a core budget: the processes to start with (see rebalance.start_budget)."""
         assert self.cores is not None
         budget, handles = start_budget(
-            self.cores, self.flow.groups, self.store, self.table, self.log, self.limits
+            self.cores, self.flow.groups, self.stores, self.table, self.log, self.limits
         )
         self.manager.budget = budget
         return handles
@@ -349,8 +379,7 @@ class Supervisor:
             self._state = SupervisorState.STOPPING
             self.manager.respawn = False
             workers = self.table.live()
-        if self.monitor is not None:
-            self.monitor.stop()
+        self._stop_monitor()
         drain = self.drain_timeout if drain_timeout is None else drain_timeout
         for w in workers:
             w.tell(child.STOP)
@@ -456,8 +485,8 @@ class Supervisor:
             self.stop_worker(handle)
         w.tell(child.DISCONNECT)
         self.table.wait_for(lambda: w.gone, timeout)
-        if not self.table.live() and self.monitor is not None:
-            self.monitor.stop()
+        if not self.table.live():
+            self._stop_monitor()
 
     # -- batch pipelines and nodes ------------------------------------------------------
 
@@ -472,10 +501,9 @@ class Supervisor:
         """Block until every job is done (finished or failed) and return their final hashes,
         in the order given. Raises WaitTimeoutError with the ids still pending. The same as
         ``flow.wait``, which works in any process."""
-        jobs = wait_for_jobs(self.flow, job_ids, timeout, progress)
-        if raise_on_failure and any(j.get(keys.FAILED) is True for j in jobs):
-            raise JobFailedError(jobs)
-        return jobs
+        return self.flow.wait(
+            job_ids, timeout, progress=progress, raise_on_failure=raise_on_failure
+        )
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT (the CLI). The first signal drains gracefully; a second

@@ -50,8 +50,9 @@ def worker_state(w: WorkerProcess, activity: Activity, stopping: bool) -> str:
     return "running" if busy else "idle"
 
 
-def worker_record(w: WorkerProcess, stopping: bool, restarts: int) -> dict[str, Any]:
-    """One worker as its node's heartbeat shows it."""
+def worker_record(w: WorkerProcess, stopping: bool, restarts: int, lane: int = 0) -> dict[str, Any]:
+    """One worker as its node's heartbeat shows it (in partition ``lane``'s record, under
+    that partition's stage name)."""
     view = read_status(w.status)
     state = worker_state(w, view.activity, stopping)
     running = state in ("running", "draining") and view.job
@@ -63,7 +64,7 @@ def worker_record(w: WorkerProcess, stopping: bool, restarts: int) -> dict[str, 
     since = time.time() - (time.monotonic() - view.started) if running else None
     return {
         "name": w.name,
-        "stage": w.handle.group.stage.name,
+        "stage": w.handle.group.lane(lane).name,
         "pid": None if w.gone else w.pid,
         "state": state,
         "job": view.job if running else None,
@@ -92,9 +93,12 @@ class Heartbeat:
         log: Logger,
         extra: Callable[[], dict[str, Any]] = dict,
         interval: float = HEARTBEAT_INTERVAL,
+        lane: int = 0,
     ) -> None:
         self.registry = registry
         self.definition = definition
+        #: which partition of a partitioned flow this heartbeat speaks for
+        self.lane = lane
         self.table = table
         self.node = node
         self.state = state
@@ -142,9 +146,10 @@ class Heartbeat:
         tallies = self.tally()
         restarts = {name: t.restarts for name, t in tallies.items()}
         workers = [
-            worker_record(w, stopping, restarts.get(w.handle.group.stage.name, 0))
+            worker_record(w, stopping, restarts.get(w.handle.group.name, 0), self.lane)
             for w in self.table
         ]
+        named = {w.handle.group.name: w.handle.group.lane(self.lane).name for w in self.table}
         return {
             "node": self.node,
             "host": self.host,
@@ -155,7 +160,11 @@ class Heartbeat:
             "state": self.state().value,
             "workers": workers,
             "stages": {
-                name: {"jobs": t.jobs, "restarts": t.restarts, "ended": dict(t.ended)}
+                named.get(name, name): {
+                    "jobs": t.jobs,
+                    "restarts": t.restarts,
+                    "ended": dict(t.ended),
+                }
                 for name, t in tallies.items()
             },
             **self.extra(),

@@ -16,7 +16,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,8 +28,8 @@ from ..definition import FlowDefinition
 from ..errors import ConfigurationError, RedisRefusedError, RedisUnavailableError, describe_exit
 from ..failures import FailureRecord
 from ..handles import WorkerGroup, WorkerHandle
+from ..partitions import StoreMap
 from ..settings import RedisSettings
-from ..store.redis import Store
 from ..worker import main as child
 from ..worker.main import worker_main
 from ..worker.status import StatusRecord, clear_status, read_status
@@ -76,8 +76,8 @@ class Manager:
         settler: Settler,
         *,
         ctx: Any,
-        definition: FlowDefinition,
-        redis: RedisSettings,
+        flow_name: str,
+        parts: Sequence[tuple[FlowDefinition, RedisSettings]],
         holder: str,
         log: Logger,
         log_level: str,
@@ -88,10 +88,11 @@ class Manager:
         self.settler = settler
         #: what this node's workers did (heartbeats, metrics)
         self.tally = Tally()
-        self.watchdogs = Watchdogs(settler.store, log, self.kill, limit_interval, self.tally)
+        self.watchdogs = Watchdogs(settler.stores, log, self.kill, limit_interval, self.tally)
         self.ctx = ctx
-        self.definition = definition
-        self.redis = redis
+        self.flow_name = flow_name
+        #: each partition's definition and connection settings (one: an unpartitioned flow)
+        self.parts = list(parts)
         self.holder = holder
         self.log = log
         self.log_level = log_level
@@ -109,10 +110,10 @@ class Manager:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
-    def use_store(self, store: Store) -> None:
-        """Settle and renew through ``store`` from now on (before the thread starts)."""
-        self.settler.store = store
-        self.watchdogs.store = store
+    def use_stores(self, stores: StoreMap) -> None:
+        """Settle and renew through ``stores`` from now on (before the thread starts)."""
+        self.settler.stores = stores
+        self.watchdogs.stores = stores
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -246,13 +247,12 @@ class Manager:
         here, in the supervisor, not in a child)."""
         blob = self._blobs.get(group)
         if blob is None:
-            stage = group.stage
-            payload = group.payload(self.definition, self.redis, self.holder, self.log_level)
+            payload = group.payload(self.flow_name, self.parts, self.holder, self.log_level)
             try:
                 blob = cloudpickle.dumps(payload)
             except Exception as exc:
                 raise ConfigurationError(
-                    f"the worker function for {stage.name!r} cannot be sent to a worker "
+                    f"the worker function for {group.name!r} cannot be sent to a worker "
                     f"process: {type(exc).__name__}: {exc}"
                 ) from exc
             self._blobs[group] = blob
@@ -282,7 +282,7 @@ class Manager:
             return w
         blob = self.blob(handle.group)
         if w.process is not None:
-            self.tally.restarted(handle.group.stage.name)
+            self.tally.restarted(handle.group.name)
         clear_status(w.status)
         parent_end, child_end = self.ctx.Pipe(duplex=False)
         commands_in, commands_out = self.ctx.Pipe(duplex=False)
@@ -325,7 +325,7 @@ class Manager:
             self.table.cond.notify_all()
         if start:
             w.tell(child.CONNECT, child.START)
-        self.log.bind(queue=handle.group.stage.name).debug(
+        self.log.bind(queue=handle.group.name).debug(
             "spawned worker {} (pid {})", handle.name, process.pid
         )
         return w
@@ -351,14 +351,14 @@ class Manager:
     def tallies(self) -> dict[str, StageTally]:
         """Per stage: what this node's worker processes did, the ended ones and the live."""
         live = self.table.live()
-        return self.tally.snapshot((w.handle.group.stage.name, read_status(w.status)) for w in live)
+        return self.tally.snapshot((w.handle.group.name, read_status(w.status)) for w in live)
 
     def kill(self, w: WorkerProcess, reason: str) -> None:
         """SIGKILL a worker's whole process tree; its exit is then settled with ``reason``
         (``kind: text``)."""
         w.kill_reason = reason
         if reason != "shutdown":
-            self.log.bind(queue=w.handle.group.stage.name, worker=w.name).warning(
+            self.log.bind(queue=w.handle.group.name, worker=w.name).warning(
                 "killing worker {} (pid {}): {}", w.name, w.pid, reason.split(": ", 1)[-1]
             )
         kill_tree(w.pid)
@@ -398,7 +398,7 @@ class Manager:
     def _unblock_one(self, client_id: int) -> None:
         # failing that, it returns from BLMOVE within its block_timeout anyway
         with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
-            self.settler.store.unblock([client_id])
+            self.settler.stores.first.unblock([client_id])
 
     # -- a worker ended ----------------------------------------------------------------------
 
@@ -428,15 +428,15 @@ class Manager:
         w.conn = w.commands = None
         planned = w.state is WorkerState.DISCONNECTED and code == 0
         recycled = planned and w.end_reason.startswith("recycle")
-        stage = w.handle.group.stage
+        stage = w.handle.group.lane(view.lane)  # what it held is in the lane it was in
         log = self.log.bind(queue=stage.name, worker=w.name, pid=pid)
         self._collect_orphans(ended=w)
         replace = self.budget.on_exit(w) if self.budget is not None else True
-        self.tally.retire(stage.name, view)
+        self.tally.retire(w.handle.group.name, view)
         if w.kill_reason == "shutdown":
             self.settler.settle(stage, view, None)
         elif w.kill_reason is not None and w.kill_reason.startswith(CANCEL):
-            self.tally.ended(stage.name, "cancel")
+            self.tally.ended(w.handle.group.name, "cancel")
             self.settler.cancel(stage, view, w.cancelled)
         elif not planned:
             reason = w.kill_reason or f"the worker process died ({describe_exit(code)})"
@@ -446,7 +446,7 @@ class Manager:
                 held = f"; it held job {view.job}" if view.activity.holds_job and view.job else ""
                 log.error("worker {} (pid {}) ended unexpectedly: {}{}", w.name, pid, reason, held)
             kind = "crash" if w.kill_reason is None else w.kill_reason.split(":")[0]
-            self.tally.ended(stage.name, kind)
+            self.tally.ended(w.handle.group.name, kind)
             record = FailureRecord.worker_died(reason, kind, worker=w.name, pid=pid, exitcode=code)
             self.settler.settle(stage, view, record)
         with self.table.cond:

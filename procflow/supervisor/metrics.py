@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psutil
@@ -44,23 +44,24 @@ class NodeCollector(Collector):
 
     def __init__(
         self,
-        definition: FlowDefinition,
+        flow: str,
+        parts: Sequence[tuple[FlowDefinition, Store]],
         node: str,
         table: WorkerTable,
-        store: Store,
         tally: Callable[[], dict[str, StageTally]],
         state: Callable[[], SupervisorState],
     ) -> None:
-        self.definition = definition
+        self.flow = flow
+        #: each partition's definition and the store serving it (a partitioned flow's
+        #: queue depths are summed over its partitions, by the queue names the user wrote)
+        self.parts = list(parts)
         self.node = node
         self.table = table
-        self.store = store
-        self.registry = Registry(store)
         self.tally = tally
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
-        flow, node = self.definition.name, self.node
+        flow, node = self.flow, self.node
         tallies = self.tally()
         yield from self._outcomes(flow, node, tallies)
         yield from self._workers(flow, node)
@@ -133,7 +134,7 @@ class NodeCollector(Collector):
         stopping = self.state() is SupervisorState.STOPPING
         count: Counter[tuple[str, str]] = Counter()
         for w in self.table:
-            queue = w.handle.group.stage.name
+            queue = w.handle.group.name
             count[(queue, worker_state(w, read_status(w.status).activity, stopping))] += 1
             if w.ps is not None and not w.gone:
                 with contextlib.suppress(psutil.Error):
@@ -156,22 +157,35 @@ class NodeCollector(Collector):
         up = GaugeMetricFamily(
             "procflow_redis_up", "Whether the last scrape could read Redis.", labels=["flow"]
         )
-        stages = list(self.definition.stages.values())
-        try:
-            counts = self.store.counts([s.keys for s in stages])
-            heads = self.registry.oldest_waiting([s.keys for s in stages])
-        except (RedisUnavailableError, RedisRefusedError):
-            up.add_metric([flow], 0)
-            yield up
-            return
+        depths: dict[str, Counter[str]] = {}
+        ages: dict[str, float] = {}
         now = time.time()
-        for stage, numbers, head in zip(stages, counts, heads, strict=True):
+        for definition, store in self.parts:
+            stages = list(definition.stages.values())
+            try:
+                counts = store.counts([s.keys for s in stages])
+                heads = Registry(store).oldest_waiting([s.keys for s in stages])
+            except (RedisUnavailableError, RedisRefusedError):
+                up.add_metric([flow], 0)
+                yield up
+                return
+            for stage, numbers, head in zip(stages, counts, heads, strict=True):
+                name = _short(stage.name) if len(self.parts) > 1 else stage.name
+                depths.setdefault(name, Counter()).update(numbers)
+                born = created_at(head) if head else None
+                older = max(0.0, now - born) if born else 0.0
+                ages[name] = max(ages.get(name, 0.0), older)
+        for name, numbers in depths.items():
             for state, n in numbers.items():
-                depth.add_metric([flow, stage.name, state], n)
-            born = created_at(head) if head else None
-            age.add_metric([flow, stage.name], max(0.0, now - born) if born else 0.0)
+                depth.add_metric([flow, name, state], n)
+            age.add_metric([flow, name], ages[name])
         up.add_metric([flow], 1)
         yield from (depth, age, up)
+
+
+def _short(name: str) -> str:
+    """A partition's queue name without its tag (``{pay#3}.check`` → ``check``)."""
+    return name.split("}.", 1)[1] if name.startswith("{") and "}." in name else name
 
 
 class MetricsServer:

@@ -7,14 +7,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..definition import FlowDefinition
-from ..store.redis import Store
+from ..partitions import StoreMap
 from ..store.registry import Registry
 from .heartbeat import Heartbeat
 from .manager import Manager
 from .process import SupervisorState, WorkerTable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from loguru import Logger
 
@@ -29,7 +29,8 @@ class Observers:
 
     def __init__(
         self,
-        definition: FlowDefinition,
+        flow: str,
+        definitions: Sequence[FlowDefinition],
         manager: Manager,
         table: WorkerTable,
         *,
@@ -40,7 +41,9 @@ class Observers:
         metrics_port: int | None = None,
         metrics_host: str = "0.0.0.0",
     ) -> None:
-        self.definition = definition
+        self.flow = flow
+        #: one per partition (an unpartitioned flow has one): each registers and beats
+        self.definitions = list(definitions)
         self.manager = manager
         self.table = table
         self.node = node
@@ -49,28 +52,41 @@ class Observers:
         self.want_heartbeat = heartbeat
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
-        self.heartbeat: Heartbeat | None = None
+        self.heartbeats: list[Heartbeat] = []
         self.metrics: MetricsServer | None = None
 
-    def start(self, store: Store) -> None:
+    @property
+    def heartbeat(self) -> Heartbeat | None:
+        """The (first partition's) heartbeat, while it runs."""
+        return self.heartbeats[0] if self.heartbeats else None
+
+    def start(self, stores: StoreMap) -> None:
         if self.want_heartbeat:
-            self.heartbeat = Heartbeat(
-                Registry(store),
-                self.definition,
-                self.table,
-                node=self.node,
-                state=self.state,
-                tally=self.manager.tallies,
-                cancel=lambda ids: self.manager.call(lambda: self.manager.cancel(ids)),
-                log=self.log,
-            )
-            self.heartbeat.start()
+            for lane, definition in enumerate(self.definitions):
+                beat = Heartbeat(
+                    Registry(stores.of_flow(definition)),
+                    definition,
+                    self.table,
+                    node=self.node,
+                    state=self.state,
+                    tally=self.manager.tallies,
+                    cancel=lambda ids: self.manager.call(lambda: self.manager.cancel(ids)),
+                    log=self.log,
+                    lane=lane,
+                )
+                beat.start()
+                self.heartbeats.append(beat)
         if self.metrics_port is not None:
             # prometheus_client (7 MiB) is loaded only by a supervisor that serves metrics
             from .metrics import MetricsServer, NodeCollector  # noqa: PLC0415
 
             collector = NodeCollector(
-                self.definition, self.node, self.table, store, self.manager.tallies, self.state
+                self.flow,
+                [(d, stores.of_flow(d)) for d in self.definitions],
+                self.node,
+                self.table,
+                self.manager.tallies,
+                self.state,
             )
             self.metrics = MetricsServer(collector, self.metrics_port, self.metrics_host)
             port = self.metrics.start()
@@ -82,9 +98,9 @@ class Observers:
         return self.metrics.port if self.metrics is not None else None
 
     def stop(self) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
-            self.heartbeat = None
+        for beat in self.heartbeats:
+            beat.stop()
+        self.heartbeats = []
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..cpus import usable_cpus
 from ..errors import ConfigurationError, RedisRefusedError, RedisUnavailableError
 from ..handles import PARENT, WorkerGroup, WorkerHandle
-from ..store.redis import Store
+from ..partitions import StoreMap
 from ..worker.status import Activity, read_status
 from .budget import Balancer, StageLoad, describe
 from .process import WorkerProcess, WorkerTable
@@ -47,7 +47,7 @@ class CoreBudget:
 
     cores: int
     groups: Sequence[WorkerGroup]
-    store: Store
+    stores: StoreMap
     table: WorkerTable
     log: Logger
     limits: dict[str, Limits] = field(default_factory=dict)
@@ -76,14 +76,21 @@ class CoreBudget:
                 out.append(w)
         return out
 
+    def _waiting(self) -> list[int]:
+        """Jobs waiting per group, summed over its lanes (a partitioned flow's
+        partitions)."""
+        stages = [stage for g in self.groups for stage in g.lanes]
+        counts = iter(self.stores.waiting_counts(stages))
+        return [sum(next(counts) for _ in g.lanes) for g in self.groups]
+
     def current(self) -> dict[str, int]:
-        return {g.stage.name: len(self._active(g)) for g in self.groups}
+        return {g.name: len(self._active(g)) for g in self.groups}
 
     def on_exit(self, w: WorkerProcess) -> bool:
         """Remember what an exited process did (its status record is reused); whether it
         may be replaced (not a paused one: it held no core)."""
         view = read_status(w.status)
-        name = w.handle.group.stage.name
+        name = w.handle.group.name
         busy, jobs = self.retired.get(name, (0.0, 0))
         self.retired[name] = (busy + view.busy, jobs + view.jobs)
         held = w.handle in self.pausing | self.paused
@@ -102,7 +109,7 @@ class CoreBudget:
     def _loads(self, waiting: Sequence[int]) -> list[StageLoad]:
         loads = []
         for group, n in zip(self.groups, waiting, strict=True):
-            name = group.stage.name
+            name = group.name
             busy, jobs = self.retired.get(name, (0.0, 0))
             running = 0
             for w in self._active(group):
@@ -120,13 +127,13 @@ class CoreBudget:
     def initial(self) -> list[WorkerHandle]:
         """The handles to start with: by the work waiting now, else the first stage."""
         try:
-            waiting = self.store.waiting_counts([g.stage.keys for g in self.groups])
+            waiting = self._waiting()
         except (RedisUnavailableError, RedisRefusedError):
             waiting = [0] * len(self.groups)
         target = self.balancer.decide(self._loads(waiting), self.current()) or {}
         if not any(target.values()):  # nothing waits yet: the first stages, one core each
-            target = {g.stage.name: 1 for g in self.groups[: self.cores]}
-        return [h for g in self.groups for h in g.handles[: target.get(g.stage.name, 0)]]
+            target = {g.name: 1 for g in self.groups[: self.cores]}
+        return [h for g in self.groups for h in g.handles[: target.get(g.name, 0)]]
 
     def tick(self, spawn: Callable[[WorkerHandle], object], unblock: Callable[[int], None]) -> None:
         """Look at the work; move processes if the balancer says so. A stage grows only into
@@ -138,7 +145,7 @@ class CoreBudget:
             self._grow_into_free(self.pending, spawn)
             return
         try:
-            waiting = self.store.waiting_counts([g.stage.keys for g in self.groups])
+            waiting = self._waiting()
         except (RedisUnavailableError, RedisRefusedError):
             return  # no news of the work: keep the counts
         loads = self._loads(waiting)
@@ -148,7 +155,7 @@ class CoreBudget:
             return
         self.log.info("rebalanced: {}", describe(current, target, loads))
         for group in self.groups:  # shrink first: the cores are freed before they are used
-            self._shrink(group, current[group.stage.name] - target[group.stage.name], unblock)
+            self._shrink(group, current[group.name] - target[group.name], unblock)
         self.pending = target
         self._grow_into_free(target, spawn)
 
@@ -159,7 +166,7 @@ class CoreBudget:
         current = self.current()
         free = self.cores - sum(current.values()) - len(self.pausing)
         for group in self.groups:
-            want = min(target.get(group.stage.name, 0) - current[group.stage.name], free)
+            want = min(target.get(group.name, 0) - current[group.name], free)
             free -= self._grow(group, want, spawn)
         current = self.current()
         if not self.pausing or all(current[name] >= n for name, n in target.items()):
@@ -209,7 +216,7 @@ def cores_of(cores: int | str | None) -> int | None:
 def start_budget(
     cores: int,
     groups: Sequence[WorkerGroup],
-    store: Store,
+    stores: StoreMap,
     table: WorkerTable,
     log: Logger,
     limits: Mapping[str, Limits],
@@ -220,9 +227,9 @@ def start_budget(
     they keep their own workers outside the budget."""
     running = [g for g in groups if g.kind != PARENT]
     for group in running:
-        limit = limits.get(group.stage.name, Limits())
+        limit = limits.get(group.name, Limits())
         group.set_count(limit.max if limit.max is not None else cores)
-    budget = CoreBudget(cores, running, store, table, log, dict(limits))
+    budget = CoreBudget(cores, running, stores, table, log, dict(limits))
     handles = budget.initial()
     parents = [h for g in groups if g.kind == PARENT for h in g.handles]
     log.info(

@@ -19,8 +19,8 @@ import psutil
 from ..definition import Stage
 from ..errors import RedisRefusedError, RedisUnavailableError
 from ..failures import FailureRecord, record_failure
+from ..partitions import StoreMap
 from ..store.keys import Holder, LeaseToken
-from ..store.redis import Store
 from ..store.registry import CANCELLED_MESSAGE, Registry
 from ..worker.status import Activity, StatusView
 
@@ -33,10 +33,11 @@ _RETRY_EVERY = 1.0
 
 
 class Settler:
-    """Settles dead workers' jobs through ``store``; ``log`` is the supervisor's logger."""
+    """Settles dead workers' jobs through ``stores`` (each stage's through the store that
+    serves its partition); ``log`` is the supervisor's logger."""
 
-    def __init__(self, store: Store, holder: Holder, log: Logger) -> None:
-        self.store = store
+    def __init__(self, stores: StoreMap, holder: Holder, log: Logger) -> None:
+        self.stores = stores
         self.holder = holder
         self.log = log
         self.pending: list[Callable[[], None]] = []
@@ -69,7 +70,7 @@ class Settler:
             log = self.log.bind(queue=stage.name)
 
             def fail() -> None:
-                with self.store.session(stage.keys) as session:
+                with self.stores.of(stage).session(stage.keys) as session:
                     record_failure(session, job, token, failure, policy, log)
 
             ops.append(fail)
@@ -88,7 +89,7 @@ class Settler:
         else it held is settled as after a shutdown (given back uncounted)."""
         held = [(view.job, view.token)] if view.job and view.activity.holds_job else []
         held += list(view.pending)
-        registry = Registry(self.store)
+        registry = Registry(self.stores.of(stage))
         for job, token in held:
             if job not in wanted:
                 self._attempt(functools.partial(self._requeue, stage, job, token))
@@ -105,7 +106,7 @@ class Settler:
             self._attempt(finish)
 
     def _requeue(self, stage: Stage, job: str, token: str) -> None:
-        with self.store.session(stage.keys) as session:
+        with self.stores.of(stage).session(stage.keys) as session:
             got = session.requeue(job, token)
         if got:
             self.log.bind(queue=stage.name, job=got).info(
@@ -115,7 +116,7 @@ class Settler:
     def _never_claimed(self, stage: Stage, job: str) -> None:
         """A job our dead worker moved with BLMOVE but may not have claimed."""
         log = self.log.bind(queue=stage.name)
-        with self.store.session(stage.keys) as session:
+        with self.stores.of(stage).session(stage.keys) as session:
             record_failure(
                 session,
                 job,
@@ -149,20 +150,21 @@ class Settler:
     def reclaim(self, stages: Sequence[Stage]) -> None:
         """Jobs whose lock names a supervisor of this node that is no longer alive are taken
         back now rather than after their locks expire."""
-        try:
-            snapshot = self.store.processing_snapshot([s.keys for s in stages])
-        except (RedisUnavailableError, RedisRefusedError) as exc:
-            self.log.warning("could not look for jobs of a previous supervisor: {}", exc)
-            return
-        for stage, held in zip(stages, snapshot, strict=True):
-            log = self.log.bind(queue=stage.name)
-            for job, lock in held:
-                if lock is None or not self.dead_local_holder(lock):
-                    continue
-                self._attempt(functools.partial(self._reclaim_one, stage, job, lock, log))
+        for store, group in self.stores.grouped(stages):
+            try:
+                snapshot = store.processing_snapshot([s.keys for s in group])
+            except (RedisUnavailableError, RedisRefusedError) as exc:
+                self.log.warning("could not look for jobs of a previous supervisor: {}", exc)
+                continue
+            for stage, held in zip(group, snapshot, strict=True):
+                log = self.log.bind(queue=stage.name)
+                for job, lock in held:
+                    if lock is None or not self.dead_local_holder(lock):
+                        continue
+                    self._attempt(functools.partial(self._reclaim_one, stage, job, lock, log))
 
     def _reclaim_one(self, stage: Stage, job: str, lock: str, log: Logger) -> None:
-        with self.store.session(stage.keys) as session:
+        with self.stores.of(stage).session(stage.keys) as session:
             record = FailureRecord.supervisor_died(lock)
             record_failure(session, job, lock, record, stage.retry_policy(), log)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import RedisRefusedError, RedisUnavailableError
+from ..partitions import StoreMap
 from ..store.redis import Store
 from ..worker.status import Activity, read_status
 from .process import WorkerProcess, tree_rss
@@ -35,13 +36,13 @@ class Watchdogs:
 
     def __init__(
         self,
-        store: Store,
+        stores: StoreMap,
         log: Logger,
         kill: Callable[[WorkerProcess, str], None],
         limit_interval: float = 0.1,
         tally: Tally | None = None,
     ) -> None:
-        self.store = store
+        self.stores = stores
         self.tally = tally
         self.log = log
         self.kill = kill
@@ -60,25 +61,28 @@ class Watchdogs:
     def renew(self, live: Sequence[WorkerProcess]) -> None:
         """Extend the lock of every job a live worker runs, completes or holds prefetched
         (one round trip)."""
-        locks = []
-        stages = []
+        by_store: dict[int, tuple[Store, list[tuple[str, str, int]], list[str]]] = {}
         for w in live:
             view = read_status(w.status)
-            stage = w.handle.group.stage
+            stage = w.handle.group.lane(view.lane)
+            store, locks, names = by_store.setdefault(
+                id(self.stores.of(stage)), (self.stores.of(stage), [], [])
+            )
             ttl = int(w.lock_time * 1000)
             if view.activity in (Activity.RUNNING, Activity.COMPLETING) and view.job and view.token:
                 locks.append((stage.keys.lock(view.job), view.token, ttl))
-                stages.append(stage.name)
+                names.append(w.handle.group.name)
             for job, token in view.pending:  # prefetched, waiting their turn: held too
                 locks.append((stage.keys.lock(job), token, ttl))
-                stages.append(stage.name)
-        if not locks:
-            return
+                names.append(w.handle.group.name)
         try:
-            held = self.store.renew(locks)
-            if self.tally is not None:
-                for name, ok in zip(stages, held, strict=True):
-                    self.tally.renewed(name, ok)
+            for store, locks, names in by_store.values():
+                if not locks:
+                    continue
+                held = store.renew(locks)
+                if self.tally is not None:
+                    for name, ok in zip(names, held, strict=True):
+                        self.tally.renewed(name, ok)
             if self._failing:
                 self.log.info("job locks renewed again")
                 self._failing = False

@@ -14,7 +14,7 @@ import functools
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import codec, reporting
@@ -31,6 +31,7 @@ from ..store.keys import TokenSeries
 from ..store.records import Lease
 from .fanout import child_keys_of, children_state, plan_children
 from .payload import WorkerPayload
+from .results import read_result
 from .session import JobSession, Retrier
 from .status import Outcome, StatusWriter
 
@@ -45,6 +46,9 @@ _OUTCOMES = {"retry": Outcome.RETRIED, "failed": Outcome.FAILED}
 #: how long the results of a prefetched batch's jobs may wait to be written with the batch's
 #: last one (seconds); past it they are written at once
 DEFER_AT_MOST = 0.05
+#: a worker of a partitioned flow takes at most this many lease calls in a row from one
+#: partition before it moves on to the next that has work (fair leasing across partitions)
+TURN = 8
 
 
 class WorkerLoop:
@@ -61,13 +65,24 @@ class WorkerLoop:
         pid: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
         gate: Callable[[], bool] | None = None,
+        more_sessions: Sequence[JobSession] = (),
     ) -> None:
         self.payload = payload
+        self.lanes = payload.all_lanes()
+        self.sessions = [session, *more_sessions]
+        if len(self.sessions) != len(self.lanes):
+            raise ValueError(f"{len(self.lanes)} lanes need as many sessions")
         self.stage = payload.stage
         self.keys = payload.stage.keys
+        self.routes = self.lanes[0].routes
+        self.child_stages = self.lanes[0].child_stages
         self.options = payload.options
         self.session = session
         self.status = status
+        #: the lane (partition) in use, lease calls in a row from it, and idle waits so far
+        self._lane = 0
+        self._turn = 0
+        self._waits = _index_of(payload.worker)
         self.log = log
         self._external_stop = stop_flag
         self._sleep = sleep
@@ -93,12 +108,30 @@ class WorkerLoop:
     # -- lifecycle ----------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Open the session's connections and load the scripts; raises
+        """Open the sessions' connections and load the scripts; raises
         RedisUnavailableError."""
-        self.client_id = self.session.connect()
+        self.client_id = self.sessions[0].connect()
+        for session in self.sessions[1:]:
+            session.connect()
 
     def disconnect(self) -> None:
-        self.session.close()
+        for session in self.sessions:
+            session.close()
+
+    def _use(self, lane: int) -> None:
+        """Move to partition ``lane`` (only while holding nothing)."""
+        if lane == self._lane:
+            return
+        self._lane, self._turn = lane, 0
+        to = self.lanes[lane]
+        self.session = self.retrier.session = self.sessions[lane]
+        self.stage, self.keys = to.stage, to.stage.keys
+        self.routes, self.child_stages = to.routes, to.child_stages
+        self.status.lane(lane)
+
+    def _turn_over(self) -> bool:
+        """A partitioned stage's worker has had its turn at this partition."""
+        return len(self.lanes) > 1 and self._turn >= TURN
 
     def should_end(self) -> bool:
         """Told to stop, or due for recycling (sets ``end_reason``)."""
@@ -140,7 +173,7 @@ class WorkerLoop:
         lease, index = self._batch.popleft()
         self._take(self._process(lease, index, last=not self._batch))
         if not self._batch and self._deferred:
-            hold = self.should_end() or self.status.pause_requested
+            hold = self.should_end() or self.status.pause_requested or self._turn_over()
             self._take(self._flush(lease_next=not hold))
 
     def _take(self, leases: list[Lease]) -> None:
@@ -165,7 +198,7 @@ class WorkerLoop:
         process, so fields make the same JSON round trip."""
         done = 0
         while limit is None or done < limit:
-            self._take(self._lease_now())
+            self._take(self._lease_any())
             if not self._batch:
                 self.status.waiting()
                 return done
@@ -220,15 +253,35 @@ class WorkerLoop:
         )
         return leases or []
 
+    def _lease_any(self, abort_on_stop: bool = False) -> list[Lease]:
+        """What waits now in this partition — or, its turn over or nothing there, in the
+        next partition that has work (a partitioned stage's lanes in turn)."""
+        n = len(self.lanes)
+        first = (self._lane + 1) % n if self._turn_over() else self._lane
+        for step in range(n):
+            self._use((first + step) % n)
+            leases = self._lease_now(abort_on_stop)
+            if leases:
+                self._turn += 1
+                return leases
+            if abort_on_stop and (self.should_end() or self.status.pause_requested):
+                break
+        return []
+
     def _next_leases(self) -> list[Lease]:
-        """What waits now; else block in BLMOVE for the next job and claim it."""
-        leases = self._lease_now(abort_on_stop=True)
+        """What waits now; else block in BLMOVE for the next job and claim it (a partitioned
+        stage waits on its partitions in turn, ``block_timeout / K`` on each, starting at
+        the worker's own index so the stage's workers spread over them)."""
+        leases = self._lease_any(abort_on_stop=True)
         if leases or self.should_end() or self.status.pause_requested:
             return leases
         self.status.waiting()
-        job_id = self._redis(
-            lambda: self.session.wait_for_job(self.options.block_timeout), abort_on_stop=True
-        )
+        timeout = self.options.block_timeout
+        if len(self.lanes) > 1:
+            self._use(self._waits % len(self.lanes))
+            self._waits += 1
+            timeout = max(0.05, timeout / len(self.lanes))
+        job_id = self._redis(lambda: self.session.wait_for_job(timeout), abort_on_stop=True)
         if job_id is None:
             return []
         token = self.tokens.next()
@@ -237,6 +290,7 @@ class WorkerLoop:
         if lease is None:
             self.status.waiting()
             return []
+        self._turn = 1
         return [lease]
 
     # -- one job ---------------------------------------------------------------------------
@@ -276,7 +330,10 @@ class WorkerLoop:
         finally:
             reporting.end()
         try:
-            pairs, next_waiting = self._result(result)
+            lane = self.lanes[self._lane]
+            pairs, next_waiting = read_result(
+                result, self.stage, self.routes, self.payload.flow, lane.redis, lane.renames
+            )
             if reporter.reported:  # the last report, written with the completion
                 pairs.append((self.keys.progress_field.encode(), reporter.value_json().encode()))
         except (EncodeError, ValueError) as exc:
@@ -302,39 +359,6 @@ class WorkerLoop:
             params[name] = None if raw is None else codec.decode_field(key, name, raw)
         return params
 
-    def _result(self, result: Any) -> tuple[list[tuple[bytes, bytes]], str]:
-        """The result's fields as JSON, and the waiting list the job goes to next."""
-        if not isinstance(result, Mapping):
-            hint = " (return {} for no result fields)" if result is None else ""
-            raise ValueError(
-                f"worker function returned {type(result).__name__}, not a mapping of result "
-                f"fields{hint}"
-            )
-        bad = [k for k in result if not isinstance(k, str)]
-        if bad:
-            raise ValueError(
-                f"result field names must be strings, got {bad[0]!r} ({type(bad[0]).__name__})"
-            )
-        next_waiting = self.stage.next_waiting
-        routes = self.payload.routes
-        if "nextQueue" in result and result["nextQueue"] is not None:
-            name = result["nextQueue"]
-            if not isinstance(name, str) or name not in routes:
-                raise ValueError(
-                    f"result nextQueue {name!r} is not a queue of flow {self.payload.flow!r} "
-                    f"(its queues: {', '.join(routes)})"
-                )
-            next_waiting = routes[name]
-        fields = {k: v for k, v in result.items() if k != "nextQueue"}
-        reserved = [k for k in fields if keys.is_reserved(k)]
-        if reserved:
-            raise ValueError(
-                f"result field {reserved[0]!r} is procflow's bookkeeping; a worker function "
-                "cannot set it"
-            )
-        limit = self.payload.redis.max_value_bytes
-        return codec.encode_fields(fields, "result field", limit), next_waiting
-
     def _complete(
         self, lease: Lease, pairs: list[tuple[bytes, bytes]], next_waiting: str, last: bool = True
     ) -> list[Lease]:
@@ -348,7 +372,7 @@ class WorkerLoop:
                 return self._flush(lease_next=False)  # slow jobs: results not held back
             return []
         self.jobs_done += 1
-        hold = not last or self.should_end() or self.status.pause_requested
+        hold = not last or self.should_end() or self.status.pause_requested or self._turn_over()
         k = self.prefetch
         next_token = "" if hold else self.tokens.next(k)
         self.status.completing(next_token, k)
@@ -359,6 +383,7 @@ class WorkerLoop:
         )
         assert reply is not None
         status, following = reply
+        self._turn += bool(following)
         outcome = Outcome.COMPLETED if status == 1 else Outcome.LOST
         if len(following) == 1:  # held from the same write on: a kill now gives it back
             self.status.finished(outcome, following[0].id, following[0].token)
@@ -392,6 +417,7 @@ class WorkerLoop:
         )
         assert reply is not None
         statuses, following = reply
+        self._turn += bool(following)
         lost = [
             lease
             for (lease, _, _, _), status in zip(self._deferred, statuses, strict=True)
@@ -452,7 +478,7 @@ class WorkerLoop:
                     if raw_params is None
                     else codec.decode_field(key, params_field, raw_params)
                 )
-                plan = plan_children(queue, params, self.payload.child_stages)
+                plan = plan_children(queue, params, self.child_stages)
                 if not plan.children:
                     return self._complete(lease, [(failed_field, b"[]")], self.stage.next_waiting)
                 ttl = self.payload.key_ttl
@@ -483,3 +509,9 @@ class WorkerLoop:
         self._redis(lambda: self.session.park(lease.id, lease.token))
         self.status.finished()
         return []
+
+
+def _index_of(worker: str) -> int:
+    """A worker's index in its group, from its name (``queue#3``); 0 when it has none."""
+    tail = worker.rpartition("#")[2]
+    return int(tail) if tail.isdigit() else 0

@@ -26,7 +26,6 @@ import setproctitle
 from loguru import logger
 
 from ..cpus import WorkerSetup, limit_loaded_pools, setup_process
-from ..store.session import StageSession
 from .logs import install_child_logging
 from .loop import WorkerLoop
 from .payload import WorkerPayload
@@ -164,14 +163,7 @@ def worker_main(
         notes.append(("WARNING" if setup.slot == 0 else "DEBUG", late))
     for level, note in notes:
         log.log(level, "worker {}: {}", worker, note)
-    session = StageSession.open(
-        payload.redis,
-        stage.keys,
-        fields=stage.fields,
-        lock_ms=payload.options.lock_ms,
-        block_timeout=payload.options.block_timeout,
-        prefetch=stage.prefetch,
-    )
+    sessions = payload.open_sessions()
     commands = Commands(commands_conn, parent_pid)
 
     def gate() -> bool:  # paused: wait for the supervisor's word, holding no job
@@ -182,11 +174,12 @@ def worker_main(
 
     loop = WorkerLoop(
         payload,
-        session,
+        sessions[0],
         StatusWriter(raw_status),
         log,
         stop_flag=lambda: stop_signal["seen"],
         gate=gate,
+        more_sessions=sessions[1:],
     )
 
     def send(*message: Any) -> None:

@@ -9,8 +9,23 @@ from typing import Any
 from ..definition import Stage
 from ..settings import RedisSettings, WorkerOptions
 from ..store.keys import StageKeys
+from ..store.session import StageSession
 
-__all__ = ["WorkerPayload"]
+__all__ = ["Lane", "WorkerPayload"]
+
+
+@dataclass
+class Lane:
+    """One partition a worker serves (an unpartitioned flow has one): its stage, its
+    connection settings, its routes for a result's ``nextQueue`` and its child stages."""
+
+    stage: Stage
+    redis: RedisSettings
+    routes: dict[str, str] = field(default_factory=dict)
+    child_stages: dict[str, StageKeys] = field(default_factory=dict)
+    #: result fields a user writes under the names given → this partition's own
+    #: (``children:charge:params`` → ``children:{pay#3}.charge:params``)
+    renames: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -33,6 +48,26 @@ class WorkerPayload:
     log_level: str = "INFO"
     #: the worker's name (``queue#index``), set in the process
     worker: str = ""
+    #: every partition the worker serves, in order (empty: the one above)
+    lanes: list[Lane] = field(default_factory=list)
+
+    def all_lanes(self) -> list[Lane]:
+        """The lanes, the first being the stage, routes and children above."""
+        return self.lanes or [Lane(self.stage, self.redis, self.routes, self.child_stages)]
+
+    def open_sessions(self) -> list[StageSession]:
+        """One stage session per lane (not connected yet), as the worker loop takes them."""
+        return [
+            StageSession.open(
+                lane.redis,
+                lane.stage.keys,
+                fields=lane.stage.fields,
+                lock_ms=self.options.lock_ms,
+                block_timeout=self.options.block_timeout,
+                prefetch=lane.stage.prefetch,
+            )
+            for lane in self.all_lanes()
+        ]
 
     @property
     def is_parent(self) -> bool:

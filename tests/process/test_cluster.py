@@ -198,3 +198,58 @@ def test_a_tagged_flow_with_fan_out_runs_through_a_master_failover(cluster: Clus
     ]
     op.close()
     print(f"\ncluster failover: 300 jobs with fan-out done {recovered:.1f} s after the kill")
+
+
+def test_a_partitioned_flow_spreads_over_the_masters_and_rides_out_a_master_kill(
+    cluster: Cluster,
+) -> None:
+    def check(job: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(0.002)
+        return {"children:charge:params": [{"childName": "card", "amount": job["amount"]}]}
+
+    flow = Flow(
+        "pay",
+        [
+            QueueSpec("check", next_queue="charge", attributes_to_get=["amount"], max_attempts=5),
+            QueueSpec(
+                "charge",
+                children=[QueueSpec("card", attributes_to_get=["amount"], max_attempts=5)],
+                max_attempts=5,
+            ),
+        ],
+        lookup_attributes=["user"],
+        redis_url=cluster.url,
+        partitions=4,
+    )
+    masters = [slot_master(part.redis)[1] for part in flow.parts]
+    assert set(masters) == set(cluster.ports[:3])  # {pay#0} … {pay#3} reach every master
+    flow.create_workers("check", check, count=2, lock_time=2)
+    flow.create_parent_workers("charge", count=1, lock_time=2)
+    flow.create_child_workers(
+        "charge", "card", lambda job: {"paid": job["amount"]}, count=1, lock_time=2
+    )
+    victim = masters[2]  # partition 2's master (and whatever else it serves)
+    with flow.start_all(monitor_interval=0.5) as sup:
+        ids = flow.create_jobs([{"amount": n, "user": n % 4} for n in range(400)])
+        for port in set(masters):
+            assert cluster.client(port).execute_command("WAIT", 1, 5000) == 1
+        wait_until(
+            lambda: flow.counts()["check"]["waiting"] < 320, timeout=30, what="the run under way"
+        )
+        cluster.procs[victim].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        jobs = sup.wait(ids, timeout=120)
+        recovered = time.monotonic() - killed_at
+    assert all(j["done"] is True and "failed" not in j for j in jobs), [
+        j for j in jobs if not j.get("done") or j.get("failed")
+    ][:3]
+    where = [flow.part_of(i) for i in ids]
+    assert [sum(p is part for p in where) for part in flow.parts] == [100] * 4
+    ones = flow.get_jobs_by_key("user", 1, resolve_children=True)
+    assert sorted(j["amount"] for j in ones) == list(range(1, 400, 4))
+    assert all([c["paid"] for c in j["children:charge:jobs"]] == [j["amount"]] for j in ones)
+    assert slot_master(flow.parts[2].redis)[1] in cluster.ports[3:]  # its replica took over
+    print(
+        f"\npartitioned flow on the cluster: 400 jobs with fan-out over 4 partitions on 3 "
+        f"masters, done {recovered:.1f} s after partition 2's master was killed"
+    )

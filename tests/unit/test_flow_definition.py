@@ -45,6 +45,8 @@ def test_public_api_is_exactly_all() -> None:
         "ops",
         "commands",
         "dashboard",
+        "partitions",
+        "reading",
     }
     assert public - modules == set(procflow.__all__) - {"__version__"}
 

@@ -1,0 +1,242 @@
+"""Partitioned flows: one flow spread over K hash tags, for a flow beyond one Redis shard.
+
+``Flow("pay", queues, partitions=K)`` is K complete flows — ``{pay#0}`` … ``{pay#K-1}``, each
+with every queue named ``{pay#i}.QUEUE`` — so that on Redis Cluster each partition's keys
+live in one slot and the partitions spread over the shards. Each is an ordinary flow of the
+fixed layout (a TypeScript worker can serve one by its full names). A ``Part`` is one of them:
+its definition, its connection settings (pinned to its slot on a cluster) and its store.
+An unpartitioned flow is one part under its own names. Nothing here sends a command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import codec
+from .definition import FlowDefinition, QueueSpec, Stage
+from .errors import ConfigurationError, EncodeError
+from .settings import RedisSettings
+from .store import keys
+from .store.redis import Store
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+__all__ = ["MAX_PARTITIONS", "Part", "Partitioning", "StoreMap", "for_each"]
+
+#: the most partitions one flow may have
+MAX_PARTITIONS = 1024
+T = TypeVar("T")
+P = TypeVar("P")
+
+
+@dataclasses.dataclass(frozen=True)
+class Partitioning:
+    """How a flow's jobs spread over its partitions: ``count`` tags of ``base``, a job going
+    to the next one in turn, or — with ``key`` — to the one its option ``key``'s value
+    hashes to (CRC-32 of the value's JSON text, the same in every process and language)."""
+
+    base: str
+    count: int
+    key: str | None = None
+
+    @classmethod
+    def build(cls, name: str, count: object, key: object) -> Partitioning:
+        if (
+            not isinstance(count, int)
+            or isinstance(count, bool)
+            or not 1 <= count <= MAX_PARTITIONS
+        ):
+            raise ConfigurationError(
+                f"flow {name!r}: partitions must be an int from 1 to {MAX_PARTITIONS}, "
+                f"got {count!r}"
+            )
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ConfigurationError(
+                f"flow {name!r}: partition_key must be an option name, got {key!r}"
+            )
+        if "{" in name or "}" in name:
+            raise ConfigurationError(
+                f"flow {name!r}: a partitioned flow tags its names itself ({{NAME#i}}); "
+                f"give it a name without braces, e.g. {name.strip('{}')!r}"
+            )
+        return cls(name, count, key)
+
+    def tag(self, index: int) -> str:
+        """Partition ``index``'s flow name (and hash tag): ``{pay#3}``."""
+        return f"{{{self.base}#{index}}}"
+
+    def queue(self, index: int, name: str) -> str:
+        """The full name of queue ``name`` in partition ``index``: ``{pay#3}.check``."""
+        return f"{self.tag(index)}.{name}"
+
+    def short(self, full: str) -> str:
+        """A queue's name without its partition's tag (names without one come back as
+        they are)."""
+        if full.startswith(f"{{{self.base}#"):
+            return full.split("}.", 1)[-1]
+        return full
+
+    def renames(self, definition: FlowDefinition) -> dict[str, str]:
+        """In a partition: the fields a user writes under the queue names given
+        (``children:charge:params``, in options or a worker's result) → the partition's
+        own (``children:{pay#3}.charge:params``)."""
+        return {
+            keys.children_params_field(self.short(s.name)): keys.children_params_field(s.name)
+            for s in definition.stages.values()
+            if s.is_parent
+        }
+
+    def shown(self, field: str) -> str:
+        """A job field as the user sees it: a partition's ``children:{pay#3}.charge:jobs``
+        is ``children:charge:jobs``."""
+        if field.startswith(f"children:{{{self.base}#") and "}." in field:
+            return "children:" + field.split("}.", 1)[1]
+        return field
+
+    def definitions(
+        self, queues: Sequence[QueueSpec[Any, Any]], lookup: Sequence[str], key_ttl: int
+    ) -> tuple[FlowDefinition, ...]:
+        """The K flows, each checked like any flow."""
+        for spec in queues:
+            if isinstance(spec, QueueSpec) and ("{" in spec.name or "}" in spec.name):
+                raise ConfigurationError(
+                    f"flow {self.base!r}: queue {spec.name!r}: a partitioned flow tags its "
+                    "queue names itself; write them without braces"
+                )
+        FlowDefinition.build(self.base, queues, lookup, key_ttl)  # the user's names checked
+
+        def renamed(index: int, spec: QueueSpec[Any, Any]) -> QueueSpec[Any, Any]:
+            nxt = spec.next_queue
+            return dataclasses.replace(
+                spec,
+                name=self.queue(index, spec.name),
+                next_queue=None if nxt is None else self.queue(index, nxt),
+            )
+
+        return tuple(
+            FlowDefinition.build(self.tag(i), [renamed(i, q) for q in queues], lookup, key_ttl)
+            for i in range(self.count)
+        )
+
+    def chooser(self) -> Callable[[Mapping[str, Any]], int]:
+        """A function picking the partition of a new job from its options."""
+        count, key = self.count, self.key
+        if count == 1:
+            return lambda options: 0
+        if key is None:
+            turn = itertools.count()
+            lock = threading.Lock()
+
+            def next_in_turn(options: Mapping[str, Any]) -> int:
+                with lock:
+                    return next(turn) % count
+
+            return next_in_turn
+
+        def by_key(options: Mapping[str, Any]) -> int:
+            if key not in options:
+                raise EncodeError(
+                    f"option {key!r}",
+                    "is missing: it is this flow's partition_key, which picks the partition "
+                    "a job goes to",
+                )
+            text = codec.encode(options[key])
+            return zlib.crc32(text.encode()) % count
+
+        return by_key
+
+
+class Part:
+    """One partition of a flow (or the whole of an unpartitioned one): its definition, its
+    connection settings and its store, opened on first use."""
+
+    def __init__(
+        self, index: int, definition: FlowDefinition, redis: RedisSettings, logger: Logger
+    ) -> None:
+        self.index = index
+        self.definition = definition
+        self.redis = redis
+        self.logger = logger
+        self._store: Store | None = None
+
+    def __repr__(self) -> str:
+        return f"<Part {self.definition.name!r}>"
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.redis)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+class StoreMap:
+    """A supervisor's connections: one store per partition (one for all where their
+    settings are the same, as off a cluster), and which stage's keys each serves."""
+
+    def __init__(self, parts: Sequence[tuple[FlowDefinition, RedisSettings]]) -> None:
+        self.settings = tuple(redis for _, redis in parts)
+        by_settings: dict[RedisSettings, Store] = {}
+        self._of: dict[str, Store] = {}
+        for definition, redis in parts:
+            store = by_settings.get(redis)
+            if store is None:
+                store = by_settings[redis] = Store(redis)
+            for name in definition.stages:
+                self._of[name] = store
+        self.stores = list(by_settings.values())
+        #: partition 0's store (the registry, cancel requests, unblocking)
+        self.first = self.stores[0]
+
+    def of(self, stage: Stage) -> Store:
+        """The store that serves ``stage``'s keys."""
+        return self._of.get(stage.name, self.first)
+
+    def of_flow(self, definition: FlowDefinition) -> Store:
+        """The store that serves a partition's keys."""
+        return self._of.get(next(iter(definition.stages)), self.first)
+
+    def grouped(self, stages: Sequence[Stage]) -> list[tuple[Store, list[Stage]]]:
+        """``stages`` by the store that serves them (each group one round trip)."""
+        groups: dict[int, tuple[Store, list[Stage]]] = {}
+        for stage in stages:
+            store = self.of(stage)
+            groups.setdefault(id(store), (store, []))[1].append(stage)
+        return list(groups.values())
+
+    def waiting_counts(self, stages: Sequence[Stage]) -> list[int]:
+        """How many jobs wait in each stage (one round trip per store)."""
+        counts = dict.fromkeys(range(len(stages)), 0)
+        at = {id(stage): n for n, stage in enumerate(stages)}
+        for store, group in self.grouped(stages):
+            for stage, n in zip(group, store.waiting_counts([s.keys for s in group]), strict=True):
+                counts[at[id(stage)]] = n
+        return [counts[n] for n in range(len(stages))]
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+
+def for_each(items: Sequence[P], fn: Callable[[P], T]) -> list[T]:
+    """``fn`` of every item, run side by side when there are several (the partitions of a
+    flow are read in parallel: on a cluster each is a round trip to its own shard)."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(len(items), 16)) as pool:
+        return list(pool.map(fn, items))

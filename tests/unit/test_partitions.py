@@ -1,0 +1,129 @@
+"""Partitioned flows without a server: names, the partition chooser, the checks."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from procflow import ConfigurationError, EncodeError, Flow, QueueSpec
+from procflow.errors import UnknownQueueError
+from procflow.partitions import Partitioning
+from procflow.store import keys
+from procflow.store.slots import key_slot
+
+
+def _flow(**options: object) -> Flow:
+    return Flow(
+        "pay",
+        [
+            QueueSpec("check", next_queue="charge", attributes_to_get=["n"]),
+            QueueSpec("charge", children=[QueueSpec("card")]),
+        ],
+        lookup_attributes=["user"],
+        redis_url="redis://127.0.0.1:1/0",
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def test_each_partition_is_a_complete_flow_under_its_own_tag() -> None:
+    flow = _flow(partitions=3)
+    assert [p.name for p in flow.parts] == ["{pay#0}", "{pay#1}", "{pay#2}"]
+    two = flow.parts[2].definition
+    assert list(two.stages) == ["{pay#2}.check", "{pay#2}.charge:card", "{pay#2}.charge"]
+    assert two.stages["{pay#2}.check"].spec.next_queue == "{pay#2}.charge"
+    assert two.first_stage.keys.waiting == "queue:{pay#2}.check:waiting"
+    # every key of a partition hashes to its tag's slot
+    stage = two.stages["{pay#2}.charge:card"]
+    slots = {
+        key_slot(k)
+        for k in (
+            keys.job("{pay#2}", "x"),
+            stage.keys.waiting,
+            stage.keys.lock("x"),
+            stage.keys.job("x"),
+            keys.lookup("{pay#2}", "user", "7"),
+        )
+    }
+    assert slots == {key_slot("{pay#2}")}
+    assert flow.name == "pay" and [q.name for q in flow.queues] == ["check", "charge"]
+
+
+def test_queues_go_by_the_names_given_or_by_a_partitions_full_name() -> None:
+    flow = _flow(partitions=2)
+    assert [s.name for s in flow.stages_of("check")] == ["{pay#0}.check", "{pay#1}.check"]
+    assert [s.name for s in flow.stages_of("{pay#1}.charge:card")] == [
+        "{pay#0}.charge:card",
+        "{pay#1}.charge:card",
+    ]
+    with pytest.raises(UnknownQueueError) as caught:
+        flow.stages_of("nope")
+    assert "check" in str(caught.value)
+    handles = flow.create_child_workers("charge", "card", lambda job: {}, count=2)
+    assert [h.name for h in handles] == ["charge:card#0", "charge:card#1"]
+    assert [s.name for s in flow.groups[0].lanes] == ["{pay#0}.charge:card", "{pay#1}.charge:card"]
+
+
+def test_round_robin_spreads_new_jobs_evenly() -> None:
+    flow = _flow(partitions=3)
+    jobs = flow._prepare_many([{"n": n} for n in range(9)])
+    assert [j.key.split(":")[1] for j in jobs] == ["{pay#0}", "{pay#1}", "{pay#2}"] * 3
+    assert jobs[4].waiting == "queue:{pay#1}.check:waiting"
+
+
+def test_a_partition_key_picks_the_partition_by_the_crc32_of_the_values_json() -> None:
+    flow = _flow(partitions=5, partition_key="user")
+    for user, text in ((62, "62"), ("joe", '"joe"'), ([1, 2], "[1,2]"), (None, "null")):
+        job = flow._prepare({"user": user, "n": 1}, "id")
+        assert job.key == f"job:{{pay#{zlib.crc32(text.encode()) % 5}}}:id"
+    with pytest.raises(EncodeError) as caught:
+        flow._prepare({"n": 1}, "id")
+    assert "'user'" in str(caught.value) and "partition_key" in str(caught.value)
+
+
+def test_children_params_written_under_the_names_given_land_under_the_partitions() -> None:
+    flow = _flow(partitions=2)
+    job = flow._prepare({"children:charge:params": [{"childName": "card"}]}, "a")
+    assert job.key.startswith("job:{pay#0}:")
+    assert [f for f, _ in job.fields] == [b"children:{pay#0}.charge:params"]
+    split = flow.partitioning
+    assert split is not None
+    assert split.shown("children:{pay#1}.charge:jobs") == "children:charge:jobs"
+    assert split.shown("children:{other#1}.charge:jobs") == "children:{other#1}.charge:jobs"
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"partitions": 0}, "partitions must be an int from 1 to 1024"),
+        ({"partitions": True}, "partitions must be an int"),
+        ({"partitions": 2000}, "from 1 to 1024"),
+        ({"partition_key": "user"}, "partition_key needs partitions=K"),
+        ({"partitions": 2, "partition_key": ""}, "partition_key must be an option name"),
+    ],
+)
+def test_bad_partition_options_are_refused(options: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigurationError, match=needle):
+        _flow(**options)
+
+
+def test_a_partitioned_flow_tags_its_names_itself() -> None:
+    with pytest.raises(ConfigurationError, match="tags its names itself"):
+        Flow("{pay}", [QueueSpec("check")], partitions=2, redis_url="redis://127.0.0.1:1")
+    with pytest.raises(ConfigurationError, match="queue names itself"):
+        Flow("pay", [QueueSpec("{pay}.check")], partitions=2, redis_url="redis://127.0.0.1:1")
+    with pytest.raises(ConfigurationError, match="next_queue 'nope'"):
+        Flow("pay", [QueueSpec("a", next_queue="nope")], partitions=2)
+
+
+def test_on_a_cluster_url_each_partition_is_pinned_to_its_own_slot() -> None:
+    flow = Flow(
+        "pay",
+        [QueueSpec("check")],
+        partitions=3,
+        redis_url="redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+    )
+    assert [key_slot(p.redis.cluster_key or "") for p in flow.parts] == [
+        key_slot(f"{{pay#{i}}}") for i in range(3)
+    ]
+    assert Partitioning.build("pay", 2, None).short("{pay#1}.check:x") == "check:x"
