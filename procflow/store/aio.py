@@ -27,10 +27,11 @@ from redis.backoff import NoBackoff
 from ..errors import CreateJobsError, RedisRefusedError, RedisUnavailableError, refusal
 from ..settings import RedisSettings
 from . import keys
+from .connect import connection_kwargs, discover_master, slot_master
 from .keys import StageKeys
 from .records import NewJob
 from .redis import CREATE_CHUNK, PRUNE_LIMIT, Store, created_from
-from .wire import Arg, Script, connection_kwargs, discover_master, pack, script, slot_master
+from .wire import Arg, Script, pack, script
 
 __all__ = ["AsyncStore", "AsyncSubscription", "Link", "open_streams"]
 
@@ -299,6 +300,16 @@ class AsyncStore:
         if link is not None:
             link.close()
 
+    def _replicated(self, reply: Any) -> None:
+        """A WAIT's reply (``durable``): fewer than one replica means not durable yet."""
+        self._check(reply)
+        if int(reply) < 1:
+            raise refusal(
+                self.settings.address,
+                f"NOREPLICAS no replica acknowledged the write within "
+                f"{self.settings.durable_ms} ms (durable=1)",
+            )
+
     def _check(self, reply: Any) -> Any:
         """Raise the refusal for an error reply, also inside a transaction's reply."""
         for item in reply if isinstance(reply, list) else [reply]:
@@ -356,6 +367,9 @@ class AsyncStore:
             start += len(chunk)
         if in_flight is not None:
             refused = _created(address, await in_flight[0], in_flight[1], created) or refused
+        if refused is None and self.settings.durable:  # acknowledged once a replica has all
+            [waited] = await link.request(pack("WAIT", 1, self.settings.durable_ms), 1)
+            self._replicated(waited)
         if refused is not None:
             if len(jobs) == 1:
                 raise refused
@@ -398,8 +412,12 @@ class AsyncStore:
             commands += [pack("ZREM", k, job_id) for k in (st.delayed, st.parked)]
             commands.append(pack("DEL", st.lock(job_id)))
         commands += [pack("DEL", job_key), pack("EXEC")]
-        replies = [self._check(r) for r in await self._pipeline(commands)]
-        return int(replies[-1][-1])
+        if self.settings.durable:  # a WAIT for one replica in the same write
+            commands.append(pack("WAIT", 1, self.settings.durable_ms))
+        replies = await self._pipeline(commands)
+        if self.settings.durable:
+            self._replicated(replies.pop())
+        return int([self._check(r) for r in replies][-1][-1])
 
     async def prune_failed(self, stages: Sequence[StageKeys], limit: int = PRUNE_LIMIT) -> int:
         """As ``Store.prune_failed``: drop expired jobs' ids from the failed lists."""

@@ -7,10 +7,11 @@ must be atomic are the Lua scripts in ``lua/``, called by SHA.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..errors import CreateJobsError, RedisRefusedError, refusal
 from ..settings import RedisSettings
@@ -23,7 +24,10 @@ from .wire import Wire, pack, script
 
 __all__ = ["Store"]
 
+F = TypeVar("F", bound=Callable[..., Any])
 CREATE_CHUNK = 500
+#: how many times a call refused with MOVED or ASK is sent again where the reply points
+REDIRECTS = 3
 #: ids of a failed list checked per prune (each an EXISTS inside one script call)
 PRUNE_LIMIT = 10_000
 _MULTI = pack("MULTI")
@@ -63,6 +67,28 @@ def created_from(
     return first
 
 
+def follows_redirects(method: F) -> F:
+    """Under Cluster, a call refused with MOVED (the slot moved) or ASK (the slot is being
+    migrated and the keys are on the importing node already) did not run: it is sent again
+    where the reply points, up to ``REDIRECTS`` times. Every such call touches one slot."""
+
+    @functools.wraps(method)
+    def call(self: Store, *args: Any, **kwargs: Any) -> Any:
+        for _ in range(REDIRECTS):
+            try:
+                return method(self, *args, **kwargs)
+            except RedisRefusedError as exc:
+                partial = isinstance(exc, CreateJobsError) and exc.created
+                if not self.settings.cluster_nodes or exc.code not in _REDIRECT or partial:
+                    raise
+        return method(self, *args, **kwargs)
+
+    return cast(F, call)
+
+
+_REDIRECT = ("MOVED", "ASK")
+
+
 class Store:
     """Redis commands for one flow. Thread-safe: each call borrows a connection from a small
     pool. A worker process builds its own sessions; a Store never crosses ``fork``."""
@@ -79,8 +105,8 @@ class Store:
         """Borrow a connection (a broken one reconnects on its next use)."""
         with self._lock:
             w = self._idle.pop() if self._idle else Wire(self.settings)
-        if w.stale():
-            w.close()  # reconnects on first use: nothing was sent on the dead connection
+        if w.redirected or w.stale():
+            w.close()  # reconnects on first use (where a redirect pointed, if one did)
         try:
             yield w
         finally:
@@ -114,6 +140,7 @@ class Store:
         with self.wire() as w:
             w.call("FLUSHDB")
 
+    @follows_redirects
     def ping(self) -> None:
         """Connect and PING; RedisUnavailableError names the address when that fails."""
         with self.wire() as w:
@@ -140,6 +167,7 @@ class Store:
         parts += (_RPUSH, b"$%d\r\n%s\r\n" % (len(waiting), waiting), id_bulk, _EXEC)
         return b"".join(parts), 5 + 2 * len(job.lookup_keys)
 
+    @follows_redirects
     def create_jobs(self, jobs: Sequence[NewJob], ttl: int) -> None:
         """Write jobs, each in its own MULTI … EXEC: the job hash and its EXPIRE, each lookup
         list and its EXPIRE, then the id onto the first waiting list. Pipelined in chunks,
@@ -171,6 +199,7 @@ class Store:
             done = set(created)
             raise CreateJobsError(refused, created, [j.id for j in jobs if j.id not in done])
 
+    @follows_redirects
     def get_hashes(self, hash_keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         """HGETALL of every key in one round trip (an absent key gives ``{}``)."""
         if not hash_keys:
@@ -186,16 +215,19 @@ class Store:
                 out.append(reply)
         return out
 
+    @follows_redirects
     def list_range(self, key: str, start: int = 0, stop: int = -1) -> list[str]:
         with self.wire() as w:
             return [v.decode() for v in w.call("LRANGE", key, start, stop)]
 
+    @follows_redirects
     def hash_fields(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
         if not fields:
             return []
         with self.wire() as w:
             return list(w.call("HMGET", key, *fields))
 
+    @follows_redirects
     def hash_field_many(self, hash_keys: Sequence[str], fields: Sequence[str]) -> list[list[Any]]:
         """HMGET the same fields from many hashes in one round trip."""
         if not hash_keys:
@@ -203,6 +235,7 @@ class Store:
         with self.wire() as w:
             return w.pipeline([pack("HMGET", k, *fields) for k in hash_keys])
 
+    @follows_redirects
     def exists_many(self, hash_keys: Sequence[str]) -> list[bool]:
         """Whether each key exists (one round trip)."""
         if not hash_keys:
@@ -210,11 +243,13 @@ class Store:
         with self.wire() as w:
             return [r == 1 for r in w.pipeline([pack("EXISTS", k) for k in hash_keys])]
 
+    @follows_redirects
     def children_status(self, child_keys: Sequence[str]) -> list[Any]:
         """Per child: EXISTS, then HMGET done failed — pipelined in one round trip."""
         with self.wire() as w:
             return children_status(w, child_keys)
 
+    @follows_redirects
     def delete_job(
         self,
         job_key: str,
@@ -241,6 +276,7 @@ class Store:
             w.check(replies[-1])
         return int(replies[-1][-1])
 
+    @follows_redirects
     def renew(self, locks: Sequence[tuple[str, str, int]]) -> list[bool]:
         """Extend every (lock key, token, ttl ms) whose lock still holds its token, in one
         round trip."""
@@ -254,10 +290,12 @@ class Store:
 
     # -- fan-out / fan-in ----------------------------------------------------------------
 
+    @follows_redirects
     def unpark(self, stage: StageKeys, job_id: str) -> bool:
         with self.wire() as w:
             return bool(w.evalsha(script("unpark"), (stage.parked, stage.waiting), (job_id,)) == 1)
 
+    @follows_redirects
     def parked_for(self, stage: StageKeys, age_ms: int, limit: int = 1000) -> list[str]:
         """Parents parked for at least ``age_ms`` by the server's clock."""
         with self.wire() as w:
@@ -266,6 +304,7 @@ class Store:
 
     # -- retries, failed jobs, monitoring ------------------------------------------------
 
+    @follows_redirects
     def promote(self, stages: Sequence[StageKeys], limit: int = 1000) -> list[tuple[int, int]]:
         """Move due retries to waiting for every stage: (moved, ms until next due or -1)."""
         if not stages:
@@ -278,6 +317,7 @@ class Store:
                 w.check(reply)
         return [(int(reply[0]), int(reply[1])) for reply in replies]
 
+    @follows_redirects
     def processing_snapshot(
         self, stages: Sequence[StageKeys]
     ) -> list[list[tuple[str, str | None]]]:
@@ -299,6 +339,7 @@ class Store:
             out[index[id(st)]].append((job_id, value.decode() if value is not None else None))
         return out
 
+    @follows_redirects
     def acquire_or_renew(self, key: str, holder: str, ttl_ms: int) -> bool:
         """Take ``key`` if free, or extend it if ``holder`` has it: leader election."""
         with self.wire() as w:
@@ -306,11 +347,13 @@ class Store:
                 return True
             return bool(w.evalsha(script("renew"), (key,), (holder, ttl_ms)) == 1)
 
+    @follows_redirects
     def release_if_holder(self, key: str, holder: str) -> bool:
         """Delete ``key`` if ``holder`` holds it, atomically."""
         with self.wire() as w:
             return bool(w.evalsha(script("release"), (key,), (holder,)) == 1)
 
+    @follows_redirects
     def revive(self, stage: StageKeys, job_ids: Sequence[str]) -> list[str]:
         """Failed jobs back onto their stage's waiting list with a fresh attempt count."""
         if not job_ids:
@@ -323,6 +366,7 @@ class Store:
             )
         return [m.decode() for m in moved]
 
+    @follows_redirects
     def prune_failed(self, stages: Sequence[StageKeys], limit: int = PRUNE_LIMIT) -> int:
         """Drop from each stage's failed list the ids whose job hash has expired, scanning at
         most ``limit`` ids per list (the oldest). Returns how many were dropped."""
@@ -334,6 +378,7 @@ class Store:
             replies = [w.check(r) for r in w.run_scripts([s] * len(packed), packed)]
         return sum(int(r) for r in replies)
 
+    @follows_redirects
     def waiting_counts(self, stages: Sequence[StageKeys]) -> list[int]:
         """How many jobs wait in each stage (one round trip): the core budget's view."""
         if not stages:
@@ -341,6 +386,7 @@ class Store:
         with self.wire() as w:
             return [int(w.check(r)) for r in w.pipeline([pack("LLEN", s.waiting) for s in stages])]
 
+    @follows_redirects
     def counts(self, stages: Sequence[StageKeys]) -> list[dict[str, int]]:
         """Waiting, processing, delayed, parked and failed counts per stage (one round trip);
         failed lists are pruned of expired jobs first, so the count matches the jobs."""

@@ -14,7 +14,7 @@ import redis.exceptions as rex
 from .. import codec
 from ..errors import RedisUnavailableError
 from ..settings import RedisSettings
-from .wire import make_client
+from .connect import make_client
 
 __all__ = ["DoneSubscription"]
 

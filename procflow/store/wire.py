@@ -8,35 +8,25 @@ socket into a hiredis reader of its own, and uses a redis-py ``Connection`` only
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import select
+import time
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import hiredis
-import redis
 import redis.exceptions as rex
-import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import RedisRefusedError, RedisUnavailableError, refusal
-from ..settings import SSL_CERT_REQS, RedisSettings
-from .slots import key_slot
+from ..settings import RedisSettings
+from .connect import connection_class, connection_kwargs, discover_master, slot_master
 
-__all__ = [
-    "Arg",
-    "Prepared",
-    "Script",
-    "Wire",
-    "connection_class",
-    "connection_kwargs",
-    "make_client",
-    "pack",
-    "script",
-]
+__all__ = ["Arg", "Prepared", "Script", "Wire", "pack", "script"]
 
 Arg = bytes | str | int | float
 
@@ -62,6 +52,48 @@ def pack(*args: Arg) -> bytes:
         data = arg.encode() if type(arg) is str else _data(arg)
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+#: an ASKING command as it goes on the wire
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+#: how long a connection that an ASK reply sent to a slot's importing node keeps asking
+#: there before it looks at the slot map again (seconds)
+ASKING_FOR = 1.0
+
+
+def with_asking(packed: bytes) -> tuple[bytes, list[bool]]:
+    """``packed`` (RESP commands back to back) with an ASKING before each command (one
+    before a MULTI covers its whole transaction), and for each reply the caller will read,
+    whether an ASKING reply comes before it."""
+    out: list[bytes] = []
+    flags: list[bool] = []
+    at, in_multi = 0, False
+    while at < len(packed):
+        start = at
+        end = packed.index(b"\r\n", at)
+        count, at = int(packed[at + 1 : end]), end + 2
+        name = b""
+        for i in range(count):
+            end = packed.index(b"\r\n", at)
+            size, at = int(packed[at + 1 : end]), end + 2
+            if i == 0:
+                name = packed[at : at + size].upper()
+            at += size + 2
+        if in_multi:
+            flags.append(False)
+            in_multi = name not in (b"EXEC", b"DISCARD")
+        else:
+            out.append(_ASKING)
+            flags.append(True)
+            in_multi = name == b"MULTI"
+        out.append(packed[start:at])
+    return b"".join(out), flags
+
+
+def _target(reply: str) -> tuple[str, int] | None:
+    """Where ``MOVED 3999 127.0.0.1:6381`` (or ``ASK …``) points."""
+    host, _, port = reply.rsplit(maxsplit=1)[-1].rpartition(":")
+    return (host, int(port)) if port.isdigit() else None
 
 
 def _bulk(arg: Arg) -> bytes:
@@ -133,6 +165,14 @@ class Wire:
         self._reader: Any = None
         #: Cluster: where a MOVED reply sent this connection (used by the next connect)
         self._moved_to: tuple[str, int] | None = None
+        #: Cluster: the importing node an ASK reply named (the next connect goes there and
+        #: sends each command after an ASKING until ``_asking_until``)
+        self._ask_at: tuple[str, int] | None = None
+        self._asking_until = 0.0
+        #: while asking: per reply still to be read, whether an ASKING reply comes first
+        self._skips: collections.deque[bool] = collections.deque()
+        #: a redirect (MOVED, ASK) was read: the connection is dropped before its next use
+        self.redirected = False
 
     def _connection(self, settings: RedisSettings) -> Any:
         kwargs = connection_kwargs(
@@ -143,7 +183,12 @@ class Wire:
     def _follow_slot(self) -> None:
         """Under Cluster: connect to the master serving ``cluster_key``'s slot (where a MOVED
         reply pointed, or what the slot map says now)."""
+        asked, self._ask_at = self._ask_at, None
         target, self._moved_to = self._moved_to, None
+        if asked is not None:  # a slot being migrated: its keys are there now
+            self._point_at(*asked)
+            self._asking_until = time.monotonic() + ASKING_FOR
+            return
         self._point_at(*(target or slot_master(self.settings)))
 
     def _follow_master(self) -> None:
@@ -171,17 +216,29 @@ class Wire:
         if self.settings.sentinels and error.code == "READONLY":
             self.close()
         elif self.settings.cluster_nodes and error.code in ("MOVED", "ASK"):
-            # "MOVED 3999 127.0.0.1:6381": the slot lives there now; the call is retried there
-            host, _, port = str(reply).split()[-1].rpartition(":")
+            # the call is retried where the reply points (the slot moved, or is moving)
+            self._note_redirect(str(reply))
             self.close()
-            if port.isdigit():
-                self._moved_to = (host, int(port))
         return error
+
+    def _note_redirect(self, reply: str) -> None:
+        """``MOVED 3999 host:port``: the slot lives there now; ``ASK 3999 host:port``: the
+        slot is being migrated there and the keys asked for are there already."""
+        if not self.settings.cluster_nodes:
+            return
+        self.redirected = True
+        if reply.startswith("MOVED"):
+            self._moved_to, self._ask_at = _target(reply), None
+        else:
+            self._ask_at = _target(reply)
 
     def close(self) -> None:
         """Drop the connection (the next call opens a new one)."""
         self._sock = None
         self._reader = None
+        self._skips.clear()
+        self._asking_until = 0.0
+        self.redirected = False
         self._conn.disconnect()
 
     def connect(self) -> None:
@@ -216,6 +273,13 @@ class Wire:
     def send(self, packed: bytes) -> None:
         if self._sock is None:
             self.connect()
+        if self._asking_until:  # sent to a slot's importing node by an ASK
+            if not self._skips and time.monotonic() > self._asking_until:
+                self.close()  # long enough: the slot map says where it is now
+                self.connect()
+            else:
+                packed, flags = with_asking(packed)
+                self._skips.extend(flags)
         try:
             self._sock.sendall(packed)
         except OSError as exc:
@@ -226,22 +290,32 @@ class Wire:
         reader = self._reader
         if reader is None:
             raise self._fail("not connected")
-        reply = reader.gets()
-        while reply is False:
-            try:
-                data = self._sock.recv(65536)
-            except OSError as exc:  # includes socket timeouts
-                raise self._fail(exc) from None
-            if not data:
-                raise self._fail("connection closed by server")
-            reader.feed(data)
+        while True:
             reply = reader.gets()
+            while reply is False:
+                try:
+                    data = self._sock.recv(65536)
+                except OSError as exc:  # includes socket timeouts
+                    raise self._fail(exc) from None
+                if not data:
+                    raise self._fail("connection closed by server")
+                reader.feed(data)
+                reply = reader.gets()
+            if not self._skips:
+                break
+            if self._skips[0]:  # the reply to an ASKING
+                self._skips[0] = False
+                continue
+            self._skips.popleft()
+            break
         if isinstance(reply, rex.ResponseError):
             text = str(reply)
             if text.startswith("NOSCRIPT"):
                 return rex.NoScriptError(text)
             if text.startswith(("LOADING", "MASTERDOWN", "TRYAGAIN")):
                 raise self._fail(text)  # not ready yet: like unreachable, try again later
+            if text.startswith(("MOVED", "ASK")):
+                self._note_redirect(text)
         return reply
 
     def read_many(self, count: int) -> list[Any]:
@@ -263,12 +337,20 @@ class Wire:
                     raise self._fail("connection closed by server")
                 reader.feed(data)
                 continue
+            skips = self._skips
+            if skips:
+                if skips[0]:  # the reply to an ASKING
+                    skips[0] = False
+                    continue
+                skips.popleft()
             if isinstance(reply, rex.ResponseError):
                 text = str(reply)
                 if text.startswith("NOSCRIPT"):
                     reply = rex.NoScriptError(text)
                 elif text.startswith(("LOADING", "MASTERDOWN", "TRYAGAIN")):
                     raise self._fail(text)
+                elif text.startswith(("MOVED", "ASK")):
+                    self._note_redirect(text)
             append(reply)
         return out
 
@@ -378,109 +460,3 @@ class Wire:
                 if isinstance(item, rex.ResponseError):
                     raise self.refused(item)
         return reply
-
-
-def _sentinel(settings: RedisSettings) -> redis.sentinel.Sentinel:
-    timeout = settings.socket_connect_timeout
-    return redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        list(settings.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout
-    )
-
-
-def slot_master(settings: RedisSettings) -> tuple[str, int]:
-    """The master serving the hash slot of ``settings.cluster_key``, from the slot map of the
-    first of ``cluster_nodes`` that answers. RedisUnavailableError when none does."""
-    slot = key_slot(settings.cluster_key or "")
-    timeout = settings.socket_connect_timeout
-    problems = []
-    for host, port in settings.cluster_nodes:
-        kwargs = connection_kwargs(
-            settings.with_options(host=host, port=port), socket_timeout=timeout
-        )
-        client = redis.Redis(
-            connection_pool=redis.ConnectionPool(
-                connection_class=connection_class(settings), **kwargs
-            )
-        )
-        try:
-            slots = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
-            for first, last, master, *_ in slots:
-                if int(first) <= slot <= int(last):
-                    name = master[0].decode() if isinstance(master[0], bytes) else master[0]
-                    return name or host, int(master[1])
-            problems.append(f"{host}:{port} has no master for slot {slot}")
-        except rex.RedisError as exc:
-            problems.append(f"{host}:{port}: {exc}")
-        finally:
-            client.close()
-    raise RedisUnavailableError(settings.address, "; ".join(problems))
-
-
-def discover_master(settings: RedisSettings) -> tuple[str, int]:
-    """The address of the master the sentinels of ``settings`` name now. Raises
-    RedisUnavailableError when none of them answers with a healthy master."""
-    assert settings.service_name is not None
-    try:
-        found = _sentinel(settings).discover_master(  # type: ignore[no-untyped-call]
-            settings.service_name
-        )
-        host, port = found
-    except rex.RedisError as exc:
-        raise RedisUnavailableError(settings.address, exc) from None
-    return str(host), int(port)
-
-
-def make_client(settings: RedisSettings, **overrides: Any) -> redis.Redis:
-    """A plain redis-py client (pub/sub); under Sentinel, one that follows the master; under
-    Cluster, one on the master of the settings' slot (classic pub/sub reaches every node)."""
-    if settings.sentinels:
-        assert settings.service_name is not None
-        kwargs = connection_kwargs(settings, **overrides)
-        for name in ("host", "port", "path", "socket_keepalive"):
-            kwargs.pop(name, None)
-        client: redis.Redis = _sentinel(settings).master_for(  # type: ignore[no-untyped-call]
-            settings.service_name, **kwargs
-        )
-        return client
-    if settings.cluster_nodes:
-        host, port = slot_master(settings)
-        settings = settings.with_options(host=host, port=port)
-    kwargs = connection_kwargs(settings, **overrides)
-    pool = redis.ConnectionPool(connection_class=connection_class(settings), **kwargs)
-    return redis.Redis(connection_pool=pool)
-
-
-def connection_kwargs(settings: RedisSettings, **overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for a redis-py ``Connection`` of the right class."""
-    kwargs: dict[str, Any] = {
-        "db": settings.db,
-        "username": settings.username,
-        "password": settings.password,
-        "socket_connect_timeout": settings.socket_connect_timeout,
-        "client_name": None,
-    }
-    if settings.unix_socket_path:
-        kwargs["path"] = settings.unix_socket_path
-    else:
-        kwargs["host"] = settings.host
-        kwargs["port"] = settings.port
-        kwargs["socket_keepalive"] = True
-    if settings.ssl:
-        kwargs.update(
-            ssl_cert_reqs=SSL_CERT_REQS[settings.ssl_cert_reqs],
-            ssl_ca_certs=settings.ssl_ca_certs,
-            ssl_certfile=settings.ssl_certfile,
-            ssl_keyfile=settings.ssl_keyfile,
-            ssl_check_hostname=settings.ssl_check_hostname and settings.ssl_cert_reqs == "required",
-        )
-    kwargs.update(overrides)
-    return kwargs
-
-
-def connection_class(settings: RedisSettings) -> type[Any]:
-    """The redis-py connection class for these settings."""
-    if settings.unix_socket_path:
-        return redis.UnixDomainSocketConnection
-    if settings.ssl:
-        return redis.SSLConnection
-    return redis.Connection

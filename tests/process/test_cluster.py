@@ -22,8 +22,8 @@ import redis
 
 from procflow import ConfigurationError, Flow, QueueSpec
 from procflow.ops import Operator
+from procflow.store.connect import slot_master
 from procflow.store.slots import key_slot
-from procflow.store.wire import slot_master
 from tests.conftest import server_binary, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -253,3 +253,66 @@ def test_a_partitioned_flow_spreads_over_the_masters_and_rides_out_a_master_kill
         f"\npartitioned flow on the cluster: 400 jobs with fan-out over 4 partitions on 3 "
         f"masters, done {recovered:.1f} s after partition 2's master was killed"
     )
+
+
+def _asking(client: redis.Redis, *command: Any) -> Any:
+    """One command on an importing node, after an ASKING on the same connection."""
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command("ASKING")
+    pipe.execute_command(*command)
+    return pipe.execute()[1]
+
+
+def test_a_flow_keeps_running_while_its_slot_migrates_to_another_master(
+    cluster: Cluster,
+) -> None:
+    def work(job: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(0.005)
+        return {"twice": job["n"] * 2}
+
+    flow = Flow(
+        "{mig}",
+        [QueueSpec("{mig}.w", attributes_to_get=["n"], max_attempts=10)],
+        lookup_attributes=["g"],
+        redis_url=cluster.url,
+    )
+    flow.create_workers("{mig}.w", work, count=2, lock_time=5)
+    slot = key_slot("{mig}")
+    source_port = slot_master(flow.redis)[1]
+    target_port = next(p for p in cluster.ports[:3] if p != source_port)
+    source, target = cluster.client(source_port), cluster.client(target_port)
+    source_id = source.execute_command("CLUSTER", "MYID").decode()
+    target_id = target.execute_command("CLUSTER", "MYID").decode()
+    waiting = "queue:{mig}.w:waiting"
+    with flow.start_all(monitor_interval=0.5) as sup:
+        ids = flow.create_jobs([{"n": n, "g": n % 3} for n in range(1500)])
+        wait_until(lambda: source.llen(waiting) < 1450, timeout=30, what="the run under way")
+        # the slot migrates as redis-cli --cluster reshard moves it: importing, migrating,
+        # its keys moved (here until none is left), then given to the target
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while moving := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100_000):
+            source.execute_command(
+                "MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "REPLACE", "KEYS", *moving
+            )
+        # now the source answers ASK for every key of the slot: the flow goes on over there
+        left = _asking(target, "LLEN", waiting)
+        assert left > 100
+        # a read goes there after an ASKING (a new job must wait for the end: Redis refuses
+        # transactions over keys of which some are missing there with TRYAGAIN meanwhile)
+        assert flow.get_job(ids[-1]) == {"id": ids[-1], "n": 1499, "g": 1499 % 3}
+        wait_until(
+            lambda: _asking(target, "LLEN", waiting) <= left - 100,
+            timeout=30,
+            what="100 jobs done while the slot is migrating",
+        )
+        for client in [target, source, *(cluster.client(p) for p in cluster.ports[:3])]:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        late = flow.create_job({"n": -1, "g": 9})  # on the new owner, after a MOVED
+        jobs = sup.wait([*ids, late], timeout=120)
+    assert all(j["done"] is True and "failed" not in j for j in jobs), [
+        j for j in jobs if not j.get("done") or j.get("failed")
+    ][:3]
+    assert [j["twice"] for j in jobs] == [n * 2 for n in range(1500)] + [-2]
+    assert slot_master(flow.redis)[1] == target_port
+    assert len(flow.get_jobs_by_key("g", 1)) == 500

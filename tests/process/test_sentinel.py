@@ -6,6 +6,7 @@ own (started and stopped by pid here); the master is SIGKILLed while workers run
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -20,8 +21,9 @@ import pytest
 import redis
 
 from procflow import Flow, QueueSpec, RedisRefusedError, RedisUnavailableError
+from procflow.aio import AsyncFlow
 from procflow.settings import RedisSettings
-from procflow.store.wire import discover_master
+from procflow.store.connect import discover_master
 from tests.conftest import server_binary, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -145,13 +147,20 @@ def test_with_durable_every_acknowledged_job_survives_the_failover(
     assert RedisSettings.from_url(url).durable is True
     flow = Flow("durable", [QueueSpec("w")], redis_url=url)
     replica = sentinels.procs["replica"]
+
+    async def create_async(options: list[dict[str, Any]]) -> list[str]:
+        async with AsyncFlow(flow) as af:
+            return await af.create_jobs(options)
+
     replica.send_signal(signal.SIGSTOP)  # no replica acknowledges: no write is acknowledged
     try:
         with pytest.raises(RedisRefusedError, match="NOREPLICAS"):
             flow.create_jobs([{"n": -1}])
+        with pytest.raises(RedisRefusedError, match="NOREPLICAS"):
+            asyncio.run(create_async([{"n": -2}]))  # the async client's writes wait too
     finally:
         replica.send_signal(signal.SIGCONT)
-    ids: list[str] = []
+    ids: list[str] = asyncio.run(create_async([{"n": -3}]))
     for n in range(20):  # acknowledged batch after batch, right up to the kill
         ids += flow.create_jobs([{"n": n * 50 + i} for i in range(50)])
     sentinels.procs["master"].send_signal(signal.SIGKILL)  # no WAIT of the test's own
@@ -165,7 +174,7 @@ def test_with_durable_every_acknowledged_job_survives_the_failover(
 
     wait_until(promoted, timeout=60, what="the replica promoted")
     new_master = redis.Redis(port=sentinels.replica_port)
-    assert new_master.llen("queue:w:waiting") >= 1000  # the refused one was written too
-    assert all(flow.get_jobs(ids[i : i + 100]) for i in range(0, 1000, 100))
-    assert len(flow.get_jobs(ids)) == 1000
+    assert new_master.llen("queue:w:waiting") >= 1001  # the refused ones were written too
+    assert all(flow.get_jobs(ids[i : i + 100]) for i in range(0, 1001, 100))
+    assert len(flow.get_jobs(ids)) == 1001
     flow.disconnect()

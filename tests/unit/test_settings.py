@@ -5,7 +5,7 @@ import redis
 
 from procflow import ConfigurationError, RedisSettings
 from procflow.settings import parse_size
-from procflow.store.wire import connection_class, connection_kwargs
+from procflow.store.connect import connection_class, connection_kwargs
 
 
 def test_plain_url() -> None:

@@ -1,0 +1,128 @@
+"""How to reach a server: redis-py connection settings, and where the master is — the one
+the sentinels name now (Sentinel), or the one serving a key's hash slot (Cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.exceptions as rex
+import redis.sentinel
+
+from ..errors import RedisUnavailableError
+from ..settings import SSL_CERT_REQS, RedisSettings
+from .slots import key_slot
+
+__all__ = [
+    "connection_class",
+    "connection_kwargs",
+    "discover_master",
+    "make_client",
+    "slot_master",
+]
+
+
+def _sentinel(settings: RedisSettings) -> redis.sentinel.Sentinel:
+    timeout = settings.socket_connect_timeout
+    return redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(settings.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+
+
+def slot_master(settings: RedisSettings) -> tuple[str, int]:
+    """The master serving the hash slot of ``settings.cluster_key``, from the slot map of the
+    first of ``cluster_nodes`` that answers. RedisUnavailableError when none does."""
+    slot = key_slot(settings.cluster_key or "")
+    timeout = settings.socket_connect_timeout
+    problems = []
+    for host, port in settings.cluster_nodes:
+        kwargs = connection_kwargs(
+            settings.with_options(host=host, port=port), socket_timeout=timeout
+        )
+        client = redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=connection_class(settings), **kwargs
+            )
+        )
+        try:
+            slots = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            for first, last, master, *_ in slots:
+                if int(first) <= slot <= int(last):
+                    name = master[0].decode() if isinstance(master[0], bytes) else master[0]
+                    return name or host, int(master[1])
+            problems.append(f"{host}:{port} has no master for slot {slot}")
+        except rex.RedisError as exc:
+            problems.append(f"{host}:{port}: {exc}")
+        finally:
+            client.close()
+    raise RedisUnavailableError(settings.address, "; ".join(problems))
+
+
+def discover_master(settings: RedisSettings) -> tuple[str, int]:
+    """The address of the master the sentinels of ``settings`` name now. Raises
+    RedisUnavailableError when none of them answers with a healthy master."""
+    assert settings.service_name is not None
+    try:
+        found = _sentinel(settings).discover_master(  # type: ignore[no-untyped-call]
+            settings.service_name
+        )
+        host, port = found
+    except rex.RedisError as exc:
+        raise RedisUnavailableError(settings.address, exc) from None
+    return str(host), int(port)
+
+
+def make_client(settings: RedisSettings, **overrides: Any) -> redis.Redis:
+    """A plain redis-py client (pub/sub); under Sentinel, one that follows the master; under
+    Cluster, one on the master of the settings' slot (classic pub/sub reaches every node)."""
+    if settings.sentinels:
+        assert settings.service_name is not None
+        kwargs = connection_kwargs(settings, **overrides)
+        for name in ("host", "port", "path", "socket_keepalive"):
+            kwargs.pop(name, None)
+        client: redis.Redis = _sentinel(settings).master_for(  # type: ignore[no-untyped-call]
+            settings.service_name, **kwargs
+        )
+        return client
+    if settings.cluster_nodes:
+        host, port = slot_master(settings)
+        settings = settings.with_options(host=host, port=port)
+    kwargs = connection_kwargs(settings, **overrides)
+    pool = redis.ConnectionPool(connection_class=connection_class(settings), **kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
+def connection_kwargs(settings: RedisSettings, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a redis-py ``Connection`` of the right class."""
+    kwargs: dict[str, Any] = {
+        "db": settings.db,
+        "username": settings.username,
+        "password": settings.password,
+        "socket_connect_timeout": settings.socket_connect_timeout,
+        "client_name": None,
+    }
+    if settings.unix_socket_path:
+        kwargs["path"] = settings.unix_socket_path
+    else:
+        kwargs["host"] = settings.host
+        kwargs["port"] = settings.port
+        kwargs["socket_keepalive"] = True
+    if settings.ssl:
+        kwargs.update(
+            ssl_cert_reqs=SSL_CERT_REQS[settings.ssl_cert_reqs],
+            ssl_ca_certs=settings.ssl_ca_certs,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
+            ssl_check_hostname=settings.ssl_check_hostname and settings.ssl_cert_reqs == "required",
+        )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def connection_class(settings: RedisSettings) -> type[Any]:
+    """The redis-py connection class for these settings."""
+    if settings.unix_socket_path:
+        return redis.UnixDomainSocketConnection
+    if settings.ssl:
+        return redis.SSLConnection
+    return redis.Connection
