@@ -258,7 +258,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         JobFailedError instead). Rides out Redis outages; WaitTimeoutError lists the ids not
         done after ``timeout`` seconds. ``progress`` shows a progress line on stderr, with the
         jobs' own reports (``procflow.progress``)."""
-        if len(self.parts) == 1:
+        if self.partitioning is None:
             jobs = wait_for_jobs(self, job_ids, timeout, progress)
         else:
             jobs = wait_in_parts(self, job_ids, timeout, progress)

@@ -228,10 +228,10 @@ def run_inline(flow: Flow[Any, Any, Any], timeout: float = 10.0) -> InlineRun:
     workers = [
         _inline_worker(flow, g, holder, tokens, outage_sleep) for g in flow.groups if g.count > 0
     ]
-    served = {w.group.stage.name for w in workers}
-    jobs = {name: 0 for name in flow.stages if name in served}
-    # its interval is the timeout, so a tick says how soon a retry is due within it
-    monitor = FlowMonitor(flow, holder, interval=timeout)
+    served = {w.group.name for w in workers}  # the queue names as written
+    jobs = {w.group.name: 0 for w in workers}
+    # their interval is the timeout, so a tick says how soon a retry is due within it
+    monitors = [FlowMonitor(part, holder, interval=timeout) for part in flow.parts]
     try:
         for w in workers:
             w.loop.connect()
@@ -239,9 +239,9 @@ def run_inline(flow: Flow[Any, Any, Any], timeout: float = 10.0) -> InlineRun:
             took = 0
             for w in workers:
                 n = w.loop.run_available(INLINE_BATCH)
-                jobs[w.group.stage.name] += n
+                jobs[w.group.name] += n
                 took += n
-            due = monitor.tick()  # promotes due retries
+            due = min(m.tick() for m in monitors)  # promotes due retries
             if not took:
                 counts = flow.counts()
                 if not any(counts[s]["waiting"] for s in served):
@@ -259,7 +259,8 @@ def run_inline(flow: Flow[Any, Any, Any], timeout: float = 10.0) -> InlineRun:
         for w in workers:
             _give_back(w)
             w.loop.disconnect()
-        monitor.stop()  # gives up the leader lock
+        for monitor in monitors:
+            monitor.stop()  # gives up the leader lock
 
 
 # -- the fixtures ------------------------------------------------------------------------------

@@ -1,19 +1,15 @@
-"""Redis Cluster: a hash-tagged flow on a real local cluster, and a master killed mid-run.
+"""Redis Cluster: a hash-tagged flow on a real local cluster, and a master killed mid-run;
+a partitioned flow over every master; a slot migrated under a running flow.
 
-Six ``redis-server --cluster-enabled yes`` processes on loopback ports of their own (three
-masters, three replicas), joined with CLUSTER ADDSLOTSRANGE / MEET / REPLICATE, started and
-stopped by pid here.
+Six ``redis-server --cluster-enabled yes`` processes (three masters, three replicas; see
+tests/clusters.py), started and stopped by pid.
 """
 
 from __future__ import annotations
 
-import random
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,103 +20,19 @@ from procflow import ConfigurationError, Flow, QueueSpec
 from procflow.ops import Operator
 from procflow.store.connect import slot_master
 from procflow.store.slots import key_slot
+from tests.clusters import Cluster
 from tests.conftest import server_binary, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-SLOTS = 16384
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(taken: set[int]) -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(20000, 40000)
-        if port not in taken and _bindable(port) and _bindable(port + 10000):
-            taken.add(port)
-            return port
-
-
-@dataclass
-class Cluster:
-    ports: list[int]
-    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
-
-    def client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=2)
-
-
-def _healthy(c: Cluster, ports: list[int]) -> bool:
-    try:
-        return all(c.client(p).cluster("info")["cluster_state"] == "ok" for p in ports)
-    except redis.RedisError:
-        return False
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    binary = server_binary("redis")
-    taken: set[int] = set()
-    c = Cluster([free_port(taken) for _ in range(6)])
-    for port in c.ports:
-        d = tmp_path / str(port)
-        d.mkdir()
-        args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(d)]
-        args += ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]
-        args += ["--cluster-config-file", str(d / "nodes.conf"), "--save", "", "--appendonly", "no"]
-        c.procs[port] = subprocess.Popen(
-            [binary, *args], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+    c = Cluster(server_binary("redis"), tmp_path).start()
     try:
-        for port in c.ports:
-            wait_until(lambda port=port: _ping(c, port), timeout=20, what=f"node {port}")
-        masters, replicas = c.ports[:3], c.ports[3:]
-        for n, port in enumerate(masters):
-            first, last = n * SLOTS // 3, (n + 1) * SLOTS // 3 - 1
-            c.client(port).execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-        for port in c.ports[1:]:
-            c.client(port).execute_command("CLUSTER", "MEET", "127.0.0.1", c.ports[0])
-        wait_until(
-            lambda: all(len(c.client(p).cluster("nodes")) == 6 for p in c.ports),
-            timeout=20,
-            what="every node to know the others",
-        )
-        for master, replica in zip(masters, replicas, strict=True):
-            node_id = c.client(master).execute_command("CLUSTER", "MYID").decode()
-            c.client(replica).execute_command("CLUSTER", "REPLICATE", node_id)
-        wait_until(lambda: _healthy(c, c.ports), timeout=30, what="cluster_state ok")
-        wait_until(
-            lambda: all(
-                c.client(r).info("replication").get("master_link_status") == "up" for r in replicas
-            ),
-            timeout=30,
-            what="the replicas in sync",
-        )
         yield c
     finally:
-        for proc in c.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-
-
-def _ping(c: Cluster, port: int) -> bool:
-    try:
-        return bool(c.client(port).ping())
-    except redis.RedisError:
-        return False
+        c.stop()
 
 
 def test_a_flow_whose_keys_spread_over_slots_is_refused_with_the_tagged_spelling() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ import redis
 
 from procflow import Backoff, EncodeError, Flow, QueueSpec, Supervisor
 from procflow.ops import Operator
+from procflow.testing import run_inline
 from procflow.worker.loop import TURN
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -167,3 +170,21 @@ def test_a_missing_partition_key_is_refused_and_writes_nothing(redis_url: str) -
     with pytest.raises(EncodeError, match="partition_key"):
         flow.create_jobs([{"n": 1, "user": 1}, {"n": 2}])
     assert client.dbsize() == 0
+
+
+def test_a_wait_listens_where_each_partition_announces_its_jobs(redis_url: str) -> None:
+    flow = Flow("one", [QueueSpec("w")], redis_url=redis_url, partitions=1)
+    client = redis.Redis.from_url(redis_url)
+    job_id = flow.create_job({"n": 1})
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.extend(flow.wait([job_id], timeout=60)))
+    waiter.start()
+    channel = "procflow:{one#0}:done"  # not procflow:one:done: no job is announced there
+    wait_until(
+        lambda: dict(client.pubsub_numsub(channel)).get(channel.encode()) == 1,
+        what="the wait subscribed to the partition's channel",
+    )
+    flow.create_workers("w", lambda job: {"ok": True})
+    run_inline(flow)
+    waiter.join(60)
+    assert [j["ok"] for j in got] == [True]
