@@ -158,6 +158,13 @@ class JobReads(Generic[JobT, LookupT]):
         ]
         return [j for j in out if j is not None]  # type: ignore[misc]
 
+    def jobs_in(
+        self, part: Part, job_ids: Sequence[str], resolve_children: bool = False
+    ) -> list[JobT]:
+        """``get_jobs`` of the jobs of one partition (one round trip)."""
+        jobs = self._fetch([(keys.job(part.name, i), i) for i in job_ids], resolve_children)
+        return [j for j in jobs if j is not None]  # type: ignore[misc]
+
     def get_jobs_by_key(
         self, key: LookupT, value: str | int | float | bool | None, resolve_children: bool = False
     ) -> list[JobT]:

@@ -45,12 +45,15 @@ class PartitionedFlow(WaitableFlow, Protocol):
     @property
     def parts(self) -> tuple[Part, ...]: ...
     def locate(self, job_ids: Sequence[str]) -> dict[str, Part]: ...
+    def jobs_in(
+        self, part: Part, job_ids: Sequence[str], resolve_children: bool = False
+    ) -> list[Any]: ...
 
 
 class _InPart:
     """One partition of a flow, as waiting sees it."""
 
-    def __init__(self, flow: WaitableFlow, part: Part) -> None:
+    def __init__(self, flow: PartitionedFlow, part: Part) -> None:
         self.flow = flow
         self.part = part
 
@@ -70,7 +73,7 @@ class _InPart:
         return keys.job(self.part.name, job_id)
 
     def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[Any]:
-        return self.flow.get_jobs(job_ids, resolve_children)
+        return self.flow.jobs_in(self.part, job_ids, resolve_children)
 
 
 def wait_in_parts(

@@ -94,11 +94,14 @@ class Heartbeat:
         extra: Callable[[], dict[str, Any]] = dict,
         interval: float = HEARTBEAT_INTERVAL,
         lane: int = 0,
+        described: dict[str, Any] | None = None,
     ) -> None:
         self.registry = registry
         self.definition = definition
         #: which partition of a partitioned flow this heartbeat speaks for
         self.lane = lane
+        #: added to the flow's description (a partition says whose it is)
+        self.described = dict(described or {})
         self.table = table
         self.node = node
         self.state = state
@@ -116,7 +119,7 @@ class Heartbeat:
 
     def start(self) -> None:
         """Register the flow, beat once, then keep beating on a thread of its own."""
-        description = {**self.definition.describe(), "version": __version__}
+        description = {**self.definition.describe(), **self.described, "version": __version__}
         with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
             self.registry.register(self.definition.name, description)
         self._stop.clear()

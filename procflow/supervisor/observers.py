@@ -62,7 +62,9 @@ class Observers:
 
     def start(self, stores: StoreMap) -> None:
         if self.want_heartbeat:
+            count = len(self.definitions)
             for lane, definition in enumerate(self.definitions):
+                whose = {"partitionOf": self.flow, "partition": lane, "partitions": count}
                 beat = Heartbeat(
                     Registry(stores.of_flow(definition)),
                     definition,
@@ -73,6 +75,7 @@ class Observers:
                     cancel=lambda ids: self.manager.call(lambda: self.manager.cancel(ids)),
                     log=self.log,
                     lane=lane,
+                    described=whose if definition.name != self.flow else None,
                 )
                 beat.start()
                 self.heartbeats.append(beat)

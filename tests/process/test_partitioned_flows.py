@@ -4,6 +4,7 @@ first has its job settled there."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -63,6 +64,9 @@ def test_a_partitioned_flow_with_fan_out_runs_on_fewer_workers_than_partitions(
         late = flow.create_job({"n": 99, "user": 5})  # an idle stage still finds new work
         (last,) = flow.wait([late], timeout=30)
         assert Operator(redis_url).flows() == [f"{{pay#{i}}}" for i in range(4)]
+        described = json.loads(client.get("procflow:{pay#2}:flow") or b"{}")
+        assert (described["partitionOf"], described["partition"]) == ("pay", 2)
+        assert described["queues"][0]["name"] == "{pay#2}.check"
     assert all(j["done"] is True and "failed" not in j for j in jobs)
     assert [j["checked"] for j in jobs] == list(range(40)) and last["done"] is True
     zeros = flow.get_jobs_by_key("user", 0, resolve_children=True)
