@@ -93,51 +93,63 @@ local function pf_count(stats, field)
   redis.call('HINCRBY', stats, field, 1)
 end
 
--- Lease up to k jobs from waiting into processing, claiming the i-th (from 0) under the
--- token whose number is first's plus i; the claims are appended to ``claims``. ``argv`` is
--- the calling script's ARGV with the common head (ARGV[1..6+f]).
+-- Lease up to k jobs from waiting into processing (one LRANGE, LTRIM and RPUSH for them
+-- all), claiming the i-th (from 0) under the token whose number is first's plus i; the
+-- claims are appended to ``claims``. ``argv`` is the calling script's ARGV with the common
+-- head (ARGV[1..6+f]).
 local function pf_claim_many(claims, k, waiting, processing, first, argv, f)
+  local ids = redis.call('LRANGE', waiting, 0, k - 1)
+  if #ids == 0 then return end
+  redis.call('LTRIM', waiting, #ids, -1)
+  redis.call('RPUSH', processing, unpack(ids))
   local prefix, n = string.match(first, '^(.*|)(%d+)$')
   n = tonumber(n)
-  for i = 0, k - 1 do
-    local id = redis.call('LMOVE', waiting, processing, 'LEFT', 'RIGHT')
-    if not id then break end
-    claims[#claims + 1] = pf_claim(id, processing, argv[1], argv[2], prefix .. (n + i), argv[3],
-                                   argv[4], argv[5], argv, 7, 6 + f)
+  for i = 1, #ids do
+    claims[#claims + 1] = pf_claim(ids[i], processing, argv[1], argv[2], prefix .. (n + i - 1),
+                                   argv[3], argv[4], argv[5], argv, 7, 6 + f)
   end
 end
 
 
--- Complete one job: the lease must still hold ``token``; write the result fields
--- argv[first .. last] (pairs), pass the job to ``next_waiting`` or, with none, mark it done
--- (the fields say so), tell its parent, announce it and note it in ``finished`` (trimmed to
--- ``kept`` now and then); count it in ``stats`` under c:MINUTE. Returns 1 done, 0 the lease
+-- Complete one job whose lock holds ``held`` (read by the caller, for a whole batch in one
+-- MGET): the lease must still hold ``token``; write the result fields argv[first .. last]
+-- (pairs), pass the job to ``next_waiting`` or, with none, mark it done (the fields say so),
+-- tell its parent and announce it. What it adds to the stage's counts, and the lock to
+-- delete, go into ``tally`` (written once per call by pf_tally). Returns 1 done, 0 the lease
 -- was lost (nothing changed), -1 the job hash is gone.
-local function pf_complete_one(id, token, job_prefix, lock_prefix, lease_field, processing,
-                               stats, finished, kept, done_channel, pending_field,
-                               parent_waiting, parent_parked, next_waiting, minute, argv,
-                               first, last)
+local function pf_complete_one(id, held, token, job_prefix, lock_prefix, lease_field,
+                               processing, done_channel, pending_field, parent_waiting,
+                               parent_parked, next_waiting, argv, first, last, tally)
+  if held ~= token then return 0 end
   local job = job_prefix .. id
-  local lock = lock_prefix .. id
-  if redis.call('GET', lock) ~= token then return 0 end
+  tally.locks[#tally.locks + 1] = lock_prefix .. id
   if redis.call('EXISTS', job) == 0 then
     redis.call('LREM', processing, -1, id)
-    redis.call('DEL', lock)
     return -1
   end
   redis.call('HSET', job, unpack(argv, first, last))
   redis.call('HDEL', job, lease_field)  -- no lease holds it in this stage any more
   redis.call('LREM', processing, -1, id)
-  redis.call('DEL', lock)
   if next_waiting == nil then
     pf_notify_parent(job, parent_waiting, parent_parked, pending_field)
     redis.call('PUBLISH', done_channel, id)
-    if redis.call('LPUSH', finished, id) > kept + kept / 10 then  -- trimmed now and then
-      redis.call('LTRIM', finished, 0, kept - 1)
-    end
+    tally.left[#tally.left + 1] = id
   else
     redis.call('RPUSH', next_waiting, id)
   end
-  redis.call('HINCRBY', stats, 'c:' .. minute, 1)
+  tally.completed = tally.completed + 1
   return 1
+end
+
+-- A call's completions: their locks deleted (one DEL), counted in ``stats`` under c:MINUTE
+-- (one HINCRBY), and those that left the flow noted in ``finished`` (one LPUSH; trimmed to
+-- ``kept`` now and then).
+local function pf_tally(tally, stats, finished, kept, minute)
+  if #tally.locks > 0 then redis.call('DEL', unpack(tally.locks)) end
+  if tally.completed > 0 then
+    redis.call('HINCRBY', stats, 'c:' .. minute, tally.completed)
+  end
+  if #tally.left > 0 and redis.call('LPUSH', finished, unpack(tally.left)) > kept + kept / 10 then
+    redis.call('LTRIM', finished, 0, kept - 1)
+  end
 end

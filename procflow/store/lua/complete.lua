@@ -24,9 +24,12 @@ local parent_waiting, parent_parked, next_waiting = nil, nil, KEYS[5]
 if ARGV[b + 2] ~= '' then
   parent_waiting, parent_parked, next_waiting = KEYS[5], KEYS[6], KEYS[7]
 end
-local status = pf_complete_one(id, token, ARGV[1], ARGV[2], ARGV[5], KEYS[1], KEYS[3], KEYS[4],
-                               tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], parent_waiting,
-                               parent_parked, next_waiting, ARGV[b + 7], ARGV, b + 8, #ARGV)
+local tally = {completed = 0, left = {}, locks = {}}
+local held = redis.call('GET', ARGV[2] .. id)
+local status = pf_complete_one(id, held, token, ARGV[1], ARGV[2], ARGV[5], KEYS[1], ARGV[b + 1],
+                               ARGV[b + 2], parent_waiting, parent_parked, next_waiting, ARGV,
+                               b + 8, #ARGV, tally)
+pf_tally(tally, KEYS[3], KEYS[4], tonumber(ARGV[b]), ARGV[b + 7])
 local next_token = ARGV[b + 6]
 if next_token ~= '' then
   local k = tonumber(ARGV[b + 3])

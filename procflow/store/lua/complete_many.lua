@@ -14,18 +14,27 @@ local b = 7 + f
 local parent_waiting, parent_parked = nil, nil
 if ARGV[b + 2] ~= '' then parent_waiting, parent_parked = KEYS[5], KEYS[6] end
 local statuses = {}
+local tally = {completed = 0, left = {}, locks = {}}
+local count = tonumber(ARGV[b + 6])
+local starts, locks = {}, {}
 local at = b + 7
-for n = 1, tonumber(ARGV[b + 6]) do
+for n = 1, count do  -- where each job's entry starts, and its lock (read in one MGET)
+  starts[n] = at
+  locks[n] = ARGV[2] .. ARGV[at]
+  at = at + 4 + 2 * tonumber(ARGV[at + 3])
+end
+local held = count > 0 and redis.call('MGET', unpack(locks)) or {}
+for n = 1, count do
+  at = starts[n]
   local id, token, target, pairs = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]),
                                    tonumber(ARGV[at + 3])
   local next_waiting = nil
   if target > 0 then next_waiting = KEYS[target] end
-  local first, last = at + 4, at + 3 + 2 * pairs
-  statuses[n] = pf_complete_one(id, token, ARGV[1], ARGV[2], ARGV[5], KEYS[1], KEYS[3], KEYS[4],
-                                tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], parent_waiting,
-                                parent_parked, next_waiting, ARGV[b + 5], ARGV, first, last)
-  at = last + 1
+  statuses[n] = pf_complete_one(id, held[n], token, ARGV[1], ARGV[2], ARGV[5], KEYS[1],
+                                ARGV[b + 1], ARGV[b + 2], parent_waiting, parent_parked,
+                                next_waiting, ARGV, at + 4, at + 3 + 2 * pairs, tally)
 end
+pf_tally(tally, KEYS[3], KEYS[4], tonumber(ARGV[b]), ARGV[b + 5])
 local reply = {statuses}
 if ARGV[b + 4] ~= '' then
   pf_claim_many(reply, tonumber(ARGV[b + 3]), KEYS[2], KEYS[1], ARGV[b + 4], ARGV, f)
