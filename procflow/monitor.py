@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from . import codec
@@ -32,7 +33,7 @@ from .worker.fanout import children_state
 if TYPE_CHECKING:
     from loguru import Logger
 
-__all__ = ["FlowMonitor", "MonitoredFlow"]
+__all__ = ["FlowMonitor", "MonitoredFlow", "Monitors"]
 
 
 class MonitoredFlow(Protocol):
@@ -179,3 +180,21 @@ class FlowMonitor:
                         "parent job {} had every child done but was still parked; resumed",
                         parent_id,
                     )
+
+
+class Monitors:
+    """A flow's monitors, one per partition (expired locks and due retries are found in each
+    partition's keys), started and stopped together; none with ``enabled=False``."""
+
+    def __init__(
+        self, parts: Sequence[MonitoredFlow], holder: str, interval: float, enabled: bool = True
+    ) -> None:
+        self.each = [FlowMonitor(p, holder, interval=interval) for p in parts] if enabled else []
+
+    def start(self) -> None:
+        for monitor in self.each:
+            monitor.start()
+
+    def stop(self) -> None:
+        for monitor in self.each:
+            monitor.stop()

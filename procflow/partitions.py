@@ -203,6 +203,22 @@ class StoreMap:
         #: partition 0's store (the registry, cancel requests, unblocking)
         self.first = self.stores[0]
 
+    @classmethod
+    def of_parts(cls, parts: Sequence[Part], socket_timeout: float) -> StoreMap:
+        """Stores for ``parts`` whose replies may take at most ``socket_timeout`` seconds
+        (a supervisor's: a silent server must not hold up respawns and stops for long)."""
+        return cls(
+            [
+                (
+                    part.definition,
+                    dataclasses.replace(
+                        part.redis, socket_timeout=min(part.redis.socket_timeout, socket_timeout)
+                    ),
+                )
+                for part in parts
+            ]
+        )
+
     def of(self, stage: Stage) -> Store:
         """The store that serves ``stage``'s keys."""
         return self._of.get(stage.name, self.first)

@@ -9,7 +9,6 @@ connection last — and the flow's monitor thread.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import multiprocessing
 import sys
 import time
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
-from ..definition import FlowDefinition
 from ..errors import (
     ConfigurationError,
     SupervisorStateError,
@@ -26,7 +24,7 @@ from ..errors import (
     describe_exit,
 )
 from ..handles import WorkerGroup, WorkerHandle
-from ..monitor import FlowMonitor
+from ..monitor import Monitors
 from ..partitions import Part, StoreMap
 from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
 from ..store import keys
@@ -69,11 +67,7 @@ class SupervisedFlow(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def definition(self) -> FlowDefinition: ...
-    @property
     def redis(self) -> RedisSettings: ...
-    @property
-    def store(self) -> Store: ...
     @property
     def parts(self) -> tuple[Part, ...]: ...
     @property
@@ -84,8 +78,6 @@ class SupervisedFlow(Protocol):
     def handles(self) -> list[WorkerHandle]: ...
     def connect(self) -> None: ...
     def disconnect(self) -> None: ...
-    def job_key(self, job_id: str) -> str: ...
-    def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[Any]: ...
     def wait(
         self,
         job_ids: Sequence[str],
@@ -152,15 +144,11 @@ class Supervisor:
         self.log_level = log_level.upper()
         self.log = flow.logger.bind(worker="supervisor", pid=me.pid)
         #: one per partition (expired locks and due retries are per partition's keys)
-        self.monitors = (
-            [FlowMonitor(part, self.holder, interval=monitor_interval) for part in flow.parts]
-            if monitor
-            else []
-        )
+        self.monitors = Monitors(flow.parts, self.holder, monitor_interval, enabled=monitor)
         self._state = SupervisorState.NEW
         self._immediate = False
         self.table = WorkerTable()
-        self.stores = StoreMap(self._store_settings())
+        self.stores = StoreMap.of_parts(flow.parts, SUPERVISOR_SOCKET_TIMEOUT)
         self.manager = Manager(
             self.table,
             Settler(self.stores, holder, self.log),
@@ -235,14 +223,6 @@ class Supervisor:
 
     # -- the flow's side ---------------------------------------------------------------
 
-    def _store_settings(self) -> list[tuple[FlowDefinition, RedisSettings]]:
-        """Each partition's definition and the supervisor's settings for it."""
-        out = []
-        for part in self.flow.parts:
-            timeout = min(part.redis.socket_timeout, SUPERVISOR_SOCKET_TIMEOUT)
-            out.append((part.definition, dataclasses.replace(part.redis, socket_timeout=timeout)))
-        return out
-
     @property
     def store(self) -> Store:
         """The supervisor's own connection (of a partitioned flow: to partition 0)."""
@@ -252,10 +232,10 @@ class Supervisor:
         """Connect the flow and start the manager thread, once."""
         if self.manager.alive:
             return
-        wanted = self._store_settings()
-        if self.stores.settings != tuple(s for _, s in wanted):  # the flow moved (use_redis)
+        fresh = StoreMap.of_parts(self.flow.parts, SUPERVISOR_SOCKET_TIMEOUT)
+        if self.stores.settings != fresh.settings:  # the flow moved (use_redis)
             self.stores.close()
-            self.stores = StoreMap(wanted)
+            self.stores = fresh
             self.manager.use_stores(self.stores)
             self.manager.parts = [(part.definition, part.redis) for part in self.flow.parts]
         self.flow.connect()
@@ -266,14 +246,6 @@ class Supervisor:
         )
         self._immediate = False
         self.manager.start_thread()
-
-    def _start_monitor(self) -> None:
-        for monitor in self.monitors:
-            monitor.start()
-
-    def _stop_monitor(self) -> None:
-        for monitor in self.monitors:
-            monitor.stop()
 
     def _finish(self) -> None:
         self._state = SupervisorState.STOPPED
@@ -316,7 +288,7 @@ class Supervisor:
             raise
         self._state = SupervisorState.RUNNING
         self.manager.poke()  # its timers depend on the state (the core budget's tick)
-        self._start_monitor()
+        self.monitors.start()
         self.observers.start(self.stores)
         self.log.info(
             "supervisor running {} worker process(es) for flow {!r} on {} (node {})",
@@ -379,7 +351,7 @@ class Supervisor:
             self._state = SupervisorState.STOPPING
             self.manager.respawn = False
             workers = self.table.live()
-        self._stop_monitor()
+        self.monitors.stop()
         drain = self.drain_timeout if drain_timeout is None else drain_timeout
         for w in workers:
             w.tell(child.STOP)
@@ -461,7 +433,7 @@ class Supervisor:
             raise SupervisorStateError(f"worker {handle.name} must be connected before it starts")
         w.tell(child.START)
         self._await_all([w], (WorkerState.STARTED,), "start", timeout)
-        self._start_monitor()  # due retries and expired locks need it, however workers start
+        self.monitors.start()  # due retries and expired locks need it, however workers start
 
     def stop_worker(self, handle: WorkerHandle, timeout: float | None = None) -> None:
         w = self.table.get(handle)
@@ -486,7 +458,7 @@ class Supervisor:
         w.tell(child.DISCONNECT)
         self.table.wait_for(lambda: w.gone, timeout)
         if not self.table.live():
-            self._stop_monitor()
+            self.monitors.stop()
 
     # -- batch pipelines and nodes ------------------------------------------------------
 

@@ -30,6 +30,7 @@ from ..store import keys
 from ..store.keys import TokenSeries
 from ..store.records import Lease
 from .fanout import child_keys_of, children_state, plan_children
+from .lanes import Turns, index_of
 from .payload import WorkerPayload
 from .results import read_result
 from .session import JobSession, Retrier
@@ -46,9 +47,6 @@ _OUTCOMES = {"retry": Outcome.RETRIED, "failed": Outcome.FAILED}
 #: how long the results of a prefetched batch's jobs may wait to be written with the batch's
 #: last one (seconds); past it they are written at once
 DEFER_AT_MOST = 0.05
-#: a worker of a partitioned flow takes at most this many lease calls in a row from one
-#: partition before it moves on to the next that has work (fair leasing across partitions)
-TURN = 8
 
 
 class WorkerLoop:
@@ -79,10 +77,8 @@ class WorkerLoop:
         self.options = payload.options
         self.session = session
         self.status = status
-        #: the lane (partition) in use, lease calls in a row from it, and idle waits so far
-        self._lane = 0
-        self._turn = 0
-        self._waits = _index_of(payload.worker)
+        #: the lane (partition) in use and its turn
+        self.turns = Turns(len(self.lanes), index_of(payload.worker))
         self.log = log
         self._external_stop = stop_flag
         self._sleep = sleep
@@ -120,18 +116,13 @@ class WorkerLoop:
 
     def _use(self, lane: int) -> None:
         """Move to partition ``lane`` (only while holding nothing)."""
-        if lane == self._lane:
+        if not self.turns.move(lane):
             return
-        self._lane, self._turn = lane, 0
         to = self.lanes[lane]
         self.session = self.retrier.session = self.sessions[lane]
         self.stage, self.keys = to.stage, to.stage.keys
         self.routes, self.child_stages = to.routes, to.child_stages
         self.status.lane(lane)
-
-    def _turn_over(self) -> bool:
-        """A partitioned stage's worker has had its turn at this partition."""
-        return len(self.lanes) > 1 and self._turn >= TURN
 
     def should_end(self) -> bool:
         """Told to stop, or due for recycling (sets ``end_reason``)."""
@@ -173,7 +164,7 @@ class WorkerLoop:
         lease, index = self._batch.popleft()
         self._take(self._process(lease, index, last=not self._batch))
         if not self._batch and self._deferred:
-            hold = self.should_end() or self.status.pause_requested or self._turn_over()
+            hold = self.should_end() or self.status.pause_requested or self.turns.over
             self._take(self._flush(lease_next=not hold))
 
     def _take(self, leases: list[Lease]) -> None:
@@ -255,14 +246,12 @@ class WorkerLoop:
 
     def _lease_any(self, abort_on_stop: bool = False) -> list[Lease]:
         """What waits now in this partition — or, its turn over or nothing there, in the
-        next partition that has work (a partitioned stage's lanes in turn)."""
-        n = len(self.lanes)
-        first = (self._lane + 1) % n if self._turn_over() else self._lane
-        for step in range(n):
-            self._use((first + step) % n)
+        next partition that has work (``lanes.Turns``)."""
+        for lane in self.turns.order():
+            self._use(lane)
             leases = self._lease_now(abort_on_stop)
             if leases:
-                self._turn += 1
+                self.turns.taken += 1
                 return leases
             if abort_on_stop and (self.should_end() or self.status.pause_requested):
                 break
@@ -270,17 +259,13 @@ class WorkerLoop:
 
     def _next_leases(self) -> list[Lease]:
         """What waits now; else block in BLMOVE for the next job and claim it (a partitioned
-        stage waits on its partitions in turn, ``block_timeout / K`` on each, starting at
-        the worker's own index so the stage's workers spread over them)."""
+        stage waits on its partitions in turn: ``lanes.Turns.idle_lane``)."""
         leases = self._lease_any(abort_on_stop=True)
         if leases or self.should_end() or self.status.pause_requested:
             return leases
         self.status.waiting()
-        timeout = self.options.block_timeout
-        if len(self.lanes) > 1:
-            self._use(self._waits % len(self.lanes))
-            self._waits += 1
-            timeout = max(0.05, timeout / len(self.lanes))
+        lane, timeout = self.turns.idle_lane(self.options.block_timeout)
+        self._use(lane)
         job_id = self._redis(lambda: self.session.wait_for_job(timeout), abort_on_stop=True)
         if job_id is None:
             return []
@@ -290,7 +275,7 @@ class WorkerLoop:
         if lease is None:
             self.status.waiting()
             return []
-        self._turn = 1
+        self.turns.taken = 1
         return [lease]
 
     # -- one job ---------------------------------------------------------------------------
@@ -330,7 +315,7 @@ class WorkerLoop:
         finally:
             reporting.end()
         try:
-            lane = self.lanes[self._lane]
+            lane = self.lanes[self.turns.lane]
             pairs, next_waiting = read_result(
                 result, self.stage, self.routes, self.payload.flow, lane.redis, lane.renames
             )
@@ -372,7 +357,7 @@ class WorkerLoop:
                 return self._flush(lease_next=False)  # slow jobs: results not held back
             return []
         self.jobs_done += 1
-        hold = not last or self.should_end() or self.status.pause_requested or self._turn_over()
+        hold = not last or self.should_end() or self.status.pause_requested or self.turns.over
         k = self.prefetch
         next_token = "" if hold else self.tokens.next(k)
         self.status.completing(next_token, k)
@@ -383,7 +368,7 @@ class WorkerLoop:
         )
         assert reply is not None
         status, following = reply
-        self._turn += bool(following)
+        self.turns.taken += bool(following)
         outcome = Outcome.COMPLETED if status == 1 else Outcome.LOST
         if len(following) == 1:  # held from the same write on: a kill now gives it back
             self.status.finished(outcome, following[0].id, following[0].token)
@@ -417,7 +402,7 @@ class WorkerLoop:
         )
         assert reply is not None
         statuses, following = reply
-        self._turn += bool(following)
+        self.turns.taken += bool(following)
         lost = [
             lease
             for (lease, _, _, _), status in zip(self._deferred, statuses, strict=True)
@@ -509,9 +494,3 @@ class WorkerLoop:
         self._redis(lambda: self.session.park(lease.id, lease.token))
         self.status.finished()
         return []
-
-
-def _index_of(worker: str) -> int:
-    """A worker's index in its group, from its name (``queue#3``); 0 when it has none."""
-    tail = worker.rpartition("#")[2]
-    return int(tail) if tail.isdigit() else 0

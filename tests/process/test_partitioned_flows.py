@@ -18,7 +18,7 @@ import redis
 from procflow import Backoff, EncodeError, Flow, QueueSpec, Supervisor
 from procflow.ops import Operator
 from procflow.testing import run_inline
-from procflow.worker.loop import TURN
+from procflow.worker.lanes import TURN
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

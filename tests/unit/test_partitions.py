@@ -11,6 +11,7 @@ from procflow.errors import UnknownQueueError
 from procflow.partitions import Partitioning
 from procflow.store import keys
 from procflow.store.slots import key_slot
+from procflow.worker.lanes import TURN, Turns, index_of
 
 
 def _flow(**options: object) -> Flow:
@@ -127,3 +128,16 @@ def test_on_a_cluster_url_each_partition_is_pinned_to_its_own_slot() -> None:
         key_slot(f"{{pay#{i}}}") for i in range(3)
     ]
     assert Partitioning.build("pay", 2, None).short("{pay#1}.check:x") == "check:x"
+
+
+def test_a_workers_turns_go_round_the_partitions_that_have_work() -> None:
+    turns = Turns(3, start=4)
+    assert turns.order() == [0, 1, 2] and not turns.over
+    turns.taken = TURN
+    assert turns.over and turns.order() == [1, 2, 0]  # its turn over: the next one first
+    assert turns.move(1) and turns.taken == 0 and not turns.move(1)
+    assert [turns.idle_lane(3.0) for _ in range(4)] == [(1, 1.0), (2, 1.0), (0, 1.0), (1, 1.0)]
+    single = Turns(1)
+    single.taken = 100
+    assert not single.over and single.idle_lane(3.0) == (0, 3.0)  # one lane: never moves
+    assert [index_of(n) for n in ("check#3", "check#inline", "x")] == [3, 0, 0]
