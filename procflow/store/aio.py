@@ -2,10 +2,11 @@
 
 An :class:`AsyncStore` multiplexes every request on one connection (a ``link.Link``): a
 request is written whole (a job's MULTI … EXEC packed by the sync Store's own
-``pack_create``: the same bytes) and the replies are parsed as they arrive, in order. Concurrent callers are pipelined, and a cancelled caller leaves the connection in step
-(its replies are read and dropped). redis-py's asyncio ``Connection`` only connects (handshake,
-AUTH/ACL, TLS, unix sockets). The errors are the sync Store's: RedisUnavailableError (also a
-reply later than ``socket_timeout``; the next request reconnects) and ``refusal(address, text)``.
+``pack_create``: the same bytes) and the replies are parsed as they arrive, in order.
+Concurrent callers are pipelined, and a cancelled caller leaves the connection in step (its
+replies are read and dropped). The errors are the sync Store's: RedisUnavailableError (also a
+reply later than ``socket_timeout``; the next request reconnects) and
+``refusal(address, text)``.
 """
 
 from __future__ import annotations

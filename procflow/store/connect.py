@@ -3,7 +3,7 @@ the sentinels name now (Sentinel), or the one serving a key's hash slot (Cluster
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.exceptions as rex
@@ -119,10 +119,17 @@ def connection_kwargs(settings: RedisSettings, **overrides: Any) -> dict[str, An
     return kwargs
 
 
-def connection_class(settings: RedisSettings) -> type[Any]:
-    """The redis-py connection class for these settings."""
+def connection_class(settings: RedisSettings, asyncio: bool = False) -> type[Any]:
+    """The redis-py connection class for these settings (``redis.asyncio``'s with
+    ``asyncio``)."""
+    lib: Any = redis
+    if asyncio:
+        # only the async API's processes load redis.asyncio
+        from redis import asyncio as async_redis  # noqa: PLC0415
+
+        lib = async_redis
     if settings.unix_socket_path:
-        return redis.UnixDomainSocketConnection
+        return cast(type[Any], lib.UnixDomainSocketConnection)
     if settings.ssl:
-        return redis.SSLConnection
-    return redis.Connection
+        return cast(type[Any], lib.SSLConnection)
+    return cast(type[Any], lib.Connection)

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
-import redis.asyncio as aredis
 import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import RedisUnavailableError, refusal
 from ..settings import RedisSettings
-from .connect import connection_kwargs, discover_master, slot_master
+from .connect import connection_class, connection_kwargs, discover_master, slot_master
 
 __all__ = ["Link", "Push", "Streams", "open_streams"]
 
@@ -31,15 +30,6 @@ _MORE = object()  # hiredis: not enough data yet (False is a RESP3 value)
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Push = Callable[[list[Any] | None], None]
-
-
-def _connection_class(settings: RedisSettings) -> type[Any]:
-    """The redis-py asyncio connection class for these settings (as ``wire.connection_class``)."""
-    if settings.unix_socket_path:
-        return aredis.UnixDomainSocketConnection
-    if settings.ssl:
-        return aredis.SSLConnection
-    return aredis.Connection
 
 
 def _release(conn: Any) -> Streams | None:
@@ -61,7 +51,7 @@ async def open_streams(settings: RedisSettings) -> Streams:
     kwargs = connection_kwargs(
         settings, socket_timeout=settings.socket_timeout, retry=Retry(NoBackoff(), 0)
     )
-    conn = _connection_class(settings)(**kwargs)
+    conn = connection_class(settings, asyncio=True)(**kwargs)
     try:
         await conn.connect()
     except BaseException as exc:  # cancelled while connecting, too: nothing is left open
