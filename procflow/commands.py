@@ -174,7 +174,7 @@ def _status_targets(op: Operator, target: str | None) -> list[str]:
         flow.use_redis(op.redis)
         op.adopt(flow)
         return [flow.name]
-    op.flow(target)  # UnknownFlowError lists the registered ones
+    op.known(target)  # UnknownFlowError lists the registered ones
     return [target]
 
 

@@ -73,6 +73,8 @@ class Operator:
         self.registry = Registry(self.store)
         self._flows: dict[str, Flow] = {}
         self._registries: dict[str, Registry] = {}
+        #: a partitioned flow's name → its partitions' (``{pay#0}`` …)
+        self._partitions: dict[str, list[str]] = {}
 
     def close(self) -> None:
         for flow in self._flows.values():
@@ -115,8 +117,37 @@ class Operator:
 
     def adopt(self, flow: Flow) -> None:
         """Look at ``flow`` as it is defined in code (an APP given on the command line), even
-        before any supervisor registered it."""
+        before any supervisor registered it (a partitioned flow: each of its partitions)."""
         self._flows[flow.name] = flow
+        if flow.partitioning is not None:
+            for part in flow.parts:
+                d = part.definition
+                self._flows[d.name] = Flow(
+                    d.name, d.queues, d.lookup_attributes, redis=self.redis, key_ttl=d.key_ttl
+                )
+            self._partitions[flow.name] = [part.name for part in flow.parts]
+
+    def partitions(self, name: str) -> list[str]:
+        """The partitions of the partitioned flow ``name`` (``{pay#0}`` …) that registered
+        themselves, in order; [] for any other name."""
+        if name not in self._partitions:
+            if name in self.flows():
+                return []
+            found = []
+            for other in self.flows():
+                data = self.registry_of(other).describe(other) or {}
+                if data.get("partitionOf") == name:
+                    found.append((int(data.get("partition") or 0), other))
+            if not found:
+                return []
+            self._partitions[name] = [other for _, other in sorted(found)]
+        return self._partitions[name]
+
+    def known(self, name: str) -> None:
+        """Raise UnknownFlowError (listing the registered flows) unless ``name`` is a
+        registered flow, an adopted one, or a partitioned flow whose partitions registered."""
+        if name not in self._flows and not self.partitions(name):
+            self.flow(name)
 
     def describe(self, name: str) -> dict[str, Any]:
         """The flow's description: queues with their next queues and children."""
@@ -131,7 +162,14 @@ class Operator:
     # -- status ----------------------------------------------------------------------------
 
     def status(self, name: str, minutes: int = 60) -> list[StageStatus]:
-        """Per stage, in pipeline order: its counts, rate, oldest waiting age and totals."""
+        """Per stage, in pipeline order: its counts, rate, oldest waiting age and totals (a
+        partitioned flow's: summed over its partitions, by the queue names given)."""
+        parts = self.partitions(name)
+        if parts:
+            return _summed([self._status(p, minutes) for p in parts])
+        return self._status(name, minutes)
+
+    def _status(self, name: str, minutes: int) -> list[StageStatus]:
         flow = self.flow(name)
         stages = [flow.stage(n) for n in self.stage_order(name)]
         counts = self._store_of(name).counts([s.keys for s in stages])
@@ -144,9 +182,18 @@ class Operator:
         return out
 
     def nodes(self, name: str) -> list[dict[str, Any]]:
-        """The live nodes of flow ``name`` with their workers (their heartbeats)."""
-        self.flow(name)
-        return sorted(self.registry_of(name).nodes(name), key=lambda n: str(n.get("node")))
+        """The live nodes of flow ``name`` with their workers (their heartbeats; a partitioned
+        flow's nodes beat in every partition: its first partition's records are shown, with
+        the stage names the user wrote)."""
+        parts = self.partitions(name)
+        own = parts[0] if parts else name
+        self.flow(own)
+        found = sorted(self.registry_of(own).nodes(own), key=lambda n: str(n.get("node")))
+        if parts:
+            for node in found:
+                for worker in node.get("workers", []):
+                    worker["stage"] = _short(worker.get("stage"))
+        return found
 
     def overview(self) -> list[dict[str, Any]]:
         """Every flow with its totals: stages, waiting, failed, done/min, nodes, workers."""
@@ -301,6 +348,48 @@ def _stage_status(
         completed_per_minute=st.completed_per_minute,
         failed_per_minute=st.failed_per_minute,
     )
+
+
+def _short(name: Any) -> Any:
+    """A partition's queue name as the user wrote it (``{pay#3}.check`` → ``check``)."""
+    if isinstance(name, str) and name.startswith("{") and "}." in name:
+        return name.split("}.", 1)[1]
+    return name
+
+
+def _summed(parts: list[list[StageStatus]]) -> list[StageStatus]:
+    """The stages of a partitioned flow's partitions (the same shape each) as one flow's,
+    named as the user wrote them: counts, rates, totals and per-minute counts summed, the
+    oldest waiting age the largest."""
+
+    def added(lists: list[list[int]]) -> list[int]:
+        width = max((len(x) for x in lists), default=0)
+        return [sum(x[i] for x in lists if i < len(x)) for i in range(width)]
+
+    out = []
+    for same in zip(*parts, strict=True):
+        ages = [s.oldest_waiting_s for s in same if s.oldest_waiting_s is not None]
+        totals: dict[str, int] = {}
+        for s in same:
+            for what, n in s.totals.items():
+                totals[what] = totals.get(what, 0) + n
+        out.append(
+            StageStatus(
+                name=_short(same[0].name) or same[0].name,
+                parent=_short(same[0].parent),
+                waiting=sum(s.waiting for s in same),
+                processing=sum(s.processing for s in same),
+                delayed=sum(s.delayed for s in same),
+                parked=sum(s.parked for s in same),
+                failed=sum(s.failed for s in same),
+                done_per_min=round(sum(s.done_per_min for s in same), 1),
+                oldest_waiting_s=max(ages) if ages else None,
+                totals=totals,
+                completed_per_minute=added([s.completed_per_minute for s in same]),
+                failed_per_minute=added([s.failed_per_minute for s in same]),
+            )
+        )
+    return out
 
 
 def _job_state(job: dict[str, Any], places: list[tuple[str, str]]) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -64,6 +66,29 @@ def test_a_partitioned_flow_with_fan_out_runs_on_fewer_workers_than_partitions(
         late = flow.create_job({"n": 99, "user": 5})  # an idle stage still finds new work
         (last,) = flow.wait([late], timeout=30)
         assert Operator(redis_url).flows() == [f"{{pay#{i}}}" for i in range(4)]
+        op = Operator(redis_url)
+        first, charge, card = op.status("pay")  # the partitions summed, by the names given
+        assert (first.name, charge.name, card.name, card.parent) == (
+            "check",
+            "charge",
+            "charge:card",
+            "charge",
+        )
+        assert first.totals["completed"] == charge.totals["completed"] == 41
+        assert op.partitions("pay") == [f"{{pay#{i}}}" for i in range(4)]
+        (node,) = op.nodes("pay")
+        assert {w["stage"] for w in node["workers"]} == {"check", "charge", "charge:card"}
+        shown = subprocess.run(
+            [sys.executable, "-m", "procflow", "status", "pay", "--json", "--redis-url", redis_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        (status,) = json.loads(shown.stdout)
+        assert [s["name"] for s in status["stages"]] == ["check", "charge", "charge:card"]
+        op.close()
         described = json.loads(client.get("procflow:{pay#2}:flow") or b"{}")
         assert (described["partitionOf"], described["partition"]) == ("pay", 2)
         assert described["queues"][0]["name"] == "{pay#2}.check"
