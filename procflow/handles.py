@@ -111,6 +111,7 @@ class WorkerGroup:
                     routes=routes,
                     child_stages=definition.child_keys(stage) if self.kind == PARENT else {},
                     renames=split.renames(definition) if split is not None else {},
+                    names=tuple(map(split.shown, stage.fields)) if split is not None else (),
                 )
             )
         first = lanes[0]

@@ -32,6 +32,8 @@ __all__ = ["MAX_PARTITIONS", "Part", "Partitioning", "StoreMap", "for_each"]
 
 #: the most partitions one flow may have
 MAX_PARTITIONS = 1024
+#: a parent job's fields about its children (``children:Q:…``)
+_CHILD_FIELDS = ("params", "jobs", "failed", "pending")
 T = TypeVar("T")
 P = TypeVar("P")
 
@@ -93,6 +95,14 @@ class Partitioning:
             if s.is_parent
         }
 
+    def field(self, index: int, name: str, parents: set[str]) -> str:
+        """A job field named by the queue names given (``children:fanout:jobs``, read by a
+        later stage) → partition ``index``'s (``children:{pay#3}.fanout:jobs``)."""
+        queue, _, suffix = name.removeprefix("children:").rpartition(":")
+        if name.startswith("children:") and queue in parents and suffix in _CHILD_FIELDS:
+            return f"children:{self.queue(index, queue)}:{suffix}"
+        return name
+
     def shown(self, field: str) -> str:
         """A job field as the user sees it: a partition's ``children:{pay#3}.charge:jobs``
         is ``children:charge:jobs``."""
@@ -111,6 +121,10 @@ class Partitioning:
                     "queue names itself; write them without braces"
                 )
         FlowDefinition.build(self.base, queues, lookup, key_ttl)  # the user's names checked
+        parents = {q.name for q in queues if q.children}
+
+        def fields(index: int, spec: QueueSpec[Any, Any]) -> tuple[str, ...]:
+            return tuple(self.field(index, f, parents) for f in spec.attributes_to_get)
 
         def renamed(index: int, spec: QueueSpec[Any, Any]) -> QueueSpec[Any, Any]:
             nxt = spec.next_queue
@@ -118,6 +132,11 @@ class Partitioning:
                 spec,
                 name=self.queue(index, spec.name),
                 next_queue=None if nxt is None else self.queue(index, nxt),
+                attributes_to_get=fields(index, spec),
+                children=tuple(
+                    dataclasses.replace(c, attributes_to_get=fields(index, c))
+                    for c in spec.children
+                ),
             )
 
         return tuple(

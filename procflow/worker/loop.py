@@ -340,8 +340,10 @@ class WorkerLoop:
     def _params(self, lease: Lease) -> dict[str, Any]:
         params: dict[str, Any] = {"id": lease.id}
         key = self.keys.job(lease.id)
-        for name, raw in zip(self.stage.fields, lease.values, strict=False):
-            params[name] = None if raw is None else codec.decode_field(key, name, raw)
+        fields = self.stage.fields
+        names = self.lanes[self.turns.lane].names or fields  # a partition's: as written
+        for field, name, raw in zip(fields, names, lease.values, strict=False):
+            params[name] = None if raw is None else codec.decode_field(key, field, raw)
         return params
 
     def _complete(

@@ -26,6 +26,8 @@ class Lane:
     #: result fields a user writes under the names given → this partition's own
     #: (``children:charge:params`` → ``children:{pay#3}.charge:params``)
     renames: dict[str, str] = field(default_factory=dict)
+    #: what the worker function calls each of the stage's fields (empty: their own names)
+    names: tuple[str, ...] = ()
 
 
 @dataclass

@@ -47,9 +47,11 @@ def chaos_flow(
     max_attempts: int = 10,
     prefetch: int = 1,
     lock_time: float = 180,
+    partitions: int | None = None,
 ) -> Flow:
     """3 stages, the middle one fanning out to two child queues; every stage counted.
-    ``prefetch``: for every stage but the parent (which takes one job at a time)."""
+    ``prefetch``: for every stage but the parent (which takes one job at a time);
+    ``partitions``: the flow spread over that many partitions (``{chaos#i}``)."""
     count = _counter(url)
 
     def prepare(job: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +96,7 @@ def chaos_flow(
             spec("finish", attributes_to_get=["children:fanout:jobs"]),
         ],
         redis_url=url,
+        partitions=partitions,
     )
     flow.create_workers("prepare", prepare, count=workers, block_timeout=1, lock_time=lock_time)
     flow.create_parent_workers("fanout", count=1, block_timeout=1, lock_time=lock_time)
@@ -131,7 +134,7 @@ def audit(flow: Flow, ids: list[str]) -> Audit:
     r = redis.Redis(host=flow.redis.host, port=flow.redis.port, password=flow.redis.password)
     result = Audit(jobs=len(ids))
     places: Counter[str] = Counter()
-    for stage in flow.stages.values():
+    for stage in (s for part in flow.parts for s in part.definition.stages.values()):
         k = stage.keys
         for key in (k.waiting, k.processing, k.failed):
             for member in r.lrange(key, 0, -1):

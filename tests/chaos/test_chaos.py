@@ -91,6 +91,27 @@ def test_a_random_worker_sigkilled_every_200ms_with_prefetch_16(
     )
 
 
+def test_a_random_worker_sigkilled_every_200ms_in_a_partitioned_flow(
+    redis_url: str, server: RedisServer
+) -> None:
+    flow = chaos_flow(redis_url, prefetch=4, partitions=3)
+    clock = timed()
+    with Supervisor(flow, monitor_interval=0.5) as sup:
+        ids = flow.create_jobs([{"n": n} for n in range(5000)])
+        with Killer(sup.worker_pids, 0.2) as killer:
+            sup.wait(ids, timeout=240)
+    result = audit(flow, ids)
+    assert result.done == 5000
+    assert killer.kills >= 10
+    report(
+        "i: SIGKILL a worker every 200 ms, 3 partitions",
+        result,
+        killer.kills,
+        clock(),
+        kind_of(server),
+    )
+
+
 def _cli(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [

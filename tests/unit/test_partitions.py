@@ -141,3 +141,20 @@ def test_a_workers_turns_go_round_the_partitions_that_have_work() -> None:
     single.taken = 100
     assert not single.over and single.idle_lane(3.0) == (0, 3.0)  # one lane: never moves
     assert [index_of(n) for n in ("check#3", "check#inline", "x")] == [3, 0, 0]
+
+
+def test_a_later_stage_reads_the_childrens_fields_by_the_names_given() -> None:
+    flow = Flow(
+        "pay",
+        [
+            QueueSpec("charge", next_queue="report", children=[QueueSpec("card")]),
+            QueueSpec("report", attributes_to_get=["children:charge:jobs", "total"]),
+        ],
+        partitions=2,
+        redis_url="redis://127.0.0.1:1/0",
+    )
+    report = flow.parts[1].definition.stages["{pay#1}.report"]
+    assert report.fields == ("children:{pay#1}.charge:jobs", "total")
+    (group,) = [flow.create_workers("report", lambda job: {})[0].group]
+    payload = group.payload("pay", [(p.definition, p.redis) for p in flow.parts], "h", "INFO")
+    assert payload.lanes[1].names == ("children:charge:jobs", "total")  # what the function sees
