@@ -70,46 +70,32 @@ def test_a_random_worker_sigkilled_every_200ms(redis_url: str, server: RedisServ
     report("a: SIGKILL a worker every 200 ms", result, killer.kills, clock(), kind_of(server))
 
 
-def test_a_random_worker_sigkilled_every_200ms_with_prefetch_16(
-    redis_url: str, server: RedisServer
+@pytest.mark.parametrize(
+    ("case", "prefetch", "partitions", "jobs"),
+    [
+        ("g: SIGKILL a worker every 200 ms, prefetch 16", 16, None, 8000),  # fast: more jobs
+        ("i: SIGKILL a worker every 200 ms, 3 partitions", 4, 3, 5000),
+    ],
+    ids=["prefetch-16", "partitioned"],
+)
+def test_a_random_worker_sigkilled_every_200ms_with_batches_or_partitions(
+    redis_url: str,
+    server: RedisServer,
+    case: str,
+    prefetch: int,
+    partitions: int | None,
+    jobs: int,
 ) -> None:
-    flow = chaos_flow(redis_url, prefetch=16)
+    flow = chaos_flow(redis_url, prefetch=prefetch, partitions=partitions)
     clock = timed()
     with Supervisor(flow, monitor_interval=0.5) as sup:
-        ids = flow.create_jobs([{"n": n} for n in range(8000)])  # fast: more jobs
+        ids = flow.create_jobs([{"n": n} for n in range(jobs)])
         with Killer(sup.worker_pids, 0.2) as killer:
             sup.wait(ids, timeout=240)
     result = audit(flow, ids)
-    assert result.done == 8000
+    assert result.done == jobs
     assert killer.kills >= 10
-    report(
-        "g: SIGKILL a worker every 200 ms, prefetch 16",
-        result,
-        killer.kills,
-        clock(),
-        kind_of(server),
-    )
-
-
-def test_a_random_worker_sigkilled_every_200ms_in_a_partitioned_flow(
-    redis_url: str, server: RedisServer
-) -> None:
-    flow = chaos_flow(redis_url, prefetch=4, partitions=3)
-    clock = timed()
-    with Supervisor(flow, monitor_interval=0.5) as sup:
-        ids = flow.create_jobs([{"n": n} for n in range(5000)])
-        with Killer(sup.worker_pids, 0.2) as killer:
-            sup.wait(ids, timeout=240)
-    result = audit(flow, ids)
-    assert result.done == 5000
-    assert killer.kills >= 10
-    report(
-        "i: SIGKILL a worker every 200 ms, 3 partitions",
-        result,
-        killer.kills,
-        clock(),
-        kind_of(server),
-    )
+    report(case, result, killer.kills, clock(), kind_of(server))
 
 
 def _cli(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
