@@ -28,6 +28,7 @@ from typing import Any, Generic, cast
 from typing_extensions import Self, TypeVar
 
 from . import codec
+from .aio_hub import DoneHub, Waiter
 from .errors import (
     ConfigurationError,
     JobFailedError,
@@ -39,8 +40,10 @@ from .errors import (
 )
 from .flow import Flow
 from .ids import uuid7
+from .partitions import settle_creates, summed_counts
 from .store import keys
 from .store.aio import AsyncStore
+from .store.records import NewJob
 
 __all__ = ["AsyncFlow"]
 
@@ -51,118 +54,17 @@ T = TypeVar("T")
 
 #: seconds between re-reads of the jobs still pending (as the sync wait)
 _RECHECK = 2.0
-#: seconds between re-reads while Redis is away, and the hub's longest reconnect back-off
+#: seconds between re-reads while Redis is away
 _OUTAGE_RECHECK = 0.2
-_MAX_BACKOFF = 2.0
-
-
-class _Waiter:
-    """One ``wait`` call's share of the hub: the ids it waits for, those announced since it
-    last looked, and what the hub has to tell it."""
-
-    __slots__ = ("arrived", "event", "ids", "problem", "ready", "recheck")
-
-    def __init__(self, ids: set[str], loop: asyncio.AbstractEventLoop) -> None:
-        self.ids = ids
-        self.arrived: set[str] = set()
-        self.event = asyncio.Event()
-        #: resolved once the hub is subscribed (or fails with the error of its first try)
-        self.ready: asyncio.Future[None] = loop.create_future()
-        #: the subscription was lost (re-read now: announcements are missed meanwhile)
-        self.problem: BaseException | None = None
-        #: subscribed again after an outage (re-read now)
-        self.recheck = False
-
-
-class _DoneHub:
-    """One subscription to ``procflow:F:done`` shared by every ``wait`` of an AsyncFlow: a
-    web app with a thousand requests waiting holds one subscriber connection, and each id
-    announced goes to the waits that want it. The hub runs while some wait is waiting;
-    after an outage it subscribes again with back-off and tells the waits to re-read."""
-
-    def __init__(self, store: AsyncStore, flow: str) -> None:
-        self._store = store
-        self._flow = flow
-        self._waiters: set[_Waiter] = set()
-        self._by_id: dict[str, list[_Waiter]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._subscribed = False
-
-    def join(self, ids: set[str]) -> _Waiter:
-        waiter = _Waiter(ids, self._store.loop)
-        self._waiters.add(waiter)
-        for job_id in ids:
-            self._by_id.setdefault(job_id, []).append(waiter)
-        if self._subscribed:
-            waiter.ready.set_result(None)
-        if self._task is None or self._task.done():
-            self._task = self._store.loop.create_task(self._run())
-        return waiter
-
-    def leave(self, waiter: _Waiter) -> None:
-        self._waiters.discard(waiter)
-        for job_id in waiter.ids:
-            waiting = self._by_id.get(job_id)
-            if waiting is not None:
-                waiting.remove(waiter)
-                if not waiting:
-                    del self._by_id[job_id]
-        if not self._waiters:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the subscription (the next ``join`` starts it again)."""
-        task, self._task = self._task, None
-        self._subscribed = False
-        if task is not None and self._store.loop.is_running():
-            task.cancel()
-
-    def _tell(self, problem: BaseException) -> None:
-        for waiter in self._waiters:
-            if not waiter.ready.done():
-                waiter.ready.set_exception(problem)  # a wait that has not begun: it raises
-            else:
-                waiter.problem = problem
-                waiter.event.set()
-
-    async def _run(self) -> None:
-        delay = 0.1
-        while True:  # until close() cancels it
-            subscription = self._store.subscribe_done(self._flow)
-            try:
-                await subscription.open()
-            except (RedisUnavailableError, RedisRefusedError) as exc:
-                self._tell(exc)
-                await asyncio.sleep(delay)
-                delay = min(_MAX_BACKOFF, delay * 2)
-                continue
-            delay = 0.1
-            self._subscribed = True
-            for waiter in self._waiters:
-                if waiter.ready.done():
-                    waiter.recheck = True
-                    waiter.event.set()
-                else:
-                    waiter.ready.set_result(None)
-            try:
-                while True:
-                    for job_id in await subscription.messages():
-                        for waiter in self._by_id.get(job_id, ()):
-                            waiter.arrived.add(job_id)
-                            waiter.event.set()
-            except (RedisUnavailableError, RedisRefusedError) as exc:
-                self._subscribed = False
-                self._tell(exc)
-            finally:
-                subscription.close()
 
 
 class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
     """The asyncio client of a :class:`procflow.Flow`: the same jobs, the same checks, the
     same bytes in Redis, awaited. Make one per application (at startup) and share it: its
-    requests go on one connection, pipelined, and every ``wait`` shares one subscription.
-    Connections open on first use and belong to the event loop that opened them (used from
-    another loop, the AsyncFlow starts afresh there). Close it with :meth:`aclose` or use
+    requests go on one connection (one per partition of a partitioned flow), pipelined, and
+    every ``wait`` shares one subscription (per partition). Connections open on first use
+    and belong to the event loop that opened them (used from another loop, the AsyncFlow
+    starts afresh there). Close it with :meth:`aclose` or use
     ``async with AsyncFlow(flow) as af:``."""
 
     def __init__(self, flow: Flow[JobT, OptionsT, LookupT]) -> None:
@@ -170,14 +72,10 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
             raise ConfigurationError(
                 f"AsyncFlow wraps a procflow.Flow, not a {type(flow).__name__}"
             )
-        if flow.partitioning is not None:
-            raise ConfigurationError(
-                f"AsyncFlow does not serve partitioned flows yet (flow {flow.name!r} has "
-                f"{len(flow.parts)} partitions); use the Flow's own methods, from a thread"
-            )
         self.flow = flow
-        self._store: AsyncStore | None = None
-        self._hub: _DoneHub | None = None
+        #: per partition (one for an unpartitioned flow): its store and its done hub
+        self._stores: dict[int, AsyncStore] = {}
+        self._hubs: dict[int, DoneHub] = {}
 
     def __repr__(self) -> str:
         return f"AsyncFlow({self.flow!r})"
@@ -190,45 +88,49 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
 
     @property
     def store(self) -> AsyncStore:
-        """The async Redis layer, made on first use in the running loop (and made again in
-        another loop, or after ``flow.use_redis``)."""
+        """The async Redis layer (of a partitioned flow: partition 0's), made on first use in
+        the running loop (and made again in another loop, or after ``flow.use_redis``)."""
+        return self._store(0)
+
+    def _store(self, part: int) -> AsyncStore:
         loop = asyncio.get_running_loop()
-        store = self._store
-        if store is None or store.loop is not loop or store.settings is not self.flow.redis:
+        settings = self.flow.parts[part].redis
+        store = self._stores.get(part)
+        if store is None or store.loop is not loop or store.settings is not settings:
             if store is not None:
                 self._drop()
-            store = self._store = AsyncStore(self.flow.redis)
+            store = self._stores[part] = AsyncStore(settings)
         return store
 
-    def _done_hub(self) -> _DoneHub:
-        store = self.store
-        if self._hub is None:
-            self._hub = _DoneHub(store, self.name)
-        return self._hub
+    def _done_hub(self, part: int) -> DoneHub:
+        store = self._store(part)
+        hub = self._hubs.get(part)
+        if hub is None:
+            hub = self._hubs[part] = DoneHub(store, self.flow.parts[part].name)
+        return hub
 
     def _drop(self) -> None:
-        store, self._store = self._store, None
-        hub, self._hub = self._hub, None
-        if hub is not None:
+        stores, self._stores = self._stores, {}
+        hubs, self._hubs = self._hubs, {}
+        for hub in hubs.values():
             hub.close()
-        if store is not None:
+        for store in stores.values():
             store.abandon()
 
     async def connect(self) -> None:
         """Connect now and PING (at an app's startup, say); RedisUnavailableError names the
         address."""
-        await self.store.ping()
+        await asyncio.gather(*(self._store(i).ping() for i in range(len(self.flow.parts))))
 
     async def aclose(self) -> None:
         """Close the connections (the AsyncFlow opens them again if used afterwards)."""
-        store = self._store
-        running = store is not None and store.loop is asyncio.get_running_loop()
-        hub, self._hub = self._hub, None
-        if hub is not None:
+        stores, self._stores = self._stores, {}
+        hubs, self._hubs = self._hubs, {}
+        for hub in hubs.values():
             hub.close()
-        self._store = None
-        if store is not None:
-            if running:
+        loop = asyncio.get_running_loop()
+        for store in stores.values():
+            if store.loop is loop:
                 await store.aclose()
             else:
                 store.abandon()
@@ -246,32 +148,63 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
 
     # -- jobs ----------------------------------------------------------------------------
 
+    def _part_of(self, key: str) -> int:
+        return self.flow._part_of_key(key).index
+
     async def create_job(self, options: OptionsT) -> str:
         """Create one job (one MULTI … EXEC, the same commands and bytes as
         ``Flow.create_job``) on the first queue and return its id. Options that cannot be
         stored raise EncodeError before anything is sent."""
         flow = self.flow
         job = flow._prepare(options, uuid7())
-        await self.store.create_jobs([job], flow.key_ttl)
+        await self._store(self._part_of(job.key)).create_jobs([job], flow.key_ttl)
         return job.id
 
     async def create_jobs(self, many: Iterable[OptionsT]) -> list[str]:
-        """Create many jobs, pipelined (each its own MULTI … EXEC). Every option is checked
-        before anything is sent: one bad job raises EncodeError and writes none. A refusal
-        part way raises CreateJobsError (``.created``, ``.not_created``)."""
+        """Create many jobs, pipelined (each its own MULTI … EXEC; a partitioned flow's
+        partitions side by side). Every option is checked before anything is sent: one bad
+        job raises EncodeError and writes none. A refusal part way raises CreateJobsError
+        (``.created``, ``.not_created``)."""
         jobs = self.flow._prepare_many(many)
         if not jobs:
             return []
-        await self.store.create_jobs(jobs, self.flow.key_ttl)
+        groups: dict[int, list[NewJob]] = {}
+        for job in jobs:
+            groups.setdefault(self._part_of(job.key), []).append(job)
+        ttl = self.flow.key_ttl
+        if len(groups) == 1:
+            ((part, group),) = groups.items()
+            await self._store(part).create_jobs(group, ttl)
+            return [job.id for job in jobs]
+        results = await asyncio.gather(
+            *(self._store(part).create_jobs(group, ttl) for part, group in groups.items()),
+            return_exceptions=True,
+        )
+        settle_creates(
+            jobs,
+            list(groups.values()),
+            [r if isinstance(r, Exception) else None for r in results],
+        )
         return [job.id for job in jobs]
 
     async def _fetch(
         self, refs: Sequence[tuple[str, str]], resolve: bool
     ) -> list[dict[str, Any] | None]:
-        """Jobs by (key, id), aligned with ``refs``; None where the hash is gone."""
+        """Jobs by (key, id), aligned with ``refs``; None where the hash is gone (each key
+        read from its partition, the partitions side by side)."""
         if not refs:
             return []
-        raws = await self.store.get_hashes([key for key, _ in refs])
+        by_part: dict[int, list[int]] = {}
+        for n, (key, _) in enumerate(refs):
+            by_part.setdefault(self._part_of(key), []).append(n)
+        raws: list[dict[bytes, bytes]] = [{} for _ in refs]
+        groups = list(by_part.items())
+        replies = await asyncio.gather(
+            *(self._store(part).get_hashes([refs[n][0] for n in ns]) for part, ns in groups)
+        )
+        for (_, ns), got in zip(groups, replies, strict=True):
+            for n, raw in zip(ns, got, strict=True):
+                raws[n] = raw
         jobs = [
             self.flow._decode(key, job_id, raw) if raw else None
             for (key, job_id), raw in zip(refs, raws, strict=True)
@@ -294,20 +227,25 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
 
     async def get_job(self, job_id: str) -> JobT | None:
         """The decoded job hash with its ``"id"``, or None when there is no such job."""
-        job = (await self._fetch([(self.flow.job_key(job_id), job_id)], resolve=False))[0]
-        return cast("JobT | None", job)
+        found = await self.get_jobs([job_id])
+        return found[0] if found else None
 
     async def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[JobT]:
-        """Decoded job hashes (one round trip), skipping ids whose hash is gone."""
-        refs = [(self.flow.job_key(i), i) for i in job_ids]
+        """Decoded job hashes (one round trip; a partitioned flow's partitions side by
+        side), skipping ids whose hash is gone."""
+        parts = self.flow.parts
+        refs = [(keys.job(p.name, i), i) for i in job_ids for p in parts]
         jobs = await self._fetch(refs, resolve_children)
-        return [cast("JobT", j) for j in jobs if j is not None]
+        k = len(parts)
+        out = [next((j for j in jobs[n : n + k] if j), None) for n in range(0, len(jobs), k)]
+        return [cast("JobT", j) for j in out if j is not None]
 
     async def get_jobs_by_key(
         self, key: LookupT, value: str | int | float | bool | None, resolve_children: bool = False
     ) -> list[JobT]:
-        """The jobs whose lookup attribute ``key`` has ``value``, oldest first. With
-        ``resolve_children``, every ``children:Q:jobs`` field holds the child jobs."""
+        """The jobs whose lookup attribute ``key`` has ``value``, oldest first (of a
+        partitioned flow: partition by partition). With ``resolve_children``, every
+        ``children:Q:jobs`` field holds the child jobs."""
         flow = self.flow
         if key not in flow.lookup_attributes:
             raise UnknownLookupAttributeError(str(key), list(flow.lookup_attributes))
@@ -316,31 +254,54 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
                 f"a lookup value must be a string, number, boolean or None, got a "
                 f"{type(value).__name__}"
             )
-        ids = await self.store.list_range(keys.lookup(flow.name, key, codec.lookup_text(value)))
-        return await self.get_jobs(ids, resolve_children)
+        text = codec.lookup_text(value)
+        listed = await asyncio.gather(
+            *(
+                self._store(n).list_range(keys.lookup(part.name, key, text))
+                for n, part in enumerate(flow.parts)
+            )
+        )
+        pairs = zip(flow.parts, listed, strict=True)
+        refs = [(keys.job(part.name, i), i) for part, ids in pairs for i in ids]
+        jobs = await self._fetch(refs, resolve_children)
+        return [cast("JobT", j) for j in jobs if j is not None]
 
     async def delete_job(self, job_id: str) -> bool:
         """Remove a job: its hash, its lookup entries, its place in every queue of the flow
         and its child jobs. Returns False when there was no such job."""
         flow = self.flow
-        key = flow.job_key(job_id)
-        raw = (await self.store.get_hashes([key]))[0]
-        if not raw:
+        parts = flow.parts
+        refs = [(keys.job(p.name, job_id), job_id) for p in parts]
+        raws = await asyncio.gather(
+            *(self._store(n).get_hashes([k]) for n, (k, _) in enumerate(refs))
+        )
+        found = next((n for n, got in enumerate(raws) if got[0]), None)
+        if found is None:
             return False
-        job = flow._decode(key, job_id, raw)
-        for _, refs in Flow._child_refs(job):
-            for child_key, child_id in refs:
-                child_stages = flow.definition.stages_of_job(child_key)
-                await self.store.delete_job(child_key, child_id, (), child_stages)
-        top = [s.keys for s in flow.definition.top_stages]
-        await self.store.delete_job(key, job_id, flow._lookup_keys(flow.parts[0], job), top)
+        part, store, (key, _) = parts[found], self._store(found), refs[found]
+        job = flow._decode(key, job_id, raws[found][0])
+        for _, child_refs in Flow._child_refs(job):
+            for child_key, child_id in child_refs:
+                child_stages = part.definition.stages_of_job(child_key)
+                await store.delete_job(child_key, child_id, (), child_stages)
+        top = [s.keys for s in part.definition.top_stages]
+        await store.delete_job(key, job_id, flow._lookup_keys(part, job), top)
         return True
 
     async def counts(self) -> dict[str, dict[str, int]]:
-        """Per queue: waiting, processing, delayed, parked and failed."""
-        stages = list(self.flow.stages.values())
-        counted = await self.store.counts([s.keys for s in stages])
-        return {s.name: c for s, c in zip(stages, counted, strict=True)}
+        """Per queue: waiting, processing, delayed, parked and failed (of a partitioned
+        flow: summed over the partitions, by the queue names given)."""
+        parts = self.flow.parts
+        stages = [list(p.definition.stages.values()) for p in parts]
+        counted = await asyncio.gather(
+            *(self._store(n).counts([s.keys for s in ss]) for n, ss in enumerate(stages))
+        )
+        named = [
+            (s.name, c)
+            for ss, cs in zip(stages, counted, strict=True)
+            for s, c in zip(ss, cs, strict=True)
+        ]
+        return summed_counts(named, self.flow.partitioning)
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -356,52 +317,101 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         comes back with ``failed`` true; with ``raise_on_failure``, JobFailedError (which
         holds every job) is raised instead once all are done. WaitTimeoutError lists the ids
         not done after ``timeout`` seconds; UnknownJobError the ids that are no job. Rides
-        out Redis outages, as ``Flow.wait`` does."""
+        out Redis outages, as ``Flow.wait`` does. A partitioned flow's jobs are waited for
+        in every partition at once, each on its partition's subscription."""
         ids = list(job_ids)
         if not ids:
             return []
-        jobs = await self._wait(ids, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if len(self.flow.parts) == 1:
+            jobs = await self._wait(0, ids, deadline, timeout)
+        else:
+            groups = await self._locate(ids, deadline, timeout)
+            waited = await asyncio.gather(
+                *(self._wait(part, group, deadline, timeout) for part, group in groups.items())
+            )
+            by_id = {j[keys.ID]: j for jobs in waited for j in jobs}
+            jobs = [by_id[i] for i in ids if i in by_id]
         if raise_on_failure and any(j.get(keys.FAILED) is True for j in jobs):
             raise JobFailedError(jobs)
         return [cast("JobT", j) for j in jobs]
 
-    async def _still_pending(self, pending: set[str]) -> set[str]:
+    async def _locate(
+        self, ids: list[str], deadline: float | None, timeout: float | None
+    ) -> dict[int, list[str]]:
+        """The ids by partition (those found nowhere: partition 0's, whose wait reports
+        them unknown), riding out an outage until the deadline."""
+        parts = self.flow.parts
+        while True:
+            try:
+                found = await _within(
+                    asyncio.gather(
+                        *(
+                            self._store(n).exists_many([keys.job(p.name, i) for i in ids])
+                            for n, p in enumerate(parts)
+                        )
+                    ),
+                    deadline,
+                )
+                break
+            except asyncio.TimeoutError:
+                raise WaitTimeoutError(sorted(ids), timeout or 0.0) from None
+            except (RedisUnavailableError, RedisRefusedError):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(_OUTAGE_RECHECK)
+        groups: dict[int, list[str]] = {}
+        for n, job_id in enumerate(ids):
+            part = next((p for p in range(len(parts)) if found[p][n]), 0)
+            groups.setdefault(part, []).append(job_id)
+        return groups
+
+    def _job_key(self, part: int, job_id: str) -> str:
+        return keys.job(self.flow.parts[part].name, job_id)
+
+    async def _still_pending(self, part: int, pending: set[str]) -> set[str]:
         ids = list(pending)
-        replies = await self.store.hash_field_many([self.flow.job_key(i) for i in ids], [keys.DONE])
+        replies = await self._store(part).hash_field_many(
+            [self._job_key(part, i) for i in ids], [keys.DONE]
+        )
         return {i for i, reply in zip(ids, replies, strict=True) if not keys.is_true(reply[0])}
 
-    async def _wait(self, ids: list[str], timeout: float | None) -> list[dict[str, Any]]:
-        """The sync ``wait_for_jobs``, awaited: subscribed first (the hub), then the done
-        flags read, then announcements taken as they come and the rest re-read every 2 s.
-        Every step is held to the deadline, a silent server's too."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    async def _wait(
+        self, part: int, ids: list[str], deadline: float | None, timeout: float | None
+    ) -> list[dict[str, Any]]:
+        """The sync ``wait_for_jobs``, awaited, in one partition: subscribed first (the hub),
+        then the done flags read, then announcements taken as they come and the rest re-read
+        every 2 s. Every step is held to the deadline, a silent server's too."""
         pending = set(ids)
-        hub = self._done_hub()
+        hub = self._done_hub(part)
         waiter = hub.join(set(ids))
         try:
             await _within(waiter.ready, deadline)  # subscribed: nothing slips past the read
-            pending = await _within(self._still_pending(pending), deadline)
+            pending = await _within(self._still_pending(part, pending), deadline)
             listed = sorted(pending)
-            keys_ = [self.flow.job_key(i) for i in listed]
-            there = await _within(self.store.exists_many(keys_), deadline)
+            keys_ = [self._job_key(part, i) for i in listed]
+            there = await _within(self._store(part).exists_many(keys_), deadline)
             unknown = [i for i, ok in zip(listed, there, strict=True) if not ok]
             if unknown:
                 raise UnknownJobError(self.name, unknown)
-            await self._take(waiter, pending, deadline)
+            await self._take(part, waiter, pending, deadline)
         except asyncio.TimeoutError:
             raise WaitTimeoutError(sorted(pending), timeout or 0.0) from None
         finally:
             hub.leave(waiter)
         while True:  # the final read rides out an outage too, until the deadline
             try:
-                jobs = await self._fetch([(self.flow.job_key(i), i) for i in ids], resolve=False)
+                refs = [(self._job_key(part, i), i) for i in ids]
+                jobs = await self._fetch(refs, resolve=False)
                 return [j for j in jobs if j is not None]
             except (RedisUnavailableError, RedisRefusedError):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(_OUTAGE_RECHECK)
 
-    async def _take(self, waiter: _Waiter, pending: set[str], deadline: float | None) -> None:
+    async def _take(
+        self, part: int, waiter: Waiter, pending: set[str], deadline: float | None
+    ) -> None:
         """Empty ``pending`` (in place) as its jobs are announced or found done; asyncio's
         TimeoutError at the deadline."""
         logger = self.flow.logger
@@ -427,7 +437,7 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
                 next_check = now
             if pending and time.monotonic() >= next_check:
                 try:
-                    still = await _within(self._still_pending(pending), deadline)
+                    still = await _within(self._still_pending(part, pending), deadline)
                     pending.intersection_update(still)
                     if outage:
                         outage = False

@@ -23,7 +23,7 @@ from .errors import (
 )
 from .handles import PARENT, WORKER, WorkerGroup, WorkerHandle
 from .ids import uuid7, uuid7_batch
-from .partitions import Part, Partitioning, for_each
+from .partitions import Part, Partitioning, for_each, settle_creates, summed_counts
 from .reading import JobReads
 from .settings import DEFAULT_KEY_TTL, RedisSettings, WorkerKwargs, WorkerOptions
 from .store import acl, keys
@@ -212,10 +212,16 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         groups: dict[int, list[NewJob]] = {}
         for job in jobs:
             groups.setdefault(self._part_of_key(job.key).index, []).append(job)
-        for_each(
-            list(groups.items()),
-            lambda group: self.parts[group[0]].store.create_jobs(group[1], self.key_ttl),
-        )
+
+        def write(group: tuple[int, list[NewJob]]) -> Exception | None:
+            try:
+                self.parts[group[0]].store.create_jobs(group[1], self.key_ttl)
+            except Exception as exc:  # each partition's outcome, settled together below
+                return exc
+            return None
+
+        results = for_each(list(groups.items()), write)
+        settle_creates(jobs, list(groups.values()), results)
 
     def create_job(self, options: OptionsT) -> str:
         """Create one job (one MULTI … EXEC) on the first queue and return its id. Options
@@ -319,14 +325,8 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
             found = part.store.counts([s.keys for s in stages])
             return list(zip([s.name for s in stages], found, strict=True))
 
-        out: dict[str, dict[str, int]] = {}
-        short = self.partitioning.short if self.partitioning else str
-        for found in for_each(self.parts, counted):
-            for name, c in found:
-                into = out.setdefault(short(name), dict.fromkeys(c, 0))
-                for what, n in c.items():
-                    into[what] = into.get(what, 0) + n
-        return out
+        named = [pair for found in for_each(self.parts, counted) for pair in found]
+        return summed_counts(named, self.partitioning)
 
     # -- workers -------------------------------------------------------------------------
 

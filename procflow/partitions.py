@@ -20,15 +20,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec
 from .definition import FlowDefinition, QueueSpec, Stage
-from .errors import ConfigurationError, EncodeError
+from .errors import ConfigurationError, CreateJobsError, EncodeError, RedisRefusedError
 from .settings import RedisSettings
 from .store import keys
+from .store.records import NewJob
 from .store.redis import Store
 
 if TYPE_CHECKING:
     from loguru import Logger
 
-__all__ = ["MAX_PARTITIONS", "Part", "Partitioning", "StoreMap", "for_each"]
+__all__ = [
+    "MAX_PARTITIONS",
+    "Part",
+    "Partitioning",
+    "StoreMap",
+    "for_each",
+    "settle_creates",
+    "summed_counts",
+]
 
 #: the most partitions one flow may have
 MAX_PARTITIONS = 1024
@@ -266,6 +275,47 @@ class StoreMap:
     def close(self) -> None:
         for store in self.stores:
             store.close()
+
+
+def summed_counts(
+    named: Sequence[tuple[str, Mapping[str, int]]], split: Partitioning | None
+) -> dict[str, dict[str, int]]:
+    """Per queue name, its counts — of a partitioned flow, summed over the partitions under
+    the queue names given."""
+    out: dict[str, dict[str, int]] = {}
+    for name, counts in named:
+        into = out.setdefault(split.short(name) if split is not None else name, {})
+        for what, n in counts.items():
+            into[what] = into.get(what, 0) + n
+    return out
+
+
+def settle_creates(
+    jobs: Sequence[NewJob], groups: Sequence[Sequence[NewJob]], results: Sequence[Exception | None]
+) -> None:
+    """After each partition's share of a ``create_jobs`` was written (None) or not (the
+    exception): an outage is raised as it is; refusals become one CreateJobsError that says
+    which jobs were written, as one partition's would."""
+    problems = [r for r in results if r is not None]
+    if not problems:
+        return
+    for problem in problems:
+        if not isinstance(problem, RedisRefusedError):
+            raise problem
+    created: set[str] = set()
+    for group, result in zip(groups, results, strict=True):
+        if result is None:
+            created.update(job.id for job in group)
+        elif isinstance(result, CreateJobsError):
+            created.update(result.created)
+    first = problems[0]
+    refused = first.refused if isinstance(first, CreateJobsError) else first
+    assert isinstance(refused, RedisRefusedError)
+    raise CreateJobsError(
+        refused,
+        [job.id for job in jobs if job.id in created],
+        [job.id for job in jobs if job.id not in created],
+    )
 
 
 def for_each(items: Sequence[P], fn: Callable[[P], T]) -> list[T]:

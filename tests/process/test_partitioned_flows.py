@@ -4,6 +4,7 @@ first has its job settled there."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 import redis
 
 from procflow import Backoff, EncodeError, Flow, QueueSpec, Supervisor
+from procflow.aio import AsyncFlow
 from procflow.ops import Operator
 from procflow.testing import run_inline
 from procflow.worker.lanes import TURN
@@ -217,3 +219,39 @@ def test_a_wait_listens_where_each_partition_announces_its_jobs(redis_url: str) 
     run_inline(flow)
     waiter.join(60)
     assert [j["ok"] for j in got] == [True]
+
+
+def test_the_async_client_creates_reads_and_waits_across_partitions(redis_url: str) -> None:
+    flow = _pay(redis_url, 3)
+    flow.create_workers("check", check, count=1, block_timeout=1)
+    flow.create_parent_workers("charge", count=1, block_timeout=1)
+    flow.create_child_workers("charge", "card", lambda j: {"paid": j["n"]}, count=1)
+
+    async def scenario() -> dict[str, Any]:
+        async with AsyncFlow(flow) as af:
+            ids = await af.create_jobs([{"n": n, "user": n % 2} for n in range(12)])
+            where = {flow.part_of(i).index for i in ids}  # type: ignore[union-attr]
+            late = await af.create_job({"n": 99, "user": 1})
+            jobs = await af.wait([*ids, late], timeout=60)
+            ones = await af.get_jobs_by_key("user", 1, resolve_children=True)
+            got = await af.get_job(ids[4])
+            deleted = await af.delete_job(ids[4])
+            return {
+                "where": where,
+                "jobs": jobs,
+                "ones": ones,
+                "got": got,
+                "deleted": deleted,
+                "gone": await af.get_job(ids[4]),
+                "counts": await af.counts(),
+            }
+
+    with Supervisor(flow, monitor_interval=0.2):
+        seen = asyncio.run(scenario())
+    assert seen["where"] == {0, 1, 2}  # in turn over the three partitions
+    assert [j["checked"] for j in seen["jobs"]] == [*range(12), 99]
+    assert sorted(j["n"] for j in seen["ones"]) == [1, 3, 5, 7, 9, 11, 99]
+    assert all([c["paid"] for c in j["children:charge:jobs"]] == [j["n"]] for j in seen["ones"])
+    assert seen["got"]["n"] == 4 and seen["deleted"] is True and seen["gone"] is None
+    assert set(seen["counts"]) == {"check", "charge", "charge:card"}
+    assert all(n == 0 for c in seen["counts"].values() for n in c.values())

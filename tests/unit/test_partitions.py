@@ -7,8 +7,13 @@ import zlib
 import pytest
 
 from procflow import ConfigurationError, EncodeError, Flow, QueueSpec
-from procflow.errors import UnknownQueueError
-from procflow.partitions import Partitioning
+from procflow.errors import (
+    CreateJobsError,
+    RedisRefusedError,
+    RedisUnavailableError,
+    UnknownQueueError,
+)
+from procflow.partitions import Partitioning, settle_creates
 from procflow.store import keys
 from procflow.store.slots import key_slot
 from procflow.worker.lanes import TURN, Turns, index_of
@@ -158,3 +163,20 @@ def test_a_later_stage_reads_the_childrens_fields_by_the_names_given() -> None:
     (group,) = [flow.create_workers("report", lambda job: {})[0].group]
     payload = group.payload("pay", [(p.definition, p.redis) for p in flow.parts], "h", "INFO")
     assert payload.lanes[1].names == ("children:charge:jobs", "total")  # what the function sees
+
+
+def test_a_batch_refused_in_one_partition_says_which_jobs_were_written() -> None:
+    flow = _flow(partitions=3)
+    jobs = flow._prepare_many([{"n": n} for n in range(6)])
+    groups = [jobs[0::3], jobs[1::3], jobs[2::3]]
+    settle_creates(jobs, groups, [None, None, None])  # all written: nothing to say
+    full = RedisRefusedError("127.0.0.1:1", "OOM command not allowed")
+    partial = CreateJobsError(full, [groups[2][0].id], [groups[2][1].id])
+    with pytest.raises(CreateJobsError) as caught:
+        settle_creates(jobs, groups, [None, full, partial])
+    assert caught.value.created == (jobs[0].id, jobs[2].id, jobs[3].id)
+    assert caught.value.not_created == (jobs[1].id, jobs[4].id, jobs[5].id)
+    assert caught.value.code == "OOM"
+    away = RedisUnavailableError("127.0.0.1:1", "connection refused")
+    with pytest.raises(RedisUnavailableError):  # an outage: what was written is not known
+        settle_creates(jobs, groups, [None, full, away])
