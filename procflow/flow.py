@@ -51,7 +51,14 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
     ``Flow[Job, Options, Lookup]`` is generic over the union of job shapes that
     ``get_jobs_by_key`` returns, the options type ``create_job`` accepts, and the
     lookup attribute names (a ``Literal``), so a type checker rejects a lookup key the flow
-    does not have."""
+    does not have.
+
+    ``partitions=K`` spreads the flow over K partitions, each a complete flow of the fixed
+    layout under its own hash tag (``{NAME#0}`` … ``{NAME#K-1}``, queues ``{NAME#i}.QUEUE``):
+    on Redis Cluster each lives in one slot and the partitions spread over the shards. New
+    jobs go to them in turn, or by the CRC-32 of the option ``partition_key``; every worker
+    serves every partition, in turns; reads, lookups and waits span them. Queues, workers
+    and fields keep the names given (docs/configuration.md, "Partitioned flows")."""
 
     def __init__(
         self,
