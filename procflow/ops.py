@@ -265,7 +265,12 @@ class Operator:
 
     def jobs_by(self, name: str, attribute: str, value: str, limit: int = 100) -> list[Any]:
         """Jobs of flow ``name`` whose lookup attribute has ``value`` (as text, the way the
-        lookup list is named), newest last, at most ``limit``."""
+        lookup list is named), newest last, at most ``limit`` (of a partitioned flow: from
+        every partition, ordered by the creation time in their ids, to the millisecond)."""
+        parts = self.partitions(name)
+        if parts:
+            found = [j for p in parts for j in self.jobs_by(p, attribute, value, limit)]
+            return sorted(found, key=lambda j: created_at(str(j.get(keys.ID))) or 0.0)[-limit:]
         f = self.flow(name)
         if attribute not in f.lookup_attributes:
             f.get_jobs_by_key(attribute, value)  # raises UnknownLookupAttributeError

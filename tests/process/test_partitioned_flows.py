@@ -78,6 +78,8 @@ def test_a_partitioned_flow_with_fan_out_runs_on_fewer_workers_than_partitions(
         )
         assert first.totals["completed"] == charge.totals["completed"] == 41
         assert op.partitions("pay") == [f"{{pay#{i}}}" for i in range(4)]
+        odd = op.jobs_by("pay", "user", "1")  # from all four partitions
+        assert sorted(j["n"] for j in odd) == list(range(1, 40, 2))
         (node,) = op.nodes("pay")
         assert {w["stage"] for w in node["workers"]} == {"check", "charge", "charge:card"}
         shown = subprocess.run(
