@@ -187,7 +187,11 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        self._wait_ready(timeout)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:  # not ready (or interrupted): no server is left running
+            self.kill()
+            raise
         return self
 
     def _wait_ready(self, timeout: float) -> None:
