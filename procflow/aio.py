@@ -27,7 +27,6 @@ from typing import Any, Generic, cast
 
 from typing_extensions import Self, TypeVar
 
-from . import codec
 from .aio_hub import DoneHub, Waiter
 from .errors import (
     ConfigurationError,
@@ -35,7 +34,6 @@ from .errors import (
     RedisRefusedError,
     RedisUnavailableError,
     UnknownJobError,
-    UnknownLookupAttributeError,
     WaitTimeoutError,
 )
 from .flow import Flow
@@ -233,12 +231,9 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
     async def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[JobT]:
         """Decoded job hashes (one round trip; a partitioned flow's partitions side by
         side), skipping ids whose hash is gone."""
-        parts = self.flow.parts
-        refs = [(keys.job(p.name, i), i) for i in job_ids for p in parts]
-        jobs = await self._fetch(refs, resolve_children)
-        k = len(parts)
-        out = [next((j for j in jobs[n : n + k] if j), None) for n in range(0, len(jobs), k)]
-        return [cast("JobT", j) for j in out if j is not None]
+        flow = self.flow
+        jobs = await self._fetch(flow._refs_everywhere(job_ids), resolve_children)
+        return [cast("JobT", j) for j in flow._found(jobs)]
 
     async def get_jobs_by_key(
         self, key: LookupT, value: str | int | float | bool | None, resolve_children: bool = False
@@ -247,14 +242,7 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         partitioned flow: partition by partition). With ``resolve_children``, every
         ``children:Q:jobs`` field holds the child jobs."""
         flow = self.flow
-        if key not in flow.lookup_attributes:
-            raise UnknownLookupAttributeError(str(key), list(flow.lookup_attributes))
-        if not isinstance(value, str | int | float | bool) and value is not None:
-            raise ConfigurationError(
-                f"a lookup value must be a string, number, boolean or None, got a "
-                f"{type(value).__name__}"
-            )
-        text = codec.lookup_text(value)
+        text = flow._lookup_text(key, value)
         listed = await asyncio.gather(
             *(
                 self._store(n).list_range(keys.lookup(part.name, key, text))

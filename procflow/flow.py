@@ -99,8 +99,10 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         """Each partition's connection settings (on a cluster: its slot's master)."""
         for part in self.parts:
             part.close()
+        split = self.partitioning
         self.parts = tuple(
-            Part(i, d, d.on_cluster(settings), self.logger) for i, d in enumerate(self._definitions)
+            Part(i, d, d.on_cluster(settings), self.logger, split.renames(d) if split else {})
+            for i, d in enumerate(self._definitions)
         )
         self.redis = self.parts[0].redis
 
@@ -192,9 +194,8 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
 
     def _prepare(self, options: Mapping[str, Any], job_id: str) -> NewJob:
         part = self.parts[self._pick(options)]
-        if self.partitioning is not None:  # children:Q:params under the partition's name
-            renames = self.partitioning.renames(part.definition)
-            options = {renames.get(k, k): v for k, v in options.items()}
+        if part.renames:  # children:Q:params under the partition's name
+            options = {part.renames.get(k, k): v for k, v in options.items()}
         fields = codec.encode_fields(options, max_bytes=self.redis.max_value_bytes)
         reserved = [k for k in options if keys.is_reserved(k)]
         if reserved:

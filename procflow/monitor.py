@@ -91,27 +91,37 @@ class FlowMonitor:
         if self._thread is not None:
             self._thread.join(10)
         self._thread = None
-        if self.is_leader and release:
+        if release:
+            self.release()
+
+    def release(self) -> None:
+        """Give up leadership now (one try: the lock would expire anyway)."""
+        if self.is_leader:
             with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
                 self.flow.store.release_if_holder(self.leader_key, self.holder)
             self.is_leader = False
 
+    def step(self) -> float:
+        """One round through outages and surprises (logged once per episode); returns how
+        soon the next is wanted (seconds)."""
+        wait = self.interval
+        try:
+            wait = min(wait, self.tick())
+            if self._outage:
+                self.log.info("monitor: Redis is reachable again")
+                self._outage = False
+        except (RedisUnavailableError, RedisRefusedError) as exc:
+            if not self._outage:
+                self.log.warning("monitor: {}", exc)
+                self._outage = True
+            self.is_leader = False
+        except Exception:
+            self.log.exception("monitor tick failed")
+        return wait
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            wait = self.interval
-            try:
-                wait = min(wait, self.tick())
-                if self._outage:
-                    self.log.info("monitor: Redis is reachable again")
-                    self._outage = False
-            except (RedisUnavailableError, RedisRefusedError) as exc:
-                if not self._outage:
-                    self.log.warning("monitor: {}", exc)
-                    self._outage = True
-                self.is_leader = False
-            except Exception:
-                self.log.exception("monitor tick failed")
-            self._stop.wait(max(0.01, wait))
+            self._stop.wait(max(0.01, self.step()))
 
     def tick(self) -> float:
         """One round; returns how soon the next is wanted (seconds)."""
@@ -184,17 +194,31 @@ class FlowMonitor:
 
 class Monitors:
     """A flow's monitors, one per partition (expired locks and due retries are found in each
-    partition's keys), started and stopped together; none with ``enabled=False``."""
+    partition's keys), run on one thread, round after round; none with ``enabled=False``."""
 
     def __init__(
         self, parts: Sequence[MonitoredFlow], holder: str, interval: float, enabled: bool = True
     ) -> None:
         self.each = [FlowMonitor(p, holder, interval=interval) for p in parts] if enabled else []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        for monitor in self.each:
-            monitor.start()
+        if not self.each or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="procflow-monitor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._stop.wait(max(0.01, min(m.step() for m in self.each)))
 
     def stop(self) -> None:
+        """Stop the thread and give up every partition's leadership."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._thread = None
         for monitor in self.each:
-            monitor.stop()
+            monitor.release()

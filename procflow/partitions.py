@@ -186,12 +186,19 @@ class Part:
     connection settings and its store, opened on first use."""
 
     def __init__(
-        self, index: int, definition: FlowDefinition, redis: RedisSettings, logger: Logger
+        self,
+        index: int,
+        definition: FlowDefinition,
+        redis: RedisSettings,
+        logger: Logger,
+        renames: Mapping[str, str] | None = None,
     ) -> None:
         self.index = index
         self.definition = definition
         self.redis = redis
         self.logger = logger
+        #: option and result fields named as given → this partition's (``Partitioning.renames``)
+        self.renames = dict(renames or {})
         self._store: Store | None = None
 
     def __repr__(self) -> str:

@@ -149,14 +149,29 @@ class JobReads(Generic[JobT, LookupT]):
     def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[JobT]:
         """Decoded job hashes (one round trip; a partitioned flow's partitions side by
         side), skipping ids whose hash is gone."""
-        refs = [(keys.job(p.name, i), i) for i in job_ids for p in self.parts]
-        jobs = self._fetch(refs, resolve_children)
+        jobs = self._fetch(self._refs_everywhere(job_ids), resolve_children)
+        return self._found(jobs)  # type: ignore[return-value]
+
+    def _refs_everywhere(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(key, id) of each id in every partition, partition after partition per id."""
+        return [(keys.job(p.name, i), i) for i in job_ids for p in self.parts]
+
+    def _found(self, jobs: Sequence[dict[str, Any] | None]) -> list[dict[str, Any]]:
+        """From reads made by ``_refs_everywhere``: each id's job where it was found."""
         k = len(self.parts)
-        out = [
-            next((j for j in jobs[n : n + k] if j is not None), None)
-            for n in range(0, len(jobs), k)
-        ]
-        return [j for j in out if j is not None]  # type: ignore[misc]
+        out = [next((j for j in jobs[n : n + k] if j), None) for n in range(0, len(jobs), k)]
+        return [j for j in out if j is not None]
+
+    def _lookup_text(self, key: str, value: object) -> str:
+        """The lookup list's text for ``value`` of attribute ``key``, both checked."""
+        if key not in self.lookup_attributes:
+            raise UnknownLookupAttributeError(str(key), list(self.lookup_attributes))
+        if not isinstance(value, str | int | float | bool) and value is not None:
+            raise ConfigurationError(
+                f"a lookup value must be a string, number, boolean or None, got a "
+                f"{type(value).__name__}"
+            )
+        return codec.lookup_text(value)
 
     def jobs_in(
         self, part: Part, job_ids: Sequence[str], resolve_children: bool = False
@@ -171,14 +186,7 @@ class JobReads(Generic[JobT, LookupT]):
         """The jobs whose lookup attribute ``key`` has ``value``, oldest first (of a
         partitioned flow: every partition's, read side by side, partition by partition).
         With ``resolve_children``, every ``children:Q:jobs`` field holds the child jobs."""
-        if key not in self.lookup_attributes:
-            raise UnknownLookupAttributeError(str(key), list(self.lookup_attributes))
-        if not isinstance(value, str | int | float | bool) and value is not None:
-            raise ConfigurationError(
-                f"a lookup value must be a string, number, boolean or None, got a "
-                f"{type(value).__name__}"
-            )
-        text = codec.lookup_text(value)
+        text = self._lookup_text(key, value)
 
         def listed(part: Part) -> list[tuple[str, str]]:
             ids = part.store.list_range(keys.lookup(part.name, key, text))

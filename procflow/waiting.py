@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .errors import RedisRefusedError, RedisUnavailableError, UnknownJobError, WaitTimeoutError
 from .partitions import Part
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["PartitionedFlow", "WaitableFlow", "wait_for_jobs", "wait_in_parts"]
 
 _RECHECK = 2.0
+T = TypeVar("T")
 
 
 class WaitableFlow(Protocol):
@@ -87,18 +88,7 @@ def wait_in_parts(
     as unknown by partition 0's wait)."""
     ids = list(job_ids)
     deadline = None if timeout is None else time.monotonic() + timeout
-    outage = False
-    while True:  # finding the partitions rides out an outage too, until the deadline
-        try:
-            located = flow.locate(ids)
-            break
-        except (RedisUnavailableError, RedisRefusedError) as exc:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise
-            if not outage:
-                outage = True
-                flow.logger.warning("wait: {}; still waiting", exc)
-            time.sleep(0.2)  # back-off while the server is away
+    located = _ride_out(lambda: flow.locate(ids), deadline, flow.logger)
     groups: dict[int, list[str]] = {}
     for job_id in ids:
         groups.setdefault(located[job_id].index if job_id in located else 0, []).append(job_id)
@@ -121,18 +111,27 @@ def _first_read(
 ) -> tuple[set[str], list[bool], list[str]]:
     """The jobs not done yet, whether each exists, in the order checked — riding out an
     outage (a failover, say) until the deadline."""
-    outage = False
+
+    def read() -> tuple[set[str], list[bool], list[str]]:
+        pending = _still_pending(flow, set(ids))
+        listed = sorted(pending)
+        return pending, flow.store.exists_many([flow.job_key(i) for i in listed]), listed
+
+    return _ride_out(read, deadline, flow.logger)
+
+
+def _ride_out(read: Callable[[], T], deadline: float | None, logger: Logger | None) -> T:
+    """``read()``, tried again every 0.2 s while Redis is away or refusing, until the
+    deadline (then its error is raised); with ``logger``, the first failure is logged."""
     while True:
         try:
-            pending = _still_pending(flow, set(ids))
-            listed = sorted(pending)
-            return pending, flow.store.exists_many([flow.job_key(i) for i in listed]), listed
+            return read()
         except (RedisUnavailableError, RedisRefusedError) as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 raise
-            if not outage:
-                outage = True
-                flow.logger.warning("wait: {}; still waiting", exc)
+            if logger is not None:
+                logger.warning("wait: {}; still waiting", exc)
+                logger = None
             time.sleep(0.2)  # back-off while the server is away
 
 
@@ -191,13 +190,7 @@ def wait_for_jobs(
                 )
         if progress:
             _show(len(ids), len(ids), time.monotonic() - start, final=True)
-        while True:  # the final read rides out an outage too, until the deadline
-            try:
-                return flow.get_jobs(ids)
-            except (RedisUnavailableError, RedisRefusedError):
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.2)  # back-off while the server is away
+        return _ride_out(lambda: flow.get_jobs(ids), deadline, None)  # the final read too
 
 
 def _show(

@@ -128,6 +128,12 @@ def messages(records: list[dict[str, Any]]) -> list[str]:
     return [str(r["message"]) for r in records]
 
 
+def assert_all_done(jobs: list[dict[str, Any]]) -> None:
+    """Every job finished, none failed (the first few that did not are shown)."""
+    bad = [j for j in jobs if j.get("done") is not True or j.get("failed")]
+    assert not bad, bad[:3]
+
+
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

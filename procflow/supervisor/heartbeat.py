@@ -117,15 +117,19 @@ class Heartbeat:
         self._next_trim = 0.0
         self._failing = False
 
-    def start(self) -> None:
-        """Register the flow, beat once, then keep beating on a thread of its own."""
+    def start(self, own_thread: bool = True) -> None:
+        """Register the flow, beat once, then keep beating on a thread of its own (without
+        ``own_thread``: the caller calls ``beat_safely`` every ``interval``)."""
         description = {**self.definition.describe(), **self.described, "version": __version__}
         with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
             self.registry.register(self.definition.name, description)
         self._stop.clear()
         self.beat()
-        self._thread = threading.Thread(target=self._run, name="procflow-heartbeat", daemon=True)
-        self._thread.start()
+        if own_thread:
+            self._thread = threading.Thread(
+                target=self._run, name="procflow-heartbeat", daemon=True
+            )
+            self._thread.start()
 
     def stop(self) -> None:
         """Stop beating and remove this node's record (it would expire anyway)."""
@@ -138,10 +142,13 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-            except Exception:  # a beat is news: never let one bad beat end the thread
-                self.log.exception("heartbeat failed; going on")
+            self.beat_safely()
+
+    def beat_safely(self) -> None:
+        try:
+            self.beat()
+        except Exception:  # a beat is news: never let one bad beat end the thread
+            self.log.exception("heartbeat failed; going on")
 
     def record(self) -> dict[str, Any]:
         """This node's record: who and where, then every worker."""

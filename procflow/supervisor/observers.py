@@ -4,6 +4,7 @@ flow's connection closes."""
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from ..definition import FlowDefinition
@@ -53,6 +54,9 @@ class Observers:
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.heartbeats: list[Heartbeat] = []
+        #: a partitioned flow's heartbeats share one thread
+        self._beating = threading.Event()
+        self._thread: threading.Thread | None = None
         self.metrics: MetricsServer | None = None
 
     @property
@@ -77,8 +81,14 @@ class Observers:
                     lane=lane,
                     described=whose if definition.name != self.flow else None,
                 )
-                beat.start()
+                beat.start(own_thread=count == 1)  # partitions: one thread beats them all
                 self.heartbeats.append(beat)
+            if count > 1:
+                self._beating.clear()
+                self._thread = threading.Thread(
+                    target=self._beat_all, name="procflow-heartbeat", daemon=True
+                )
+                self._thread.start()
         if self.metrics_port is not None:
             # prometheus_client (7 MiB) is loaded only by a supervisor that serves metrics
             from .metrics import MetricsServer, NodeCollector  # noqa: PLC0415
@@ -100,7 +110,17 @@ class Observers:
         """The metrics endpoint's port, once it listens."""
         return self.metrics.port if self.metrics is not None else None
 
+    def _beat_all(self) -> None:
+        interval = self.heartbeats[0].interval
+        while not self._beating.wait(interval):
+            for beat in self.heartbeats:
+                beat.beat_safely()
+
     def stop(self) -> None:
+        self._beating.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
         for beat in self.heartbeats:
             beat.stop()
         self.heartbeats = []

@@ -21,7 +21,7 @@ from procflow.ops import Operator
 from procflow.store.connect import slot_master
 from procflow.store.slots import key_slot
 from tests.clusters import Cluster
-from tests.conftest import server_binary, wait_until
+from tests.conftest import assert_all_done, server_binary, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -90,9 +90,7 @@ def test_a_tagged_flow_with_fan_out_runs_through_a_master_failover(cluster: Clus
         killed_at = time.monotonic()
         jobs = sup.wait(ids, timeout=120)
         recovered = time.monotonic() - killed_at
-    assert all(j["done"] is True and "failed" not in j for j in jobs), [
-        j for j in jobs if not j.get("done") or j.get("failed")
-    ][:3]
+    assert_all_done(jobs)
     children = [
         c
         for j in flow.get_jobs(ids, resolve_children=True)
@@ -152,9 +150,7 @@ def test_a_partitioned_flow_spreads_over_the_masters_and_rides_out_a_master_kill
         killed_at = time.monotonic()
         jobs = sup.wait(ids, timeout=120)
         recovered = time.monotonic() - killed_at
-    assert all(j["done"] is True and "failed" not in j for j in jobs), [
-        j for j in jobs if not j.get("done") or j.get("failed")
-    ][:3]
+    assert_all_done(jobs)
     where = [flow.part_of(i) for i in ids]
     assert [sum(p is part for p in where) for part in flow.parts] == [100] * 4
     ones = flow.get_jobs_by_key("user", 1, resolve_children=True)
@@ -222,9 +218,7 @@ def test_a_flow_keeps_running_while_its_slot_migrates_to_another_master(
             client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         late = flow.create_job({"n": -1, "g": 9})  # on the new owner, after a MOVED
         jobs = sup.wait([*ids, late], timeout=120)
-    assert all(j["done"] is True and "failed" not in j for j in jobs), [
-        j for j in jobs if not j.get("done") or j.get("failed")
-    ][:3]
+    assert_all_done(jobs)
     assert [j["twice"] for j in jobs] == [n * 2 for n in range(1500)] + [-2]
     assert slot_master(flow.redis)[1] == target_port
     assert len(flow.get_jobs_by_key("g", 1)) == 500

@@ -68,6 +68,9 @@ def test_a_partitioned_flow_with_fan_out_runs_on_fewer_workers_than_partitions(
         late = flow.create_job({"n": 99, "user": 5})  # an idle stage still finds new work
         (last,) = flow.wait([late], timeout=30)
         assert Operator(redis_url).flows() == [f"{{pay#{i}}}" for i in range(4)]
+        names = [t.name for t in threading.enumerate()]
+        # four partitions' monitors and heartbeats, each kind on one thread
+        assert names.count("procflow-monitor") == names.count("procflow-heartbeat") == 1
         op = Operator(redis_url)
         first, charge, card = op.status("pay")  # the partitions summed, by the names given
         assert (first.name, charge.name, card.name, card.parent) == (

@@ -24,7 +24,7 @@ from procflow import Flow, QueueSpec, RedisRefusedError, RedisUnavailableError
 from procflow.aio import AsyncFlow
 from procflow.settings import RedisSettings
 from procflow.store.connect import discover_master
-from tests.conftest import server_binary, wait_until
+from tests.conftest import assert_all_done, server_binary, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -131,9 +131,7 @@ def test_a_flow_runs_through_a_sentinel_failover(sentinels: SentinelSet) -> None
         killed_at = time.monotonic()
         jobs = sup.wait(ids, timeout=90)
         recovered = time.monotonic() - killed_at
-    assert all(j["done"] is True and "failed" not in j for j in jobs), [
-        j for j in jobs if not j.get("done") or j.get("failed")
-    ][:3]
+    assert_all_done(jobs)
     assert discover_master(settings) == ("127.0.0.1", sentinels.replica_port)
     new_master = redis.Redis(port=sentinels.replica_port)
     assert new_master.llen("queue:w:waiting") == 0 and new_master.llen("queue:w:processing") == 0
