@@ -22,9 +22,12 @@ __all__ = [
 ]
 
 
-def _sentinel(settings: RedisSettings) -> redis.sentinel.Sentinel:
+def _sentinel(settings: RedisSettings) -> Any:
+    """A redis-py ``Sentinel``, typed ``Any``: its methods are annotated in some redis-py
+    releases and not in others, and procflow type-checks against the lowest and the newest."""
     timeout = settings.socket_connect_timeout
-    return redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel: Any = redis.sentinel.Sentinel
+    return sentinel(
         list(settings.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout
     )
 
@@ -39,13 +42,14 @@ def slot_master(settings: RedisSettings) -> tuple[str, int]:
         kwargs = connection_kwargs(
             settings.with_options(host=host, port=port), socket_timeout=timeout
         )
-        client = redis.Redis(
+        # Any: execute_command is annotated in some redis-py releases and not in others
+        client: Any = redis.Redis(
             connection_pool=redis.ConnectionPool(
                 connection_class=connection_class(settings), **kwargs
             )
         )
         try:
-            slots = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            slots = client.execute_command("CLUSTER SLOTS")
             for first, last, master, *_ in slots:
                 if int(first) <= slot <= int(last):
                     name = master[0].decode() if isinstance(master[0], bytes) else master[0]
@@ -63,9 +67,7 @@ def discover_master(settings: RedisSettings) -> tuple[str, int]:
     RedisUnavailableError when none of them answers with a healthy master."""
     assert settings.service_name is not None
     try:
-        found = _sentinel(settings).discover_master(  # type: ignore[no-untyped-call]
-            settings.service_name
-        )
+        found = _sentinel(settings).discover_master(settings.service_name)
         host, port = found
     except rex.RedisError as exc:
         raise RedisUnavailableError(settings.address, exc) from None
@@ -80,9 +82,7 @@ def make_client(settings: RedisSettings, **overrides: Any) -> redis.Redis:
         kwargs = connection_kwargs(settings, **overrides)
         for name in ("host", "port", "path", "socket_keepalive"):
             kwargs.pop(name, None)
-        client: redis.Redis = _sentinel(settings).master_for(  # type: ignore[no-untyped-call]
-            settings.service_name, **kwargs
-        )
+        client: redis.Redis = _sentinel(settings).master_for(settings.service_name, **kwargs)
         return client
     if settings.cluster_nodes:
         host, port = slot_master(settings)

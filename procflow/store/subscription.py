@@ -36,7 +36,9 @@ class DoneSubscription:
             socket_timeout=settings.socket_timeout,
             health_check_interval=max(1.0, settings.socket_timeout / 2),
         )
-        self._pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        # Any: PubSub is annotated in some redis-py releases and not in others
+        client: Any = self._client
+        self._pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
         self._subscribed = False
 
     def open(self) -> DoneSubscription:
