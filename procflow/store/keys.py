@@ -23,6 +23,7 @@ __all__ = [
     "FAILED_QUEUE",
     "ID",
     "LEASE_PREFIX",
+    "NEXT_QUEUE",
     "PARENT_JOB",
     "PARENT_NOTIFIED",
     "PROGRESS_PREFIX",
@@ -44,6 +45,7 @@ __all__ = [
     "failed",
     "is_children_jobs_field",
     "is_reserved",
+    "is_reserved_in_result",
     "is_true",
     "job",
     "job_prefix",
@@ -73,6 +75,8 @@ FAILED = "failed"
 FAILED_QUEUE = "failedQueue"
 FAILED_ERROR_MSG = "failedErrorMsg"
 COMPLETED_QUEUE = "completed-queue"
+#: result key: the queue the job goes to next instead of the stage's next queue (never stored)
+NEXT_QUEUE = "nextQueue"
 
 
 #: raw values of ``done`` / ``failed`` that mean true: JSON true, and the JSON string "true"
@@ -282,17 +286,29 @@ _RESERVED = frozenset(
 
 
 def is_reserved(field: str) -> bool:
-    """Whether a job field is one that neither a job's options nor a worker's result may
-    write: ``id`` (every read returns the job's real id there), ``done`` and the fail fields
-    (procflow sets them when the job leaves its flow), ``completed-queue``, ``attempts:Q``,
+    """Whether a job field is one that a job's options may not write: ``id`` (every read
+    returns the job's real id there), ``done`` and the fail fields (procflow sets them when
+    the job leaves its flow), ``completed-queue``, ``cancelled``, ``attempts:Q``,
     ``errors:Q``, ``lease:Q``, ``progress:Q``, a parent's ``children:Q:jobs|pending|failed``,
     a child's ``parentJob`` and ``parentNotified``. ``children:Q:params`` is allowed (how a
-    job asks for fan-out). One rule for options and results alike."""
+    job asks for fan-out). The rule for options; results follow
+    ``is_reserved_in_result``."""
     if field in _RESERVED or field.startswith(
         (ATTEMPTS_PREFIX, ERRORS_PREFIX, LEASE_PREFIX, PROGRESS_PREFIX)
     ):
         return True
     return field.startswith("children:") and field.endswith((":jobs", ":pending", ":failed"))
+
+
+def is_reserved_in_result(field: str) -> bool:
+    """Whether a worker result's key is one a worker function may not return: every field
+    ``is_reserved`` refuses in options but ``done``. A result may carry ``done`` (the
+    TypeScript library's child and last stages return ``done: true``): it is read as the
+    function saying the job is done, and is never written by the result, since ``done`` is
+    procflow's own flag, set to ``true`` exactly when the job leaves its flow (a completion
+    with no next stage, or a final failure), whatever value the result gave. The rule for
+    results; ``nextQueue`` is read, not stored, too."""
+    return field != DONE and is_reserved(field)
 
 
 def attempts_field(queue: str) -> str:

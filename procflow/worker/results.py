@@ -1,6 +1,11 @@
 """Reading what a worker function returned: its result fields as JSON, and where the job
 goes next. Anything unusable raises (the loop counts it as a failed attempt of kind
-``result``)."""
+``result``).
+
+Two keys of a result are read and never stored, as the TypeScript library's workers return
+them: ``nextQueue`` (where the job goes next) and ``done`` (a result's ``done`` is accepted
+whatever its value; the job's own ``done`` is written by the completion when the job leaves
+its flow, and at no other time: ``keys.is_reserved_in_result``)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ from ..settings import RedisSettings
 from ..store import keys
 
 __all__ = ["read_result"]
+
+#: result keys read, never written as fields
+_NOT_STORED = (keys.NEXT_QUEUE, keys.DONE)
 
 
 def read_result(
@@ -38,16 +46,16 @@ def read_result(
             f"result field names must be strings, got {bad[0]!r} ({type(bad[0]).__name__})"
         )
     next_waiting = stage.next_waiting
-    if "nextQueue" in result and result["nextQueue"] is not None:
-        name = result["nextQueue"]
+    if result.get(keys.NEXT_QUEUE) is not None:
+        name = result[keys.NEXT_QUEUE]
         if not isinstance(name, str) or name not in routes:
             raise ValueError(
                 f"result nextQueue {name!r} is not a queue of flow {flow!r} "
                 f"(its queues: {', '.join(routes)})"
             )
         next_waiting = routes[name]
-    fields = {(renames or {}).get(k, k): v for k, v in result.items() if k != "nextQueue"}
-    reserved = [k for k in fields if keys.is_reserved(k)]
+    fields = {(renames or {}).get(k, k): v for k, v in result.items() if k not in _NOT_STORED}
+    reserved = [k for k in fields if keys.is_reserved_in_result(k)]
     if reserved:
         raise ValueError(
             f"result field {reserved[0]!r} is procflow's bookkeeping; a worker function "

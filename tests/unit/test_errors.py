@@ -3,7 +3,7 @@ from __future__ import annotations
 import signal
 
 from procflow import errors
-from procflow.store.keys import is_reserved, is_true, safe_node_id
+from procflow.store.keys import is_reserved, is_reserved_in_result, is_true, safe_node_id
 from procflow.worker.fanout import children_state
 
 
@@ -50,5 +50,8 @@ def test_done_as_the_typescript_monitor_writes_it() -> None:
         "done",
     ):
         assert is_reserved(field), field
+        # a result may carry done (the TypeScript convention), nothing else of these
+        assert is_reserved_in_result(field) is (field != "done"), field
     for field in ("children:q:params", "result", "failedCount", "identity"):
         assert not is_reserved(field), field
+        assert not is_reserved_in_result(field), field

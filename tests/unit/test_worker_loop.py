@@ -209,6 +209,29 @@ def test_the_last_stage_completes_the_job_out_of_the_flow() -> None:
     assert next_waiting == ""
 
 
+@pytest.mark.parametrize("done", [True, False, None, "yes"])
+def test_done_in_a_last_stages_result_is_accepted_and_left_to_the_completion(done: Any) -> None:
+    # the TypeScript library's last and child stages return done: true; the completion of a
+    # job that leaves its flow writes done = true itself (Session.complete), so the result's
+    # own value is never written, whatever it is
+    session = FakeSession()
+    loop = make_loop(session, lambda p: {"done": done, "out": 1}, queue="b")
+    loop._process(job([]))
+    assert session.named("fail") == []
+    ((_, _, result, next_waiting, _),) = session.named("complete")
+    assert (result, next_waiting) == ([(b"out", b"1")], "")
+
+
+@pytest.mark.parametrize("done", [True, False])
+def test_done_in_a_middle_stages_result_does_not_end_the_job_early(done: bool) -> None:
+    session = FakeSession()
+    loop = make_loop(session, lambda p: {"done": done, "nextQueue": "b", "y": 1})
+    loop._process(job([b"1"]))
+    assert session.named("fail") == []
+    ((_, _, result, next_waiting, _),) = session.named("complete")
+    assert (result, next_waiting) == ([(b"y", b"1")], "queue:b:waiting")
+
+
 def test_the_lease_completion_returns_is_the_next_job() -> None:
     following = Lease("j2", 1, [b"2"], token(1))
     loop = make_loop(FakeSession(complete=[(1, [following])]), lambda p: {})
@@ -252,7 +275,9 @@ def test_an_unhashable_next_queue_is_a_failed_attempt_of_kind_result() -> None:
     assert the_failure(session).kind == "result"
 
 
-@pytest.mark.parametrize("field", ["failedQueue", "failed", "attempts:a", "children:a:jobs"])
+@pytest.mark.parametrize(
+    "field", ["failedQueue", "failed", "attempts:a", "children:a:jobs", "id", "progress:a"]
+)
 def test_a_reserved_result_field_is_a_failed_attempt_of_kind_result(field: str) -> None:
     session = FakeSession()
     loop = make_loop(session, lambda p: {"ok": 1, field: "x"})
