@@ -7,13 +7,22 @@ Concurrent callers are pipelined, and a cancelled caller leaves the connection i
 replies are read and dropped). The errors are the sync Store's: RedisUnavailableError (also a
 reply later than ``socket_timeout``; the next request reconnects) and
 ``refusal(address, text)``.
+
+Under Cluster and Sentinel it goes where the sync Store goes, by the same rules
+(``replies.py``): a call refused with MOVED or ASK is sent again where the reply points (up to
+``REDIRECTS`` times; the link the redirect came on is retired), a link opened on an ASK's
+importing node asks there for ``ASKING_FOR`` seconds and then reads the slot map again, and
+a demoted Sentinel master's READONLY, like an outage, sends the next link to the master the
+sentinels name then.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import redis.exceptions as rex
 
@@ -24,9 +33,30 @@ from .keys import StageKeys
 from .link import Link, open_streams
 from .records import NewJob
 from .redis import CREATE_CHUNK, PRUNE_LIMIT, Store, created_from
+from .replies import REDIRECTS, Route, follow
 from .wire import Arg, Script, pack, script
 
 __all__ = ["AsyncStore", "AsyncSubscription"]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def follows_redirects(method: F) -> F:
+    """The sync ``redis.follows_redirects``, awaited: a call refused with MOVED or ASK is
+    sent again where the reply points (``replies.follow`` decides), up to ``REDIRECTS``
+    times."""
+
+    @functools.wraps(method)
+    async def call(self: AsyncStore, *args: Any, **kwargs: Any) -> Any:
+        for _ in range(REDIRECTS):
+            try:
+                return await method(self, *args, **kwargs)
+            except RedisRefusedError as exc:
+                if not follow(exc, self.settings):
+                    raise
+        return await method(self, *args, **kwargs)
+
+    return cast(F, call)
 
 
 def _created(
@@ -45,16 +75,35 @@ class AsyncStore:
         self.loop = asyncio.get_running_loop()
         self._link: Link | None = None
         self._connecting = asyncio.Lock()
+        #: where the next link goes (a redirect's target, or the directory's master)
+        self.route = Route(settings)
+
+    def _usable(self, link: Link | None) -> bool:
+        if link is None or link.broken is not None or link.retired:
+            return False
+        if link.asking and self.route.window_over(time.monotonic()):
+            link.retire()  # asked there long enough: the slot map says where it is now
+            return False
+        return True
 
     async def link(self) -> Link:
-        """The live connection, opened (again) when there is none."""
+        """The live connection, opened (again) when there is none, or where the route
+        points after a redirect."""
         link = self._link
-        if link is not None and link.broken is None:
+        if self._usable(link):
+            assert link is not None
             return link
         async with self._connecting:
             link = self._link
-            if link is None or link.broken is not None:
-                link = self._link = Link(self.settings, await open_streams(self.settings))
+            if not self._usable(link):
+                if link is not None and link.broken is not None:
+                    self.route.left()
+                hop = self.route.next_hop(time.monotonic())
+                streams = await open_streams(self.settings, hop)
+                link = self._link = Link(
+                    self.settings, streams, route=self.route, asking=self.route.asking
+                )
+        assert link is not None
         return link
 
     async def aclose(self) -> None:
@@ -107,9 +156,11 @@ class AsyncStore:
                 replies[i] = reply
         return replies
 
+    @follows_redirects
     async def ping(self) -> None:
         await self.call("PING")
 
+    @follows_redirects
     async def create_jobs(self, jobs: Sequence[NewJob], ttl: int) -> None:
         """As ``Store.create_jobs``, byte for byte: each job its own MULTI … EXEC, chunks of
         500 pipelined with at most two in flight on one connection. CreateJobsError says
@@ -144,6 +195,7 @@ class AsyncStore:
             done = set(created)
             raise CreateJobsError(refused, created, [j.id for j in jobs if j.id not in done])
 
+    @follows_redirects
     async def get_hashes(self, hash_keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         """HGETALL of every key in one round trip (an absent key gives ``{}``)."""
         out: list[dict[bytes, bytes]] = []
@@ -155,9 +207,11 @@ class AsyncStore:
                 out.append(reply)
         return out
 
+    @follows_redirects
     async def list_range(self, key: str, start: int = 0, stop: int = -1) -> list[str]:
         return [v.decode() for v in await self.call("LRANGE", key, start, stop)]
 
+    @follows_redirects
     async def hash_field_many(
         self, hash_keys: Sequence[str], fields: Sequence[str]
     ) -> list[list[Any]]:
@@ -165,10 +219,12 @@ class AsyncStore:
         replies = await self._pipeline([pack("HMGET", k, *fields) for k in hash_keys])
         return [self._check(r) for r in replies]
 
+    @follows_redirects
     async def exists_many(self, hash_keys: Sequence[str]) -> list[bool]:
         replies = await self._pipeline([pack("EXISTS", k) for k in hash_keys])
         return [self._check(r) == 1 for r in replies]
 
+    @follows_redirects
     async def delete_job(
         self, job_key: str, job_id: str, lookup_keys: Sequence[str], stages: Sequence[StageKeys]
     ) -> int:
@@ -187,6 +243,7 @@ class AsyncStore:
             self._replicated(replies.pop())
         return int([self._check(r) for r in replies][-1][-1])
 
+    @follows_redirects
     async def prune_failed(self, stages: Sequence[StageKeys], limit: int = PRUNE_LIMIT) -> int:
         """As ``Store.prune_failed``: drop expired jobs' ids from the failed lists."""
         if not stages:
@@ -196,6 +253,7 @@ class AsyncStore:
         replies = await self._run_scripts([s] * len(packed), packed)
         return sum(int(self._check(r)) for r in replies)
 
+    @follows_redirects
     async def counts(self, stages: Sequence[StageKeys]) -> list[dict[str, int]]:
         """As ``Store.counts``: waiting, processing, delayed, parked and failed per stage."""
         await self.prune_failed(stages)

@@ -17,6 +17,7 @@ __all__ = [
     "connection_class",
     "connection_kwargs",
     "discover_master",
+    "find_master",
     "make_client",
     "slot_master",
 ]
@@ -72,6 +73,12 @@ def discover_master(settings: RedisSettings) -> tuple[str, int]:
     except rex.RedisError as exc:
         raise RedisUnavailableError(settings.address, exc) from None
     return str(host), int(port)
+
+
+def find_master(settings: RedisSettings) -> tuple[str, int]:
+    """The master to connect to now: the one the sentinels name (Sentinel), or the one
+    serving ``cluster_key``'s slot (Cluster). Blocking: the async store runs it on a thread."""
+    return discover_master(settings) if settings.sentinels else slot_master(settings)
 
 
 def make_client(settings: RedisSettings, **overrides: Any) -> redis.Redis:

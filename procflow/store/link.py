@@ -2,7 +2,12 @@
 TLS, unix sockets), then a :class:`Link` takes its transport over. Requests are written whole
 and their replies parsed as they arrive, in order, by a hiredis reader of our own, as
 ``wire.py`` does; a cancelled caller leaves the connection in step (its replies are read and
-dropped). A reply later than ``socket_timeout`` breaks the link (RedisUnavailableError)."""
+dropped). A reply later than ``socket_timeout`` breaks the link (RedisUnavailableError).
+Error replies are read as ``replies.classify`` says, as the sync wire reads them: a redirect
+(MOVED, ASK, a demoted Sentinel master's READONLY) noted on the store's ``Route`` retires
+the link (its owed replies are still read; the next request opens a new link where the
+route points), and a link opened on an ASK's importing node sends each request after an
+ASKING (``replies.with_asking``)."""
 
 from __future__ import annotations
 
@@ -20,11 +25,11 @@ from redis.backoff import NoBackoff
 
 from ..errors import RedisUnavailableError, refusal
 from ..settings import RedisSettings
-from .connect import connection_class, connection_kwargs, discover_master, slot_master
+from .connect import connection_class, connection_kwargs, find_master
+from .replies import Kind, Route, classify, with_asking
 
 __all__ = ["Link", "Push", "Streams", "open_streams"]
 
-_NOT_READY = ("LOADING", "MASTERDOWN", "TRYAGAIN")
 _PUSH: Any = getattr(hiredis, "PushNotification", None)
 _MORE = object()  # hiredis: not enough data yet (False is a RESP3 value)
 
@@ -39,15 +44,16 @@ def _release(conn: Any) -> Streams | None:
     return None if reader is None or writer is None else (reader, writer)
 
 
-async def open_streams(settings: RedisSettings) -> Streams:
+async def open_streams(settings: RedisSettings, hop: tuple[str, int] | None = None) -> Streams:
     """Connect and shake hands (with every option of ``settings``), then hand over the
     streams. RedisUnavailableError names the address; a refusal during the handshake (a
-    database out of range, say) is the server's error. Under Sentinel, the master the
-    sentinels name now (asked on a thread: the sentinel client is blocking)."""
-    if settings.sentinels or settings.cluster_nodes:
-        find = discover_master if settings.sentinels else slot_master
-        host, port = await asyncio.to_thread(find, settings)
-        settings = settings.with_options(host=host, port=port)
+    database out of range, say) is the server's error. Under Sentinel or Cluster: to
+    ``hop`` when a redirect named it, else to the master the sentinels or the slot map name
+    now (asked on a thread: those clients are blocking)."""
+    if hop is None and (settings.sentinels or settings.cluster_nodes):
+        hop = await asyncio.to_thread(find_master, settings)
+    if hop is not None:
+        settings = settings.with_options(host=hop[0], port=hop[1])
     kwargs = connection_kwargs(
         settings, socket_timeout=settings.socket_timeout, retry=Retry(NoBackoff(), 0)
     )
@@ -73,13 +79,22 @@ class _Lost(Exception):
 
 
 class _Call:
-    __slots__ = ("count", "future", "replies", "sent")
+    __slots__ = ("count", "future", "replies", "sent", "skip")
 
-    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[list[Any]], count: int, skip: list[bool] | None = None
+    ) -> None:
         self.future = future
         self.count = count
         self.replies: list[Any] = []
         self.sent = time.monotonic()
+        #: in an ASK window: per reply read, whether it is an ASKING's (dropped)
+        self.skip = skip
+
+    def result(self) -> list[Any]:
+        if self.skip is None:
+            return self.replies
+        return [r for r, skip in zip(self.replies, self.skip, strict=True) if not skip]
 
 
 class Link(asyncio.Protocol):
@@ -88,13 +103,24 @@ class Link(asyncio.Protocol):
     and returns the future of its replies, error replies as values. Once broken (the server
     gone, or silent for ``socket_timeout`` while replies are owed) every owed and later
     request fails with RedisUnavailableError. With ``on_push`` it is a subscriber's: the
-    pushes go there, and ``on_push(None)`` says it broke."""
+    pushes go there, and ``on_push(None)`` says it broke. With a ``route`` (the store's), a
+    redirect read retires it: ``retired`` is set, no new request should be sent on it, and it
+    closes once its owed replies are read. ``asking``: opened on an ASK's importing node."""
 
     def __init__(
-        self, settings: RedisSettings, streams: Streams, on_push: Push | None = None
+        self,
+        settings: RedisSettings,
+        streams: Streams,
+        on_push: Push | None = None,
+        *,
+        route: Route | None = None,
+        asking: bool = False,
     ) -> None:
         self.address = settings.address
         self._on_push = on_push
+        self._route = route
+        self.asking = asking
+        self.retired = False
         self.timeout = settings.socket_timeout
         self.loop = asyncio.get_running_loop()
         self._parser = hiredis.Reader(replyError=rex.ResponseError, notEnoughData=_MORE)
@@ -128,7 +154,12 @@ class Link(asyncio.Protocol):
         if self.broken is not None:
             raise self.gone()
         future: asyncio.Future[list[Any]] = self.loop.create_future()
-        self._calls.append(_Call(future, count))
+        skip = None
+        if self.asking:  # each command (each transaction) after an ASKING
+            packed, flags = with_asking(packed)
+            skip = [s for asked in flags for s in ((True, False) if asked else (False,))]
+            count = len(skip)
+        self._calls.append(_Call(future, count, skip))
         if not self._out:
             self.loop.call_soon(self._send)
         self._out.append(packed)
@@ -201,11 +232,7 @@ class Link(asyncio.Protocol):
             if type(reply) is _PUSH:
                 continue  # a RESP3 push (none expected) is no reply to a request
             if isinstance(reply, rex.ResponseError):
-                text = str(reply)
-                if text.startswith("NOSCRIPT"):
-                    reply = rex.NoScriptError(text)
-                elif text.startswith(_NOT_READY):  # not ready yet: like unreachable
-                    raise _Lost(text)
+                reply = self._error(reply)
             if not calls:
                 raise _Lost("a reply to no request: out of step")
             call = calls[0]
@@ -213,7 +240,26 @@ class Link(asyncio.Protocol):
             if len(call.replies) == call.count:
                 calls.popleft()
                 if not call.future.done():  # its caller may have been cancelled
-                    call.future.set_result(call.replies)
+                    call.future.set_result(call.result())
+        if self.retired and not calls:
+            self.close()
+
+    def _error(self, reply: rex.ResponseError) -> Any:
+        """An error reply, as ``replies.classify`` says (the sync ``Wire._error``'s rules)."""
+        error = classify(str(reply))
+        if error.kind is Kind.SCRIPT_MISSING:
+            return rex.NoScriptError(error.text)
+        if error.kind is Kind.NOT_READY:  # not ready yet: like unreachable
+            raise _Lost(error.text)
+        if self._route is not None and self._route.note(error):
+            self.retire()
+        return reply
+
+    def retire(self) -> None:
+        """Take no new request: closed once the replies owed are read."""
+        self.retired = True
+        if not self._calls:
+            self.loop.call_soon(self.close)
 
     def _break(self, cause: str) -> None:
         if self.broken is None:

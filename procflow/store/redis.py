@@ -18,6 +18,7 @@ from ..settings import RedisSettings
 from . import keys
 from .keys import StageKeys
 from .records import NewJob
+from .replies import REDIRECTS, follow
 from .session import StageSession, children_status
 from .subscription import DoneSubscription
 from .wire import Wire, pack, script
@@ -26,8 +27,6 @@ __all__ = ["Store"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 CREATE_CHUNK = 500
-#: how many times a call refused with MOVED or ASK is sent again where the reply points
-REDIRECTS = 3
 #: ids of a failed list checked per prune (each an EXISTS inside one script call)
 PRUNE_LIMIT = 10_000
 _MULTI = pack("MULTI")
@@ -78,15 +77,11 @@ def follows_redirects(method: F) -> F:
             try:
                 return method(self, *args, **kwargs)
             except RedisRefusedError as exc:
-                partial = isinstance(exc, CreateJobsError) and exc.created
-                if not self.settings.cluster_nodes or exc.code not in _REDIRECT or partial:
+                if not follow(exc, self.settings):
                     raise
         return method(self, *args, **kwargs)
 
     return cast(F, call)
-
-
-_REDIRECT = ("MOVED", "ASK")
 
 
 class Store:
@@ -233,7 +228,7 @@ class Store:
         if not hash_keys:
             return []
         with self.wire() as w:
-            return w.pipeline([pack("HMGET", k, *fields) for k in hash_keys])
+            return [w.check(r) for r in w.pipeline([pack("HMGET", k, *fields) for k in hash_keys])]
 
     @follows_redirects
     def exists_many(self, hash_keys: Sequence[str]) -> list[bool]:
@@ -241,7 +236,7 @@ class Store:
         if not hash_keys:
             return []
         with self.wire() as w:
-            return [r == 1 for r in w.pipeline([pack("EXISTS", k) for k in hash_keys])]
+            return [w.check(r) == 1 for r in w.pipeline([pack("EXISTS", k) for k in hash_keys])]
 
     @follows_redirects
     def children_status(self, child_keys: Sequence[str]) -> list[Any]:

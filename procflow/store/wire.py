@@ -24,7 +24,8 @@ from redis.retry import Retry
 
 from ..errors import RedisRefusedError, RedisUnavailableError, refusal
 from ..settings import RedisSettings
-from .connect import connection_class, connection_kwargs, discover_master, slot_master
+from .connect import connection_class, connection_kwargs, find_master
+from .replies import Kind, Route, classify, with_asking
 
 __all__ = ["Arg", "Prepared", "Script", "Wire", "pack", "script"]
 
@@ -52,48 +53,6 @@ def pack(*args: Arg) -> bytes:
         data = arg.encode() if type(arg) is str else _data(arg)
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
-
-
-#: an ASKING command as it goes on the wire
-_ASKING = b"*1\r\n$6\r\nASKING\r\n"
-#: how long a connection that an ASK reply sent to a slot's importing node keeps asking
-#: there before it looks at the slot map again (seconds)
-ASKING_FOR = 1.0
-
-
-def with_asking(packed: bytes) -> tuple[bytes, list[bool]]:
-    """``packed`` (RESP commands back to back) with an ASKING before each command (one
-    before a MULTI covers its whole transaction), and for each reply the caller will read,
-    whether an ASKING reply comes before it."""
-    out: list[bytes] = []
-    flags: list[bool] = []
-    at, in_multi = 0, False
-    while at < len(packed):
-        start = at
-        end = packed.index(b"\r\n", at)
-        count, at = int(packed[at + 1 : end]), end + 2
-        name = b""
-        for i in range(count):
-            end = packed.index(b"\r\n", at)
-            size, at = int(packed[at + 1 : end]), end + 2
-            if i == 0:
-                name = packed[at : at + size].upper()
-            at += size + 2
-        if in_multi:
-            flags.append(False)
-            in_multi = name not in (b"EXEC", b"DISCARD")
-        else:
-            out.append(_ASKING)
-            flags.append(True)
-            in_multi = name == b"MULTI"
-        out.append(packed[start:at])
-    return b"".join(out), flags
-
-
-def _target(reply: str) -> tuple[str, int] | None:
-    """Where ``MOVED 3999 127.0.0.1:6381`` (or ``ASK …``) points."""
-    host, _, port = reply.rsplit(maxsplit=1)[-1].rpartition(":")
-    return (host, int(port)) if port.isdigit() else None
 
 
 def _bulk(arg: Arg) -> bytes:
@@ -163,12 +122,9 @@ class Wire:
         self._conn: Any = self._connection(settings)
         self._sock: Any = None
         self._reader: Any = None
-        #: Cluster: where a MOVED reply sent this connection (used by the next connect)
-        self._moved_to: tuple[str, int] | None = None
-        #: Cluster: the importing node an ASK reply named (the next connect goes there and
-        #: sends each command after an ASKING until ``_asking_until``)
-        self._ask_at: tuple[str, int] | None = None
-        self._asking_until = 0.0
+        #: where the next connect goes after a MOVED, an ASK (its commands then sent after
+        #: an ASKING for a while) or a READONLY from a demoted Sentinel master
+        self.route = Route(settings)
         #: while asking: per reply still to be read, whether an ASKING reply comes first
         self._skips: collections.deque[bool] = collections.deque()
         #: a redirect (MOVED, ASK) was read: the connection is dropped before its next use
@@ -180,21 +136,10 @@ class Wire:
         )
         return connection_class(settings)(**kwargs)
 
-    def _follow_slot(self) -> None:
-        """Under Cluster: connect to the master serving ``cluster_key``'s slot (where a MOVED
-        reply pointed, or what the slot map says now)."""
-        asked, self._ask_at = self._ask_at, None
-        target, self._moved_to = self._moved_to, None
-        if asked is not None:  # a slot being migrated: its keys are there now
-            self._point_at(*asked)
-            self._asking_until = time.monotonic() + ASKING_FOR
-            return
-        self._point_at(*(target or slot_master(self.settings)))
-
-    def _follow_master(self) -> None:
-        """Under Sentinel: connect to the master the sentinels name now (after a failover,
-        the new one)."""
-        self._point_at(*discover_master(self.settings))
+    def _follow(self) -> None:
+        """Under Sentinel or Cluster: connect where a redirect pointed, else to the master
+        the directory names now (the sentinels' master, the slot map's owner)."""
+        self._point_at(*(self.route.next_hop(time.monotonic()) or find_master(self.settings)))
 
     def _point_at(self, host: str, port: int) -> None:
         """Connect to ``host:port`` from now on (Sentinel's master, Cluster's slot owner)."""
@@ -209,35 +154,32 @@ class Wire:
         return RedisUnavailableError(self.settings.address, exc)
 
     def refused(self, reply: BaseException | str) -> RedisRefusedError:
-        """The procflow error for an error reply of this server. Under Sentinel a READONLY
-        reply means this server is a replica now: the connection is dropped, and the next
-        call asks the sentinels for the master again."""
-        error = refusal(self.settings.address, str(reply))
-        if self.settings.sentinels and error.code == "READONLY":
+        """The procflow error for an error reply of this server. A reply that sends the
+        connection elsewhere (a MOVED or ASK under Cluster, a READONLY from a demoted
+        Sentinel master) drops it: the next call connects where the route says."""
+        text = str(reply)
+        if self.route.note(classify(text)):
             self.close()
-        elif self.settings.cluster_nodes and error.code in ("MOVED", "ASK"):
-            # the call is retried where the reply points (the slot moved, or is moving)
-            self._note_redirect(str(reply))
-            self.close()
-        return error
+        return refusal(self.settings.address, text)
 
-    def _note_redirect(self, reply: str) -> None:
-        """``MOVED 3999 host:port``: the slot lives there now; ``ASK 3999 host:port``: the
-        slot is being migrated there and the keys asked for are there already."""
-        if not self.settings.cluster_nodes:
-            return
-        self.redirected = True
-        if reply.startswith("MOVED"):
-            self._moved_to, self._ask_at = _target(reply), None
-        else:
-            self._ask_at = _target(reply)
+    def _error(self, reply: rex.ResponseError) -> Any:
+        """An error reply read as a value: NOSCRIPT becomes NoScriptError, a server not
+        ready raises RedisUnavailableError, a redirect is noted (``redirected``)."""
+        error = classify(str(reply))
+        if error.kind is Kind.SCRIPT_MISSING:
+            return rex.NoScriptError(error.text)
+        if error.kind is Kind.NOT_READY:  # not ready yet: like unreachable, try again later
+            raise self._fail(error.text)
+        if error.kind in (Kind.MOVED, Kind.ASK) and self.route.note(error):
+            self.redirected = True
+        return reply
 
     def close(self) -> None:
         """Drop the connection (the next call opens a new one)."""
         self._sock = None
         self._reader = None
         self._skips.clear()
-        self._asking_until = 0.0
+        self.route.left()
         self.redirected = False
         self._conn.disconnect()
 
@@ -246,10 +188,8 @@ class Wire:
         if self._sock is not None:
             return
         try:
-            if self.settings.sentinels:
-                self._follow_master()
-            elif self.settings.cluster_nodes:
-                self._follow_slot()
+            if self.route.finds_master:
+                self._follow()
             self._conn.connect()
         except _CONNECTION_ERRORS as exc:
             raise self._fail(exc) from None
@@ -273,8 +213,8 @@ class Wire:
     def send(self, packed: bytes) -> None:
         if self._sock is None:
             self.connect()
-        if self._asking_until:  # sent to a slot's importing node by an ASK
-            if not self._skips and time.monotonic() > self._asking_until:
+        if self.route.asking:  # sent to a slot's importing node by an ASK
+            if not self._skips and self.route.window_over(time.monotonic()):
                 self.close()  # long enough: the slot map says where it is now
                 self.connect()
             else:
@@ -309,13 +249,7 @@ class Wire:
             self._skips.popleft()
             break
         if isinstance(reply, rex.ResponseError):
-            text = str(reply)
-            if text.startswith("NOSCRIPT"):
-                return rex.NoScriptError(text)
-            if text.startswith(("LOADING", "MASTERDOWN", "TRYAGAIN")):
-                raise self._fail(text)  # not ready yet: like unreachable, try again later
-            if text.startswith(("MOVED", "ASK")):
-                self._note_redirect(text)
+            return self._error(reply)
         return reply
 
     def read_many(self, count: int) -> list[Any]:
@@ -344,13 +278,7 @@ class Wire:
                     continue
                 skips.popleft()
             if isinstance(reply, rex.ResponseError):
-                text = str(reply)
-                if text.startswith("NOSCRIPT"):
-                    reply = rex.NoScriptError(text)
-                elif text.startswith(("LOADING", "MASTERDOWN", "TRYAGAIN")):
-                    raise self._fail(text)
-                elif text.startswith(("MOVED", "ASK")):
-                    self._note_redirect(text)
+                reply = self._error(reply)
             append(reply)
         return out
 
