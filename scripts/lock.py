@@ -70,7 +70,8 @@ def compile_lock(
     ]
     subprocess.run(command, cwd=ROOT, check=True)
     body = output.read_text()
-    output.write_text(f"# {header}\n# {env_note}\n# Refresh: .venv/bin/python scripts/lock.py\n{body}")
+    refresh = "# Refresh: .venv/bin/python scripts/lock.py (requirements/README.md)"
+    output.write_text(f"# {header}\n# {env_note}\n{refresh}\n{body}")
 
 
 def tool_pins(names: list[str]) -> str:
@@ -87,9 +88,9 @@ def tool_pins(names: list[str]) -> str:
 def direct_names(path: Path) -> list[str]:
     names = []
     for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            names.append(re.split(r"[\[<>=!~; ]", line, maxsplit=1)[0])
+        requirement = line.split("#", 1)[0].strip()
+        if requirement:
+            names.append(re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0])
     return names
 
 
