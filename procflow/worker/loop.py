@@ -466,8 +466,9 @@ class WorkerLoop:
                     else codec.decode_field(key, params_field, raw_params)
                 )
                 plan = plan_children(queue, params, self.child_stages)
-                if not plan.children:
-                    return self._complete(lease, [(failed_field, b"[]")], self.stage.next_waiting)
+                if not plan.children:  # children:Q:jobs = [] as the TypeScript library writes
+                    empty = [(jobs_field.encode(), b"[]"), (failed_field, b"[]")]
+                    return self._complete(lease, empty, self.stage.next_waiting)
                 ttl = self.payload.key_ttl
                 status = self._redis(
                     lambda: self.session.spawn_children(
