@@ -39,7 +39,8 @@ from typing import Any
 import pytest
 import redis
 
-from procflow import Flow, QueueSpec, Supervisor
+from procflow import Backoff, Flow, QueueSpec, Supervisor
+from procflow.monitor import FlowMonitor
 from procflow.server import RedisServer
 from tests.conftest import SERVER_KINDS, SESSION_SERVERS, server_binary
 
@@ -206,6 +207,76 @@ def test_fragment_compiles(block: Block) -> None:
     assert len(why) >= 10, f"{block.where}: say why it is a fragment"
     source = _as_defs(block.text) if why.startswith("a signature") else block.text
     _compile(block, source)
+
+
+#: what a signature block's names are in the code
+SIGNED: dict[str, Callable[..., Any]] = {
+    "Flow": Flow,
+    "QueueSpec": QueueSpec,
+    "Backoff": Backoff,
+    "Supervisor": Supervisor,
+    "FlowMonitor": FlowMonitor,
+    "create_workers": Flow.create_workers,
+    "create_parent_workers": Flow.create_parent_workers,
+    "create_child_workers": Flow.create_child_workers,
+}
+
+
+def _shown(node: ast.arguments) -> list[tuple[str, str]]:
+    """(name, default as written or "") of a def's parameters, in order."""
+    positional = [*node.posonlyargs, *node.args]
+    defaults = [""] * (len(positional) - len(node.defaults)) + [
+        ast.unparse(d) for d in node.defaults
+    ]
+    out = list(zip((a.arg for a in positional), defaults, strict=True))
+    out += [
+        (a.arg, ast.unparse(d) if d is not None else "")
+        for a, d in zip(node.kwonlyargs, node.kw_defaults, strict=True)
+    ]
+    if node.kwarg is not None:
+        out.append(("**" + node.kwarg.arg, ""))
+    return out
+
+
+def _real(fn: Callable[..., Any]) -> list[tuple[str, str]]:
+    out = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.name == "self":
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            out.append(("**" + p.name, ""))
+            continue
+        default = p.default
+        if default is p.empty:
+            out.append((p.name, ""))
+        elif repr(default).startswith("<"):  # a dataclass factory: shown as a call
+            out.append((p.name, "<factory>"))
+        else:
+            out.append((p.name, repr(default)))
+    return out
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b for b in FRAGMENTS if (b.fragment or "").startswith("a signature")],
+    ids=lambda b: b.where,
+)
+def test_signature_matches_the_code(block: Block) -> None:
+    """A signature block names the parameters the code has, in its order, with its
+    defaults (a number as written, ``86_400``, equals the code's ``86400``)."""
+    for node in ast.parse(_as_defs(block.text)).body:
+        assert isinstance(node, ast.FunctionDef)
+        shown = _shown(node.args)
+        real = _real(SIGNED[node.name])
+        for (name, default), (real_name, real_default) in zip(shown, real, strict=False):
+            assert name == real_name, f"{block.where} {node.name}: {shown} != {real}"
+            if real_default == "<factory>":
+                continue
+            same = default == real_default or (
+                default and real_default and ast.literal_eval(default) == eval(real_default)
+            )
+            assert same, f"{block.where} {node.name}({name}=): {default!r} != {real_default!r}"
+        assert len(shown) == len(real), f"{block.where} {node.name}: {shown} != {real}"
 
 
 def test_fragment_markers_stand_before_python_blocks() -> None:
