@@ -8,6 +8,9 @@ from typing import Any, cast
 import redis
 import redis.exceptions as rex
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..errors import RedisUnavailableError
 from ..settings import SSL_CERT_REQS, RedisSettings
@@ -16,9 +19,11 @@ from .slots import key_slot
 __all__ = [
     "connection_class",
     "connection_kwargs",
+    "connection_pool",
     "discover_master",
     "find_master",
     "make_client",
+    "no_retry",
     "slot_master",
 ]
 
@@ -44,11 +49,7 @@ def slot_master(settings: RedisSettings) -> tuple[str, int]:
             settings.with_options(host=host, port=port), socket_timeout=timeout
         )
         # Any: execute_command is annotated in some redis-py releases and not in others
-        client: Any = redis.Redis(
-            connection_pool=redis.ConnectionPool(
-                connection_class=connection_class(settings), **kwargs
-            )
-        )
+        client: Any = redis.Redis(connection_pool=connection_pool(settings, kwargs))
         try:
             slots = client.execute_command("CLUSTER SLOTS")
             for first, last, master, *_ in slots:
@@ -95,8 +96,29 @@ def make_client(settings: RedisSettings, **overrides: Any) -> redis.Redis:
         host, port = slot_master(settings)
         settings = settings.with_options(host=host, port=port)
     kwargs = connection_kwargs(settings, **overrides)
-    pool = redis.ConnectionPool(connection_class=connection_class(settings), **kwargs)
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis(connection_pool=connection_pool(settings, kwargs))
+
+
+# redis-py annotates these constructors in some releases and not in others (mypy --strict
+# refuses an unannotated call, and an unused ``type: ignore`` where they are annotated):
+# called through ``Any``, they type-check at both ends of procflow's range.
+_ConnectionPool: Any = redis.ConnectionPool
+_Retry: Any = Retry
+_AsyncRetry: Any = AsyncRetry
+_NoBackoff: Any = NoBackoff
+
+
+def connection_pool(settings: RedisSettings, kwargs: dict[str, Any]) -> redis.ConnectionPool:
+    """A redis-py pool of connections of the right class."""
+    pool: redis.ConnectionPool = _ConnectionPool(
+        connection_class=connection_class(settings), **kwargs
+    )
+    return pool
+
+
+def no_retry(asyncio: bool = False) -> Any:
+    """A redis-py ``Retry`` that never retries: procflow decides itself what to send again."""
+    return (_AsyncRetry if asyncio else _Retry)(_NoBackoff(), 0)
 
 
 def connection_kwargs(settings: RedisSettings, **overrides: Any) -> dict[str, Any]:

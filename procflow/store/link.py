@@ -20,12 +20,10 @@ from typing import Any, cast
 
 import hiredis
 import redis.exceptions as rex
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from ..errors import RedisUnavailableError, refusal
 from ..settings import RedisSettings
-from .connect import connection_class, connection_kwargs, find_master
+from .connect import connection_class, connection_kwargs, find_master, no_retry
 from .replies import Kind, Route, classify, with_asking
 
 __all__ = ["Link", "Push", "Streams", "open_streams"]
@@ -55,7 +53,7 @@ async def open_streams(settings: RedisSettings, hop: tuple[str, int] | None = No
     if hop is not None:
         settings = settings.with_options(host=hop[0], port=hop[1])
     kwargs = connection_kwargs(
-        settings, socket_timeout=settings.socket_timeout, retry=Retry(NoBackoff(), 0)
+        settings, socket_timeout=settings.socket_timeout, retry=no_retry(asyncio=True)
     )
     conn = connection_class(settings, asyncio=True)(**kwargs)
     try:

@@ -19,12 +19,10 @@ from typing import Any
 
 import hiredis
 import redis.exceptions as rex
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..errors import RedisRefusedError, RedisUnavailableError, refusal
 from ..settings import RedisSettings
-from .connect import connection_class, connection_kwargs, find_master
+from .connect import connection_class, connection_kwargs, find_master, no_retry
 from .replies import Kind, Route, classify, with_asking
 
 __all__ = ["Arg", "Prepared", "Script", "Wire", "pack", "script"]
@@ -132,7 +130,7 @@ class Wire:
 
     def _connection(self, settings: RedisSettings) -> Any:
         kwargs = connection_kwargs(
-            settings, socket_timeout=self._socket_timeout, retry=Retry(NoBackoff(), 0)
+            settings, socket_timeout=self._socket_timeout, retry=no_retry()
         )
         return connection_class(settings)(**kwargs)
 
