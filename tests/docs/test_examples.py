@@ -44,7 +44,7 @@ from procflow.monitor import FlowMonitor
 from procflow.server import RedisServer
 from tests.conftest import SERVER_KINDS, SESSION_SERVERS, server_binary
 
-from .markdown import FRAGMENT, PAGES, Block, blocks, read
+from .markdown import FRAGMENT, PAGES, ROOT, Block, blocks, read
 
 _LOCAL_URL = re.compile(r"redis://(?:127\.0\.0\.1|localhost)(?::\d+)?(?:/\d+)?")
 _FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -312,3 +312,17 @@ def test_a_broken_example_fails(doc_server: RedisServer, tmp_path: Path) -> None
         RUNNABLE[page] = saved
     assert str(info.traceback[-1].path).startswith(f"{page} (example at line {first.line})")
     assert info.traceback[-1].lineno + 1 > first.line  # a line of the page, not of the block
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_links_stay_in_the_repository(page: str) -> None:
+    """A relative link or image resolves to a file of this repository (never ../shared or
+    anything outside it)."""
+    outside = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", read(page)):
+        if re.match(r"^[a-z]+:|^#", target):
+            continue
+        path = ((ROOT / page).parent / target.split("#")[0]).resolve()
+        if not path.is_relative_to(ROOT) or not path.exists():
+            outside.append(target)
+    assert not outside, f"{page}: links outside the repository or to nothing: {outside}"
