@@ -21,27 +21,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, cast
 
 from typing_extensions import Self, TypeVar
 
-from .aio_hub import DoneHub, Waiter
-from .errors import (
-    ConfigurationError,
-    JobFailedError,
-    RedisRefusedError,
-    RedisUnavailableError,
-    UnknownJobError,
-    WaitTimeoutError,
-)
+from .aio_hub import DoneHub
+from .errors import ConfigurationError, RedisRefusedError, RedisUnavailableError
 from .flow import Flow
 from .ids import uuid7
 from .partitions import settle_creates, summed_counts
 from .store import keys
 from .store.aio import AsyncStore
 from .store.records import NewJob
+from .waiting import FirstRead, Waiting
 
 __all__ = ["AsyncFlow"]
 
@@ -49,11 +43,6 @@ JobT = TypeVar("JobT", bound=Mapping[str, Any], default=dict[str, Any])
 OptionsT = TypeVar("OptionsT", bound=Mapping[str, Any], default=dict[str, Any])
 LookupT = TypeVar("LookupT", bound=str, default=str)
 T = TypeVar("T")
-
-#: seconds between re-reads of the jobs still pending (as the sync wait)
-_RECHECK = 2.0
-#: seconds between re-reads while Redis is away
-_OUTAGE_RECHECK = 0.2
 
 
 class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
@@ -73,7 +62,7 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         self.flow = flow
         #: per partition (one for an unpartitioned flow): its store and its done hub
         self._stores: dict[int, AsyncStore] = {}
-        self._hubs: dict[int, DoneHub] = {}
+        self._hubs: dict[tuple[int, bool], DoneHub] = {}
 
     def __repr__(self) -> str:
         return f"AsyncFlow({self.flow!r})"
@@ -100,11 +89,15 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
             store = self._stores[part] = AsyncStore(settings)
         return store
 
-    def _done_hub(self, part: int) -> DoneHub:
+    def _done_hub(self, part: int, progress: bool = False) -> DoneHub:
+        """Partition ``part``'s hub (the waits that show progress share another, whose
+        subscription has the progress channel too)."""
         store = self._store(part)
-        hub = self._hubs.get(part)
+        hub = self._hubs.get((part, progress))
         if hub is None:
-            hub = self._hubs[part] = DoneHub(store, self.flow.parts[part].name)
+            hub = self._hubs[(part, progress)] = DoneHub(
+                store, self.flow.parts[part].name, progress
+            )
         return hub
 
     def _drop(self) -> None:
@@ -291,6 +284,36 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         ]
         return summed_counts(named, self.flow.partitioning)
 
+    # -- failed jobs ---------------------------------------------------------------------
+
+    async def failed_jobs(self, queue: str, start: int = 0, stop: int = -1) -> list[str]:
+        """As ``Flow.failed_jobs``: ids on ``queue``'s failed list, oldest first (of a
+        partitioned flow: partition by partition), expired jobs' ids dropped first."""
+        flow = self.flow
+        stages = flow.stages_of(queue)
+        single = len(stages) == 1
+
+        async def listed(n: int) -> list[str]:
+            store, failed = self._store(n), stages[n].keys
+            await store.prune_failed([failed])
+            if single:
+                return await store.list_range(failed.failed, start, stop)
+            return await store.list_range(failed.failed)
+
+        found = await asyncio.gather(*(listed(n) for n in range(len(stages))))
+        ids = [i for got in found for i in got]
+        return ids if single else ids[start : None if stop == -1 else stop + 1]
+
+    async def retry_failed(self, queue: str, job_ids: Sequence[str] | None = None) -> list[str]:
+        """As ``Flow.retry_failed``: failed jobs (all of ``queue``'s, or the given ids) back
+        on its waiting list with a fresh attempt count. Returns the ids moved."""
+        ids = list(job_ids) if job_ids is not None else await self.failed_jobs(queue)
+        stages = self.flow.stages_of(queue)
+        moved = await asyncio.gather(
+            *(self._store(n).revive(st.keys, ids) for n, st in enumerate(stages))
+        )
+        return [i for got in moved for i in got]
+
     # -- waiting -------------------------------------------------------------------------
 
     async def wait(
@@ -298,143 +321,100 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         job_ids: Sequence[str],
         timeout: float | None = None,
         *,
+        progress: bool = False,
         raise_on_failure: bool = False,
     ) -> list[JobT]:
-        """Wait until every job is done (finished or failed) and return their final hashes
-        in the order given (a job whose hash is gone by then is left out). A failed job
-        comes back with ``failed`` true; with ``raise_on_failure``, JobFailedError (which
-        holds every job) is raised instead once all are done. WaitTimeoutError lists the ids
-        not done after ``timeout`` seconds; UnknownJobError the ids that are no job. Rides
-        out Redis outages, as ``Flow.wait`` does. A partitioned flow's jobs are waited for
-        in every partition at once, each on its partition's subscription."""
-        ids = list(job_ids)
-        if not ids:
+        """``Flow.wait``, awaited: the same arguments, reads, errors and outcome (the
+        I/O-free part is ``waiting.Waiting``, shared). Returns once every job is done
+        (finished or failed) their final hashes in the order given; a failed job comes back
+        with ``failed`` true (``raise_on_failure`` raises JobFailedError instead);
+        WaitTimeoutError lists the ids not done after ``timeout`` seconds (every step, a
+        silent server's too, is held to it); UnknownJobError the ids that are no job.
+        Rides out Redis outages. ``progress`` shows the progress line on stderr. Every
+        partition of a partitioned flow is waited on at once, each on its subscription
+        (shared by every wait of this AsyncFlow)."""
+        flow = self.flow
+        parts = flow.parts
+        state = Waiting(flow.name, [p.name for p in parts], job_ids, timeout, progress, flow.logger)
+        if not state.ids:
             return []
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if len(self.flow.parts) == 1:
-            jobs = await self._wait(0, ids, deadline, timeout)
-        else:
-            groups = await self._locate(ids, deadline, timeout)
-            waited = await asyncio.gather(
-                *(self._wait(part, group, deadline, timeout) for part, group in groups.items())
-            )
-            by_id = {j[keys.ID]: j for jobs in waited for j in jobs}
-            jobs = [by_id[i] for i in ids if i in by_id]
-        if raise_on_failure and any(j.get(keys.FAILED) is True for j in jobs):
-            raise JobFailedError(jobs)
-        return [cast("JobT", j) for j in jobs]
+        event = asyncio.Event()
+        hubs = [self._done_hub(n, progress) for n in range(len(parts))]
+        waiters = [hub.join(set(state.ids), event) for hub in hubs]
 
-    async def _locate(
-        self, ids: list[str], deadline: float | None, timeout: float | None
-    ) -> dict[int, list[str]]:
-        """The ids by partition (those found nowhere: partition 0's, whose wait reports
-        them unknown), riding out an outage until the deadline."""
-        parts = self.flow.parts
+        async def first(n: int) -> FirstRead:
+            store = self._store(n)
+            replies = await store.hash_field_many(state.job_keys(n, state.ids), [keys.DONE])
+            rest = state.not_done(state.ids, replies)
+            return replies, rest, await store.exists_many(state.job_keys(n, rest))
+
+        async def still(n: int, ids: list[str]) -> list[str]:
+            replies = await self._store(n).hash_field_many(state.job_keys(n, ids), [keys.DONE])
+            return state.not_done(ids, replies)
+
+        try:
+            for waiter in waiters:  # subscribed first: nothing slips past the first read
+                with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
+                    await _within(waiter.ready, state.deadline)  # else: the reads ride it out
+            reads = await self._ride_out(
+                state, lambda: asyncio.gather(*(first(n) for n in range(len(parts)))), log=True
+            )
+            state.place(reads)
+            while state.pending:
+                pause = state.pause()
+                if pause > 0 and not event.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(event.wait(), pause)
+                event.clear()
+                for waiter in waiters:
+                    state.arrived(waiter.arrived)
+                    waiter.arrived.clear()
+                    state.reports.update(waiter.reports)
+                    if waiter.problem is not None or waiter.recheck:
+                        waiter.problem = None  # lost, or back: read the flags now
+                        waiter.recheck = False
+                        state.lost()
+                if state.recheck_due():
+                    groups = state.recheck_groups()
+                    try:
+                        state.rechecked(
+                            await _within(
+                                asyncio.gather(*(still(n, ids) for n, ids in groups)),
+                                state.deadline,
+                            )
+                        )
+                    except (RedisUnavailableError, RedisRefusedError) as exc:
+                        state.unreachable(exc)
+                state.show()
+        except asyncio.TimeoutError:
+            raise state.timed_out() from None
+        finally:
+            for hub, waiter in zip(hubs, waiters, strict=True):
+                hub.leave(waiter)
+        state.show(final=True)
+        try:
+            jobs = await self._ride_out(
+                state, lambda: self._fetch(state.final_refs(), resolve=False), log=False
+            )
+        except asyncio.TimeoutError:
+            raise state.timed_out() from None
+        return [cast("JobT", j) for j in state.result(jobs, raise_on_failure)]
+
+    @staticmethod
+    async def _ride_out(state: Waiting, read: Callable[[], Awaitable[T]], log: bool) -> T:
+        """``read()`` held to the deadline, tried again while Redis is away or refusing
+        (at the deadline, that outage is raised, as the sync wait raises it)."""
+        last: RedisUnavailableError | RedisRefusedError | None = None
         while True:
             try:
-                found = await _within(
-                    asyncio.gather(
-                        *(
-                            self._store(n).exists_many([keys.job(p.name, i) for i in ids])
-                            for n, p in enumerate(parts)
-                        )
-                    ),
-                    deadline,
-                )
-                break
+                return await _within(read(), state.deadline)
+            except (RedisUnavailableError, RedisRefusedError) as exc:
+                last = exc
+                await asyncio.sleep(state.retry_after(exc, log))
             except asyncio.TimeoutError:
-                raise WaitTimeoutError(sorted(ids), timeout or 0.0) from None
-            except (RedisUnavailableError, RedisRefusedError):
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(_OUTAGE_RECHECK)
-        groups: dict[int, list[str]] = {}
-        for n, job_id in enumerate(ids):
-            part = next((p for p in range(len(parts)) if found[p][n]), 0)
-            groups.setdefault(part, []).append(job_id)
-        return groups
-
-    def _job_key(self, part: int, job_id: str) -> str:
-        return keys.job(self.flow.parts[part].name, job_id)
-
-    async def _still_pending(self, part: int, pending: set[str]) -> set[str]:
-        ids = list(pending)
-        replies = await self._store(part).hash_field_many(
-            [self._job_key(part, i) for i in ids], [keys.DONE]
-        )
-        return {i for i, reply in zip(ids, replies, strict=True) if not keys.is_true(reply[0])}
-
-    async def _wait(
-        self, part: int, ids: list[str], deadline: float | None, timeout: float | None
-    ) -> list[dict[str, Any]]:
-        """The sync ``wait_for_jobs``, awaited, in one partition: subscribed first (the hub),
-        then the done flags read, then announcements taken as they come and the rest re-read
-        every 2 s. Every step is held to the deadline, a silent server's too."""
-        pending = set(ids)
-        hub = self._done_hub(part)
-        waiter = hub.join(set(ids))
-        try:
-            await _within(waiter.ready, deadline)  # subscribed: nothing slips past the read
-            pending = await _within(self._still_pending(part, pending), deadline)
-            listed = sorted(pending)
-            keys_ = [self._job_key(part, i) for i in listed]
-            there = await _within(self._store(part).exists_many(keys_), deadline)
-            unknown = [i for i, ok in zip(listed, there, strict=True) if not ok]
-            if unknown:
-                raise UnknownJobError(self.name, unknown)
-            await self._take(part, waiter, pending, deadline)
-        except asyncio.TimeoutError:
-            raise WaitTimeoutError(sorted(pending), timeout or 0.0) from None
-        finally:
-            hub.leave(waiter)
-        while True:  # the final read rides out an outage too, until the deadline
-            try:
-                refs = [(self._job_key(part, i), i) for i in ids]
-                jobs = await self._fetch(refs, resolve=False)
-                return [j for j in jobs if j is not None]
-            except (RedisUnavailableError, RedisRefusedError):
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(_OUTAGE_RECHECK)
-
-    async def _take(
-        self, part: int, waiter: Waiter, pending: set[str], deadline: float | None
-    ) -> None:
-        """Empty ``pending`` (in place) as its jobs are announced or found done; asyncio's
-        TimeoutError at the deadline."""
-        logger = self.flow.logger
-        next_check = time.monotonic() + _RECHECK
-        outage = False
-        while pending:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise asyncio.TimeoutError
-            left = 1.0 if deadline is None else min(1.0, deadline - now)
-            pause = min(left, next_check - now)
-            if pause > 0 and not waiter.event.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(waiter.event.wait(), pause)
-            waiter.event.clear()
-            pending.difference_update(waiter.arrived)
-            waiter.arrived.clear()
-            if waiter.problem is not None or waiter.recheck:
-                # the subscription was lost, or is back: what was announced meanwhile is
-                # found by reading the flags now
-                waiter.problem = None
-                waiter.recheck = False
-                next_check = now
-            if pending and time.monotonic() >= next_check:
-                try:
-                    still = await _within(self._still_pending(part, pending), deadline)
-                    pending.intersection_update(still)
-                    if outage:
-                        outage = False
-                        logger.info("wait: Redis is reachable again")
-                except (RedisUnavailableError, RedisRefusedError) as exc:
-                    if not outage:
-                        outage = True
-                        logger.warning("wait: {}; still waiting", exc)
-                next_check = time.monotonic() + (_OUTAGE_RECHECK if outage else _RECHECK)
+                if last is not None:
+                    raise last from None
+                raise
 
 
 async def _within(aw: Awaitable[T], deadline: float | None) -> T:

@@ -1,5 +1,6 @@
 """The done hub of ``procflow.aio``: one subscription to a flow's (or a partition's)
-``procflow:F:done`` shared by every ``wait`` of an AsyncFlow."""
+``procflow:F:done`` shared by every ``wait`` of an AsyncFlow (a second one, with the
+progress channel, for the waits that show progress)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ _MAX_BACKOFF = 2.0
 
 class Waiter:
     """One ``wait`` call's share of the hub: the ids it waits for, those announced since it
-    last looked, and what the hub has to tell it."""
+    last looked (and their progress reports), and what the hub has to tell it. A wait on
+    several partitions gives its waiters one ``event``."""
 
-    __slots__ = ("arrived", "event", "ids", "problem", "ready", "recheck")
+    __slots__ = ("arrived", "event", "ids", "problem", "ready", "recheck", "reports")
 
-    def __init__(self, ids: set[str], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, ids: set[str], loop: asyncio.AbstractEventLoop, event: asyncio.Event | None = None
+    ) -> None:
         self.ids = ids
         self.arrived: set[str] = set()
-        self.event = asyncio.Event()
+        self.reports: dict[str, float] = {}
+        self.event = event or asyncio.Event()
         #: resolved once the hub is subscribed (or fails with the error of its first try)
         self.ready: asyncio.Future[None] = loop.create_future()
         #: the subscription was lost (re-read now: announcements are missed meanwhile)
@@ -38,16 +43,17 @@ class DoneHub:
     announced goes to the waits that want it. The hub runs while some wait is waiting;
     after an outage it subscribes again with back-off and tells the waits to re-read."""
 
-    def __init__(self, store: AsyncStore, flow: str) -> None:
+    def __init__(self, store: AsyncStore, flow: str, progress: bool = False) -> None:
         self._store = store
         self._flow = flow
+        self._progress = progress
         self._waiters: set[Waiter] = set()
         self._by_id: dict[str, list[Waiter]] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = False
 
-    def join(self, ids: set[str]) -> Waiter:
-        waiter = Waiter(ids, self._store.loop)
+    def join(self, ids: set[str], event: asyncio.Event | None = None) -> Waiter:
+        waiter = Waiter(ids, self._store.loop, event)
         self._waiters.add(waiter)
         for job_id in ids:
             self._by_id.setdefault(job_id, []).append(waiter)
@@ -86,7 +92,7 @@ class DoneHub:
     async def _run(self) -> None:
         delay = 0.1
         while True:  # until close() cancels it
-            subscription = self._store.subscribe_done(self._flow)
+            subscription = self._store.subscribe_done(self._flow, self._progress)
             try:
                 await subscription.open()
             except (RedisUnavailableError, RedisRefusedError) as exc:
@@ -108,6 +114,10 @@ class DoneHub:
                         for waiter in self._by_id.get(job_id, ()):
                             waiter.arrived.add(job_id)
                             waiter.event.set()
+                    reports, subscription.reports = subscription.reports, {}
+                    for job_id, fraction in reports.items():
+                        for waiter in self._by_id.get(job_id, ()):
+                            waiter.reports[job_id] = fraction
             except (RedisUnavailableError, RedisRefusedError) as exc:
                 self._subscribed = False
                 self._tell(exc)

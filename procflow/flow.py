@@ -17,7 +17,6 @@ from .definition import Backoff, FlowDefinition, QueueSpec, Stage
 from .errors import (
     ConfigurationError,
     EncodeError,
-    JobFailedError,
     SupervisorStateError,
     UnknownQueueError,
 )
@@ -31,7 +30,7 @@ from .store.records import NewJob
 from .store.redis import Store
 from .store.registry import Registry
 from .supervisor import Supervisor
-from .waiting import wait_for_jobs, wait_in_parts
+from .waiting import wait_for_jobs
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -271,13 +270,9 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         that failed comes back with ``failed`` true (``raise_on_failure`` raises
         JobFailedError instead). Rides out Redis outages; WaitTimeoutError lists the ids not
         done after ``timeout`` seconds. ``progress`` shows a progress line on stderr, with the
-        jobs' own reports (``procflow.progress``)."""
-        if self.partitioning is None:
-            jobs = wait_for_jobs(self, job_ids, timeout, progress)
-        else:
-            jobs = wait_in_parts(self, job_ids, timeout, progress)
-        if raise_on_failure and any(j.get(keys.FAILED) is True for j in jobs):
-            raise JobFailedError(jobs)
+        jobs' own reports (``procflow.progress``). A partitioned flow's jobs are waited for
+        in every partition at once (``AsyncFlow.wait`` is the same wait, awaited)."""
+        jobs = wait_for_jobs(self, job_ids, timeout, progress, raise_on_failure)
         return jobs  # type: ignore[return-value]
 
     # -- failed jobs ---------------------------------------------------------------------

@@ -1,30 +1,195 @@
-"""Waiting for jobs to finish, for batch pipelines (``Supervisor.wait``).
+"""Waiting for jobs to finish: ``Flow.wait`` (blocking) and ``AsyncFlow.wait`` (awaited).
 
 Every job that leaves its flow is announced on ``procflow:F:done`` (pub/sub) by the script
-that marks it done. ``wait_for_jobs`` subscribes first, then reads which ids are done already,
-then takes announcements as they come, and re-reads the rest every couple of seconds (jobs
-finished by another library, or an announcement lost in a reconnect).
+that marks it done. A wait subscribes first (to every partition's channel), then reads in
+every partition, side by side, which ids are done and which exist, then takes announcements
+as they come and re-reads the rest every couple of seconds (jobs finished by another
+library, or an announcement lost in a reconnect) — in all partitions at once.
+
+:class:`Waiting` holds what is I/O-free: a wait's ids, deadline, where each job lives,
+what is still pending, when to re-read, what to log and what to show; the two drivers here
+(:func:`wait_for_jobs`) and in ``aio.py`` (``AsyncFlow.wait``) only read and sleep.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .errors import RedisRefusedError, RedisUnavailableError, UnknownJobError, WaitTimeoutError
-from .partitions import Part
+from .errors import (
+    JobFailedError,
+    RedisRefusedError,
+    RedisUnavailableError,
+    UnknownJobError,
+    WaitTimeoutError,
+)
+from .partitions import Part, for_each
 from .store import keys
 from .store.redis import Store
 
 if TYPE_CHECKING:
     from loguru import Logger
 
-__all__ = ["PartitionedFlow", "WaitableFlow", "wait_for_jobs", "wait_in_parts"]
+__all__ = ["RECHECK", "WaitableFlow", "Waiting", "wait_for_jobs"]
 
-_RECHECK = 2.0
+#: seconds between re-reads of the jobs still pending
+RECHECK = 2.0
+#: seconds between tries while Redis is away or refusing
+OUTAGE_RECHECK = 0.2
 T = TypeVar("T")
+
+#: a partition's first read: HMGET done of every id, the ids not done (sorted), EXISTS of those
+FirstRead = tuple[Sequence[Sequence[Any]], list[str], Sequence[bool]]
+
+
+class Waiting:
+    """One wait, without I/O. The driver reads ``first_keys`` in every partition and gives
+    the replies to ``place``; then, while ``pending``, it takes announcements for at most
+    ``pause()`` seconds (``arrived``; ``lost`` when the subscription broke), re-reads
+    ``recheck_groups()`` when ``recheck_due()`` (``rechecked`` or ``unreachable``) and calls
+    ``show``; at the end it reads ``final_refs()`` and returns ``result(jobs)``. An outage
+    during a read is ridden out until the deadline (``retry_after``)."""
+
+    def __init__(
+        self,
+        name: str,
+        part_names: Sequence[str],
+        job_ids: Sequence[str],
+        timeout: float | None,
+        progress: bool,
+        logger: Logger,
+    ) -> None:
+        self.name = name
+        self.part_names = tuple(part_names)
+        self.ids = list(job_ids)
+        self.timeout = timeout
+        self.progress = progress
+        self.logger = logger
+        self.start = time.monotonic()
+        self.deadline = None if timeout is None else self.start + timeout
+        #: job id → the partition that holds it
+        self.where: dict[str, int] = {}
+        self.pending: set[str] = set(self.ids)
+        #: the last fraction each job reported (``progress``)
+        self.reports: dict[str, float] = {}
+        self.next_check = 0.0
+        self.outage = False
+        self._warned = False
+        self._shown = 0.0
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def job_keys(self, part: int, ids: Sequence[str]) -> list[str]:
+        return [keys.job(self.part_names[part], i) for i in ids]
+
+    @staticmethod
+    def not_done(ids: Sequence[str], replies: Sequence[Sequence[Any]]) -> list[str]:
+        """From HMGET done replies of ``ids``: the ids not done, sorted."""
+        return sorted(i for i, r in zip(ids, replies, strict=True) if not keys.is_true(r[0]))
+
+    def place(self, reads: Sequence[FirstRead]) -> None:
+        """The first read of every partition: where each job lives and which are pending.
+        UnknownJobError lists the ids found in none."""
+        for part, (replies, rest, there) in enumerate(reads):
+            existing = {i for i, ok in zip(rest, there, strict=True) if ok}
+            for job_id, reply in zip(self.ids, replies, strict=True):
+                if job_id in self.where:
+                    continue
+                if keys.is_true(reply[0]):
+                    self.where[job_id] = part
+                    self.pending.discard(job_id)
+                elif job_id in existing:
+                    self.where[job_id] = part
+        unknown = sorted(i for i in set(self.ids) if i not in self.where)
+        if unknown:
+            raise UnknownJobError(self.name, unknown)
+        self.next_check = time.monotonic() + RECHECK
+
+    def recheck_groups(self) -> list[tuple[int, list[str]]]:
+        """The pending ids by partition, to re-read their done flags."""
+        groups: dict[int, list[str]] = {}
+        for job_id in sorted(self.pending):
+            groups.setdefault(self.where[job_id], []).append(job_id)
+        return sorted(groups.items())
+
+    def final_refs(self) -> list[tuple[str, str]]:
+        """(key, id) of every job, in the order given, for the final read."""
+        return [(keys.job(self.part_names[self.where[i]], i), i) for i in self.ids]
+
+    def result(
+        self, jobs: Sequence[dict[str, Any] | None], raise_on_failure: bool
+    ) -> list[dict[str, Any]]:
+        """The jobs still there, in the order given; JobFailedError with
+        ``raise_on_failure`` when one failed."""
+        found = [j for j in jobs if j is not None]
+        if raise_on_failure and any(j.get(keys.FAILED) is True for j in found):
+            raise JobFailedError(found)
+        return found
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def timed_out(self) -> WaitTimeoutError:
+        return WaitTimeoutError(sorted(self.pending), self.timeout or 0.0)
+
+    def pause(self) -> float:
+        """How long to wait for announcements now; WaitTimeoutError at the deadline."""
+        now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
+            raise self.timed_out()
+        left = 1.0 if self.deadline is None else min(1.0, self.deadline - now)
+        return max(0.0, min(left, self.next_check - now))
+
+    def arrived(self, ids: Sequence[str] | set[str]) -> None:
+        self.pending.difference_update(ids)
+
+    def lost(self) -> None:
+        """The subscription broke (or is back): what was announced meanwhile is found by
+        reading the flags now."""
+        self.next_check = time.monotonic()
+
+    def recheck_due(self) -> bool:
+        return bool(self.pending) and time.monotonic() >= self.next_check
+
+    def rechecked(self, still: Sequence[list[str]]) -> None:
+        """The ids each group of ``recheck_groups`` still has pending."""
+        self.pending = {i for group in still for i in group}
+        if self.outage:
+            self.outage = False
+            self.logger.info("wait: Redis is reachable again")
+        self.next_check = time.monotonic() + RECHECK
+
+    def unreachable(self, exc: BaseException) -> None:
+        """A re-read failed: logged once per outage, tried again soon."""
+        if not self.outage:
+            self.outage = True
+            self.logger.warning("wait: {}; still waiting", exc)
+        self.next_check = time.monotonic() + OUTAGE_RECHECK
+
+    def retry_after(self, exc: RedisUnavailableError | RedisRefusedError, log: bool) -> float:
+        """A read failed: raise at the deadline, else say how long to back off (the first
+        failure logged, with ``log``)."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise exc
+        if log and not self._warned:
+            self._warned = True
+            self.logger.warning("wait: {}; still waiting", exc)
+        return OUTAGE_RECHECK
+
+    def show(self, final: bool = False) -> None:
+        """With ``progress``: the progress line on stderr (every 0.2 s on a terminal, else
+        every 5 s, and once at the end)."""
+        if not self.progress:
+            return
+        now = time.monotonic()
+        if final:
+            _show(len(self.ids), len(self.ids), now - self.start, final=True)
+            return
+        if now - self._shown > (0.2 if sys.stderr.isatty() else 5.0):
+            self._shown = now
+            done = len(self.ids) - len(self.pending)
+            _show(done, len(self.ids), now - self.start, self.reports, self.pending)
 
 
 class WaitableFlow(Protocol):
@@ -33,106 +198,22 @@ class WaitableFlow(Protocol):
     @property
     def name(self) -> str: ...
     @property
+    def parts(self) -> tuple[Part, ...]: ...
+    @property
     def store(self) -> Store: ...
     @property
     def logger(self) -> Logger: ...
-    def job_key(self, job_id: str) -> str: ...
-    def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[Any]: ...
+    def _fetch(
+        self, refs: Sequence[tuple[str, str]], resolve: bool
+    ) -> list[dict[str, Any] | None]: ...
 
 
-class PartitionedFlow(WaitableFlow, Protocol):
-    """What waiting needs of a partitioned flow."""
-
-    @property
-    def parts(self) -> tuple[Part, ...]: ...
-    def locate(self, job_ids: Sequence[str]) -> dict[str, Part]: ...
-    def jobs_in(
-        self, part: Part, job_ids: Sequence[str], resolve_children: bool = False
-    ) -> list[Any]: ...
-
-
-class _InPart:
-    """One partition of a flow, as waiting sees it."""
-
-    def __init__(self, flow: PartitionedFlow, part: Part) -> None:
-        self.flow = flow
-        self.part = part
-
-    @property
-    def name(self) -> str:
-        return self.part.name
-
-    @property
-    def store(self) -> Store:
-        return self.part.store
-
-    @property
-    def logger(self) -> Logger:
-        return self.flow.logger
-
-    def job_key(self, job_id: str) -> str:
-        return keys.job(self.part.name, job_id)
-
-    def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[Any]:
-        return self.flow.jobs_in(self.part, job_ids, resolve_children)
-
-
-def wait_in_parts(
-    flow: PartitionedFlow,
-    job_ids: Sequence[str],
-    timeout: float | None = None,
-    progress: bool = False,
-) -> list[dict[str, Any]]:
-    """``wait_for_jobs`` for a partitioned flow: each id's partition found first, then each
-    partition's jobs waited for in turn, under one deadline (ids found nowhere are reported
-    as unknown by partition 0's wait)."""
-    ids = list(job_ids)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    located = _ride_out(lambda: flow.locate(ids), deadline, flow.logger)
-    groups: dict[int, list[str]] = {}
-    for job_id in ids:
-        groups.setdefault(located[job_id].index if job_id in located else 0, []).append(job_id)
-    done: dict[str, dict[str, Any]] = {}
-    for index, group in sorted(groups.items()):
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        for job in wait_for_jobs(_InPart(flow, flow.parts[index]), group, left, progress):
-            done[job[keys.ID]] = job
-    return [done[i] for i in ids if i in done]
-
-
-def _still_pending(flow: WaitableFlow, pending: set[str]) -> set[str]:
-    ids = list(pending)
-    replies = flow.store.hash_field_many([flow.job_key(i) for i in ids], [keys.DONE])
-    return {i for i, reply in zip(ids, replies, strict=True) if not keys.is_true(reply[0])}
-
-
-def _first_read(
-    flow: WaitableFlow, ids: list[str], deadline: float | None
-) -> tuple[set[str], list[bool], list[str]]:
-    """The jobs not done yet, whether each exists, in the order checked — riding out an
-    outage (a failover, say) until the deadline."""
-
-    def read() -> tuple[set[str], list[bool], list[str]]:
-        pending = _still_pending(flow, set(ids))
-        listed = sorted(pending)
-        return pending, flow.store.exists_many([flow.job_key(i) for i in listed]), listed
-
-    return _ride_out(read, deadline, flow.logger)
-
-
-def _ride_out(read: Callable[[], T], deadline: float | None, logger: Logger | None) -> T:
-    """``read()``, tried again every 0.2 s while Redis is away or refusing, until the
-    deadline (then its error is raised); with ``logger``, the first failure is logged."""
+def _ride_out(state: Waiting, read: Callable[[], T], log: bool) -> T:
     while True:
         try:
             return read()
         except (RedisUnavailableError, RedisRefusedError) as exc:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise
-            if logger is not None:
-                logger.warning("wait: {}; still waiting", exc)
-                logger = None
-            time.sleep(0.2)  # back-off while the server is away
+            time.sleep(state.retry_after(exc, log))  # back-off while the server is away
 
 
 def wait_for_jobs(
@@ -140,64 +221,53 @@ def wait_for_jobs(
     job_ids: Sequence[str],
     timeout: float | None = None,
     progress: bool = False,
+    raise_on_failure: bool = False,
 ) -> list[dict[str, Any]]:
-    """See ``procflow.Flow.wait``."""
-    ids = list(job_ids)
-    if not ids:
+    """See ``procflow.Flow.wait``: the blocking driver of :class:`Waiting` (one subscription
+    to every partition's channels; the partitions read side by side)."""
+    parts = flow.parts
+    state = Waiting(flow.name, [p.name for p in parts], job_ids, timeout, progress, flow.logger)
+    if not state.ids:
         return []
-    start = time.monotonic()
-    deadline = None if timeout is None else start + timeout
-    with flow.store.subscribe_done(flow.name, progress=progress) as subscription:
-        pending, there, listed = _first_read(flow, ids, deadline)
-        unknown = [i for i, ok in zip(listed, there, strict=True) if not ok]
-        if unknown:
-            raise UnknownJobError(flow.name, unknown)
-        next_check = time.monotonic() + _RECHECK
-        last_shown = 0.0
-        outage = False
-        while pending:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise WaitTimeoutError(sorted(pending), timeout or 0.0)
-            left = 1.0 if deadline is None else min(1.0, deadline - now)
+
+    def first(part: Part) -> FirstRead:
+        replies = part.store.hash_field_many(state.job_keys(part.index, state.ids), [keys.DONE])
+        rest = state.not_done(state.ids, replies)
+        return replies, rest, part.store.exists_many(state.job_keys(part.index, rest))
+
+    def still(group: tuple[int, list[str]]) -> list[str]:
+        part, ids = group
+        replies = parts[part].store.hash_field_many(state.job_keys(part, ids), [keys.DONE])
+        return state.not_done(ids, replies)
+
+    names = [p.name for p in parts]
+    with flow.store.subscribe_done(names, progress=progress) as subscription:
+        state.place(_ride_out(state, lambda: for_each(parts, first), log=True))
+        while state.pending:
+            pause = state.pause()
             try:
-                pending.difference_update(subscription.take(min(left, next_check - now)))
+                state.arrived(subscription.take(pause))
             except RedisUnavailableError:
-                # the next take reconnects and subscribes again; whatever was announced
-                # meanwhile is found by the re-read below
-                next_check = now
-                time.sleep(min(0.2, left))  # back-off while the server is away
-            if time.monotonic() >= next_check:
+                # the next take reconnects and subscribes again
+                state.lost()
+                time.sleep(min(OUTAGE_RECHECK, pause))  # back-off while the server is away
+            if state.recheck_due():
                 try:
-                    pending = _still_pending(flow, pending)
-                    if outage:
-                        outage = False
-                        flow.logger.info("wait: Redis is reachable again")
+                    state.rechecked(for_each(state.recheck_groups(), still))
                 except (RedisUnavailableError, RedisRefusedError) as exc:
-                    if not outage:
-                        outage = True
-                        flow.logger.warning("wait: {}; still waiting", exc)
-                next_check = time.monotonic() + (0.2 if outage else _RECHECK)
-            every = 0.2 if sys.stderr.isatty() else 5.0
-            if progress and time.monotonic() - last_shown > every:
-                last_shown = time.monotonic()
-                _show(
-                    len(ids) - len(pending),
-                    len(ids),
-                    last_shown - start,
-                    subscription.progress,
-                    pending,
-                )
-        if progress:
-            _show(len(ids), len(ids), time.monotonic() - start, final=True)
-        return _ride_out(lambda: flow.get_jobs(ids), deadline, None)  # the final read too
+                    state.unreachable(exc)
+            state.reports = subscription.progress
+            state.show()
+    state.show(final=True)
+    jobs = _ride_out(state, lambda: flow._fetch(state.final_refs(), False), log=False)
+    return state.result(jobs, raise_on_failure)
 
 
 def _show(
     done: int,
     total: int,
     elapsed: float,
-    reported: dict[str, float] | None = None,
+    reported: Mapping[str, float] | None = None,
     pending: set[str] | None = None,
     final: bool = False,
 ) -> None:

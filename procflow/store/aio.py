@@ -34,6 +34,7 @@ from .link import Link, open_streams
 from .records import NewJob
 from .redis import CREATE_CHUNK, PRUNE_LIMIT, Store, created_from
 from .replies import REDIRECTS, Route, follow
+from .subscription import progress_report
 from .wire import Arg, Script, pack, script
 
 __all__ = ["AsyncStore", "AsyncSubscription"]
@@ -266,30 +267,60 @@ class AsyncStore:
         got = [int(self._check(r)) for r in await self._pipeline(commands)]
         return [dict(zip(names, got[i : i + 5], strict=True)) for i in range(0, len(got), 5)]
 
-    def subscribe_done(self, flow: str) -> AsyncSubscription:
+    @follows_redirects
+    async def revive(self, stage: StageKeys, job_ids: Sequence[str]) -> list[str]:
+        """As ``Store.revive``: failed jobs back onto their stage's waiting list with a fresh
+        attempt count."""
+        if not job_ids:
+            return []
+        s = script("revive")
+        packed = pack(
+            "EVALSHA",
+            s.sha,
+            2,
+            stage.failed,
+            stage.waiting,
+            stage.job_prefix,
+            stage.attempts_field,
+            *job_ids,
+        )
+        [reply] = await self._run_scripts([s], [packed])
+        return [m.decode() for m in self._check(reply)]
+
+    def subscribe_done(self, flow: str, progress: bool = False) -> AsyncSubscription:
         """A subscription (not yet open) to the ids of flow ``flow``'s jobs as they become
-        done, on a connection of its own."""
-        return AsyncSubscription(self.settings, keys.done_channel(flow))
+        done (and, with ``progress``, to their progress reports), on a connection of its
+        own."""
+        channel = keys.progress_channel(flow) if progress else None
+        return AsyncSubscription(self.settings, keys.done_channel(flow), channel)
 
 
 class AsyncSubscription:
-    """SUBSCRIBE to one channel on a :class:`Link` of its own (the messages are RESP3
-    pushes). After ``max(1, socket_timeout / 2)`` s of silence it PINGs, and the Link allows
-    ``socket_timeout`` for the answer. A lost connection raises RedisUnavailableError: open
-    a new subscription (what was published meanwhile is lost)."""
+    """SUBSCRIBE to one channel (and a progress channel) on a :class:`Link` of its own (the
+    messages are RESP3 pushes). After ``max(1, socket_timeout / 2)`` s of silence it PINGs,
+    and the Link allows ``socket_timeout`` for the answer. A lost connection raises
+    RedisUnavailableError: open a new subscription (what was published meanwhile is lost).
+    ``reports`` holds the progress reports received (job id → fraction) until taken."""
 
-    def __init__(self, settings: RedisSettings, channel: str) -> None:
+    def __init__(
+        self, settings: RedisSettings, channel: str, progress_channel: str | None = None
+    ) -> None:
         self.settings = settings
         self.channel = channel
+        self.progress_channel = progress_channel
         self._channel = channel.encode()
         self._link: Link | None = None
         self._ids: list[str] = []
+        self.reports: dict[str, float] = {}
         self._confirmed = False
         self._event = asyncio.Event()
 
     def _pushed(self, reply: list[Any] | None) -> None:
         if reply is not None and len(reply) == 3 and reply[0] == b"message":
-            self._ids.append(reply[2].decode())
+            if reply[1] == self._channel:
+                self._ids.append(reply[2].decode())
+            elif (report := progress_report(reply[2])) is not None:
+                self.reports[report[0]] = report[1]
         elif reply is not None and reply[:2] == [b"subscribe", self._channel]:
             self._confirmed = True
         self._event.set()  # a message, or the connection broke (None)
@@ -298,7 +329,8 @@ class AsyncSubscription:
         """Connect and subscribe; returns once the server confirmed the subscription."""
         link = self._link = Link(self.settings, await open_streams(self.settings), self._pushed)
         try:  # the PONG comes after the confirmation, or after the refusal
-            [reply] = await link.request(pack("SUBSCRIBE", self.channel) + pack("PING"), 1)
+            channels = [self.channel, *([self.progress_channel] if self.progress_channel else [])]
+            [reply] = await link.request(pack("SUBSCRIBE", *channels) + pack("PING"), 1)
             if isinstance(reply, rex.ResponseError):
                 raise refusal(self.settings.address, str(reply))
             if not self._confirmed:
@@ -308,10 +340,10 @@ class AsyncSubscription:
             raise
 
     async def messages(self) -> list[str]:
-        """The messages published on the channel, as text: waits for one, then takes every
-        one already received."""
+        """The messages published on the channel, as text: waits for one (or a progress
+        report), then takes every one already received."""
         interval = max(1.0, self.settings.socket_timeout / 2)
-        while not self._ids:
+        while not self._ids and not self.reports:
             link = self._link
             if link is None or link.broken is not None:
                 raise (

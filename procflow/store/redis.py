@@ -117,11 +117,15 @@ class Store:
         with self.wire() as w:
             yield StageSession(w, stage, fields=fields, lock_ms=lock_ms)
 
-    def subscribe_done(self, flow: str, progress: bool = False) -> DoneSubscription:
-        """A subscription to the ids of flow ``flow``'s jobs as they become done (and, with
-        ``progress``, to their progress reports)."""
-        channel = keys.progress_channel(flow) if progress else None
-        return DoneSubscription(self.settings, keys.done_channel(flow), channel)
+    def subscribe_done(self, flows: Sequence[str], progress: bool = False) -> DoneSubscription:
+        """A subscription to the ids of the jobs of ``flows`` (a flow's partitions) as they
+        become done (and, with ``progress``, to their progress reports), on one connection:
+        on a cluster, classic pub/sub reaches every node."""
+        return DoneSubscription(
+            self.settings,
+            [keys.done_channel(f) for f in flows],
+            [keys.progress_channel(f) for f in flows] if progress else [],
+        )
 
     def close(self) -> None:
         with self._lock:

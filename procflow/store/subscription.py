@@ -7,6 +7,7 @@ while it was disconnected, so its users re-read the jobs now and then (``waiting
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import redis.exceptions as rex
@@ -16,35 +17,51 @@ from ..errors import RedisUnavailableError
 from ..settings import RedisSettings
 from .connect import make_client
 
-__all__ = ["DoneSubscription"]
+__all__ = ["DoneSubscription", "progress_report"]
+
+
+def progress_report(data: bytes) -> tuple[str, float] | None:
+    """A progress message's job id and fraction (None: not one of procflow's, or no
+    fraction); the sync and async subscriptions read them alike."""
+    try:
+        report = codec.decode(data)
+        fraction = report["fraction"]
+        if fraction is not None:
+            return str(report["id"]), float(fraction)
+    except (ValueError, KeyError, TypeError):  # someone else's message: not ours to read
+        pass
+    return None
 
 
 class DoneSubscription:
-    """Subscribed on ``open``; ``take`` returns the ids announced so far. With a
-    ``progress_channel``, the jobs' progress reports are followed too: ``progress`` holds
-    the last fraction announced per job id."""
+    """Subscribed on ``open`` to ``channels`` (done channels); ``take`` returns the ids
+    announced so far. With ``progress_channels``, the jobs' progress reports are followed
+    too: ``progress`` holds the last fraction announced per job id."""
 
     def __init__(
-        self, settings: RedisSettings, channel: str, progress_channel: str | None = None
+        self,
+        settings: RedisSettings,
+        channels: Sequence[str],
+        progress_channels: Sequence[str] = (),
     ) -> None:
         self.settings = settings
-        self.channel = channel
-        self.progress_channel = progress_channel
+        self.channels = list(channels)
+        self.progress_channels = list(progress_channels)
+        self._done = {c.encode() for c in self.channels}
         self.progress: dict[str, float] = {}
-        self._client = make_client(
+        # Any: redis-py annotates Redis.close and pubsub in some releases and not in others
+        client: Any = make_client(
             settings,
             socket_timeout=settings.socket_timeout,
             health_check_interval=max(1.0, settings.socket_timeout / 2),
         )
-        # Any: PubSub is annotated in some redis-py releases and not in others
-        client: Any = self._client
+        self._client = client
         self._pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
         self._subscribed = False
 
     def open(self) -> DoneSubscription:
-        channels = [self.channel, *([self.progress_channel] if self.progress_channel else [])]
         try:
-            self._pubsub.subscribe(*channels)
+            self._pubsub.subscribe(*self.channels, *self.progress_channels)
         except rex.RedisError as exc:
             raise RedisUnavailableError(self.settings.address, exc) from None
         self._subscribed = True
@@ -61,23 +78,14 @@ class DoneSubscription:
             message = self._pubsub.get_message(timeout=max(0.0, timeout))
             while message is not None:
                 if message.get("type") == "message":
-                    if message["channel"] == self.channel.encode():
+                    if message["channel"] in self._done:
                         ids.append(message["data"].decode())
-                    else:
-                        self._note_progress(message["data"])
+                    elif (report := progress_report(message["data"])) is not None:
+                        self.progress[report[0]] = report[1]
                 message = self._pubsub.get_message(timeout=0)
         except rex.RedisError as exc:
             raise RedisUnavailableError(self.settings.address, exc) from None
         return ids
-
-    def _note_progress(self, data: bytes) -> None:
-        try:
-            report = codec.decode(data)
-            fraction = report["fraction"]
-            if fraction is not None:
-                self.progress[str(report["id"])] = float(fraction)
-        except (ValueError, KeyError, TypeError):  # someone else's message: not ours to read
-            pass
 
     def close(self) -> None:
         self._pubsub.close()
