@@ -13,8 +13,11 @@
 // stdout carries one JSON object per line, as things happen:
 //   {"event": "ready"}                                   every worker and the monitor started
 //   {"event": "completed", "queue", "jobId", "ok"}       a Worker.complete returned
-//   {"event": "refresh"}                                 the FlowMonitor finished a round
+//   {"event": "refresh"}                                 the FlowMonitor started a round (its
+//                                                        log line comes before the checks end)
 //   {"event": "lockExpired", "queue", "jobId"}           the FlowMonitor failed a job
+//   {"event": "monitorLRem", "key", "jobId", "removed"}  its LREM of that job: removed 0 when
+//                                                        the job had left processing already
 //   {"event": "stopped", "logged": [...]}                last: the library's warnings/errors
 const readline = require("readline");
 const { FlowMonitor } = require("@guildxyz/queues");
@@ -100,6 +103,15 @@ async function main() {
       logger: monitorLogger,
       intervalMs: config.monitor.intervalMs,
     });
+    // the monitor fails a job whose lock it did not find whether or not its LREM removed the
+    // job from processing (a job completed between its LRANGE and its GET is failed too):
+    // the reply tells the two apart
+    const lRem = monitor.redis.lRem.bind(monitor.redis);
+    monitor.redis.lRem = async (key, count, jobId) => {
+      const removed = await lRem(key, count, jobId);
+      emit({ event: "monitorLRem", key, jobId, removed });
+      return removed;
+    };
   }
   await flow.startAll();
   if (monitor) {

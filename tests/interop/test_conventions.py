@@ -500,11 +500,16 @@ def test_both_monitors_leave_each_others_running_jobs_alone(
 ) -> None:
     """procflow workers run ``prepare`` under the TypeScript FlowMonitor (every 50 ms);
     TypeScript workers run ``finish`` under procflow's monitor (every 0.1 s). Each job takes
-    longer than several monitor rounds; none is failed, requeued or run twice."""
+    several rounds of both; none is taken away, requeued or run twice.
+
+    The FlowMonitor has a race of its own (the library's jobs are as exposed as procflow's):
+    a job completed between its LRANGE of processing and its GET of the lock is marked
+    ``failed`` though it went on; its LREM then removes nothing. Such a marking is told apart
+    by that reply and allowed here; a job taken out of processing is not."""
     flow = make_flow(redis_url)
-    ids = create("procflow", flow, redis_url, [CONFORMING["routed past"]] * 8)
-    run = node(flow, workers=[LAST], workMs=150, monitor={"queues": ["prepare"], "intervalMs": 50})
-    flow.create_workers("prepare", convention("prepare", 0.15), block_timeout=0.2)
+    ids = create("procflow", flow, redis_url, [CONFORMING["routed past"]] * 6)
+    run = node(flow, workers=[LAST], workMs=200, monitor={"queues": ["prepare"], "intervalMs": 50})
+    flow.create_workers("prepare", convention("prepare", 0.2), block_timeout=0.2)
     with flow.start_all(heartbeat=False, monitor_interval=0.1) as sup:
         jobs = sup.wait(ids, timeout=30)
         assert r.get(f"procflow:{FLOW}:monitor") is not None  # procflow's monitor is active
@@ -512,10 +517,18 @@ def test_both_monitors_leave_each_others_running_jobs_alone(
     run.stop()
 
     assert refreshes >= 10  # the FlowMonitor went round all along
-    assert run.of("lockExpired") == []
-    assert not [j for j in jobs if j.get("failed") or "errors:prepare" in j or "errors:finish" in j]
+    assert [e for e in run.of("monitorLRem") if e["removed"]] == []
+    raced = {e["jobId"] for e in run.of("lockExpired")}
+    for job in jobs:
+        assert job["done"] is True and job["completed-queue"] == LAST and job["v"] == 2
+        assert job["attempts:prepare"] == 1 and "errors:prepare" not in job
+        assert "errors:finish" not in job and "attempts:finish" not in job  # procflow's monitor
+        if job["id"] in raced:
+            assert job["failedErrorMsg"] == "prepare lock time exceeded"
+        else:
+            assert "failed" not in job and "failedErrorMsg" not in job
     assert sorted(e["jobId"] for e in run.of("completed")) == sorted(ids)
-    assert [j["attempts:prepare"] for j in jobs] == [1] * 8
+    assert all(e["ok"] for e in run.of("completed"))
     flow.disconnect()
 
 
