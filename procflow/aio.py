@@ -252,15 +252,23 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         and its child jobs. Returns False when there was no such job."""
         flow = self.flow
         parts = flow.parts
-        refs = [(keys.job(p.name, job_id), job_id) for p in parts]
-        raws = await asyncio.gather(
-            *(self._store(n).get_hashes([k]) for n, (k, _) in enumerate(refs))
-        )
-        found = next((n for n, got in enumerate(raws) if got[0]), None)
-        if found is None:
+        found = 0
+        if len(parts) > 1:  # as Flow.part_of: which partition holds it
+            there = await asyncio.gather(
+                *(
+                    self._store(n).exists_many([keys.job(p.name, job_id)])
+                    for n, p in enumerate(parts)
+                )
+            )
+            found = next((n for n, [ok] in enumerate(there) if ok), -1)
+            if found < 0:
+                return False
+        part, store = parts[found], self._store(found)
+        key = keys.job(part.name, job_id)
+        [raw] = await store.get_hashes([key])
+        if not raw:
             return False
-        part, store, (key, _) = parts[found], self._store(found), refs[found]
-        job = flow._decode(key, job_id, raws[found][0])
+        job = flow._decode(key, job_id, raw)
         for _, child_refs in Flow._child_refs(job):
             for child_key, child_id in child_refs:
                 child_stages = part.definition.stages_of_job(child_key)

@@ -82,6 +82,9 @@ class AsyncStore:
     def _usable(self, link: Link | None) -> bool:
         if link is None or link.broken is not None or link.retired:
             return False
+        if link.stale():  # closed by the server while idle (a restart, a failover)
+            link.close()
+            return False
         if link.asking and self.route.window_over(time.monotonic()):
             link.retire()  # asked there long enough: the slot map says where it is now
             return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import time
 from collections import deque
 from collections.abc import Callable
@@ -252,6 +253,21 @@ class Link(asyncio.Protocol):
         if self._route is not None and self._route.note(error):
             self.retire()
         return reply
+
+    def stale(self) -> bool:
+        """As ``Wire.stale``: an idle connection with something to read (the server closed
+        it while the loop was not looking, or it is out of step). Checked before an idle
+        link is reused."""
+        if self.broken is not None or self._calls:
+            return False
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def retire(self) -> None:
         """Take no new request: closed once the replies owed are read."""
