@@ -3,6 +3,8 @@ procflow's own, failed lists whose jobs expired."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 
@@ -79,7 +81,7 @@ def test_a_stored_id_field_never_replaces_the_real_id(redis_url: str, r: redis.R
     assert [j["id"] for j in flow.get_jobs_by_key("a", 1)] == [job_id]
 
 
-@pytest.mark.parametrize("field", ["id", "done", "failed"])
+@pytest.mark.parametrize("field", ["id", "failed", "failedQueue", "completed-queue"])
 def test_results_named_like_procflows_own_fields_fail_the_attempt(
     redis_url: str, r: redis.Redis, field: str
 ) -> None:
@@ -89,6 +91,20 @@ def test_results_named_like_procflows_own_fields_fail_the_attempt(
         (job,) = sup.wait([flow.create_job({"a": 1})], timeout=20)
     assert job["failed"] is True and job["id"] != "forged"
     assert f"result field {field!r} is procflow's bookkeeping" in job["failedErrorMsg"]
+
+
+@pytest.mark.parametrize("value", [True, False, "forged"])
+def test_a_results_done_is_read_not_written(redis_url: str, r: redis.Redis, value: Any) -> None:
+    """The TypeScript library's workers return ``done``: accepted, and the job's ``done`` is
+    still procflow's own flag (true when the job leaves its flow; tests/interop compares
+    the whole state with the library's)."""
+    flow = Flow("res", [QueueSpec("a", next_queue="b"), QueueSpec("b")], redis_url=redis_url)
+    flow.create_workers("a", lambda j: {"done": value, "x": 1}, count=1)
+    flow.create_workers("b", lambda j: {"y": 2}, count=1)
+    with Supervisor(flow) as sup:
+        (job,) = sup.wait([flow.create_job({"a": 1})], timeout=20)
+    assert "failed" not in job and job["done"] is True
+    assert job["x"] == 1 and job["y"] == 2 and job["completed-queue"] == "b"
 
 
 def test_failed_lists_follow_their_jobs_expiry(redis_url: str, r: redis.Redis) -> None:
