@@ -129,6 +129,9 @@ def connection_kwargs(settings: RedisSettings, **overrides: Any) -> dict[str, An
         "password": settings.password,
         "socket_connect_timeout": settings.socket_connect_timeout,
         "client_name": None,
+        # RESP3, said explicitly: redis-py's default moved from 2 to 3 in 8.0, and the async
+        # subscriptions read their messages as RESP3 pushes on a connection of their own
+        "protocol": 3,
     }
     if settings.unix_socket_path:
         kwargs["path"] = settings.unix_socket_path
