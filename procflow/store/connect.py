@@ -96,7 +96,8 @@ def make_client(settings: RedisSettings, **overrides: Any) -> redis.Redis:
         host, port = slot_master(settings)
         settings = settings.with_options(host=host, port=port)
     kwargs = connection_kwargs(settings, **overrides)
-    return redis.Redis(connection_pool=connection_pool(settings, kwargs))
+    plain: redis.Redis = redis.Redis(connection_pool=connection_pool(settings, kwargs))
+    return plain
 
 
 # redis-py annotates these constructors in some releases and not in others (mypy --strict
