@@ -398,13 +398,24 @@ def migrate(cluster: Cluster, case: Case, finish: bool) -> None:
     """Each partition's slot to another master, as redis-cli --cluster reshard moves it:
     importing, migrating, every key moved; with ``finish``, the slot given to the target
     (the source then answers MOVED), else left migrating (the source answers ASK)."""
-    for part in case.flow.parts:
-        slot = key_slot(hash_tag(keys.job(part.name, "x")))
-        source_port = slot_master(part.redis)[1]
-        target_port = next(p for p in cluster.master_ports if p != source_port)
-        source, target = cluster.client(source_port), cluster.client(target_port)
-        source_id = source.execute_command("CLUSTER", "MYID").decode()
+    moved: list[tuple[int, int, str, str]] = []
+    sources = [slot_master(part.redis)[1] for part in case.flow.parts]
+    # one target for the case (not partition 0's master): its epoch can then be made the
+    # highest, so a source's claim still in flight cannot win the slot back; a partition
+    # whose slot the target serves already stays where it is
+    # (an ASK window needs no epochs: there every slot goes to another master)
+    first_target = next(p for p in cluster.master_ports if p != sources[0])
+    for part, source_port in zip(case.flow.parts, sources, strict=True):
+        target_port = first_target
+        if source_port == target_port:
+            if finish:
+                continue
+            target_port = next(p for p in cluster.master_ports if p != source_port)
+        target = cluster.client(target_port)
         target_id = target.execute_command("CLUSTER", "MYID").decode()
+        slot = key_slot(hash_tag(keys.job(part.name, "x")))
+        source = cluster.client(source_port)
+        source_id = source.execute_command("CLUSTER", "MYID").decode()
         target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
         source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
         while moving := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000):
@@ -412,26 +423,45 @@ def migrate(cluster: Cluster, case: Case, finish: bool) -> None:
                 "MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "REPLACE", "KEYS", *moving
             )
         if finish:  # the target first, then the source, then the others (as redis-cli)
-            target.execute_command("CLUSTER", "BUMPEPOCH")
             others = [p for p in cluster.master_ports if p not in (source_port, target_port)]
             for port in (target_port, source_port, *others):
                 cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            moved.append((slot, target_port, target_id, source_id))
 
-            def agreed(
-                slot: int = slot, target_port: int = target_port, to: str = target_id
-            ) -> bool:
-                # a node that took an older claim from gossip is told again; the target's
-                # bumped epoch then wins
-                behind = [
-                    p
-                    for p in cluster.master_ports
-                    if _owner(cluster.client(p), slot) != target_port
-                ]
-                for port in behind:
-                    cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", to)
-                return not behind
+    def agreed() -> bool:
+        # every master names the target of every slot moved (one that took an older claim
+        # from gossip meanwhile is told again), and the masters' config epochs are settled:
+        # each node sees the same, all distinct (a collision lets an old claim win later)
+        epochs = [_epochs(cluster.client(port)) for port in cluster.master_ports]
+        if any(e != epochs[0] for e in epochs) or len(set(epochs[0].values())) < len(epochs[0]):
+            return False
+        # a claim of the source's still in flight must lose: the target's epoch above it
+        low = {p for _, p, to, of in moved if epochs[0][to] <= epochs[0][of]}  # one target
+        for port in low:
+            cluster.client(port).execute_command("CLUSTER", "BUMPEPOCH")
+        if low:
+            return False
+        behind = [
+            (port, slot, to)
+            for slot, target_port, to, _ in moved
+            for port in cluster.master_ports
+            if _owner(cluster.client(port), slot) != target_port
+        ]
+        for port, slot, to in behind:
+            cluster.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", to)
+        return not behind
 
-            wait_until(agreed, timeout=10, what=f"every master to give slot {slot} to the target")
+    wait_until(agreed, timeout=10, what="every master to name the slots' new owners")
+
+
+def _epochs(client: redis.Redis) -> dict[str, int]:
+    """Each master's config epoch, as ``client``'s node sees it."""
+    out = {}
+    for line in client.execute_command("CLUSTER", "NODES").decode().splitlines():
+        fields = line.split()
+        if "master" in fields[2]:
+            out[fields[0]] = int(fields[6])
+    return out
 
 
 def _owner(client: redis.Redis, slot: int) -> int | None:
