@@ -129,9 +129,7 @@ class Wire:
         self.redirected = False
 
     def _connection(self, settings: RedisSettings) -> Any:
-        kwargs = connection_kwargs(
-            settings, socket_timeout=self._socket_timeout, retry=no_retry()
-        )
+        kwargs = connection_kwargs(settings, socket_timeout=self._socket_timeout, retry=no_retry())
         return connection_class(settings)(**kwargs)
 
     def _follow(self) -> None:
