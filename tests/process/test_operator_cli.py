@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,5 +115,16 @@ def test_status_watch_redraws_until_ctrl_c(redis_url: str) -> None:
         views = lambda: sum(line.startswith("-- ") for line in output.lines)  # noqa: E731
         wait_until(lambda: views() >= 3, timeout=20, what="the view redrawn")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0, output.text()
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            masks = [
+                line
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                if line.startswith(("State", "Sig", "Shd"))
+            ]
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"no exit after SIGINT: {masks}\n{output.text()}") from None
+        assert code == 0, output.text()
     assert "charge:card" in output.text()

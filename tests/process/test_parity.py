@@ -50,7 +50,7 @@ from procflow.store.wire import script
 from procflow.testing import run_inline
 from tests.clusters import Cluster
 from tests.conftest import SESSION_SERVERS, server_binary, wait_until
-from tests.process.test_sentinel import SentinelSet, _ping, _start, free_port
+from tests.sentinels import SentinelSet, running_sentinels
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -473,50 +473,14 @@ def _owner(client: redis.Redis, slot: int) -> int | None:
 
 @pytest.fixture(scope="module")
 def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    binary = server_binary("redis")
-    tmp = tmp_path_factory.mktemp("sentinel")
-    s = SentinelSet(free_port(), free_port(), [free_port() for _ in range(3)])
-    common = ["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
-    for name, port, extra in (
-        ("master", s.master_port, []),
-        ("replica", s.replica_port, ["--replicaof", "127.0.0.1", str(s.master_port)]),
-    ):
-        d = tmp / name
-        d.mkdir()
-        s.procs[name] = _start(binary, ["--port", str(port), "--dir", str(d), *common, *extra], d)
-    for n, port in enumerate(s.sentinel_ports):
-        d = tmp / f"sentinel{n}"
-        d.mkdir()
-        (d / "sentinel.conf").write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {d}\n"
-            f"sentinel monitor pfmaster 127.0.0.1 {s.master_port} 2\n"
-            "sentinel down-after-milliseconds pfmaster 400\n"
-            "sentinel failover-timeout pfmaster 5000\n"
-        )
-        s.procs[f"sentinel{n}"] = _start(binary, [str(d / "sentinel.conf"), "--sentinel"], d)
-    SESSION_SERVERS.update(p.pid for p in s.procs.values())
-    try:
-        for port in (s.master_port, s.replica_port, *s.sentinel_ports):
-            wait_until(lambda port=port: _ping(port), timeout=20, what=f"the server on {port}")
-
-        def ready() -> bool:
-            for port in s.sentinel_ports:
-                c = redis.Redis(port=port, decode_responses=True)
-                if not c.sentinel_slaves("pfmaster") or len(c.sentinel_sentinels("pfmaster")) < 2:
-                    return False
-            link = redis.Redis(port=s.replica_port).info("replication")
-            return link.get("master_link_status") == "up"
-
-        wait_until(ready, timeout=30, what="the sentinels to see the replica and each other")
-        for port in (s.master_port, s.replica_port):  # ACL users are not replicated
-            redis.Redis(port=port).execute_command("ACL", "SETUSER", USER, *ACL)
-        yield s
-    finally:
-        SESSION_SERVERS.difference_update(p.pid for p in s.procs.values())
-        for proc in s.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
+    with running_sentinels(tmp_path_factory.mktemp("sentinel"), down_after_ms=400) as s:
+        SESSION_SERVERS.update(p.pid for p in s.procs.values())  # the module's, not a test's
+        try:
+            for port in s.servers:  # ACL users are not replicated
+                redis.Redis(port=port).execute_command("ACL", "SETUSER", USER, *ACL)
+            yield s
+        finally:
+            SESSION_SERVERS.difference_update(p.pid for p in s.procs.values())
 
 
 @pytest.fixture(scope="module")

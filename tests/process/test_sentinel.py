@@ -9,11 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,86 +21,16 @@ from procflow import Flow, QueueSpec, RedisRefusedError, RedisUnavailableError
 from procflow.aio import AsyncFlow
 from procflow.settings import RedisSettings
 from procflow.store.connect import discover_master
-from tests.conftest import assert_all_done, server_binary, wait_until
+from tests.conftest import assert_all_done, wait_until
+from tests.sentinels import SentinelSet, running_sentinels
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class SentinelSet:
-    master_port: int
-    replica_port: int
-    sentinel_ports: list[int]
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        watched = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        return f"redis+sentinel://{watched}/pfmaster/0"
-
-
-def _start(binary: str, args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [binary, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
-def _ping(port: int) -> bool:
-    try:
-        return bool(redis.Redis(port=port, socket_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture
 def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
-    binary = server_binary("redis")
-    s = SentinelSet(free_port(), free_port(), [free_port() for _ in range(3)])
-    common = ["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
-    for name, port, extra in (
-        ("master", s.master_port, []),
-        ("replica", s.replica_port, ["--replicaof", "127.0.0.1", str(s.master_port)]),
-    ):
-        d = tmp_path / name
-        d.mkdir()
-        s.procs[name] = _start(binary, ["--port", str(port), "--dir", str(d), *common, *extra], d)
-    for n, port in enumerate(s.sentinel_ports):
-        d = tmp_path / f"sentinel{n}"
-        d.mkdir()
-        conf = d / "sentinel.conf"
-        conf.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {d}\n"
-            f"sentinel monitor pfmaster 127.0.0.1 {s.master_port} 2\n"
-            "sentinel down-after-milliseconds pfmaster 500\n"
-            "sentinel failover-timeout pfmaster 5000\n"
-            "sentinel parallel-syncs pfmaster 1\n"
-        )
-        s.procs[f"sentinel{n}"] = _start(binary, [str(conf), "--sentinel"], d)
-    try:
-        for port in (s.master_port, s.replica_port, *s.sentinel_ports):
-            wait_until(lambda port=port: _ping(port), timeout=20, what=f"the server on {port}")
-
-        def ready() -> bool:  # every sentinel knows the replica and the other sentinels
-            for port in s.sentinel_ports:
-                c = redis.Redis(port=port, decode_responses=True)
-                if not c.sentinel_slaves("pfmaster") or len(c.sentinel_sentinels("pfmaster")) < 2:
-                    return False
-            link = redis.Redis(port=s.replica_port).info("replication")
-            return link.get("master_link_status") == "up"
-
-        wait_until(ready, timeout=30, what="the sentinels to see the replica and each other")
+    with running_sentinels(tmp_path) as s:
         yield s
-    finally:
-        for proc in s.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
 
 
 def test_a_flow_runs_through_a_sentinel_failover(sentinels: SentinelSet) -> None:
