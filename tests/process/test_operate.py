@@ -243,7 +243,12 @@ def test_cancel_removes_a_pending_job_and_stops_a_running_one(
         assert op.cancel(pending) == ("cancelled", "w")
         assert op.cancel(running) == ("running", "w")
         done = sup.wait([running, pending], timeout=20)
-        assert victim not in sup.worker_pids() and len(sup.worker_pids()) == 1
+        # the job is marked cancelled as its worker is stopped; the replacement follows
+        wait_until(
+            lambda: victim not in sup.worker_pids() and len(sup.worker_pids()) == 1,
+            timeout=20,
+            what="the cancelled job's worker replaced",
+        )
     for job in done:
         assert job["done"] is True and job["failed"] is True and job["cancelled"] is True
         assert job["failedErrorMsg"] == "cancelled by an operator"
