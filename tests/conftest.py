@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,17 @@ from loguru import logger
 from procflow.server import RedisServer, embedded_binary
 
 SERVER_KINDS = [k for k in os.environ.get("PROCFLOW_TEST_SERVERS", "redis,valkey").split(",") if k]
+
+# A run started as a background job of a non-interactive shell (``cmd &``) ignores SIGINT and
+# SIGQUIT, and every process it starts inherits that: a CLI the tests stop with Ctrl-C's
+# signal would never see it. A handled signal is reset to its default in a child, so the
+# tests' processes start as they would from a terminal, however the run was started.
+for _signal in (signal.SIGINT, signal.SIGQUIT):
+    if signal.getsignal(_signal) is signal.SIG_IGN:
+        signal.signal(
+            _signal,
+            signal.default_int_handler if _signal is signal.SIGINT else signal.SIG_DFL,
+        )
 
 
 def server_binary(kind: str) -> str:
