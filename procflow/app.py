@@ -1,5 +1,6 @@
 """Loading a user's app for the command lines: ``module:attribute`` or
-``path/to/file.py:attribute``.
+``path/to/file.py:attribute``; and what both command lines share (``VERSION``, the help of
+APP, ``shown``: data made safe to print on a terminal).
 
 Every way it can go wrong is a ``AppLoadError`` (a ``ConfigurationError``), whose
 message says what to do; an exception raised by the user's own code carries the user's
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -28,6 +30,7 @@ __all__ = [
     "VERSION",
     "AppLoadError",
     "load_app",
+    "shown",
     "unreachable_hint",
     "user_traceback",
 ]
@@ -40,6 +43,36 @@ APP_HELP = f"{APP_FORMS} naming a Flow (or a function returning one)"
 
 #: what ``--version`` prints, for both command lines
 VERSION = f"procflow {__version__}"
+
+
+#: what a terminal would act on rather than show: the C0 controls, DEL, the C1 controls
+#: (U+009B is CSI on terminals that take 8-bit controls) and the bidirectional overrides and
+#: isolates that reorder what follows them
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_BUT_NEWLINE = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _json_escaped(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def shown(value: object, lines: bool = False, in_json: bool = False) -> str:
+    """``value`` as text that is safe to print on a terminal: every control character
+    written as its escape (ESC as ``\\x1b``, a bidi override as ``\\u202e``), so data from
+    Redis is seen, never acted on. ``lines`` keeps newlines (for messages of several lines);
+    otherwise a newline is shown as ``\\x0a`` too. ``in_json``: ``value`` is JSON text, and
+    its escapes are JSON's (``\\u009b``). Markup is the printer's business: text given to
+    rich goes in a ``rich.text.Text`` (or a console with ``markup=False``)."""
+    text = value if isinstance(value, str) else str(value)
+    pattern = _CONTROLS_BUT_NEWLINE if lines else _CONTROLS
+    return pattern.sub(_json_escaped if in_json else _escaped, text)
 
 
 def unreachable_hint(demo: bool = False) -> str:

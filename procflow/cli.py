@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from .app import APP_FORMS, APP_HELP, VERSION, load_app, unreachable_hint
+from .app import APP_FORMS, APP_HELP, VERSION, load_app, shown, unreachable_hint
 from .commands import add_operator_commands
 from .cpus import usable_cpus
 from .dashboard import add_dashboard_command
@@ -279,12 +279,15 @@ def _retry(flow: Flow, queue: str, wanted: list[str]) -> int:
     """Put failed jobs back: all of them, or ``wanted``; 1 when some id was not failed."""
     moved = flow.retry_failed(queue, wanted or None)
     if not wanted and not moved:
-        print(f"no failed jobs in {queue}")
+        print(shown(f"no failed jobs in {queue}"))
         return 0
-    print(f"put {len(moved)} job(s) back on {queue!r}")
+    print(shown(f"put {len(moved)} job(s) back on {queue!r}"))
     unknown = [i for i in dict.fromkeys(wanted) if i not in set(moved)]
     if unknown:
-        print(f"error: not on the failed list of {queue!r}: {', '.join(unknown)}", file=sys.stderr)
+        print(
+            shown(f"error: not on the failed list of {queue!r}: {', '.join(unknown)}"),
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -295,9 +298,9 @@ def _failed(args: argparse.Namespace) -> int:
         return _retry(flow, args.queue, [*args.ids, *args.retry])
     ids = flow.failed_jobs(args.queue)
     if not ids:
-        print(f"no failed jobs in {args.queue}")
+        print(shown(f"no failed jobs in {args.queue}"))
     for job in flow.get_jobs(ids):
-        print(f"{job['id']}  {job.get(keys.FAILED_ERROR_MSG, '')}")
+        print(shown(f"{job['id']}  {job.get(keys.FAILED_ERROR_MSG, '')}"))
     return 0
 
 
@@ -381,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except ProcflowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(shown(f"error: {exc}", lines=True), file=sys.stderr)
         if isinstance(exc, RedisUnavailableError):
             print(unreachable_hint(demo=args.command == "demo"), file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1

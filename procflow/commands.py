@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .app import APP_FORMS, load_app
+from .app import APP_FORMS, load_app, shown
 from .errors import ConfigurationError
 from .ops import PAGE_STATES, Operator, StageStatus, as_json
 from .settings import REDIS_URL_ENV
@@ -45,11 +45,22 @@ def _print_json(value: Any) -> None:
 
 def _console() -> Console:
     """Tables as wide as the terminal; at least 160 columns when the output is not one (a
-    pipe or a file would otherwise get 80 and truncated cells)."""
-    console = Console(highlight=False, soft_wrap=False)
+    pipe or a file would otherwise get 80 and truncated cells). Nothing printed is read as
+    markup or emoji codes: the names and messages are data (``[/x]``, ``:smile:``)."""
+    console = _plain_console()
     if not console.is_terminal:
-        console = Console(highlight=False, soft_wrap=False, width=max(160, console.width))
+        console = _plain_console(width=max(160, console.width))
     return console
+
+
+def _plain_console(width: int | None = None) -> Console:
+    return Console(highlight=False, soft_wrap=False, markup=False, emoji=False, width=width)
+
+
+def _data(value: Any) -> Text:
+    """A value from Redis as a table cell or title: its control characters escaped, its
+    brackets literal."""
+    return Text(shown(value))
 
 
 def _ago(seconds: float | None) -> str:
@@ -78,7 +89,7 @@ def _flows_table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("workers", justify="right")
     for r in rows:
         table.add_row(
-            r["flow"],
+            _data(r["flow"]),
             *(
                 str(r[k])
                 for k in ("stages", "waiting", "processing", "failed", "done_per_min", "nodes")
@@ -107,7 +118,7 @@ def _cmd_flows(args: argparse.Namespace) -> int:
 
 
 def _stages_table(flow: str, stages: list[StageStatus]) -> Table:
-    table = Table(box=box.SIMPLE, title=f"flow {flow}")
+    table = Table(box=box.SIMPLE, title=_data(f"flow {flow}"))
     columns = ("stage", "waiting", "processing", "delayed", "parked", "failed", "done/min")
     for name in columns:
         table.add_column(name, justify="left" if name == "stage" else "right")
@@ -116,7 +127,7 @@ def _stages_table(flow: str, stages: list[StageStatus]) -> Table:
     for s in stages:
         label = f"  {s.name}" if s.parent else s.name
         table.add_row(
-            label,
+            _data(label),
             str(s.waiting),
             str(s.processing),
             str(s.delayed),
@@ -137,17 +148,17 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
     now = time.time()
     for n in nodes:
         label = f"{n.get('node')} ({n.get('host')}, pid {n.get('pid')}, {n.get('state')})"
-        table.add_row(label, "", "", "", "", "", "", "", "", "")
+        table.add_row(_data(label), "", "", "", "", "", "", "", "", "")
         for w in n.get("workers") or []:
             since = w.get("since")
             rss = w.get("rss")
             table.add_row(
                 "",
-                str(w.get("name")),
-                str(w.get("stage")),
-                str(w.get("pid") or "-"),
-                str(w.get("state")),
-                str(w.get("job") or "-"),
+                _data(w.get("name")),
+                _data(w.get("stage")),
+                _data(w.get("pid") or "-"),
+                _data(w.get("state")),
+                _data(w.get("job") or "-"),
                 _ago(now - since) if since else "-",
                 f"{rss / 2**20:.0f} MiB" if rss else "-",
                 f"{w['cpu']:g}" if w.get("cpu") is not None else "-",
@@ -213,13 +224,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _job_view(detail: dict[str, Any]) -> Group:
     fields = detail["fields"]
-    head = Table(box=box.SIMPLE, show_header=False, title=f"job {detail['id']}")
+    head = Table(box=box.SIMPLE, show_header=False, title=_data(f"job {detail['id']}"))
     head.add_column("", style="bold")
     head.add_column("")
     head.add_row(
-        "flow", detail["flow"] + (f" (child queue {detail['queue']})" if detail["queue"] else "")
+        "flow",
+        _data(detail["flow"] + (f" (child queue {detail['queue']})" if detail["queue"] else "")),
     )
-    head.add_row("state", detail["state"])
+    head.add_row("state", _data(detail["state"]))
     head.add_row("created", _when(detail.get("createdAt")))
     body = Table(box=box.SIMPLE, title="fields")
     body.add_column("field")
@@ -236,11 +248,11 @@ def _job_view(detail: dict[str, Any]) -> Group:
                 if isinstance(e, dict):
                     at = e.get("at")
                     history.add_row(
-                        name[7:],
+                        _data(name[7:]),
                         str(n),
-                        str(e.get("kind", "")),
+                        _data(e.get("kind", "")),
                         _when(at / 1000 if isinstance(at, int | float) else None),
-                        Text(str(e.get("error", ""))),
+                        _data(e.get("error", "")),
                     )
             continue
         if name.startswith("children:") and name.endswith(":jobs") and isinstance(value, list):
@@ -254,14 +266,14 @@ def _job_view(detail: dict[str, Any]) -> Group:
                         else "pending"
                     )
                     children.add_row(
-                        str(child.get("failedQueue") or child.get("completed-queue") or ""),
-                        str(child.get("id", "")),
+                        _data(child.get("failedQueue") or child.get("completed-queue") or ""),
+                        _data(child.get("id", "")),
                         state,
-                        Text(str(child.get("failedErrorMsg", ""))),
+                        _data(child.get("failedErrorMsg", "")),
                     )
             continue
-        text = json.dumps(value, ensure_ascii=False)
-        body.add_row(Text(name), Text(text if len(text) <= 200 else text[:200] + " …"))
+        text = shown(json.dumps(value, ensure_ascii=False), in_json=True)
+        body.add_row(_data(name), Text(text if len(text) <= 200 else text[:200] + " …"))
     parts: list[Any] = [head, body]
     if history.row_count:
         parts.append(history)
@@ -284,16 +296,16 @@ def _cmd_job(args: argparse.Namespace) -> int:
 
 
 def _jobs_table(title: str, jobs: list[dict[str, Any]], caption: str = "") -> Table:
-    table = Table(box=box.SIMPLE, title=title, caption=caption or None)
+    table = Table(box=box.SIMPLE, title=_data(title), caption=_data(caption) if caption else None)
     for name in ("id", "done", "failed", "last stage", "error"):
         table.add_column(name)
     for j in jobs:
         table.add_row(
-            str(j.get("id")),
+            _data(j.get("id")),
             "yes" if j.get("done") else "",
             "yes" if j.get("failed") else "",
-            str(j.get("completed-queue") or ""),
-            Text(str(j.get("failedErrorMsg") or "")),
+            _data(j.get("completed-queue") or ""),
+            _data(j.get("failedErrorMsg") or ""),
         )
     return table
 
@@ -335,11 +347,11 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         moved = op.retry(args.flow, args.queue, args.ids or None)
     finally:
         op.close()
-    print(f"put {len(moved)} job(s) back on {args.queue!r}")
+    print(shown(f"put {len(moved)} job(s) back on {args.queue!r}"))
     unknown = [i for i in dict.fromkeys(args.ids) if i not in set(moved)]
     if unknown:
         print(
-            f"error: not on the failed list of {args.queue!r}: {', '.join(unknown)}",
+            shown(f"error: not on the failed list of {args.queue!r}: {', '.join(unknown)}"),
             file=sys.stderr,
         )
         return 1
@@ -353,16 +365,19 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     finally:
         op.close()
     if outcome == "cancelled":
-        print(f"cancelled job {args.id} (it was pending in {queue!r})")
+        print(shown(f"cancelled job {args.id} (it was pending in {queue!r})"))
         return 0
     if outcome == "running":
         print(
-            f"job {args.id} is running in {queue!r}: its node will stop that worker and mark "
-            "the job cancelled within a heartbeat (about 2 s); a new worker takes its place"
+            shown(
+                f"job {args.id} is running in {queue!r}: its node will stop that worker and "
+                "mark the job cancelled within a heartbeat (about 2 s); a new worker takes its "
+                "place"
+            )
         )
         return 0
     print(
-        f"error: job {args.id} is not waiting, delayed, parked or running (done already?)",
+        shown(f"error: job {args.id} is not waiting, delayed, parked or running (done already?)"),
         file=sys.stderr,
     )
     return 1
@@ -374,7 +389,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
         op.delete(args.id, args.flow)
     finally:
         op.close()
-    print(f"deleted job {args.id} with its child jobs and lookup entries")
+    print(shown(f"deleted job {args.id} with its child jobs and lookup entries"))
     return 0
 
 
@@ -392,16 +407,16 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     try:
         op.flow(args.flow)
         if args.failed is not None:
-            what = f"every failed job of {args.flow} · {args.failed}"
+            what = shown(f"every failed job of {args.flow} · {args.failed}")
             if not _confirm(f"delete {what}?", args.yes):
                 return 1
             print(f"deleted {op.purge_failed(args.flow, args.failed)} failed job(s)")
             return 0
         if not _confirm(
-            f"delete EVERYTHING of flow {args.flow} (jobs, queues, records)?", args.yes
+            shown(f"delete EVERYTHING of flow {args.flow} (jobs, queues, records)?"), args.yes
         ):
             return 1
-        print(f"deleted {op.purge_flow(args.flow)} key(s) of flow {args.flow}")
+        print(shown(f"deleted {op.purge_flow(args.flow)} key(s) of flow {args.flow}"))
         return 0
     finally:
         op.close()

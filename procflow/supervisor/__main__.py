@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import setproctitle
 from loguru import logger
 
-from ..app import APP_FORMS, APP_HELP, VERSION, load_app, unreachable_hint
+from ..app import APP_FORMS, APP_HELP, VERSION, load_app, shown, unreachable_hint
 from ..cpus import usable_cpus
 from ..errors import ConfigurationError, ProcflowError, RedisUnavailableError
 from ..flow import Flow
@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         flow = _load_flow(args)
     except ConfigurationError as exc:
-        parser.exit(2, f"error: {exc}\n")
+        parser.exit(2, shown(f"error: {exc}\n", lines=True))
     setproctitle.setproctitle(f"procflow: supervisor [flow {flow.name}] {args.app}")
     supervisor = Supervisor(
         flow,
@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return supervisor.run()
     except ProcflowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(shown(f"error: {exc}", lines=True), file=sys.stderr)
         if isinstance(exc, RedisUnavailableError):
             print(unreachable_hint(), file=sys.stderr)
         return 1
