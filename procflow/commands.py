@@ -26,6 +26,9 @@ from .settings import REDIS_URL_ENV
 
 __all__ = ["add_operator_commands", "looks_like_app", "operator_for"]
 
+#: the most jobs one ``jobs`` command reads (a page, or a lookup's newest)
+MAX_LIMIT = 500
+
 _URL_HELP = f"the Redis to look at (default: ${REDIS_URL_ENV}, else redis://127.0.0.1:6379/0)"
 
 
@@ -170,7 +173,9 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
 
 
 def _status_view(op: Operator, flows: list[str]) -> Group:
-    parts: list[Any] = []
+    parts: list[Any] = [
+        Text(f"WARNING: {p.message()}", style="bold red") for p in op.eviction() if p.unsafe
+    ]
     for name in flows:
         parts.append(_stages_table(name, op.status(name)))
         parts.append(_nodes_table(op.nodes(name)))
@@ -194,7 +199,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     try:
         flows = _status_targets(op, args.flow)
         if args.json:
-            _print_json([{"flow": f, "stages": op.status(f), "nodes": op.nodes(f)} for f in flows])
+            servers = [p.as_dict() for p in op.eviction()]
+            _print_json(
+                [
+                    {"flow": f, "stages": op.status(f), "nodes": op.nodes(f), "redis": servers}
+                    for f in flows
+                ]
+            )
             return 0
         console = _console()
         if not flows:
@@ -310,7 +321,19 @@ def _jobs_table(title: str, jobs: list[dict[str, Any]], caption: str = "") -> Ta
     return table
 
 
+def _check_range(args: argparse.Namespace) -> None:
+    """``--limit`` from 1 to MAX_LIMIT and ``--start`` from 0, or a ConfigurationError: a
+    bad number is refused, never read as some other list."""
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise ConfigurationError(
+            f"--limit must be a whole number from 1 to {MAX_LIMIT}, got {args.limit}"
+        )
+    if args.start < 0:
+        raise ConfigurationError(f"--start must be a whole number from 0, got {args.start}")
+
+
 def _cmd_jobs(args: argparse.Namespace) -> int:
+    _check_range(args)
     op = operator_for(args)
     try:
         if args.by:
@@ -481,8 +504,16 @@ def add_operator_commands(
         default="waiting",
         help="which of the stage's lists (default: waiting)",
     )
-    jobs.add_argument("--start", type=int, default=0, metavar="N", help="skip the first N")
-    jobs.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    jobs.add_argument(
+        "--start", type=int, default=0, metavar="N", help="with --queue: skip the first N"
+    )
+    jobs.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        metavar="N",
+        help=f"at most N, from 1 to {MAX_LIMIT} (default 50; with --by: the newest N)",
+    )
     retry = command(
         "retry", "put failed jobs back on their stage's waiting list", _cmd_retry, json_out=False
     )
