@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .flow import Flow
-from .settings import REDIS_URL_ENV
+from .settings import REDIS_URL_ENV, RedisSettings
 from .version import __version__
 
 __all__ = [
@@ -217,8 +217,11 @@ def _call_factory(spec: str, target: Any) -> Any:
 
 def load_app(spec: str) -> Flow[Any, Any, Any]:
     """The Flow named by ``module:attribute`` or ``path/to/file.py:attribute`` (calling it
-    when it is a factory)."""
+    when it is a factory). ``$PROCFLOW_REDIS_URL`` is parsed first: a Flow made at import
+    reads it, and a bad one is the user's setting, not an error of their module."""
     module_name, attribute = _split(spec)
+    if os.environ.get(REDIS_URL_ENV):
+        RedisSettings.from_url(os.environ[REDIS_URL_ENV])
     if _is_path(module_name):
         module = _import_file(module_name)
     else:

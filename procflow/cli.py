@@ -269,9 +269,10 @@ def _keep_or_remove(flow: Flow, ids: list[str], batch: str, keep: bool) -> None:
 
 
 def _load(args: argparse.Namespace) -> Flow:
+    settings = RedisSettings.from_url(args.redis_url) if args.redis_url else None
     flow = load_app(args.app)
-    if args.redis_url:
-        flow.use_redis(args.redis_url)
+    if settings is not None:
+        flow.use_redis(settings)
     return flow
 
 

@@ -250,9 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    if args.redis_url:
-        os.environ[REDIS_URL_ENV] = args.redis_url
     try:
+        if args.redis_url:
+            RedisSettings.from_url(args.redis_url)  # a typo is told as one, not as the app's
+            os.environ[REDIS_URL_ENV] = args.redis_url
         flow = _load_flow(args)
     except ConfigurationError as exc:
         parser.exit(2, shown(f"error: {exc}\n", lines=True))

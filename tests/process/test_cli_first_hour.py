@@ -248,6 +248,37 @@ def test_a_database_beyond_the_servers_is_one_error_line(redis_url: str, argv: l
     assert "DB index is out of range" in lines[0] and "'databases' setting" in lines[0]
 
 
+BAD_URL = "redis://127.0.0.1:notaport/0"
+
+
+@pytest.mark.parametrize("how", ["--redis-url", "$PROCFLOW_REDIS_URL"])
+@pytest.mark.parametrize("command", [[SUPERVISOR], [PROCFLOW, "status"], [PROCFLOW, "failed"]])
+def test_a_bad_redis_url_is_one_error_line_before_the_app_is_imported(
+    tmp_path: Path, command: list[str], how: str
+) -> None:
+    base = project(tmp_path)
+    queue = ["work"] if command[-1] == "failed" else []
+    argv = [*command, "myapp.py:flow", *queue]
+    env = environment()
+    if how == "--redis-url":
+        argv += ["--redis-url", BAD_URL]
+    else:
+        env["PROCFLOW_REDIS_URL"] = BAD_URL
+    out = subprocess.run(
+        [sys.executable, "-m", *argv],
+        check=False,
+        cwd=base / "proj",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"error: cannot parse Redis URL {BAD_URL!r}"), lines
+
+
 # -- 18: the demo --------------------------------------------------------------------------
 
 
