@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic
+from typing import Any, Generic, Literal, get_args
 
 from typing_extensions import TypeVar
 
@@ -22,10 +22,26 @@ from .store import keys
 from .store.keys import StageKeys
 from .store.slots import hash_tag, key_slot
 
-__all__ = ["MAX_PREFETCH", "Backoff", "FlowDefinition", "QueueSpec", "Stage"]
+__all__ = [
+    "DEFAULT_MAX_STALLS",
+    "MAX_PREFETCH",
+    "Backoff",
+    "ChildFailurePolicy",
+    "FlowDefinition",
+    "QueueSpec",
+    "Stage",
+]
 
 #: the most jobs one lease call may take (``QueueSpec.prefetch``)
 MAX_PREFETCH = 64
+#: how many times a job may lose its worker to a dead node or supervisor before it fails
+DEFAULT_MAX_STALLS = 3
+
+#: What a parent stage does when every child job is done and some failed: ``fail`` the parent
+#: (the default), pass it on and ``mark`` it (``children:Q:failed`` lists the failed
+#: children; ``wait`` and the operator views report it), or ``continue`` as if nothing
+#: failed (what the TypeScript library's ParentWorker does; nothing is written).
+ChildFailurePolicy = Literal["fail", "mark", "continue"]
 
 ParamsT = TypeVar("ParamsT", bound=Mapping[str, Any], default=dict[str, Any])
 ResultT = TypeVar("ResultT", bound=Mapping[str, Any], default=dict[str, Any])
@@ -84,6 +100,8 @@ class QueueSpec(Generic[ParamsT, ResultT]):
     timeout: float | None = None
     memory_limit: int | str | None = None
     prefetch: int = 1
+    on_child_failure: ChildFailurePolicy = "fail"
+    max_stalls: int = DEFAULT_MAX_STALLS
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -110,6 +128,25 @@ class QueueSpec(Generic[ParamsT, ResultT]):
             raise ConfigurationError(
                 f"queue {self.name!r}: prefetch must be an int from 1 to {MAX_PREFETCH}, "
                 f"got {self.prefetch!r}"
+            )
+        if self.on_child_failure not in get_args(ChildFailurePolicy):
+            raise ConfigurationError(
+                f"queue {self.name!r}: on_child_failure must be one of "
+                f"{', '.join(map(repr, get_args(ChildFailurePolicy)))}, "
+                f"got {self.on_child_failure!r}"
+            )
+        if self.on_child_failure != "fail" and not self.children:
+            raise ConfigurationError(
+                f"queue {self.name!r}: on_child_failure applies to a stage with children; "
+                "this one has none"
+            )
+        if (
+            not isinstance(self.max_stalls, int)
+            or isinstance(self.max_stalls, bool)
+            or self.max_stalls < 0
+        ):
+            raise ConfigurationError(
+                f"queue {self.name!r}: max_stalls must be an int >= 0, got {self.max_stalls!r}"
             )
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigurationError(f"queue {self.name!r}: timeout must be > 0 seconds")
@@ -148,7 +185,9 @@ class Stage:
     def retry_policy(self) -> RetryPolicy:
         """The stage's attempts, with freshly drawn delays before each retry."""
         spec = self.spec
-        return RetryPolicy(spec.max_attempts, spec.retry_backoff.delays_ms(spec.max_attempts))
+        return RetryPolicy(
+            spec.max_attempts, spec.retry_backoff.delays_ms(spec.max_attempts), spec.max_stalls
+        )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@
     ├── ServerStartError            a private or embedded server did not start
     ├── WaitTimeoutError            wait ran out of time (keeps the ids still pending)
     │   └── IdleTimeoutError        a test helper found the flow still busy (keeps the stages)
-    └── JobFailedError              wait(raise_on_failure=True) found failed jobs (keeps them)
+    └── JobFailedError              wait(raise_on_failure=True) found failed jobs, or jobs
+                                    passed on with failed children (keeps them)
 
 A message says what was wrong and, where it can, what to do about it.
 """
@@ -29,6 +30,8 @@ from __future__ import annotations
 import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from .store.keys import failed_children
 
 __all__ = [
     "ConfigurationError",
@@ -319,18 +322,34 @@ class IdleTimeoutError(WaitTimeoutError):
 
 
 class JobFailedError(ProcflowError, RuntimeError):
-    """``wait(..., raise_on_failure=True)`` found jobs that failed for good. ``jobs`` holds
-    every job waited for, in the order given; ``failed`` the failed ones."""
+    """``wait(..., raise_on_failure=True)`` found jobs that failed for good, or that a parent
+    stage passed on though some of their child jobs failed (``on_child_failure="mark"``).
+    ``jobs`` holds every job waited for, in the order given; ``failed`` the failed ones;
+    ``incomplete`` the ones done with failed children (``children:P:failed`` lists them)."""
 
     def __init__(self, jobs: Sequence[Mapping[str, Any]]) -> None:
         self.jobs = list(jobs)
         self.failed = [j for j in self.jobs if j.get("failed") is True]
-        shown = "; ".join(
-            f"{j.get('id')} in {j.get('failedQueue')!r}: {j.get('failedErrorMsg')}"
-            for j in self.failed[:3]
-        )
-        more = f" (and {len(self.failed) - 3} more)" if len(self.failed) > 3 else ""
-        super().__init__(f"{len(self.failed)} job(s) failed: {shown}{more}")
+        self.incomplete = [
+            j for j in self.jobs if j.get("failed") is not True and failed_children(j)
+        ]
+        parts = []
+        if self.failed:
+            shown = "; ".join(
+                f"{j.get('id')} in {j.get('failedQueue')!r}: {j.get('failedErrorMsg')}"
+                for j in self.failed[:3]
+            )
+            more = f" (and {len(self.failed) - 3} more)" if len(self.failed) > 3 else ""
+            parts.append(f"{len(self.failed)} job(s) failed: {shown}{more}")
+        if self.incomplete:
+            shown = "; ".join(
+                f"{j.get('id')}: {len(failed_children(j))} failed, {failed_children(j)[0]} first"
+                for j in self.incomplete[:3]
+            )
+            n = len(self.incomplete)
+            more = f" (and {n - 3} more)" if n > 3 else ""
+            parts.append(f"{n} job(s) done with failed children: {shown}{more}")
+        super().__init__("; ".join(parts))
 
 
 def describe_exit(exitcode: int | None) -> str:

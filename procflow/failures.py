@@ -125,16 +125,20 @@ class FailureRecord:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How many attempts a stage allows and the delay (ms) before retry 1, 2, …"""
+    """How many attempts a stage allows, the delay (ms) before retry 1, 2, …, and how many
+    times a job may lose its worker to a dead node or supervisor (a failure of kind
+    ``lock-expired`` or ``supervisor``) without it costing an attempt; later ones count."""
 
     max_attempts: int = 1
     delays_ms: Sequence[int] = ()
+    max_stalls: int = 3
 
 
 @dataclass(frozen=True)
 class FailOutcome:
-    """What fail.lua did: ``retry``, ``failed``, ``requeued``, ``missing``; ``None`` when the
-    job was not ours any more and nothing changed."""
+    """What fail.lua did: ``retry``, ``stalled`` (put back uncounted: its node or supervisor
+    died), ``failed``, ``requeued``, ``missing``; ``None`` when the job was not ours any more
+    and nothing changed."""
 
     id: str | None
     outcome: str | None
@@ -162,6 +166,7 @@ class Failer(Protocol):
         record: FailureRecord,
         policy: RetryPolicy,
         mode: str = "token",
+        final_fields: Sequence[tuple[str, str]] = (),
     ) -> FailOutcome: ...
 
 
@@ -174,11 +179,13 @@ def record_failure(
     log: Logger,
     *,
     mode: str = "token",
+    final_fields: Sequence[tuple[str, str]] = (),
 ) -> FailOutcome:
     """Write one failed attempt and log what came of it. ``mode`` ``orphan`` is for a job in
     processing with no lock (the monitor, or a worker that died before claiming); such a
-    call that changed nothing is not logged (another node got there first)."""
-    outcome = target.fail(job_id, token, record, policy, mode)
+    call that changed nothing is not logged (another node got there first).
+    ``final_fields`` (field, JSON value) are written if the job fails for good."""
+    outcome = target.fail(job_id, token, record, policy, mode, final_fields)
     if mode != "orphan" or outcome.changed:
         log_outcome(
             log.bind(job=job_id or outcome.id), job_id or outcome.id or "?", record.message, outcome
@@ -200,6 +207,12 @@ def log_outcome(log: Logger, job_id: str, message: str, outcome: FailOutcome | N
         )
     elif outcome.outcome == "failed":
         log.error("job {} failed after {} attempt(s): {}", job_id, outcome.attempts, message)
+    elif outcome.outcome == "stalled":
+        log.warning(
+            "job {} lost its worker: {}; put back on its waiting list without using an attempt",
+            job_id,
+            message,
+        )
     elif outcome.outcome == "requeued":
         log.info("job {} was never started; put back on its waiting list", job_id)
     else:

@@ -65,11 +65,18 @@ class Reporter:
             {"fraction": fraction, "message": message, "at": int(time.time() * 1000)}
         )
 
-    def _announcement(self) -> str:
+    def _announcement(self, ended: bool = False) -> str:
         fraction, message, _ = self._latest or (None, "", 0)
-        return codec.encode(
-            {"id": self.job_id, "queue": self.queue, "fraction": fraction, "message": message}
-        )
+        report = {"id": self.job_id, "queue": self.queue, "fraction": fraction, "message": message}
+        if ended:
+            report["ended"] = True
+        return codec.encode(report)
+
+    def finish(self) -> None:
+        """The function returned or raised: a job that reported progress announces that its
+        run in this stage ended (watchers stop counting it as running)."""
+        if self._latest is not None:
+            self._send(self.value_json(), self._announcement(ended=True))
 
     @property
     def reported(self) -> bool:

@@ -122,10 +122,21 @@ class Waiting:
         self, jobs: Sequence[dict[str, Any] | None], raise_on_failure: bool
     ) -> list[dict[str, Any]]:
         """The jobs still there, in the order given; JobFailedError with
-        ``raise_on_failure`` when one failed."""
+        ``raise_on_failure`` when one failed or was passed on with failed children."""
         found = [j for j in jobs if j is not None]
-        if raise_on_failure and any(j.get(keys.FAILED) is True for j in found):
+        failed = sum(j.get(keys.FAILED) is True for j in found)
+        incomplete = sum(
+            j.get(keys.FAILED) is not True and bool(keys.failed_children(j)) for j in found
+        )
+        if raise_on_failure and (failed or incomplete):
             raise JobFailedError(found)
+        if incomplete:
+            self.logger.warning(
+                "wait: {} of {} job(s) went on with failed children (their children:P:failed "
+                "fields list them)",
+                incomplete,
+                len(found),
+            )
         return found
 
     # -- the loop ------------------------------------------------------------------------

@@ -17,20 +17,22 @@ from ..errors import RedisUnavailableError
 from ..settings import RedisSettings
 from .connect import make_client
 
-__all__ = ["DoneSubscription", "progress_report"]
+__all__ = ["DoneSubscription", "note_progress"]
 
 
-def progress_report(data: bytes) -> tuple[str, float] | None:
-    """A progress message's job id and fraction (None: not one of procflow's, or no
-    fraction); the sync and async subscriptions read them alike."""
+def note_progress(progress: dict[str, float], data: bytes) -> None:
+    """Fold one progress announcement into ``progress`` (job id → its last fraction, while
+    its function runs): a report with a fraction sets it; the end of the function's run in
+    a stage (``ended``) drops the job. The sync and async subscriptions read them alike."""
     try:
         report = codec.decode(data)
-        fraction = report["fraction"]
-        if fraction is not None:
-            return str(report["id"]), float(fraction)
-    except (ValueError, KeyError, TypeError):  # someone else's message: not ours to read
+        job_id, fraction = str(report["id"]), report["fraction"]
+        if report.get("ended"):
+            progress.pop(job_id, None)
+        elif fraction is not None:
+            progress[job_id] = float(fraction)
+    except (ValueError, KeyError, TypeError, AttributeError):  # not ours to read
         pass
-    return None
 
 
 class DoneSubscription:
@@ -80,8 +82,8 @@ class DoneSubscription:
                 if message.get("type") == "message":
                     if message["channel"] in self._done:
                         ids.append(message["data"].decode())
-                    elif (report := progress_report(message["data"])) is not None:
-                        self.progress[report[0]] = report[1]
+                    else:
+                        note_progress(self.progress, message["data"])
                 message = self._pubsub.get_message(timeout=0)
         except rex.RedisError as exc:
             raise RedisUnavailableError(self.settings.address, exc) from None

@@ -3,8 +3,11 @@
 A parent worker leases a parent job, creates its child jobs from ``children:Q:params`` and
 parks the parent (one atomic script, done once), then is free for other jobs. The last child
 to finish puts the parent back on its stage's waiting list; a parent worker leases it again,
-finds every child done, and passes it on with ``children:Q:failed`` listing the children that
-failed. A parent never occupies a worker while its children run, and nothing polls.
+finds every child done, and acts on the stage's ``on_child_failure`` policy: with every child
+succeeded, or under ``continue``, it passes the parent on; under ``mark`` it passes it on
+with ``children:Q:failed`` listing the children that failed; under ``fail`` (the default) a
+failed child fails the parent, with the same list. A parent never occupies a worker while
+its children run, and nothing polls.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from ..store import keys
 from ..store.keys import StageKeys
 from ..store.session import ChildJob
 
-__all__ = ["ChildPlan", "child_keys_of", "children_state", "plan_children"]
+__all__ = [
+    "ChildPlan",
+    "child_keys_of",
+    "children_failure_message",
+    "children_state",
+    "plan_children",
+]
 
 
 @dataclass(frozen=True)
@@ -66,13 +75,14 @@ def plan_children(
 
 
 def children_state(child_keys: Sequence[str], replies: Sequence[Any]) -> tuple[bool, list[str]]:
-    """From pipelined ``EXISTS`` / ``HMGET done failed`` replies per child: whether every child
-    is done, and the keys of those that failed. A child whose hash is gone counts as done
+    """From pipelined ``EXISTS`` / ``HMGET done failed …`` replies per child: whether every
+    child is done, and the keys of those that failed. A child whose hash is gone counts as done
     and failed (it expired or was deleted)."""
     all_done = True
     failed = []
     for n, key in enumerate(child_keys):
-        exists, (done, has_failed) = replies[2 * n], replies[2 * n + 1]
+        exists, fields = replies[2 * n], replies[2 * n + 1]
+        done, has_failed = fields[0], fields[1]
         if not exists:
             failed.append(key)
             continue
@@ -81,6 +91,31 @@ def children_state(child_keys: Sequence[str], replies: Sequence[Any]) -> tuple[b
         if keys.is_true(has_failed):
             failed.append(key)
     return all_done, failed
+
+
+def children_failure_message(
+    child_keys: Sequence[str], replies: Sequence[Any], failed: Sequence[str]
+) -> str:
+    """The ``failedErrorMsg`` of a parent failed for its children: how many failed, and the
+    first few with their own ``failedErrorMsg`` (from the replies' third field)."""
+    errors: dict[str, str] = {}
+    for n, key in enumerate(child_keys):
+        if key not in failed:
+            continue
+        exists, fields = replies[2 * n], replies[2 * n + 1]
+        raw = fields[2] if exists and len(fields) > 2 else None
+        if not exists:
+            errors[key] = "its job hash no longer exists"
+        elif raw is None:
+            errors[key] = "failed"
+        else:
+            try:
+                errors[key] = str(codec.decode(raw))
+            except ValueError:
+                errors[key] = raw.decode("utf-8", "replace")
+    shown = "; ".join(f"{k}: {errors[k]}" for k in failed[:3])
+    more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+    return f"{len(failed)} of {len(child_keys)} child jobs failed: {shown}{more}"
 
 
 def child_keys_of(field: str, value: Any) -> list[str]:

@@ -25,11 +25,11 @@ from ..errors import (
     RedisRefusedError,
     RedisUnavailableError,
 )
-from ..failures import FailureRecord, record_failure
+from ..failures import FailureRecord, RetryPolicy, record_failure
 from ..store import keys
 from ..store.keys import TokenSeries
 from ..store.records import Lease
-from .fanout import child_keys_of, children_state, plan_children
+from .fanout import child_keys_of, children_failure_message, children_state, plan_children
 from .lanes import Turns, index_of
 from .payload import WorkerPayload
 from .results import read_result
@@ -314,6 +314,7 @@ class WorkerLoop:
             )
         finally:
             reporting.end()
+            reporter.finish()
         try:
             lane = self.lanes[self.turns.lane]
             pairs, next_waiting = read_result(
@@ -425,9 +426,19 @@ class WorkerLoop:
             self.status.waiting()  # holds nothing: the lease part found no job
         return following
 
-    def _fail(self, lease: Lease, message: str, kind: str, tb: str | None = None) -> list[Lease]:
-        """Record one failed attempt (retry or fail per the queue's policy); the loop then
-        leases its next job on its own, so this returns no lease."""
+    def _fail(
+        self,
+        lease: Lease,
+        message: str,
+        kind: str,
+        tb: str | None = None,
+        *,
+        policy: RetryPolicy | None = None,
+        final_fields: Sequence[tuple[str, str]] = (),
+    ) -> list[Lease]:
+        """Record one failed attempt (retry or fail per ``policy``, by default the queue's;
+        ``final_fields`` written if it fails for good); the loop then leases its next job on
+        its own, so this returns no lease."""
         self.jobs_done += 1
         record = FailureRecord.in_worker(
             message,
@@ -437,9 +448,17 @@ class WorkerLoop:
             pid=self.pid,
             traceback=tb,
         )
-        policy = self.stage.retry_policy()
+        retry = policy or self.stage.retry_policy()
         result = self._redis(
-            lambda: record_failure(self.session, lease.id, lease.token, record, policy, self.log)
+            lambda: record_failure(
+                self.session,
+                lease.id,
+                lease.token,
+                record,
+                retry,
+                self.log,
+                final_fields=final_fields,
+            )
         )
         kind = (result.outcome if result is not None else None) or ""
         self.status.finished(_OUTCOMES.get(kind, Outcome.LOST))
@@ -451,11 +470,12 @@ class WorkerLoop:
 
     def _process_parent(self, lease: Lease) -> list[Lease]:
         """Fan out once (create the children, park the parent); when the parent comes back
-        with every child done, pass it on with the failed children listed."""
+        with every child done, act on the stage's ``on_child_failure`` policy."""
         queue = self.stage.name
         key = self.keys.job(lease.id)
         jobs_field = keys.children_jobs_field(queue)
         failed_field = keys.children_failed_field(queue).encode()
+        policy = self.stage.spec.on_child_failure
         try:
             raw_params, raw_jobs = lease.values[0], lease.values[1]
             if raw_jobs is None:
@@ -467,7 +487,9 @@ class WorkerLoop:
                 )
                 plan = plan_children(queue, params, self.child_stages)
                 if not plan.children:  # children:Q:jobs = [] as the TypeScript library writes
-                    empty = [(jobs_field.encode(), b"[]"), (failed_field, b"[]")]
+                    empty = [(jobs_field.encode(), b"[]")]
+                    if policy != "continue":
+                        empty.append((failed_field, b"[]"))
                     return self._complete(lease, empty, self.stage.next_waiting)
                 ttl = self.payload.key_ttl
                 status = self._redis(
@@ -491,9 +513,21 @@ class WorkerLoop:
         replies = self._redis(lambda: self.session.children_status(child_keys))
         assert replies is not None
         all_done, failed = children_state(child_keys, replies)
-        if all_done:
-            failed_json = codec.encode(failed).encode()
-            return self._complete(lease, [(failed_field, failed_json)], self.stage.next_waiting)
-        self._redis(lambda: self.session.park(lease.id, lease.token))
-        self.status.finished()
-        return []
+        if not all_done:
+            self._redis(lambda: self.session.park(lease.id, lease.token))
+            self.status.finished()
+            return []
+        if policy == "continue":  # as the TypeScript library's ParentWorker: nothing written
+            return self._complete(lease, [], self.stage.next_waiting)
+        failed_json = codec.encode(failed)
+        if failed and policy == "fail":  # no retry: its children are done, and stay failed
+            return self._fail(
+                lease,
+                children_failure_message(child_keys, replies, failed),
+                "children",
+                policy=RetryPolicy(max_attempts=1, max_stalls=0),
+                final_fields=[(failed_field.decode(), failed_json)],
+            )
+        return self._complete(
+            lease, [(failed_field, failed_json.encode())], self.stage.next_waiting
+        )

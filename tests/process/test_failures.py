@@ -307,10 +307,11 @@ def test_one_monitor_leads_and_another_takes_over(redis_url: str) -> None:
     second.stop()
 
 
-def test_a_dead_nodes_job_is_recovered_after_its_lock_expires(
+def test_a_dead_nodes_job_is_recovered_after_its_lock_expires_without_using_an_attempt(
     redis_url: str, r: redis.Redis
 ) -> None:
-    flow = Flow("dead", [QueueSpec("w", max_attempts=2)], redis_url=redis_url)
+    # one attempt allowed (the default): the node's death is not the job's failure
+    flow = Flow("dead", [QueueSpec("w")], redis_url=redis_url)
     stage = flow.stage("w")
     job_id = flow.create_job({"a": 1})
     with flow.store.session(stage.keys, lock_ms=1000) as s:  # leased, then the node vanished
@@ -318,9 +319,29 @@ def test_a_dead_nodes_job_is_recovered_after_its_lock_expires(
     flow.create_workers("w", lambda j: {"by": os.getpid()}, count=1)
     with Supervisor(flow, monitor_interval=0.2) as sup:
         job = sup.wait([job_id], timeout=15)[0]
-    assert job["done"] is True
+    assert job["done"] is True and "failed" not in job, job
     assert job["errors:w"][0]["kind"] == "lock-expired"
-    assert job["attempts:w"] == 2
+    assert job["attempts:w"] == 1  # the lost lease gave its attempt back
+    assert job["stalls:w"] == 1
+
+
+def test_a_job_that_keeps_losing_its_node_fails_after_max_stalls(
+    redis_url: str, r: redis.Redis
+) -> None:
+    flow = Flow("stally", [QueueSpec("w", max_stalls=1)], redis_url=redis_url)
+    stage = flow.stage("w")
+    job_id = flow.create_job({"a": 1})
+    record = FailureRecord.lock_expired("w")
+    outcomes = []
+    for n in range(2):  # leased by a node that vanished, found by the monitor, twice
+        with flow.store.session(stage.keys, lock_ms=60_000) as s:
+            assert s.lease(f"gone|1|1.00|2|{n}") is not None
+            r.delete(f"lock:w:{job_id}")
+            outcomes.append(s.fail(job_id, "", record, stage.retry_policy(), "orphan").outcome)
+    assert outcomes == ["stalled", "failed"]
+    job = flow.get_job(job_id)
+    assert job is not None and job["failed"] is True and job["stalls:w"] == 2
+    assert [e["kind"] for e in job["errors:w"]] == ["lock-expired", "lock-expired"]
 
 
 def test_a_restarted_supervisor_reclaims_its_nodes_jobs_at_once(
@@ -337,8 +358,9 @@ def test_a_restarted_supervisor_reclaims_its_nodes_jobs_at_once(
     flow.create_workers("w", lambda j: {"ok": True}, count=1)
     with Supervisor(flow, node_id="mynode") as sup:
         job = sup.wait([job_id], timeout=10)[0]  # well before the 600 s lock expires
-    assert job["done"] is True
+    assert job["done"] is True and "failed" not in job, job
     assert job["errors:w"][0]["kind"] == "supervisor"
+    assert (job["attempts:w"], job["stalls:w"]) == (1, 1)  # its supervisor's death was free
 
 
 def test_failed_jobs_cli_lists_and_retries(redis_url: str, r: redis.Redis) -> None:

@@ -111,3 +111,47 @@ def test_the_progress_line_shows_the_running_jobs_reports(
     _show(3, 10, 2.0, {"a": 0.5, "b": 0.25, "done-one": 1.0}, {"a", "b"})
     line = capsys.readouterr().err
     assert "3/10 jobs done" in line and "2 reporting progress, 38% on average" in line
+
+
+def reports_then_returns(job: dict[str, Any]) -> dict[str, Any]:
+    procflow.progress(0.5, "half way")
+    return {"first": True}
+
+
+def test_the_progress_line_counts_no_job_that_left_the_stage_it_reported_in(
+    redis_url: str,
+    r: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # stage a reports 50 % and returns; nothing runs stage b, so the jobs wait there: none of
+    # them is running, whatever stage a's reports said
+    flow = Flow("moved-on", [QueueSpec("a", next_queue="b"), QueueSpec("b")], redis_url=redis_url)
+    flow.create_workers("a", reports_then_returns, count=1)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a line every 0.2 s
+    ended: list[BaseException] = []
+    ids = flow.create_jobs([{"n": n} for n in range(3)])
+
+    def wait() -> None:
+        try:
+            flow.wait(ids, timeout=8, progress=True)
+        except procflow.WaitTimeoutError as exc:
+            ended.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()  # subscribed before any job runs, so it hears every report
+    channel = "procflow:moved-on:progress"
+    wait_until(lambda: r.pubsub_numsub(channel)[0][1] == 1, what="the wait's subscription")
+    with Supervisor(flow):
+        wait_until(lambda: flow.counts()["b"]["waiting"] == 3, what="the jobs in stage b")
+        capsys.readouterr()  # what was shown while they ran stage a
+        shown: list[str] = []
+        wait_until(
+            lambda: shown.append(capsys.readouterr().err) or "\r" in "".join(shown),
+            what="a progress line after the jobs left stage a",
+        )
+        waiter.join(timeout=20)
+    assert ended, "the wait should end at its deadline: no job can finish"
+    line = "".join(shown).split("\r")[-1]
+    assert "0/3 jobs done" in line, line
+    assert "reporting progress" not in line, line

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -142,8 +143,9 @@ class FakeFailer:
         record: FailureRecord,
         policy: RetryPolicy,
         mode: str = "token",
+        final_fields: Sequence[tuple[str, str]] = (),
     ) -> FailOutcome:
-        self.calls.append((job_id, token, record, policy, mode))
+        self.calls.append((job_id, token, record, policy, mode, *final_fields))
         return self.outcome
 
 
@@ -167,6 +169,12 @@ def test_record_failure_makes_one_fail_call_with_the_record_and_policy(
             FailOutcome("j1", "retry", 1, 1500),
             "WARNING",
             "job j1 attempt 1 failed: RuntimeError: boom; retrying in 1.5 s",
+        ),
+        (
+            FailOutcome("j1", "stalled", 0, 0),
+            "WARNING",
+            "job j1 lost its worker: RuntimeError: boom; put back on its waiting list without "
+            "using an attempt",
         ),
         (
             FailOutcome("j1", "failed", 3, 0),

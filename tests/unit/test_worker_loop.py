@@ -92,9 +92,16 @@ class FakeSession:
             "complete", (1, []), job_id, token, list(result), next_waiting, next_token
         )
 
-    def fail(self, job_id, token, record, policy, mode="token"):
+    def fail(self, job_id, token, record, policy, mode="token", final_fields=()):
         return self._answer(
-            "fail", FailOutcome(job_id, "retry", 1, 1000), job_id, token, record, policy, mode
+            "fail",
+            FailOutcome(job_id, "retry", 1, 1000),
+            job_id,
+            token,
+            record,
+            policy,
+            mode,
+            list(final_fields),
         )
 
     def requeue(self, job_id: str, token: str) -> str | None:
@@ -315,7 +322,7 @@ def test_a_function_that_raises_is_a_failed_attempt_of_kind_exception() -> None:
     assert loop._process(job([b"1"])) == []
 
     assert session.named("complete") == []
-    ((job_id, lease_token, record, policy, mode),) = session.named("fail")
+    ((job_id, lease_token, record, policy, mode, _),) = session.named("fail")
     assert (job_id, lease_token, mode) == ("j1", "tok", "token")
     assert record.kind == "exception"
     assert record.error == "RuntimeError: boom"
@@ -677,19 +684,68 @@ def test_a_parent_with_no_children_passes_on_at_once_with_none_failed() -> None:
     assert next_waiting == "queue:b:waiting"
 
 
-def test_a_parent_whose_children_are_all_done_completes_listing_the_failed_ones() -> None:
-    keys_json = b'["job:p:c1:A","job:p:c1:B","job:p:c1:C"]'
-    session = FakeSession(
-        children_status=[[1, [b"true", None], 1, [b"true", b"true"], 0, [None, None]]]
-    )
-    loop = parent_loop(session)
-    loop._process(job([PARAMS, keys_json]))
+def policy_definition(policy: str) -> FlowDefinition:
+    spec = QueueSpec("p", children=[QueueSpec("c1")], next_queue="b", on_child_failure=policy)
+    return FlowDefinition.build("F", [spec, QueueSpec("b")], [], 86400)
 
-    assert session.named("spawn_children") == []
-    assert session.named("children_status") == [(["job:p:c1:A", "job:p:c1:B", "job:p:c1:C"],)]
-    ((job_id, lease_token, result, next_waiting, next_token),) = session.named("complete")
+
+#: three children: A done, B done and failed (its error), C's hash gone
+THREE = b'["job:p:c1:A","job:p:c1:B","job:p:c1:C"]'
+THREE_STATUS = [
+    *(1, [b"true", None, None]),
+    *(1, [b"true", b"true", b'"ValueError: bad"']),
+    *(0, [None] * 3),
+]
+
+
+def test_a_parent_whose_children_failed_fails_by_default_listing_them() -> None:
+    session = FakeSession(children_status=[THREE_STATUS])
+    loop = parent_loop(session)
+    loop._process(job([PARAMS, THREE]))
+
+    assert session.named("complete") == []
+    ((job_id, lease_token, record, policy, mode, final),) = session.named("fail")
+    assert (job_id, lease_token, mode) == ("j1", "tok", "token")
+    assert record.kind == "children"
+    assert record.message == (
+        "2 of 3 child jobs failed: job:p:c1:B: ValueError: bad; "
+        "job:p:c1:C: its job hash no longer exists"
+    )
+    assert policy.max_attempts == 1  # its children stay failed: a retry could not help
+    assert final == [("children:p:failed", '["job:p:c1:B","job:p:c1:C"]')]
+
+
+def test_a_parent_that_marks_failed_children_passes_on_listing_them() -> None:
+    session = FakeSession(children_status=[THREE_STATUS])
+    make_loop(session, queue="p", definition=policy_definition("mark"))._process(
+        job([PARAMS, THREE])
+    )
+    assert session.named("fail") == []
+    ((job_id, lease_token, result, next_waiting, _),) = session.named("complete")
     assert (job_id, lease_token) == ("j1", "tok")
     assert result == [(b"children:p:failed", b'["job:p:c1:B","job:p:c1:C"]')]
+    assert next_waiting == "queue:b:waiting"
+
+
+def test_a_parent_that_continues_passes_on_writing_nothing_as_the_typescript_library() -> None:
+    session = FakeSession(children_status=[THREE_STATUS])
+    make_loop(session, queue="p", definition=policy_definition("continue"))._process(
+        job([PARAMS, THREE])
+    )
+    assert session.named("fail") == []
+    ((_, _, result, next_waiting, _),) = session.named("complete")
+    assert result == []
+    assert next_waiting == "queue:b:waiting"
+
+
+@pytest.mark.parametrize("policy", ["fail", "mark"])
+def test_a_parent_whose_children_all_succeeded_passes_on_with_none_failed(policy: str) -> None:
+    session = FakeSession(children_status=[[1, [b"true", None, None]]])
+    make_loop(session, queue="p", definition=policy_definition(policy))._process(
+        job([PARAMS, b'["job:p:c1:A"]'])
+    )
+    ((_, _, result, next_waiting, next_token),) = session.named("complete")
+    assert result == [(b"children:p:failed", b"[]")]
     assert next_waiting == "queue:b:waiting"
     assert next_token == token(1)
 
@@ -743,8 +799,16 @@ def test_progress_is_rate_limited_to_the_wire_and_the_last_report_lands_with_the
     started = time.monotonic()
     loop._process(job([b"1"]))
     elapsed = time.monotonic() - started
-    sent = session.named("report_progress")
+    *sent, last = session.named("report_progress")
     assert 1 <= len(sent) <= elapsed / INTERVAL + 1  # at most one write per interval
+    # then one more: the function returned, the job no longer runs (watchers drop it)
+    assert json.loads(last[3]) == {
+        "id": "j1",
+        "queue": "a",
+        "fraction": 1.0,
+        "message": "all rows",
+        "ended": True,
+    }
     job_id, lease_token, value, announce = sent[0]
     assert (job_id, lease_token) == ("j1", "tok")
     assert json.loads(value)["message"] == "row 0"
