@@ -14,8 +14,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -120,17 +121,38 @@ def _cmd_flows(args: argparse.Namespace) -> int:
 # -- status --------------------------------------------------------------------------------
 
 
-def _stages_table(flow: str, stages: list[StageStatus]) -> Table:
-    table = Table(box=box.SIMPLE, title=_data(f"flow {flow}"))
-    columns = ("stage", "waiting", "processing", "delayed", "parked", "failed", "done/min")
-    for name in columns:
-        table.add_column(name, justify="left" if name == "stage" else "right")
-    table.add_column("oldest waiting", justify="right")
-    table.add_column("completed", justify="right")
-    for s in stages:
-        label = f"  {s.name}" if s.parent else s.name
-        table.add_row(
-            _data(label),
+#: the stage table's counters: (header, header when the table must be narrow)
+_STAGE_COLUMNS = (
+    ("waiting", "waiting"),
+    ("processing", "processing"),
+    ("delayed", "delayed"),
+    ("parked", "parked"),
+    ("failed", "failed"),
+    ("done/min", "done/\nmin"),
+    ("oldest waiting", "oldest\nwaiting"),
+    ("completed", "completed"),
+)
+
+
+def _fits(console: Console, options: ConsoleOptions, table: Table) -> bool:
+    """Whether ``table`` fits the width on one line per row, nothing wrapped or cut."""
+    unbounded = options.update(max_width=10_000)
+    return Measurement.get(console, unbounded, table).maximum <= options.max_width
+
+
+def _stages_table(flow: str, stages: list[StageStatus], narrow: bool = False) -> Table:
+    """Per stage its counts; ``narrow``: no padding and headers on two lines, every column
+    exactly as wide as its longest line, so that at 80 columns the names (never cut) and
+    the numbers fit."""
+    table = Table(
+        box=box.SIMPLE,
+        title=_data(f"flow {flow}"),
+        padding=(0, 0 if narrow else 1),
+        show_edge=not narrow,
+    )
+    rows = [
+        [
+            shown(f"  {s.name}" if s.parent else s.name),
             str(s.waiting),
             str(s.processing),
             str(s.delayed),
@@ -139,47 +161,99 @@ def _stages_table(flow: str, stages: list[StageStatus]) -> Table:
             f"{s.done_per_min:g}",
             _ago(s.oldest_waiting_s),
             str(s.totals.get("completed", 0)),
+        ]
+        for s in stages
+    ]
+    headers = ["stage", *(short if narrow else wide for wide, short in _STAGE_COLUMNS)]
+    for n, header in enumerate(headers):
+        longest = max(
+            len(line) for text in [header, *(r[n] for r in rows)] for line in text.split("\n")
+        )
+        table.add_column(
+            header,
+            justify="left" if n == 0 else "right",
+            overflow="fold",
+            width=longest if narrow else None,
+            min_width=longest if n == 0 else None,
+        )
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def _node_heading(n: dict[str, Any]) -> Text:
+    return _data(f"node {n.get('node')}  ({n.get('host')}, pid {n.get('pid')}, {n.get('state')})")
+
+
+def _workers_table(workers: list[dict[str, Any]], with_job: bool) -> Table:
+    """A node's workers, one row each; ``with_job``: the job in hand and for how long in
+    the row (else the caller lists them under the table)."""
+    table = Table(box=box.SIMPLE, pad_edge=False)
+    names = ["worker", "stage", "pid", "state", *(["job", "for"] if with_job else [])]
+    for name in [*names, "rss", "cpu %", "jobs"]:
+        right = name in ("pid", "rss", "cpu %", "jobs", "for")
+        table.add_column(name, justify="right" if right else "left", overflow="fold")
+    now = time.time()
+    for w in workers:
+        since = w.get("since")
+        rss = w.get("rss")
+        busy: list[Text | str] = [_data(w.get("job") or "-"), _ago(now - since) if since else "-"]
+        table.add_row(
+            _data(w.get("name")),
+            _data(w.get("stage")),
+            _data(w.get("pid") or "-"),
+            _data(w.get("state")),
+            *(busy if with_job else []),
+            f"{rss / 2**20:.0f} MiB" if rss else "-",
+            f"{w['cpu']:g}" if w.get("cpu") is not None else "-",
+            str(w.get("jobs", 0)),
         )
     return table
 
 
-def _nodes_table(nodes: list[dict[str, Any]]) -> Table:
-    table = Table(box=box.SIMPLE, title="nodes and workers")
-    for name in ("node", "worker", "stage", "pid", "state", "job", "for", "rss", "cpu %"):
-        table.add_column(name, justify="right" if name in ("pid", "rss", "cpu %") else "left")
-    table.add_column("jobs", justify="right")
+def _in_hand(workers: list[dict[str, Any]]) -> list[Text]:
+    """The jobs the workers hold, a line each (under a table too narrow for them)."""
     now = time.time()
-    for n in nodes:
-        label = f"{n.get('node')} ({n.get('host')}, pid {n.get('pid')}, {n.get('state')})"
-        table.add_row(_data(label), "", "", "", "", "", "", "", "", "")
-        for w in n.get("workers") or []:
+    lines = []
+    for w in workers:
+        if w.get("job"):
             since = w.get("since")
-            rss = w.get("rss")
-            table.add_row(
-                "",
-                _data(w.get("name")),
-                _data(w.get("stage")),
-                _data(w.get("pid") or "-"),
-                _data(w.get("state")),
-                _data(w.get("job") or "-"),
-                _ago(now - since) if since else "-",
-                f"{rss / 2**20:.0f} MiB" if rss else "-",
-                f"{w['cpu']:g}" if w.get("cpu") is not None else "-",
-                str(w.get("jobs", 0)),
-            )
-    if not nodes:
-        table.caption = "no node is running this flow"
-    return table
+            held = f" for {_ago(now - since)}" if since else ""
+            lines.append(_data(f"  {w.get('name')} holds job {w.get('job')}{held}"))
+    return lines
 
 
-def _status_view(op: Operator, flows: list[str]) -> Group:
-    parts: list[Any] = [
-        Text(f"WARNING: {p.message()}", style="bold red") for p in op.eviction() if p.unsafe
-    ]
-    for name in flows:
-        parts.append(_stages_table(name, op.status(name)))
-        parts.append(_nodes_table(op.nodes(name)))
-    return Group(*parts)
+class _StatusView:
+    """What ``procflow status`` shows, read once and laid out for the width it is drawn at
+    (a live view redraws it when the terminal is resized): nothing is cut, and at 80
+    columns a node's heading is one line and a worker's row another."""
+
+    def __init__(self, op: Operator, flows: list[str]) -> None:
+        self.warnings = [p.message() for p in op.eviction() if p.unsafe]
+        self.flows = [(name, op.status(name), op.nodes(name)) for name in flows]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for warning in self.warnings:
+            yield Text(f"WARNING: {warning}", style="bold red")
+        for name, stages, nodes in self.flows:
+            table = _stages_table(name, stages)
+            yield table if _fits(console, options, table) else _stages_table(name, stages, True)
+            yield Text("nodes and workers", style="italic")
+            if not nodes:
+                yield Text("no node is running this flow", style="dim")
+            for n in nodes:
+                workers = list(n.get("workers") or [])
+                yield _node_heading(n)
+                table = _workers_table(workers, with_job=True)
+                if _fits(console, options, table):
+                    yield table
+                else:
+                    yield _workers_table(workers, with_job=False)
+                    yield from _in_hand(workers)
+
+
+def _status_view(op: Operator, flows: list[str]) -> _StatusView:
+    return _StatusView(op, flows)
 
 
 def _status_targets(op: Operator, target: str | None) -> list[str]:
