@@ -22,7 +22,8 @@ from rich.text import Text
 
 from .app import APP_FORMS, load_app, shown
 from .errors import ConfigurationError
-from .ops import PAGE_STATES, Operator, StageStatus, as_json
+from .flow import Flow
+from .ops import PAGE_STATES, Operator, StageStatus, as_json, where_now
 from .settings import REDIS_URL_ENV
 
 __all__ = ["add_operator_commands", "looks_like_app", "operator_for"]
@@ -380,16 +381,19 @@ def _cmd_job(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs_table(title: str, jobs: list[dict[str, Any]], caption: str = "") -> Table:
+def _jobs_table(
+    title: str, jobs: list[dict[str, Any]], flow: Flow, start: str | None, caption: str = ""
+) -> Table:
+    """Jobs with where each one is now (derived from its fields: ``ops.where_now``) and the
+    last stage that completed it (its ``completed-queue``, as stored)."""
     table = Table(box=box.SIMPLE, title=_data(title), caption=_data(caption) if caption else None)
-    for name in ("id", "done", "failed", "last stage", "error"):
+    for name in ("id", "where now", "last completed stage", "error"):
         table.add_column(name)
     for j in jobs:
         table.add_row(
             _data(j.get("id")),
-            "yes" if j.get("done") else "",
-            "yes" if j.get("failed") else "",
-            _data(j.get("completed-queue") or ""),
+            _data(where_now(flow, j, start)),
+            _data(j.get("completed-queue") or "-"),
             _data(j.get("failedErrorMsg") or ""),
         )
     return table
@@ -417,6 +421,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
             jobs = op.jobs_by(args.flow, attribute, value, args.limit)
             title, caption = f"jobs of {args.flow} with {attribute} = {value}", f"{len(jobs)} found"
             payload: Any = jobs
+            start = None
         else:
             if args.queue is None:
                 raise ConfigurationError("give --by ATTR=VALUE, or --queue Q (with --state)")
@@ -426,12 +431,16 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
             title = f"{args.flow} · {args.queue} · {args.state}"
             caption = f"{page.start + 1 if jobs else 0}-{end} of {page.total}"
             payload = page
+            start = args.queue if op.flow(args.flow).stage(args.queue).parent else None
+        if args.json:
+            _print_json(payload)
+            return 0
+        # a partitioned flow's stages, as the user wrote them, are its first partition's
+        flow = op.flow((op.partitions(args.flow) or [args.flow])[0])
+        table = _jobs_table(title, jobs, flow, start, caption)
     finally:
         op.close()
-    if args.json:
-        _print_json(payload)
-    else:
-        _console().print(_jobs_table(title, jobs, caption))
+    _console().print(table)
     return 0
 
 

@@ -417,3 +417,48 @@ def as_json(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)
     return value
+
+
+def where_now(flow: Flow, job: dict[str, Any], start: str | None = None) -> str:
+    """Where ``job`` of ``flow`` is now, from its fields alone (no list is walked, so a
+    page of jobs costs nothing more): ``done``, ``failed in Q``, ``cancelled in Q``,
+    ``processing in Q`` (a lease holds it), ``parked in Q (N children pending)``, ``to retry
+    in Q (N failed attempts)`` (waiting or delayed before its next attempt), ``waiting in Q``.
+    Q is the stage after its ``completed-queue`` (the QueueSpec's next queue; a result's
+    ``nextQueue`` is not stored, so such a job shows as ``sent on from Q`` until a stage
+    leases it), else ``start`` (a child job's queue), else the flow's first stage. Stage
+    names are shown as the user wrote them (a partition's prefix left out)."""
+    stages = {_short(name): stage for name, stage in flow.stages.items()}
+    if job.get("gone"):
+        return "gone (its hash expired or was deleted)"
+    if job.get(keys.FAILED) is True or job.get(keys.CANCELLED) is True:
+        what = "cancelled" if job.get(keys.CANCELLED) is True else "failed"
+        return f"{what} in {_short(job.get(keys.FAILED_QUEUE))}"
+    if job.get(keys.DONE) is True:
+        return "done"
+    for name in stages:
+        if keys.lease_field(name) in {_short_field(f) for f in job}:
+            return f"processing in {name}"
+    completed = _short(job.get(keys.COMPLETED_QUEUE))
+    if completed:
+        after = stages.get(completed)
+        if after is None or not after.spec.next_queue:
+            return f"sent on from {completed}"
+        here = _short(after.spec.next_queue)
+    else:
+        here = _short(start) if start else _short(flow.definition.top_stages[0].name)
+    fields = {_short_field(f): v for f, v in job.items()}
+    pending = fields.get(keys.children_pending_field(here))
+    if isinstance(pending, int) and pending > 0:
+        return f"parked in {here} ({pending} children pending)"
+    errors = fields.get(keys.errors_field(here))
+    if isinstance(errors, list) and errors:
+        return f"to retry in {here} ({len(errors)} failed attempt{'s' if len(errors) > 1 else ''})"
+    return f"waiting in {here}"
+
+
+def _short_field(name: str) -> str:
+    """A job field named after a partition's stage (``lease:{pay#3}.check``) as the user
+    wrote it (``lease:check``)."""
+    prefix, sep, rest = name.partition(":")
+    return f"{prefix}{sep}{_short(rest)}" if sep and rest.startswith("{") else name
