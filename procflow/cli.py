@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import uuid
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from .app import APP_FORMS, APP_HELP, VERSION, load_app, shown, unreachable_hint
@@ -19,7 +21,7 @@ from .commands import add_operator_commands
 from .cpus import usable_cpus
 from .dashboard import add_dashboard_command
 from .definition import QueueSpec
-from .errors import ProcflowError, RedisUnavailableError
+from .errors import ProcflowError, RedisUnavailableError, ServerStartError
 from .flow import Flow
 from .server import RedisServer, embedded_binary
 from .settings import REDIS_URL_ENV, RedisSettings
@@ -43,6 +45,7 @@ imported under its own name.
 EPILOG = f"""\
 examples:
   procflow demo
+  procflow server --dir ./redis-data
   procflow flows --redis-url redis://127.0.0.1:6379/0
   procflow status access --watch
   procflow job 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b
@@ -268,6 +271,66 @@ def _keep_or_remove(flow: Flow, ids: list[str], batch: str, keep: bool) -> None:
     )
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the server the way Ctrl-C does
+
+
+def _server(args: argparse.Namespace) -> int:
+    """The embedded server in the foreground until Ctrl-C or SIGTERM: its URL printed, its
+    data kept in ``--dir`` (append-only file) or in a temporary directory removed at exit."""
+    directory = os.path.abspath(args.dir) if args.dir else None
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+    server = RedisServer(
+        embedded_binary(), port=args.port, appendonly=directory is not None, directory=directory
+    )
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        server.start()
+        assert server.process is not None
+        version = server.version().split(" sha=")[0]
+        print(f"procflow server: {version}, pid {server.pid}, listening on 127.0.0.1 only")
+        if directory is None:
+            print("data: in a temporary directory, removed when it stops (--dir DIR keeps it)")
+        else:
+            print(
+                f"data: kept in {directory} (append-only file, written to disk every second; "
+                "the same --dir loads it back)"
+            )
+        print(f"  export {REDIS_URL_ENV}={server.url}")
+        print("Ctrl-C stops it", flush=True)
+        code = server.process.wait()
+        raise ServerStartError(f"the server exited with code {code}; its log: {server.logfile}")
+    except KeyboardInterrupt:
+        print("stopping the server", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        server.stop()
+
+
+def _add_server(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    server = sub.add_parser(
+        "server",
+        help="run the embedded Redis-compatible server until Ctrl-C, for your own app",
+        description="Run the embedded server (Valkey, from procflow[embedded]) in the "
+        "foreground until Ctrl-C or SIGTERM, listening on 127.0.0.1; print its redis:// URL "
+        f"to use as --redis-url or ${REDIS_URL_ENV}. With --dir its data is kept there in an "
+        "append-only file and loaded back by the next start with the same --dir; without, "
+        "it lives in a temporary directory removed when the server stops.",
+    )
+    server.add_argument(
+        "--dir",
+        metavar="DIR",
+        default=None,
+        help="keep the data in DIR (created if missing) across restarts (default: nothing kept)",
+    )
+    server.add_argument(
+        "--port", type=int, default=None, metavar="PORT", help="port (default: a free one)"
+    )
+    server.set_defaults(run=_server)
+
+
 def _load(args: argparse.Namespace) -> Flow:
     settings = RedisSettings.from_url(args.redis_url) if args.redis_url else None
     flow = load_app(args.app)
@@ -364,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", help="COMMAND --help tells more"
     )
     _add_demo(sub)
+    _add_server(sub)
     add_operator_commands(sub, os.environ.get(REDIS_URL_ENV))
     add_dashboard_command(sub, os.environ.get(REDIS_URL_ENV))
     failed = _add_flow_command(sub, "failed", "list a queue's failed jobs, or put them back")
