@@ -8,7 +8,6 @@ search; and does what they do: retry, cancel, delete, purge. Every read is bound
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,7 +37,8 @@ class StageStatus:
     failed: int
     #: completions per minute over the last five whole minutes
     done_per_min: float
-    #: seconds the oldest waiting job has waited (None: none waits, or its id has no time)
+    #: seconds the job at the head of the waiting list has waited in this stage (since it
+    #: entered it; None: none waits, or it has no time: see ``Registry.oldest_waiting``)
     oldest_waiting_s: float | None
     totals: dict[str, int]
     completed_per_minute: list[int] = field(default_factory=list)
@@ -56,11 +56,6 @@ class JobPage:
     start: int
     jobs: list[dict[str, Any]]
     scores: list[float]
-
-
-def _age(job_id: str | None, now: float) -> float | None:
-    born = created_at(job_id) if job_id else None
-    return max(0.0, now - born) if born is not None else None
 
 
 class Operator:
@@ -174,11 +169,10 @@ class Operator:
         stages = [flow.stage(n) for n in self.stage_order(name)]
         counts = self._store_of(name).counts([s.keys for s in stages])
         stats = self.registry_of(name).stats(name, [s.name for s in stages], minutes)
-        heads = self.registry_of(name).oldest_waiting([s.keys for s in stages])
-        now = time.time()
+        waited = self.registry_of(name).oldest_waiting([s.keys for s in stages])
         out = []
-        for stage, c, st, head in zip(stages, counts, stats, heads, strict=True):
-            out.append(_stage_status(stage.name, stage.parent, c, st, _age(head, now)))
+        for stage, c, st, age in zip(stages, counts, stats, waited, strict=True):
+            out.append(_stage_status(stage.name, stage.parent, c, st, age))
         return out
 
     def nodes(self, name: str) -> list[dict[str, Any]]:

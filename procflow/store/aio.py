@@ -34,7 +34,7 @@ from .link import Link, open_streams
 from .records import NewJob
 from .redis import CREATE_CHUNK, PRUNE_LIMIT, Store, created_from
 from .replies import REDIRECTS, Route, follow
-from .subscription import progress_report
+from .subscription import note_progress
 from .wire import Arg, Script, pack, script
 
 __all__ = ["AsyncStore", "AsyncSubscription"]
@@ -285,6 +285,7 @@ class AsyncStore:
             stage.waiting,
             stage.job_prefix,
             stage.attempts_field,
+            stage.stalls_field,
             *job_ids,
         )
         [reply] = await self._run_scripts([s], [packed])
@@ -322,8 +323,8 @@ class AsyncSubscription:
         if reply is not None and len(reply) == 3 and reply[0] == b"message":
             if reply[1] == self._channel:
                 self._ids.append(reply[2].decode())
-            elif (report := progress_report(reply[2])) is not None:
-                self.reports[report[0]] = report[1]
+            else:
+                note_progress(self.reports, reply[2])
         elif reply is not None and reply[:2] == [b"subscribe", self._channel]:
             self._confirmed = True
         self._event.set()  # a message, or the connection broke (None)

@@ -11,7 +11,9 @@ import json
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "ATTEMPTS_PREFIX",
@@ -27,7 +29,9 @@ __all__ = [
     "PARENT_JOB",
     "PARENT_NOTIFIED",
     "PROGRESS_PREFIX",
+    "STALLS_PREFIX",
     "TRUE_VALUES",
+    "WAITING_SINCE_PREFIX",
     "Holder",
     "LeaseToken",
     "StageKeys",
@@ -43,6 +47,7 @@ __all__ = [
     "done_channel",
     "errors_field",
     "failed",
+    "failed_children",
     "is_children_jobs_field",
     "is_reserved",
     "is_reserved_in_result",
@@ -63,8 +68,10 @@ __all__ = [
     "queue_prefix",
     "safe_node_id",
     "split_job_key",
+    "stalls_field",
     "token_at",
     "waiting",
+    "waiting_since_field",
 ]
 
 # --- the TypeScript library's layout (fixed) -------------------------------------------
@@ -195,7 +202,8 @@ def monitor_leader(flow: str) -> str:
 
 def progress_channel(flow: str) -> str:
     """``procflow:F:progress`` — pub/sub channel: progress reports of flow F's running jobs
-    (JSON ``{"id", "queue", "fraction", "message"}``)."""
+    (JSON ``{"id", "queue", "fraction", "message"}``; ``"ended": true`` added to the last one
+    when the function of a job that reported returns or raises)."""
     return f"procflow:{flow}:progress"
 
 
@@ -258,9 +266,11 @@ STATS_MINUTES = 24 * 60
 CANCELLED = "cancelled"
 
 ATTEMPTS_PREFIX = "attempts:"
+STALLS_PREFIX = "stalls:"
 PROGRESS_PREFIX = "progress:"
 LEASE_PREFIX = "lease:"
 ERRORS_PREFIX = "errors:"
+WAITING_SINCE_PREFIX = "waiting-since:"
 #: child job field: JSON string, the parent job's key
 PARENT_JOB = "parentJob"
 #: child job field: set once the parent has been told this child is done
@@ -289,12 +299,20 @@ def is_reserved(field: str) -> bool:
     """Whether a job field is one that a job's options may not write: ``id`` (every read
     returns the job's real id there), ``done`` and the fail fields (procflow sets them when
     the job leaves its flow), ``completed-queue``, ``cancelled``, ``attempts:Q``,
-    ``errors:Q``, ``lease:Q``, ``progress:Q``, a parent's ``children:Q:jobs|pending|failed``,
-    a child's ``parentJob`` and ``parentNotified``. ``children:Q:params`` is allowed (how a
+    ``errors:Q``, ``lease:Q``, ``progress:Q``, ``waiting-since:Q``, ``stalls:Q``, a
+    parent's ``children:Q:jobs|pending|failed``, a child's ``parentJob`` and
+    ``parentNotified``. ``children:Q:params`` is allowed (how a
     job asks for fan-out). The rule for options; results follow
     ``is_reserved_in_result``."""
     if field in _RESERVED or field.startswith(
-        (ATTEMPTS_PREFIX, ERRORS_PREFIX, LEASE_PREFIX, PROGRESS_PREFIX)
+        (
+            ATTEMPTS_PREFIX,
+            ERRORS_PREFIX,
+            LEASE_PREFIX,
+            PROGRESS_PREFIX,
+            STALLS_PREFIX,
+            WAITING_SINCE_PREFIX,
+        )
     ):
         return True
     return field.startswith("children:") and field.endswith((":jobs", ":pending", ":failed"))
@@ -316,6 +334,12 @@ def attempts_field(queue: str) -> str:
     return f"{ATTEMPTS_PREFIX}{queue}"
 
 
+def stalls_field(queue: str) -> str:
+    """``stalls:Q`` — job field: how many times the job lost its worker in stage Q to a dead
+    node or supervisor (a stall: put back without costing an attempt, up to a limit)."""
+    return f"{STALLS_PREFIX}{queue}"
+
+
 def errors_field(queue: str) -> str:
     """``errors:Q`` — job field: JSON list of every failure in stage Q, oldest first."""
     return f"{ERRORS_PREFIX}{queue}"
@@ -333,6 +357,14 @@ def lease_field(queue: str) -> str:
     return f"{LEASE_PREFIX}{queue}"
 
 
+def waiting_since_field(queue: str) -> str:
+    """``waiting-since:Q`` — job field: JSON number, the server's time (Unix ms) when the job
+    last entered stage Q's waiting list (every procflow script that pushes it there writes
+    it; completing stage Q removes it). Absent for a job created on Q (its UUIDv7 id's time
+    is when it entered) and for one the TypeScript library pushed."""
+    return f"{WAITING_SINCE_PREFIX}{queue}"
+
+
 def children_pending_field(parent_queue: str) -> str:
     """``children:PARENT:pending`` — parent job field: children not yet done."""
     return f"children:{parent_queue}:pending"
@@ -341,6 +373,18 @@ def children_pending_field(parent_queue: str) -> str:
 def children_failed_field(parent_queue: str) -> str:
     """``children:PARENT:failed`` — parent job field: keys of the children that failed."""
     return f"children:{parent_queue}:failed"
+
+
+def failed_children(job: Mapping[str, Any]) -> list[str]:
+    """The keys of a decoded job's failed children, from every ``children:P:failed`` field
+    (empty for a job whose children all succeeded, or that has none)."""
+    return [
+        key
+        for field, value in job.items()
+        if field.startswith("children:") and field.endswith(":failed") and isinstance(value, list)
+        for key in value
+        if isinstance(key, str)
+    ]
 
 
 @dataclass(frozen=True)
@@ -357,9 +401,11 @@ class StageKeys:
     lock_prefix: str
     job_prefix: str
     attempts_field: str
+    stalls_field: str
     errors_field: str
     lease_field: str
     progress_field: str
+    waiting_since_field: str
     queue_json: str
     done_channel: str
     progress_channel: str
@@ -392,9 +438,11 @@ class StageKeys:
             lock_prefix=lock_prefix(queue),
             job_prefix=job_prefix(queue if parent_queue is not None else flow),
             attempts_field=attempts_field(queue),
+            stalls_field=stalls_field(queue),
             errors_field=errors_field(queue),
             lease_field=lease_field(queue),
             progress_field=progress_field(queue),
+            waiting_since_field=waiting_since_field(queue),
             queue_json=json.dumps(queue, ensure_ascii=False),
             done_channel=done_channel(flow),
             progress_channel=progress_channel(flow),

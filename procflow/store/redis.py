@@ -292,7 +292,10 @@ class Store:
     @follows_redirects
     def unpark(self, stage: StageKeys, job_id: str) -> bool:
         with self.wire() as w:
-            return bool(w.evalsha(script("unpark"), (stage.parked, stage.waiting), (job_id,)) == 1)
+            reply = w.evalsha(
+                script("unpark"), (stage.parked, stage.waiting), (job_id, stage.job_prefix)
+            )
+        return bool(reply == 1)
 
     @follows_redirects
     def parked_for(self, stage: StageKeys, age_ms: int, limit: int = 1000) -> list[str]:
@@ -310,7 +313,9 @@ class Store:
             return []
         s = script("promote")
         with self.wire() as w:
-            packed = [w.pack_evalsha(s, (st.delayed, st.waiting), (limit,)) for st in stages]
+            packed = [
+                w.pack_evalsha(s, (st.delayed, st.waiting), (limit, st.job_prefix)) for st in stages
+            ]
             replies = w.run_scripts([s] * len(packed), packed)
             for reply in replies:
                 w.check(reply)
@@ -361,7 +366,7 @@ class Store:
             moved = w.evalsha(
                 script("revive"),
                 (stage.failed, stage.waiting),
-                (stage.job_prefix, stage.attempts_field, *job_ids),
+                (stage.job_prefix, stage.attempts_field, stage.stalls_field, *job_ids),
             )
         return [m.decode() for m in moved]
 

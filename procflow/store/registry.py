@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DecodeError
+from ..ids import created_at
 from . import keys
 from .keys import StageKeys
 from .redis import Store
@@ -69,6 +70,19 @@ def _decode_json(raw: bytes | None, key: str) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise DecodeError(key, "(value)", raw, str(exc)) from exc
+
+
+def _entered(note: Any, job_id: str) -> float | None:
+    """When a job entered its stage's waiting list (Unix seconds): its ``waiting-since:Q``
+    note (JSON milliseconds), else its id's creation time."""
+    if isinstance(note, bytes):
+        try:
+            ms = json.loads(note)
+        except ValueError:
+            ms = None
+        if isinstance(ms, int | float) and not isinstance(ms, bool):
+            return float(ms) / 1000
+    return created_at(job_id)
 
 
 class Registry:
@@ -257,13 +271,38 @@ class Registry:
         ids = [i.decode() for i in flat[::2]]
         return Page(state, int(total), start, ids, [float(s) for s in flat[1::2]])
 
-    def oldest_waiting(self, stages: Sequence[StageKeys]) -> list[str | None]:
-        """The id at the head of each stage's waiting list (the one waiting longest)."""
+    def oldest_waiting(self, stages: Sequence[StageKeys]) -> list[float | None]:
+        """Per stage, how long (seconds, by the server's clock) the job at the head of its
+        waiting list has waited in that stage: since its ``waiting-since:Q`` note, or, for a
+        job with none (created on this stage, or pushed by the TypeScript library), since its
+        UUIDv7 id's creation time. None when nothing waits, or the head has neither (a
+        version 4 id). Two round trips whatever the lists hold."""
         if not stages:
             return []
         with self.store.wire() as w:
-            replies = w.pipeline([pack("LINDEX", s.waiting, 0) for s in stages])
-        return [r.decode() if isinstance(r, bytes) else None for r in replies]
+            clock, *heads = (
+                w.check(r)
+                for r in w.pipeline([pack("TIME"), *(pack("LINDEX", s.waiting, 0) for s in stages)])
+            )
+            found = [
+                (stage, head.decode())
+                for stage, head in zip(stages, heads, strict=True)
+                if isinstance(head, bytes)
+            ]
+            notes = (
+                w.pipeline([pack("HGET", st.job(i), st.waiting_since_field) for st, i in found])
+                if found
+                else []
+            )
+        now = int(clock[0]) + int(clock[1]) / 1e6
+        entered: dict[str, float | None] = {}
+        for (stage, job_id), note in zip(found, notes, strict=True):
+            entered[stage.waiting] = _entered(w.check(note), job_id)
+        out: list[float | None] = []
+        for stage in stages:
+            since = entered.get(stage.waiting)
+            out.append(None if since is None else max(0.0, now - since))
+        return out
 
     def locate(self, stages: Sequence[StageKeys], job_id: str) -> list[tuple[str, str]]:
         """Where job ``job_id`` is among the stages' lists: (stage, state) pairs, in stage

@@ -250,10 +250,11 @@ class StageSession:
         record: FailureRecord,
         policy: RetryPolicy,
         mode: str = "token",
+        final_fields: Sequence[tuple[str, str]] = (),
     ) -> FailOutcome:
-        """One failed attempt: retry (now or delayed) or fail for good. ``job_id`` may be ''
-        to find the job by its lock token (mode ``token``); in mode ``orphan`` the job must
-        be in processing with no lock."""
+        """One failed attempt: retry (now or delayed) or fail for good (then with
+        ``final_fields`` written too). ``job_id`` may be '' to find the job by its lock token
+        (mode ``token``); in mode ``orphan`` the job must be in processing with no lock."""
         stage = self.stage
         script_keys: tuple[Arg, ...] = (
             stage.processing,
@@ -279,6 +280,10 @@ class StageSession:
             stage.done_channel,
             stage.parent_pending_field,
             record.kind,
+            stage.stalls_field,
+            policy.max_stalls,
+            len(final_fields),
+            *(x for pair in final_fields for x in pair),
             *policy.delays_ms,
         )
         return FailOutcome.from_reply(self.wire.evalsha(script("fail"), script_keys, args))
@@ -385,9 +390,10 @@ def _leases(claims: Sequence[Any], first_token: str) -> list[Lease]:
 
 
 def children_status(wire: Wire, child_keys: Sequence[str]) -> list[Any]:
-    """Per child: EXISTS, then HMGET done failed, pipelined (see fanout.children_state)."""
+    """Per child: EXISTS, then HMGET done failed failedErrorMsg, pipelined (see
+    fanout.children_state)."""
     commands = []
     for key in child_keys:
         commands.append(pack("EXISTS", key))
-        commands.append(pack("HMGET", key, keys.DONE, keys.FAILED))
+        commands.append(pack("HMGET", key, keys.DONE, keys.FAILED, keys.FAILED_ERROR_MSG))
     return [wire.check(r) for r in wire.pipeline(commands)]

@@ -10,7 +10,6 @@ per stage, whatever the queues hold.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -27,7 +26,6 @@ from prometheus_client.registry import Collector
 
 from ..definition import FlowDefinition
 from ..errors import RedisRefusedError, RedisUnavailableError
-from ..ids import created_at
 from ..store.redis import Store
 from ..store.registry import Registry
 from ..version import __version__
@@ -151,7 +149,8 @@ class NodeCollector(Collector):
         )
         age = GaugeMetricFamily(
             "procflow_queue_oldest_waiting_seconds",
-            "Age of the job waiting longest in each stage (0 when none waits).",
+            "How long the job at the head of each stage's waiting list has waited in that "
+            "stage, since it entered it (0 when none waits).",
             labels=["flow", "queue"],
         )
         up = GaugeMetricFamily(
@@ -159,22 +158,19 @@ class NodeCollector(Collector):
         )
         depths: dict[str, Counter[str]] = {}
         ages: dict[str, float] = {}
-        now = time.time()
         for definition, store in self.parts:
             stages = list(definition.stages.values())
             try:
                 counts = store.counts([s.keys for s in stages])
-                heads = Registry(store).oldest_waiting([s.keys for s in stages])
+                waited = Registry(store).oldest_waiting([s.keys for s in stages])
             except (RedisUnavailableError, RedisRefusedError):
                 up.add_metric([flow], 0)
                 yield up
                 return
-            for stage, numbers, head in zip(stages, counts, heads, strict=True):
+            for stage, numbers, seconds in zip(stages, counts, waited, strict=True):
                 name = _short(stage.name) if len(self.parts) > 1 else stage.name
                 depths.setdefault(name, Counter()).update(numbers)
-                born = created_at(head) if head else None
-                older = max(0.0, now - born) if born else 0.0
-                ages[name] = max(ages.get(name, 0.0), older)
+                ages[name] = max(ages.get(name, 0.0), seconds or 0.0)
         for name, numbers in depths.items():
             for state, n in numbers.items():
                 depth.add_metric([flow, name, state], n)

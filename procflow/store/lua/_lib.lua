@@ -7,6 +7,18 @@ local function pf_now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- procflow's note of when a job entered a stage's waiting list: the job field
+-- waiting-since:Q (keys.waiting_since_field), a JSON number, the server's time in ms. Q is
+-- read from the list's key queue:Q:waiting (keys.waiting), so that a script that pushes a job
+-- notes it without an argument of its own. The oldest-waiting reads use it.
+local function pf_since_field(waiting)
+  return 'waiting-since:' .. string.sub(waiting, 7, -9)
+end
+
+local function pf_entered(job, waiting, now)
+  redis.call('HSET', job, pf_since_field(waiting), string.format('%.0f', now or pf_now_ms()))
+end
+
 -- Claim a job that is already in the processing list: lock it for this lease, count the
 -- attempt, note the holder in the job (lease:Q, so that the monitor can tell a job that was
 -- claimed from one BLMOVE moved but nobody claimed), read the fields the stage wants
@@ -75,6 +87,7 @@ local function pf_notify_parent(job, parent_waiting, parent_parked, pending_fiel
     local parent_id = string.match(parent, '([^:]+)$')
     if redis.call('ZREM', parent_parked, parent_id) == 1 then
       redis.call('RPUSH', parent_waiting, parent_id)
+      pf_entered(parent, parent_waiting)
     end
   end
 end
@@ -113,13 +126,15 @@ end
 
 -- Complete one job whose lock holds ``held`` (read by the caller, for a whole batch in one
 -- MGET): the lease must still hold ``token``; write the result fields argv[first .. last]
--- (pairs), pass the job to ``next_waiting`` or, with none, mark it done (the fields say so),
--- tell its parent and announce it. What it adds to the stage's counts, and the lock to
--- delete, go into ``tally`` (written once per call by pf_tally). Returns 1 done, 0 the lease
--- was lost (nothing changed), -1 the job hash is gone.
+-- (pairs), pass the job to ``next_waiting`` (noting when) or, with none, mark it done (the
+-- fields say so), tell its parent and announce it; the job forgets when it entered this
+-- stage (``waiting``). What it adds to the stage's counts, and the lock to delete, go into
+-- ``tally`` (written once per call by pf_tally). Returns 1 done, 0 the lease was lost
+-- (nothing changed), -1 the job hash is gone.
 local function pf_complete_one(id, held, token, job_prefix, lock_prefix, lease_field,
-                               processing, done_channel, pending_field, parent_waiting,
-                               parent_parked, next_waiting, argv, first, last, tally)
+                               processing, waiting, done_channel, pending_field,
+                               parent_waiting, parent_parked, next_waiting, argv, first, last,
+                               tally)
   if held ~= token then return 0 end
   local job = job_prefix .. id
   tally.locks[#tally.locks + 1] = lock_prefix .. id
@@ -128,7 +143,8 @@ local function pf_complete_one(id, held, token, job_prefix, lock_prefix, lease_f
     return -1
   end
   redis.call('HSET', job, unpack(argv, first, last))
-  redis.call('HDEL', job, lease_field)  -- no lease holds it in this stage any more
+  -- no lease holds it in this stage any more, and it waits here no more
+  redis.call('HDEL', job, lease_field, pf_since_field(waiting))
   redis.call('LREM', processing, -1, id)
   if next_waiting == nil then
     pf_notify_parent(job, parent_waiting, parent_parked, pending_field)
@@ -136,6 +152,8 @@ local function pf_complete_one(id, held, token, job_prefix, lock_prefix, lease_f
     tally.left[#tally.left + 1] = id
   else
     redis.call('RPUSH', next_waiting, id)
+    tally.now = tally.now or pf_now_ms()
+    pf_entered(job, next_waiting, tally.now)
   end
   tally.completed = tally.completed + 1
   return 1

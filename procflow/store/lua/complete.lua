@@ -1,4 +1,5 @@
--- complete: write the result, pass the job on (or mark it done), then lease the next job.
+-- complete: write the result, pass the job on (noting when it entered the next stage's
+-- waiting list: waiting-since:NEXT) or mark it done, then lease the next job.
 -- KEYS[1] queue:Q:processing  KEYS[2] queue:Q:waiting  KEYS[3] procflow:F:stats:Q
 --   KEYS[4] procflow:F:finished:Q (the latest jobs that left the flow here, capped); for a
 --   child queue (its parent's pending field ARGV[b+2] is not ''): KEYS[5] the parent stage's
@@ -26,9 +27,9 @@ if ARGV[b + 2] ~= '' then
 end
 local tally = {completed = 0, left = {}, locks = {}}
 local held = redis.call('GET', ARGV[2] .. id)
-local status = pf_complete_one(id, held, token, ARGV[1], ARGV[2], ARGV[5], KEYS[1], ARGV[b + 1],
-                               ARGV[b + 2], parent_waiting, parent_parked, next_waiting, ARGV,
-                               b + 8, #ARGV, tally)
+local status = pf_complete_one(id, held, token, ARGV[1], ARGV[2], ARGV[5], KEYS[1], KEYS[2],
+                               ARGV[b + 1], ARGV[b + 2], parent_waiting, parent_parked,
+                               next_waiting, ARGV, b + 8, #ARGV, tally)
 pf_tally(tally, KEYS[3], KEYS[4], tonumber(ARGV[b]), ARGV[b + 7])
 local next_token = ARGV[b + 6]
 if next_token ~= '' then

@@ -31,8 +31,9 @@ for n = 1, count do
   local next_waiting = nil
   if target > 0 then next_waiting = KEYS[target] end
   statuses[n] = pf_complete_one(id, held[n], token, ARGV[1], ARGV[2], ARGV[5], KEYS[1],
-                                ARGV[b + 1], ARGV[b + 2], parent_waiting, parent_parked,
-                                next_waiting, ARGV, at + 4, at + 3 + 2 * pairs, tally)
+                                KEYS[2], ARGV[b + 1], ARGV[b + 2], parent_waiting,
+                                parent_parked, next_waiting, ARGV, at + 4, at + 3 + 2 * pairs,
+                                tally)
 end
 pf_tally(tally, KEYS[3], KEYS[4], tonumber(ARGV[b]), ARGV[b + 5])
 local reply = {statuses}

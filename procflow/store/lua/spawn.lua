@@ -1,5 +1,6 @@
--- spawn: create a parent job's child jobs and park the parent until they are done, in one
--- step, once (a re-leased parent finds its children already made).
+-- spawn: create a parent job's child jobs (each noting when it entered its waiting list:
+-- waiting-since:P:C) and park the parent until they are done, in one step, once (a re-leased
+-- parent finds its children already made).
 -- KEYS[1] queue:Q:processing  KEYS[2] queue:Q:parked
 -- KEYS[1+2c] child job key, KEYS[2+2c] child queue's waiting list, for child c = 1..N
 -- ARGV[1] parent id  ARGV[2] token  ARGV[3] job prefix  ARGV[4] lock prefix
@@ -15,14 +16,17 @@ if redis.call('GET', lock) ~= ARGV[2] then return 0 end
 if redis.call('HEXISTS', job, ARGV[5]) == 1 then return -1 end
 local count = tonumber(ARGV[10])
 local a = 13
+local now = string.format('%.0f', pf_now_ms())
 for c = 1, count do
   local child_id = ARGV[a]
   local n = tonumber(ARGV[a + 1])
   local child = KEYS[1 + 2 * c]
+  local since = pf_since_field(KEYS[2 + 2 * c])  -- when it entered its waiting list
   if n > 0 then
-    redis.call('HSET', child, 'parentJob', ARGV[9], unpack(ARGV, a + 2, a + 1 + 2 * n))
+    redis.call('HSET', child, 'parentJob', ARGV[9], since, now,
+               unpack(ARGV, a + 2, a + 1 + 2 * n))
   else
-    redis.call('HSET', child, 'parentJob', ARGV[9])
+    redis.call('HSET', child, 'parentJob', ARGV[9], since, now)
   end
   redis.call('EXPIRE', child, ARGV[8])
   redis.call('RPUSH', KEYS[2 + 2 * c], child_id)
