@@ -280,9 +280,10 @@ class Supervisor:
             for w in workers:
                 w.tell(child.CONNECT)
             self._await_all(workers, (WorkerState.CONNECTED,), "connect", timeout)
+            told = time.monotonic_ns()
             for w in workers:
                 w.tell(child.START)
-            self._await_all(workers, (WorkerState.STARTED,), "start", timeout)
+            self._await_all(workers, (WorkerState.STARTED,), "start", timeout, since=told)
         except BaseException:
             self._abort()
             raise
@@ -313,19 +314,29 @@ class Supervisor:
         states: Sequence[WorkerState],
         step: str,
         timeout: float,
+        since: int | None = None,
     ) -> None:
+        """Wait until every worker reached one of ``states``; raise WorkerStartError naming
+        the first that failed or ended instead. With ``since`` (the shared monotonic clock,
+        ns), a worker whose process got past its start after that time counts as started even
+        if it has died since: that is a crash of the job it took, settled and replaced by the
+        manager thread like any other, not a failed start."""
+
+        def reached(w: WorkerProcess) -> bool:
+            return w.state in states or (since is not None and w.started_ns >= since)
+
         def settled() -> bool:
             return all(
-                w.state in states or w.state in (WorkerState.FAILED, WorkerState.DEAD) or w.gone
+                reached(w) or w.state in (WorkerState.FAILED, WorkerState.DEAD) or w.gone
                 for w in workers
             )
 
         if not self.table.wait_for(settled, timeout):
-            late = [w.name for w in workers if w.state not in states]
+            late = [w.name for w in workers if not reached(w)]
             raise WorkerStartError(
                 f"worker(s) {', '.join(late)} did not {step} within {timeout:g} s"
             )
-        bad = [w for w in workers if w.state not in states]
+        bad = [w for w in workers if not reached(w)]
         if bad:
             first = bad[0]
             why = first.error or f"its process ended ({describe_exit(first.exitcode)})"
@@ -431,8 +442,9 @@ class Supervisor:
         w = self.table.get(handle)
         if w is None or w.gone or w.state not in (WorkerState.CONNECTED, WorkerState.STARTED):
             raise SupervisorStateError(f"worker {handle.name} must be connected before it starts")
+        told = time.monotonic_ns()
         w.tell(child.START)
-        self._await_all([w], (WorkerState.STARTED,), "start", timeout)
+        self._await_all([w], (WorkerState.STARTED,), "start", timeout, since=told)
         self.monitors.start()  # due retries and expired locks need it, however workers start
 
     def stop_worker(self, handle: WorkerHandle, timeout: float | None = None) -> None:

@@ -32,7 +32,7 @@ from ..partitions import StoreMap
 from ..settings import RedisSettings
 from ..worker import main as child
 from ..worker.main import worker_main
-from ..worker.status import StatusRecord, clear_status, read_status
+from ..worker.status import Activity, StatusRecord, clear_status, read_status
 from .logs import reemit
 from .process import (
     REPORTED,
@@ -123,6 +123,8 @@ class Manager:
 
     def start_thread(self) -> None:
         self.respawn = True
+        for w in self.table:  # a respawn due from a previous run must not join this start early
+            w.respawn_at = None
         self.thread = threading.Thread(target=self._run, name="procflow-supervisor", daemon=True)
         self.thread.start()
 
@@ -269,9 +271,11 @@ class Manager:
     def replace(self, handle: WorkerHandle) -> None:
         """Fork a replacement for ``handle`` and start it, unless a stop has begun. The check
         and the fork hold the table's lock, which ``Supervisor.stop`` holds while it takes its
-        list of workers to stop: a replacement is either in that list or never forked."""
+        list of workers to stop: a replacement is either in that list or never forked. While
+        the supervisor is still starting, only a worker that got past its start is replaced
+        (``_on_exit`` decides): every worker was connected before any was told to start."""
         with self.table.cond:
-            if self.respawn and self.state() is SupervisorState.RUNNING:
+            if self.respawn and self.state().active:
                 self.spawn(handle, start=True)
 
     def spawn(self, handle: WorkerHandle, start: bool = False) -> WorkerProcess:
@@ -311,6 +315,7 @@ class Manager:
             w.conn = parent_end
             w.commands = commands_out
             w.state = WorkerState.SPAWNED
+            w.past_start = False
             w.gone = False
             w.kill_reason = None
             w.cancelled = set()
@@ -388,6 +393,9 @@ class Manager:
                 self.table.lifecycle.append(LifecycleEvent(w.name, kind, message[1], w.pid or 0))
                 if state is WorkerState.CONNECTED:
                     w.client_id = message[2]
+                elif state is WorkerState.STARTED:
+                    w.past_start = True
+                    w.started_ns = message[1]
                 elif state is WorkerState.STOPPED:
                     w.end_reason = message[2]
             elif kind == child.CONNECT_FAILED:
@@ -426,6 +434,10 @@ class Manager:
             if end is not None:
                 end.close()
         w.conn = w.commands = None
+        if not w.past_start and (view.jobs or view.activity is not Activity.IDLE):
+            with self.table.cond:  # it leased a job: it had started, whatever it reported
+                w.past_start = True
+                w.started_ns = time.monotonic_ns()
         planned = w.state is WorkerState.DISCONNECTED and code == 0
         recycled = planned and w.end_reason.startswith("recycle")
         stage = w.handle.group.lane(view.lane)  # what it held is in the lane it was in
@@ -456,7 +468,17 @@ class Manager:
                 w.state = WorkerState.DEAD
             self.table.cond.notify_all()
         self.table.record(w.name, "exited", pid=pid)
-        running = replace and self.respawn and self.state() is SupervisorState.RUNNING
+        # a worker that got past its start while the others still start (a job that killed
+        # it at once) crashed like any other: it is replaced as in a running pool
+        state = self.state()
+        running = (
+            replace
+            and self.respawn
+            and (
+                state is SupervisorState.RUNNING
+                or (state is SupervisorState.STARTING and w.past_start)
+            )
+        )
         if recycled:
             log.info("worker {} recycled ({}); replacing it", w.name, w.end_reason)
             w.crashes = 0

@@ -113,6 +113,12 @@ class WorkerProcess:
     state: WorkerState = WorkerState.NEW
     client_id: int | None = None
     spawned_at: float = 0.0
+    #: whether the current process got past its start (it reported started, or its status
+    #: record shows it leased a job): its death is then a crash, never a failed start
+    past_start: bool = False
+    #: when a process of this record last got past its start (ns, the shared monotonic
+    #: clock; 0: never)
+    started_ns: int = 0
     crashes: int = 0
     respawn_at: float | None = None
     kill_reason: str | None = None

@@ -147,7 +147,14 @@ def worker_main(
     # before the user's function arrives: unpickling it may import the user's module and
     # numpy with it, whose math library reads the thread variables once, when it loads
     notes = setup_process(setup)
-    payload: WorkerPayload = cloudpickle.loads(blob)
+    try:
+        payload: WorkerPayload = cloudpickle.loads(blob)
+    except Exception as exc:  # the function's module cannot be imported here, …
+        with contextlib.suppress(OSError, ValueError):
+            conn.send(
+                (CONNECT_FAILED, f"its function could not be loaded: {type(exc).__name__}: {exc}")
+            )
+        sys.exit(EXIT_CONNECT_FAILED)
     payload.worker = worker
     os.environ[WORKER_MARK] = f"{payload.holder}|{pid}"  # inherited by what the jobs start
     name = title(worker, payload.flow)
