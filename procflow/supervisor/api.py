@@ -35,12 +35,12 @@ from ..worker.status import StatusView, read_status
 from .manager import Manager
 from .observers import Observers
 from .process import (
+    SUBREAPER,
     LifecycleEvent,
     SupervisorState,
     WorkerProcess,
     WorkerState,
     WorkerTable,
-    become_subreaper,
     kill_tree,
 )
 from .rebalance import Limits, cores_of, start_budget
@@ -147,6 +147,8 @@ class Supervisor:
         self.monitors = Monitors(flow.parts, self.holder, monitor_interval, enabled=monitor)
         self._state = SupervisorState.NEW
         self._immediate = False
+        #: whether this supervisor holds the process's subreaper setting (SUBREAPER)
+        self._subreaper = False
         self.table = WorkerTable()
         self.stores = StoreMap.of_parts(flow.parts, SUPERVISOR_SOCKET_TIMEOUT)
         self.manager = Manager(
@@ -239,13 +241,37 @@ class Supervisor:
             self.manager.use_stores(self.stores)
             self.manager.parts = [(part.definition, part.redis) for part in self.flow.parts]
         self.flow.connect()
-        become_subreaper()  # orphans of workers' jobs come here, to be found and killed
-        self.table.record("flow", "connected")
-        self.manager.settler.reclaim(
-            [stage for part in self.flow.parts for stage in part.definition.stages.values()]
-        )
-        self._immediate = False
-        self.manager.start_thread()
+        # orphans of workers' jobs come here, to be found and killed; given back in _finish
+        SUBREAPER.hold()
+        self._subreaper = True
+        try:
+            self.table.record("flow", "connected")
+            self.manager.settler.reclaim(
+                [stage for part in self.flow.parts for stage in part.definition.stages.values()]
+            )
+            self._immediate = False
+            self.manager.start_thread()
+        except BaseException:
+            self._release_host()
+            raise
+
+    def _release_host(self) -> None:
+        """Reap what this supervisor adopted and give the host back its subreaper setting
+        (once all of the process's supervisors have stopped)."""
+        if not self._subreaper:
+            return
+        self._subreaper = False
+        live = {w.pid for w in self.table.live() if w.pid is not None}
+        killed = self.manager.orphans.reap_all(live)
+        if killed:
+            self.log.warning("killed {} process(es) that workers' jobs had left running", killed)
+        SUBREAPER.release()
+
+    def _kill(self, w: WorkerProcess) -> None:
+        """SIGKILL a worker's tree as the supervisor stops; what it had started is noted, to
+        be reaped when it comes here."""
+        w.kill_reason = w.kill_reason or _SHUTDOWN
+        self.manager.orphans.note(w.pid, kill_tree(w.pid))
 
     def _finish(self) -> None:
         self._state = SupervisorState.STOPPED
@@ -255,6 +281,7 @@ class Supervisor:
                 "the manager thread did not end within 30 s of the stop (workers still alive: {})",
                 ", ".join(w.name for w in self.table.live()) or "none",
             )
+        self._release_host()
         self.stores.close()
         self.flow.disconnect()
         self.table.record("flow", "disconnected")
@@ -348,7 +375,7 @@ class Supervisor:
         workers = self.table.live()
         for w in workers:
             w.kill_reason = _SHUTDOWN
-            kill_tree(w.pid)
+            self._kill(w)
         self.table.wait_for(lambda: all(w.gone for w in workers), 10)
         self._finish()
 
@@ -390,14 +417,16 @@ class Supervisor:
             )
             for w in left:
                 w.kill_reason = _SHUTDOWN
-                kill_tree(w.pid)
+                self._kill(w)
+        # what the jobs left running below them comes here when they exit: noted now, it is
+        # reaped even if it has ended by then
+        self.manager.orphans.note_below(w.pid for w in workers if w.pid is not None and not w.gone)
         for w in workers:
             w.tell(child.DISCONNECT)
         if not self.table.wait_for(lambda: all(w.gone for w in workers), _STOP_GRACE):
             for w in workers:
                 if not w.gone:
-                    w.kill_reason = w.kill_reason or _SHUTDOWN
-                    kill_tree(w.pid)
+                    self._kill(w)
             self.table.wait_for(lambda: all(w.gone for w in workers), _STOP_GRACE)
         self._finish()
 

@@ -366,7 +366,7 @@ class Manager:
             self.log.bind(queue=w.handle.group.name, worker=w.name).warning(
                 "killing worker {} (pid {}): {}", w.name, w.pid, reason.split(": ", 1)[-1]
             )
-        kill_tree(w.pid)
+        self.orphans.note(w.pid, kill_tree(w.pid))
 
     # -- what workers say ------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from multiprocessing.connection import Connection
@@ -27,14 +27,15 @@ from ..handles import WorkerHandle
 from ..worker import main as child
 
 __all__ = [
+    "SUBREAPER",
     "LifecycleEvent",
     "Orphans",
     "SupervisorState",
     "WorkerProcess",
     "WorkerState",
     "WorkerTable",
-    "become_subreaper",
     "kill_tree",
+    "subreaper_setting",
     "tree_rss",
 ]
 
@@ -211,31 +212,130 @@ class WorkerTable:
 
 
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 
 
-def become_subreaper() -> bool:
-    """Make this process the one that orphaned descendants are re-parented to (Linux), so a
-    process a job started in a session of its own (``setsid``, a daemon) is still found when
-    its worker dies. Returns whether it worked."""
+def subreaper_setting() -> int | None:
+    """This process's child-subreaper setting now (None where it cannot be read)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
+    try:
+        value = ctypes.c_int(0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) != 0:
+            return None
+        return int(value.value)
+    except (OSError, AttributeError):
+        return None
+
+
+def _set_subreaper(on: int) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, on, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
 
 
+class _Subreaper:
+    """This process's child-subreaper setting (Linux), held by the supervisors running in it.
+    The first to start reads what the process had and turns it on, so the processes a job
+    started in a session of their own (``setsid``, a daemon) come here when their worker dies,
+    to be found and killed; the last to stop gives the process its own setting back. The
+    setting belongs to the host (a batch pipeline, a web app, a test runner that imported
+    procflow): while it is on, every process orphaned anywhere below the host is re-parented
+    to it, and stays a zombie there once it ends if nobody reaps it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holders = 0
+        #: what the host had before the first holder (None: nothing to give back)
+        self.before: int | None = None
+
+    def hold(self) -> bool:
+        """One holder more; the first turns the setting on. Returns whether this process is
+        a subreaper now."""
+        if not sys.platform.startswith("linux"):
+            return False
+        with self.lock:
+            self.holders += 1
+            if self.holders == 1:
+                was = subreaper_setting()
+                if was is not None and (was or _set_subreaper(1)):
+                    self.before = was
+            return self.before is not None
+
+    def release(self) -> None:
+        """One holder fewer; the last gives the host back the setting it had."""
+        with self.lock:
+            self.holders = max(0, self.holders - 1)
+            if self.holders or self.before is None:
+                return
+            before, self.before = self.before, None
+            if not before:
+                _set_subreaper(0)
+
+
+#: the one setting of this process, shared by all its supervisors
+SUBREAPER = _Subreaper()
+
+
 class Orphans:
-    """The processes this supervisor adopted from its workers' jobs. ``collect`` kills those
-    whose worker is gone and reaps them; a process without this supervisor's mark (the
-    program's own children) is left alone."""
+    """The processes this supervisor adopted from its workers' jobs (it is their subreaper).
+    ``collect`` kills those whose worker is gone and reaps them; ``reap_all`` does it for
+    every one when the supervisor stops.
+
+    A child of this process is the supervisor's to kill and reap only if it is known to come
+    from one of its workers; everything else (the program's own children, which it will wait
+    for itself: a ``subprocess.Popen`` it owns, a multiprocessing pool) is left alone. A child
+    comes from a worker if
+
+    - it was seen below a worker (``note``: the trees the supervisor kills, and the trees of
+      its workers as they stop) with the same start time, or
+    - it is in a process group one of its workers led, not as the group's leader (each worker
+      leads a group of its own, and a group id is not reused while a member, even a zombie,
+      is left), or
+    - it carries the mark of one of its workers (``PROCFLOW_WORKER``, inherited through the
+      environment: how a process a job started in a session of its own is found).
+
+    The first two also hold for a zombie, whose environment can no longer be read. What none
+    of them catches (a process in a session of its own that ended before it was ever seen, or
+    one that cleared its environment) is left to the program.
+    """
 
     def __init__(self, holder: str) -> None:
         self.holder = holder
         self.known: dict[int, int] = {}  # adopted pid -> the worker pid it came from
         #: every worker pid this supervisor started: a mark naming another pid is not ours
         self.workers: set[int] = set()
+        #: processes seen below a worker: pid -> (start time, the worker's pid)
+        self.seen: dict[int, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def note(self, worker: int | None, procs: Iterable[psutil.Process]) -> None:
+        """Remember ``procs`` as descendants of ``worker`` (any thread)."""
+        if worker is None:
+            return
+        found = {}
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                found[proc.pid] = (proc.create_time(), worker)
+        with self._lock:
+            self.seen.update(found)
+
+    def note_below(self, workers: Iterable[int]) -> None:
+        """Remember what runs below each of ``workers`` now, before they end (one pass over
+        the process table for all of them)."""
+        below: dict[int, list[psutil.Process]] = {}
+        for proc in psutil.process_iter(["ppid"]):
+            below.setdefault(proc.info["ppid"], []).append(proc)
+        for worker in workers:
+            found, todo = [], list(below.get(worker, ()))
+            while todo:
+                proc = todo.pop()
+                found.append(proc)
+                todo += below.get(proc.pid, ())
+            self.note(worker, found)
 
     def _mark(self, proc: psutil.Process) -> int | None:
         try:
@@ -246,6 +346,21 @@ class Orphans:
         if holder != self.holder or not worker.isdigit() or int(worker) not in self.workers:
             return None
         return int(worker)
+
+    def _owner(self, proc: psutil.Process) -> int | None:
+        """The worker ``proc`` (a child of this process) came from; None: not ours."""
+        pid = proc.pid
+        with self._lock:
+            seen = self.seen.get(pid)
+        if seen is not None:
+            with contextlib.suppress(psutil.Error):
+                if abs(proc.create_time() - seen[0]) < 0.05:
+                    return seen[1]
+        with contextlib.suppress(OSError):
+            group = os.getpgid(pid)
+            if group != pid and group in self.workers:
+                return group
+        return self._mark(proc)
 
     def collect(self, live_workers: set[int]) -> int:
         """Kill and reap the adopted processes of workers not in ``live_workers``, reap the
@@ -261,18 +376,50 @@ class Orphans:
                 continue
             worker = self.known.get(pid)
             if worker is None:
-                worker = self._mark(proc)
+                worker = self._owner(proc)
                 if worker is None:
                     continue
                 self.known[pid] = worker
             with contextlib.suppress(psutil.Error):
                 if proc.status() != psutil.STATUS_ZOMBIE and worker not in live_workers:
-                    kill_tree(pid)
+                    self.note(worker, kill_tree(pid))
                     killed += 1
             with contextlib.suppress(ChildProcessError, OSError):
                 if os.waitpid(pid, 0 if worker not in live_workers else os.WNOHANG)[0]:
                     self.known.pop(pid, None)
+            if not psutil.pid_exists(pid):
+                self.known.pop(pid, None)
+        self._forget_gone()
         return killed
+
+    def reap_all(self, live_workers: set[int], timeout: float = 5.0) -> int:
+        """The supervisor stops: kill and reap every adopted process of a worker not in
+        ``live_workers``, also those re-parented here while it does (the descendants of what
+        it kills). Returns how many were killed."""
+        killed = self.collect(live_workers)
+        deadline = time.monotonic() + timeout
+        while self._left(live_workers) and time.monotonic() < deadline:
+            killed += self.collect(live_workers)
+            time.sleep(0.01)  # polled: a killed tree's members are re-parented as they exit
+        return killed
+
+    def _left(self, live_workers: set[int]) -> bool:
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return False
+        for proc in children:
+            if proc.pid in live_workers:
+                continue
+            worker = self.known.get(proc.pid) or self._owner(proc)
+            if worker is not None and worker not in live_workers:
+                return True
+        return False
+
+    def _forget_gone(self) -> None:
+        with self._lock:
+            for pid in [p for p in self.seen if not psutil.pid_exists(p)]:
+                del self.seen[pid]
 
 
 def tree_rss(proc: psutil.Process) -> int:
@@ -287,10 +434,11 @@ def tree_rss(proc: psutil.Process) -> int:
         return 0
 
 
-def kill_tree(pid: int | None) -> None:
-    """SIGKILL a process, its process group and every descendant."""
+def kill_tree(pid: int | None) -> list[psutil.Process]:
+    """SIGKILL a process, its process group and every descendant; returns the descendants
+    it found (those that are re-parented here are the supervisor's to reap)."""
     if pid is None:
-        return
+        return []
     try:
         kids = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
@@ -300,3 +448,4 @@ def kill_tree(pid: int | None) -> None:
             os.kill(target, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
         os.killpg(pid, signal.SIGKILL)
+    return kids
