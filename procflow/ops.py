@@ -18,10 +18,11 @@ from .flow import Flow
 from .ids import created_at
 from .settings import RedisSettings
 from .store import keys
+from .store.eviction import EvictionPolicy
 from .store.redis import Store
 from .store.registry import CANCELLED_MESSAGE, PAGE_STATES, Registry, StageStats
 
-__all__ = ["PAGE_STATES", "JobPage", "Operator", "StageStatus"]
+__all__ = ["PAGE_STATES", "EvictionPolicy", "JobPage", "Operator", "StageStatus"]
 
 
 @dataclass
@@ -155,6 +156,11 @@ class Operator:
         return [n for s in top for n in (s.name, *s.children.values())]
 
     # -- status ----------------------------------------------------------------------------
+
+    def eviction(self) -> list[EvictionPolicy]:
+        """The ``maxmemory-policy`` of every server holding data (each master of a cluster):
+        any but ``noeviction`` may delete jobs in silence (see ``store.eviction``)."""
+        return self.store.eviction_policies()
 
     def status(self, name: str, minutes: int = 60) -> list[StageStatus]:
         """Per stage, in pipeline order: its counts, rate, oldest waiting age and totals (a
@@ -395,7 +401,7 @@ def _job_state(job: dict[str, Any], places: list[tuple[str, str]]) -> str:
     if job.get(keys.CANCELLED) is True:
         return "cancelled"
     if job.get(keys.DONE) is True:
-        return "failed" if job.get(keys.FAILED) is True else "done"
+        return "failed" if job.get(keys.FAILED) is True else _done_state(job)
     for queue, state in places:
         if state != "failed":
             return f"{state} in {queue}"
@@ -411,6 +417,15 @@ def as_json(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)
     return value
+
+
+def _done_state(job: dict[str, Any]) -> str:
+    """A job that left its flow without failing: ``done``, or, when a parent stage passed it
+    on though some children failed (``on_child_failure="mark"``), says how many."""
+    failed = keys.failed_children(job)
+    if failed:
+        return f"done, with {len(failed)} failed child job{'s' if len(failed) > 1 else ''}"
+    return "done"
 
 
 def where_now(flow: Flow, job: dict[str, Any], start: str | None = None) -> str:
@@ -429,7 +444,7 @@ def where_now(flow: Flow, job: dict[str, Any], start: str | None = None) -> str:
         what = "cancelled" if job.get(keys.CANCELLED) is True else "failed"
         return f"{what} in {_short(job.get(keys.FAILED_QUEUE))}"
     if job.get(keys.DONE) is True:
-        return "done"
+        return _done_state(job)
     for name in stages:
         if keys.lease_field(name) in {_short_field(f) for f in job}:
             return f"processing in {name}"

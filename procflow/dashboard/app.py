@@ -56,6 +56,8 @@ HERE = Path(__file__).resolve().parent
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 COOKIE = "procflow_dashboard"
 POLL_MS = 1500
+#: how often (seconds) the banner re-reads the servers' maxmemory-policy
+EVICTION_EVERY = 30.0
 PAGE_SIZES = (20, 50, 100, 200)
 _OPEN_PATHS = ("/static/", "/login")
 _CSP = (
@@ -146,6 +148,8 @@ class Dashboard:
         env.policies["json.dumps_function"] = _dumps
         env.policies["json.dumps_kwargs"] = {}  # the API's key order (Jinja sorts)
         self.templates = Jinja2Templates(env=env)
+        #: (when read, the banner's lines) about an evicting maxmemory-policy
+        self._eviction: tuple[float, list[str]] | None = None
 
     # -- who may ask -------------------------------------------------------------------------
 
@@ -243,6 +247,19 @@ class Dashboard:
 
     # -- pages -------------------------------------------------------------------------------
 
+    def eviction(self) -> list[str]:
+        """What the banner says about servers that may evict keys (their maxmemory-policy),
+        read at most every ``EVICTION_EVERY`` seconds; nothing when Redis cannot be read (the
+        page says so itself)."""
+        now = time.monotonic()
+        if self._eviction is None or now - self._eviction[0] >= EVICTION_EVERY:
+            try:
+                texts = [p.message() for p in self.op.eviction() if p.unsafe]
+            except ProcflowError:
+                texts = []
+            self._eviction = (now, texts)
+        return self._eviction[1]
+
     def render(
         self,
         request: Request,
@@ -254,6 +271,9 @@ class Dashboard:
         **extra: Any,
     ) -> Response:
         context = {
+            # the data pages (rendered in the threadpool) read it; the login and error
+            # pages (rendered in the event loop, maybe with Redis away) do not
+            "eviction": self.eviction() if initial is not None else [],
             "title": title,
             "page": template.removesuffix(".html"),
             "initial": initial,

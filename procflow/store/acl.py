@@ -68,6 +68,9 @@ COMMANDS = (
     "ltrim",
     "lindex",
     "hkeys",
+    # the check of the server's maxmemory-policy where a flow connects (store/eviction.py):
+    # INFO is its fallback where CONFIG GET is not allowed (CONFIG is not granted)
+    "info",
     # waiting for jobs
     "subscribe",
     "unsubscribe",

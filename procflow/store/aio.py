@@ -29,6 +29,7 @@ import redis.exceptions as rex
 from ..errors import CreateJobsError, RedisRefusedError, RedisUnavailableError, refusal
 from ..settings import RedisSettings
 from . import keys
+from .eviction import READS, UNKNOWN, EvictionPolicy, check_mode, report
 from .keys import StageKeys
 from .link import Link, open_streams
 from .records import NewJob
@@ -162,7 +163,21 @@ class AsyncStore:
 
     @follows_redirects
     async def ping(self) -> None:
+        """As ``Store.ping``: PING, then the check of the server's maxmemory-policy."""
         await self.call("PING")
+        if check_mode() != "off":
+            report(await self.eviction_policy())
+
+    async def eviction_policy(self) -> EvictionPolicy:
+        """As ``Store.eviction_policy``: CONFIG GET, else INFO memory, else unknown."""
+        for command, parse, source in READS:
+            try:
+                policy = parse(await self.call(*command))
+            except RedisRefusedError:
+                continue
+            if policy:
+                return EvictionPolicy(self.settings.address, policy, source)
+        return EvictionPolicy(self.settings.address, UNKNOWN, "")
 
     @follows_redirects
     async def create_jobs(self, jobs: Sequence[NewJob], ttl: int) -> None:

@@ -17,6 +17,7 @@ from ..settings import SSL_CERT_REQS, RedisSettings
 from .slots import key_slot
 
 __all__ = [
+    "cluster_masters",
     "connection_class",
     "connection_kwargs",
     "connection_pool",
@@ -57,6 +58,29 @@ def slot_master(settings: RedisSettings) -> tuple[str, int]:
                     name = master[0].decode() if isinstance(master[0], bytes) else master[0]
                     return name or host, int(master[1])
             problems.append(f"{host}:{port} has no master for slot {slot}")
+        except rex.RedisError as exc:
+            problems.append(f"{host}:{port}: {exc}")
+        finally:
+            client.close()
+    raise RedisUnavailableError(settings.address, "; ".join(problems))
+
+
+def cluster_masters(settings: RedisSettings) -> list[tuple[str, int]]:
+    """Every master of the cluster (host, port), from the slot map of the first of
+    ``cluster_nodes`` that answers, in slot order. RedisUnavailableError when none does."""
+    timeout = settings.socket_connect_timeout
+    problems = []
+    for host, port in settings.cluster_nodes:
+        kwargs = connection_kwargs(
+            settings.with_options(host=host, port=port), socket_timeout=timeout
+        )
+        client: Any = redis.Redis(connection_pool=connection_pool(settings, kwargs))
+        try:
+            masters: dict[tuple[str, int], None] = {}
+            for _first, _last, master, *_ in sorted(client.execute_command("CLUSTER SLOTS")):
+                name = master[0].decode() if isinstance(master[0], bytes) else master[0]
+                masters[(name or host, int(master[1]))] = None
+            return list(masters)
         except rex.RedisError as exc:
             problems.append(f"{host}:{port}: {exc}")
         finally:

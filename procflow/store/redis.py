@@ -16,6 +16,8 @@ from typing import Any, TypeVar, cast
 from ..errors import CreateJobsError, RedisRefusedError, refusal
 from ..settings import RedisSettings
 from . import keys
+from .connect import cluster_masters
+from .eviction import READS, UNKNOWN, EvictionPolicy, check_mode, report
 from .keys import StageKeys
 from .records import NewJob
 from .replies import REDIRECTS, follow
@@ -141,9 +143,42 @@ class Store:
 
     @follows_redirects
     def ping(self) -> None:
-        """Connect and PING; RedisUnavailableError names the address when that fails."""
+        """Connect and PING (RedisUnavailableError names the address when that fails), then
+        check that the server cannot evict procflow's keys (``eviction.report``: a warning,
+        or under ``$PROCFLOW_EVICTION_CHECK=refuse`` a ConfigurationError)."""
         with self.wire() as w:
             w.call("PING")
+        if check_mode() != "off":
+            report(self.eviction_policy())
+
+    def eviction_policy(self) -> EvictionPolicy:
+        """The server's ``maxmemory-policy``: from CONFIG GET, else from INFO memory (CONFIG
+        refused: an ACL user, a managed service), else ``unknown``."""
+        with self.wire() as w:
+            for command, parse, source in READS:
+                try:
+                    policy = parse(w.call(*command))
+                except RedisRefusedError:
+                    continue
+                if policy:
+                    return EvictionPolicy(self.settings.address, policy, source)
+        return EvictionPolicy(self.settings.address, UNKNOWN, "")
+
+    def eviction_policies(self) -> list[EvictionPolicy]:
+        """``eviction_policy`` of every server that holds data: on Redis Cluster each master
+        (from the slot map), else this store's server (under Sentinel, the master now)."""
+        if not self.settings.cluster_nodes:
+            return [self.eviction_policy()]
+        out = []
+        for host, port in cluster_masters(self.settings):
+            node = Store(
+                self.settings.with_options(host=host, port=port, cluster_nodes=(), cluster_key=None)
+            )
+            try:
+                out.append(node.eviction_policy())
+            finally:
+                node.close()
+        return out
 
     # -- jobs: create, read, delete ------------------------------------------------------
 

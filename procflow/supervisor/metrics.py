@@ -64,6 +64,7 @@ class NodeCollector(Collector):
         yield from self._outcomes(flow, node, tallies)
         yield from self._workers(flow, node)
         yield from self._queues(flow)
+        yield from self._eviction(flow)
         info = GaugeMetricFamily(
             "procflow_node_info", "This supervisor (value 1).", labels=["flow", "node", "version"]
         )
@@ -177,6 +178,27 @@ class NodeCollector(Collector):
             age.add_metric([flow, name], ages[name])
         up.add_metric([flow], 1)
         yield from (depth, age, up)
+
+    def _eviction(self, flow: str) -> Iterator[Metric]:
+        """Whether the server may evict keys: 1 per policy seen on the servers of the flow's
+        partitions other than ``noeviction`` (``unknown``: unreadable, reads 0)."""
+        unsafe = GaugeMetricFamily(
+            "procflow_redis_eviction_unsafe",
+            "1 when the server's maxmemory-policy may evict keys (jobs lost in silence at "
+            "maxmemory): any policy but noeviction; the policy is a label (unknown: CONFIG GET "
+            "and INFO refused).",
+            labels=["flow", "policy"],
+        )
+        seen: dict[str, int] = {}
+        for _definition, store in self.parts:
+            try:
+                found = store.eviction_policy()
+            except (RedisUnavailableError, RedisRefusedError):
+                return  # procflow_redis_up says so
+            seen[found.policy] = max(seen.get(found.policy, 0), int(found.unsafe))
+        for policy, value in sorted(seen.items()):
+            unsafe.add_metric([flow, policy], value)
+        yield unsafe
 
 
 def _short(name: str) -> str:

@@ -33,7 +33,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from procflow import Flow, QueueSpec
-from tests.conftest import wait_until
+from procflow.server import RedisServer
+from tests.conftest import server_binary, wait_until
 from tests.helpers import lazy_client
 from tests.process.test_cli import Output
 
@@ -114,12 +115,14 @@ class Dashboard:
             text=True,
         )
         self.output = Output(self.proc)
-        line = wait_until(
-            lambda: self.output.lines or self.proc.poll() is not None,
+        line = wait_until(  # after any warning it prints first (an evicting Redis, say)
+            lambda: (
+                any(" on http://" in x for x in self.output.lines) or self.proc.poll() is not None
+            ),
             timeout=30,
             what="the dashboard to start",
         )
-        found = re.search(r" on (http://\S+?)/ ", "".join(self.output.lines[:1]))
+        found = re.search(r" on (http://\S+?)/ ", "".join(self.output.lines))
         assert found, f"the dashboard did not start: {self.output.text()} {line}"
         self.base = found.group(1)
 
@@ -421,3 +424,36 @@ def test_a_non_loopback_address_without_a_token_is_refused() -> None:
     )
     assert out.returncode == 2, out
     assert "not a loopback address, without a token" in out.stderr
+
+
+def test_a_server_that_may_evict_jobs_gets_a_banner_on_every_page(
+    redis_url: str, browser: webdriver.Chrome
+) -> None:
+    lru = RedisServer(
+        server_binary("redis"),
+        extra_args=("--maxmemory", "50mb", "--maxmemory-policy", "allkeys-lru"),
+    )
+    lru.start()
+    try:
+        dashboard = Dashboard(lru.url)
+        try:
+            browser.get(dashboard.base + "/")
+            wait_for(
+                browser,
+                lambda: "maxmemory-policy allkeys-lru" in text_of(browser, "#eviction"),
+                "the eviction banner",
+            )
+            assert "CONFIG SET maxmemory-policy noeviction" in text_of(browser, "#eviction")
+            browser.get(dashboard.base + "/search")
+            wait_for(browser, lambda: browser.find_element(By.ID, "eviction"), "the banner")
+        finally:
+            dashboard.stop()
+    finally:
+        lru.stop()
+    quiet = Dashboard(redis_url)  # noeviction: no banner
+    try:
+        status, page = http(quiet.base + "/")
+        assert status == 200 and isinstance(page, str)
+        assert 'id="eviction"' not in page
+    finally:
+        quiet.stop()

@@ -237,3 +237,5 @@ def test_a_late_stage_shows_the_wait_in_the_stage_not_the_jobs_age(
     assert in_metric < 60, in_metric
     assert abs(in_cli - in_metric) < 30
     assert stages["one"]["oldest_waiting_s"] is None  # nothing waits there
+    # a noeviction server: the eviction gauge reads 0
+    assert metric(text, "procflow_redis_eviction_unsafe", flow="pipe", policy="noeviction") == 0
