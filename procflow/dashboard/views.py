@@ -168,7 +168,7 @@ def _errors(stage: str, value: list[Any]) -> list[dict[str, Any]]:
 def _actions(detail: dict[str, Any]) -> dict[str, Any]:
     failed_in = [p["queue"] for p in detail["places"] if p["state"] == "failed"]
     pending = any(p["state"] != "failed" for p in detail["places"])
-    ended = detail["state"] in ("done", "failed", "cancelled")
+    ended = detail["state"] in ("failed", "cancelled") or detail["state"].startswith("done")
     return {"retry": failed_in[0] if failed_in else None, "cancel": pending and not ended}
 
 

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from procflow import ConfigurationError, Flow, JobFailedError, QueueSpec, Supervisor
+from procflow.ops import Operator, where_now
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -80,6 +81,14 @@ def test_a_marking_parent_goes_on_and_wait_reports_its_failed_children(redis_url
     assert [j["id"] for j in info.value.incomplete] == [bad]
     assert info.value.failed == []
     assert passed["children:split:failed"] == []
+    # the operator's views (CLI, dashboard) say so too
+    op = Operator(redis_url)
+    try:
+        assert op.job(bad)["state"] == "done, with 1 failed child job"
+        assert op.job(good)["state"] == "done"
+        assert where_now(op.flow(flow.name), marked) == "done, with 1 failed child job"
+    finally:
+        op.close()
 
 
 def test_a_continuing_parent_goes_on_as_the_typescript_librarys_and_writes_nothing(
