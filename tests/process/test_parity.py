@@ -71,6 +71,8 @@ ACL = [
     "~job:*:user:[^z]*",
 ]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: a server time a script writes (``waiting-since:Q``): the two runs differ by when they ran
+SERVER_MS = re.compile(r"(waiting-since:\S+) \d{13}\b")
 _counter = iter(range(1_000_000))
 USED_SLOTS: set[int] = set()
 
@@ -714,6 +716,7 @@ def _sent(server: RedisServer, case: Case, act: Callable[[], Any]) -> list[list[
     by_connection: dict[str, list[str]] = {}
     for command in seen:
         text = UUID.sub("<id>", command["command"].replace(case.base, "F"))
+        text = SERVER_MS.sub(r"\1 <ms>", text)
         if text.split(" ", 1)[0].upper() in _PLUMBING:
             continue
         where = f"{command.get('client_address')}:{command.get('client_port')}"

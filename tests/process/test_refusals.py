@@ -33,6 +33,7 @@ def fan_out_flow(url: str, name: str = "acl") -> Flow:
                 "split",
                 next_queue="last",
                 children=[QueueSpec("kid", attributes_to_get=["v"], max_attempts=2)],
+                on_child_failure="mark",  # the failed kid's parent goes on: every stage runs
             ),
             QueueSpec("last", attributes_to_get=["n"]),
         ],
