@@ -3,6 +3,7 @@ the sentinels name now (Sentinel), or the one serving a key's hash slot (Cluster
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, cast
 
 import redis
@@ -39,12 +40,14 @@ def _sentinel(settings: RedisSettings) -> Any:
     )
 
 
-def slot_master(settings: RedisSettings) -> tuple[str, int]:
-    """The master serving the hash slot of ``settings.cluster_key``, from the slot map of the
-    first of ``cluster_nodes`` that answers. RedisUnavailableError when none does."""
-    slot = key_slot(settings.cluster_key or "")
+SlotMap = list[tuple[int, int, tuple[str, int]]]
+
+
+def _slot_maps(settings: RedisSettings, problems: list[str]) -> Iterator[SlotMap]:
+    """The slot map of each of ``cluster_nodes`` that answers, in turn, from its ``CLUSTER
+    SLOTS``: ``(first, last, (master host, port))`` per range, a blank host read as the
+    node's; a node that does not answer adds a line to ``problems``."""
     timeout = settings.socket_connect_timeout
-    problems = []
     for host, port in settings.cluster_nodes:
         kwargs = connection_kwargs(
             settings.with_options(host=host, port=port), socket_timeout=timeout
@@ -53,38 +56,37 @@ def slot_master(settings: RedisSettings) -> tuple[str, int]:
         client: Any = redis.Redis(connection_pool=connection_pool(settings, kwargs))
         try:
             slots = client.execute_command("CLUSTER SLOTS")
-            for first, last, master, *_ in slots:
-                if int(first) <= slot <= int(last):
-                    name = master[0].decode() if isinstance(master[0], bytes) else master[0]
-                    return name or host, int(master[1])
-            problems.append(f"{host}:{port} has no master for slot {slot}")
         except rex.RedisError as exc:
             problems.append(f"{host}:{port}: {exc}")
+            continue
         finally:
             client.close()
+        ranges: SlotMap = []
+        for first, last, master, *_ in slots:
+            name = master[0].decode() if isinstance(master[0], bytes) else master[0]
+            ranges.append((int(first), int(last), (name or host, int(master[1]))))
+        yield ranges
+
+
+def slot_master(settings: RedisSettings) -> tuple[str, int]:
+    """The master serving the hash slot of ``settings.cluster_key``, from the slot map of the
+    first of ``cluster_nodes`` that answers. RedisUnavailableError when none does."""
+    slot = key_slot(settings.cluster_key or "")
+    problems: list[str] = []
+    for slots in _slot_maps(settings, problems):
+        for first, last, master in slots:
+            if first <= slot <= last:
+                return master
+        problems.append(f"the slot map has no master for slot {slot}")
     raise RedisUnavailableError(settings.address, "; ".join(problems))
 
 
 def cluster_masters(settings: RedisSettings) -> list[tuple[str, int]]:
     """Every master of the cluster (host, port), from the slot map of the first of
     ``cluster_nodes`` that answers, in slot order. RedisUnavailableError when none does."""
-    timeout = settings.socket_connect_timeout
-    problems = []
-    for host, port in settings.cluster_nodes:
-        kwargs = connection_kwargs(
-            settings.with_options(host=host, port=port), socket_timeout=timeout
-        )
-        client: Any = redis.Redis(connection_pool=connection_pool(settings, kwargs))
-        try:
-            masters: dict[tuple[str, int], None] = {}
-            for _first, _last, master, *_ in sorted(client.execute_command("CLUSTER SLOTS")):
-                name = master[0].decode() if isinstance(master[0], bytes) else master[0]
-                masters[(name or host, int(master[1]))] = None
-            return list(masters)
-        except rex.RedisError as exc:
-            problems.append(f"{host}:{port}: {exc}")
-        finally:
-            client.close()
+    problems: list[str] = []
+    for slots in _slot_maps(settings, problems):
+        return list(dict.fromkeys(master for _, _, master in sorted(slots)))
     raise RedisUnavailableError(settings.address, "; ".join(problems))
 
 
