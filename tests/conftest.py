@@ -54,15 +54,25 @@ def server_binary(kind: str) -> str:
 SESSION_SERVERS: set[int] = set()
 
 
+@contextlib.contextmanager
+def shared_server(kind: str, extra_args: tuple[str, ...] = ()) -> Iterator[RedisServer]:
+    """A private server that outlives single tests (a session or module fixture): the leak
+    checks know its pid for as long as it runs."""
+    srv = RedisServer(server_binary(kind), extra_args=extra_args)
+    srv.start()
+    SESSION_SERVERS.add(srv.pid or 0)
+    try:
+        yield srv
+    finally:
+        SESSION_SERVERS.discard(srv.pid or 0)
+        srv.stop()
+
+
 @pytest.fixture(scope="session", params=SERVER_KINDS)
 def server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """One private server of each kind for the whole session (flushed before each test)."""
-    srv = RedisServer(server_binary(request.param))
-    srv.start()
-    SESSION_SERVERS.add(srv.pid or 0)
-    yield srv
-    SESSION_SERVERS.discard(srv.pid or 0)
-    srv.stop()
+    with shared_server(request.param) as srv:
+        yield srv
 
 
 @pytest.fixture

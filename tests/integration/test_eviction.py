@@ -21,7 +21,7 @@ from procflow.errors import ConfigurationError
 from procflow.ops import Operator
 from procflow.server import RedisServer
 from tests.clusters import Cluster
-from tests.conftest import SESSION_SERVERS, server_binary
+from tests.conftest import server_binary, shared_server
 from tests.integration.test_waiting_since import metric, scrape
 from tests.process.test_cli_first_hour import PROCFLOW, run
 
@@ -32,12 +32,8 @@ ADVICE = "CONFIG SET maxmemory-policy noeviction"
 @pytest.fixture(scope="module")
 def lru() -> Iterator[RedisServer]:
     """A private redis-server with ``maxmemory 50mb`` and ``allkeys-lru``."""
-    srv = RedisServer(server_binary("redis"), extra_args=LRU)
-    srv.start()
-    SESSION_SERVERS.add(srv.pid or 0)
-    yield srv
-    SESSION_SERVERS.discard(srv.pid or 0)
-    srv.stop()
+    with shared_server("redis", LRU) as srv:
+        yield srv
 
 
 @pytest.fixture
