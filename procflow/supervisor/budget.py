@@ -3,11 +3,25 @@
 With ``Supervisor(flow, cores=N)`` at most N job-running processes live at once, and the
 supervisor moves them between stages as the work moves: a stage's demand is its jobs at hand
 (waiting plus running) times its measured mean job time (decayed, so it follows the work).
-:func:`allocate` turns demands into process counts; :class:`Balancer` adds the memory
-(measured job times) and the hysteresis (a move must be worth it, and a stage's count moves
-at most once per ``dwell`` seconds), so the counts do not flap. The manager thread carries
-out a decision: a stage that loses a process lets it finish the job in hand and exit; a stage
-that gains one gets a new process. This module decides; it starts or stops nothing.
+:class:`Balancer` gives cores nobody holds to the stage whose work per process would be
+largest (:func:`allocate`: from scratch), and moves processes one at a time from the
+counts there are, with hysteresis:
+
+- a move must be worth it: the stage that gains has at least ``batch`` seconds of work per
+  process after the move, and its work per process beats the giver's by ``margin``; a
+  stage with jobs keeps its last process (its jobs would wait, and in a pipeline the
+  stages after it would run dry);
+- a stage whose count changed keeps it for ``dwell`` seconds; only a process with nothing at
+  hand (more processes than jobs) may leave earlier, to a stage where it is worth it — or,
+  once its stage has had nothing at hand and finished no job for ``idle_grace`` seconds, to
+  any stage with jobs;
+- a stage with jobs and no process for ``max_wait`` seconds gets one whatever else holds.
+
+Work at hand answers to the counts themselves (a stage without a process piles up jobs, one
+with two drains), so without those three the next look undoes the last move. The manager
+thread carries out a decision: a stage that loses a process lets it finish the job in hand
+and pause; a stage that gains one resumes or starts one. This module decides; it starts or
+stops nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["Balancer", "StageLoad", "allocate", "describe"]
 
@@ -23,8 +37,15 @@ __all__ = ["Balancer", "StageLoad", "allocate", "describe"]
 DECAY = 0.3
 #: a stage whose job time is not known yet is assumed to take this long (seconds)
 UNKNOWN_JOB_TIME = 0.05
-#: a new allocation must cut the worst stage's work per process by this share to be adopted
-GAIN = 0.2
+#: a move's gainer must have this share more work per process than its giver keeps
+MARGIN = 0.2
+#: a move's gainer must have at least this much work per process after it (seconds)
+BATCH = 0.25
+#: a stage whose count changed keeps it this long, unless its processes have nothing at hand
+DWELL = 1.0
+#: the processes of a stage that had nothing at hand and finished no job for this long go
+#: to any stage with jobs
+IDLE_GRACE = 0.1
 #: the longest a stage with jobs waits without a process before it is given one (seconds)
 MAX_WAIT = 1.0
 
@@ -51,40 +72,13 @@ class StageLoad:
 
 
 def allocate(loads: Sequence[StageLoad], cores: int) -> dict[str, int]:
-    """Process counts per stage, at most ``cores`` in all: each stage first gets its ``min``,
-    then each core goes where the work per process would be largest — so a stage with a
-    little work waits while a backed-up one has the cores (``Balancer`` sees that it does
-    not wait for long) — never more processes than a stage has jobs, never over its
-    ``max``."""
-    counts = {load.name: 0 for load in loads}
-    left = cores
-    by_work = sorted(loads, key=lambda load: -load.work())
-    for load in by_work:  # the floors, the busiest stages first when cores are short
-        give = min(load.min, left, load.max)
-        counts[load.name] = give
-        left -= give
-    while left > 0:
-        candidates = [
-            load
-            for load in loads
-            if counts[load.name] < min(load.max, load.jobs) and load.work() > 0
-        ]
-        if not candidates:
-            break
-        busiest = max(candidates, key=lambda load: load.work() / (counts[load.name] + 1))
-        counts[busiest.name] += 1
-        left -= 1
-    return counts
-
-
-def _cost(loads: Sequence[StageLoad], counts: Mapping[str, int], cores: int) -> float:
-    """About how long the work at hand takes with these counts: the slowest stage that has
-    processes, and never less than all the work spread over every core."""
-    slowest = max(
-        (x.work() / counts[x.name] for x in loads if x.jobs and counts.get(x.name, 0)),
-        default=0.0,
-    )
-    return max(slowest, sum(x.work() for x in loads) / cores)
+    """Process counts per stage from scratch, at most ``cores`` in all: each stage first
+    gets its ``min``, then each core goes where the work per process would be largest —
+    so a stage with a little work waits while a backed-up one has the cores (the
+    ``Balancer`` sees that it does not wait for long) — never more processes than a stage
+    has jobs, never over its ``max``."""
+    counts = Balancer(cores).decide(loads, {}, now=0.0)
+    return counts if counts is not None else {x.name: 0 for x in loads}
 
 
 def describe(
@@ -102,15 +96,19 @@ def describe(
 
 @dataclass
 class Balancer:
-    """Decisions over time: measured job times, hysteresis, a dwell time per stage."""
+    """Decisions over time: measured job times and the hysteresis (margin, batch, dwell)."""
 
     cores: int
-    dwell: float = 0.25
+    dwell: float = DWELL
     max_wait: float = MAX_WAIT
+    margin: float = MARGIN
+    batch: float = BATCH
+    idle_grace: float = IDLE_GRACE
     mean_time: dict[str, float] = field(default_factory=dict)
     _seen: dict[str, tuple[float, int]] = field(default_factory=dict)
     _moved_at: dict[str, float] = field(default_factory=dict)
     _idle_since: dict[str, float] = field(default_factory=dict)
+    _empty_since: dict[str, float] = field(default_factory=dict)
 
     def observe(self, stage: str, busy_seconds: float, jobs: int) -> None:
         """Cumulative busy time and job count of a stage's processes (as their status
@@ -119,61 +117,107 @@ class Balancer:
         self._seen[stage] = (busy_seconds, jobs)
         if before is None or jobs <= before[1] or busy_seconds < before[0]:
             return
+        self._empty_since.pop(stage, None)  # it finished jobs: not idle, whatever it has now
         sample = (busy_seconds - before[0]) / (jobs - before[1])
         old = self.mean_time.get(stage)
         self.mean_time[stage] = sample if old is None else (1 - DECAY) * old + DECAY * sample
 
+    def timed(self, loads: Sequence[StageLoad]) -> list[StageLoad]:
+        """``loads`` with the measured mean job times; a stage not measured yet is taken to
+        be as quick as the quickest one known."""
+        known = [t for t in self.mean_time.values() if t > 0]
+        guess = min(known) if known else None
+        return [
+            replace(x, mean_time=self.mean_time.get(x.name, x.mean_time or guess)) for x in loads
+        ]
+
     def decide(
         self, loads: Sequence[StageLoad], current: Mapping[str, int], now: float | None = None
     ) -> dict[str, int] | None:
-        """The new counts, or None to keep the current ones."""
+        """The new counts, or None to keep the current ones. Cores nobody holds go where
+        the work per process would be largest; then one process at a time moves to the
+        neediest stage from the giver that loses least by it, while such a move is allowed
+        (see the module's docstring)."""
         now = time.monotonic() if now is None else now
-        for x in loads:  # how long has a stage had jobs but no process?
-            if x.jobs and not current.get(x.name, 0):
+        for x in loads:  # since when has a stage had jobs but no process, or the reverse?
+            n = current.get(x.name, 0)
+            if x.jobs and not n:
                 self._idle_since.setdefault(x.name, now)
             else:
                 self._idle_since.pop(x.name, None)
-        known = [t for t in self.mean_time.values() if t > 0]
-        guess = min(known) if known else None  # a new stage: like the quickest one known
-        loads = [
-            StageLoad(
-                x.name,
-                x.waiting,
-                x.running,
-                self.mean_time.get(x.name, x.mean_time if x.mean_time is not None else guess),
-                max(x.min, 1 if now - self._idle_since.get(x.name, now) >= self.max_wait else 0),
-                x.max,
-            )
-            for x in loads
-        ]
-        target = allocate(loads, self.cores)
-        if all(target[name] == current.get(name, 0) for name in target):
+            if n and not x.jobs:
+                self._empty_since.setdefault(x.name, now)
+            else:
+                self._empty_since.pop(x.name, None)
+        loads = self.timed(loads)
+        counts = {x.name: current.get(x.name, 0) for x in loads}
+        free = self.cores - sum(counts.values())
+        gained: set[str] = set()
+        for _ in range(len(loads) * self.cores):  # each round moves one process, or ends
+            move = self._next_move(loads, counts, gained, free, now)
+            if move is None:
+                break
+            giver, taker = move
+            if giver is None:
+                free -= 1
+            else:
+                counts[giver] -= 1
+            counts[taker] += 1
+            gained.add(taker)
+        changed = [name for name, n in counts.items() if n != current.get(name, 0)]
+        if not changed:
             return None
-        starving = {
-            x.name for x in loads if x.jobs and not current.get(x.name, 0) and target[x.name]
+        for name in changed:
+            self._moved_at[name] = now
+        return counts
+
+    def _next_move(
+        self,
+        loads: Sequence[StageLoad],
+        counts: Mapping[str, int],
+        gained: set[str],
+        free: int,
+        now: float,
+    ) -> tuple[str | None, str] | None:
+        """``(giver, taker)`` of the next process to move (giver None: a core nobody holds),
+        or None when no move is allowed."""
+
+        def per_process(x: StageLoad, n: int) -> float:
+            return x.work() / n if n else math.inf
+
+        takers = [x for x in loads if counts[x.name] < min(x.max, max(x.jobs, x.min))]
+        urgent = {  # below its floor, or waited too long without a process
+            x.name
+            for x in takers
+            if counts[x.name] < x.min
+            or (not counts[x.name] and now - self._idle_since.get(x.name, now) >= self.max_wait)
         }
-        gain = _cost(loads, target, self.cores) < (1 - GAIN) * _cost(loads, current, self.cores)
-        if not starving and not gain:
-            return None  # not worth a move
-        # a stage that moved lately keeps its count, so nothing flaps — except that a stage
-        # with nothing at hand may always give its processes up, and a starving stage (jobs,
-        # no process) gets one whatever moved lately
-        for x in loads:
-            name, now_has = x.name, current.get(x.name, 0)
-            if now - self._moved_at.get(name, -math.inf) >= self.dwell:
-                continue
-            if (target[name] < now_has and x.jobs and not starving) or (
-                target[name] > now_has and name not in starving
-            ):
-                target[name] = now_has
-        total = sum(target.values())
-        for name in sorted(target, key=lambda n: (n in starving, current.get(n, 0) - target[n])):
-            while total > self.cores and target[name] > current.get(name, 0):
-                target[name] -= 1  # over the budget: the least needy gainers give way
-                total -= 1
-        if all(target[name] == current.get(name, 0) for name in target):
-            return None
-        for name in target:
-            if target[name] != current.get(name, 0):
-                self._moved_at[name] = now
-        return target
+        takers.sort(key=lambda x: (x.name not in urgent, -per_process(x, counts[x.name] + 1)))
+        for taker in takers:
+            if free > 0:
+                return None, taker.name
+            after = per_process(taker, counts[taker.name] + 1)
+            worth = taker.name in urgent or after >= self.batch
+            givers = []
+            for x in loads:
+                n = counts[x.name]
+                if x is taker or x.name in gained or n <= x.min:
+                    continue
+                idle = n > x.jobs  # a process with nothing at hand costs nothing to move
+                spare = now - self._empty_since.get(x.name, now) >= self.idle_grace
+                settled = now - self._moved_at.get(x.name, -math.inf) >= self.dwell
+                if (
+                    spare
+                    or (idle and worth)
+                    or taker.name in urgent
+                    or (
+                        worth
+                        and settled
+                        and n > 1  # a stage's last process leaves only when it is idle
+                        and after > (1 + self.margin) * per_process(x, n)
+                    )
+                ):
+                    givers.append((not idle, not settled, per_process(x, n - 1), x.name))
+            if givers:
+                return min(givers)[3], taker.name
+        return None

@@ -6,7 +6,12 @@ decision — a stage that loses processes pauses them (each finishes the job in 
 connected, taking nothing: idle ones first, nothing is killed mid-job), a stage that gains
 resumes one of its paused processes (instant) or gets a new one. A core is used again only
 once the process that held it has paused, so no more than the budget's processes ever run
-jobs. Each decision is one INFO line.
+jobs; while a decision waits for that, the budget looks every ``PENDING_INTERVAL`` (status
+records only, no Redis), so a freed core is not left idle for a whole interval.
+
+Each decision is one DEBUG line (``rebalanced: …``); at INFO, one summary at most every
+``SUMMARY_EVERY`` seconds (``budget: 6 moves in the last 5.0 s: …``). ``moves`` counts the
+processes moved since the start.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ __all__ = ["CoreBudget", "Limits", "cores_of", "start_budget"]
 
 #: how often the budget looks at the work (seconds)
 INTERVAL = 0.05
+#: how often it looks whether a paused process has freed its core, while a decision waits
+PENDING_INTERVAL = 0.005
+#: the fewest seconds between two INFO summaries of the moves
+SUMMARY_EVERY = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,12 @@ class CoreBudget:
     paused: set[WorkerHandle] = field(default_factory=set)
     #: a decision whose growth waits for pausing processes (never over the budget)
     pending: dict[str, int] | None = None
+    #: processes moved from one stage to another (or into a free core) since the start
+    moves: int = 0
+    #: since the last INFO summary: when it was, and processes gained / lost per stage
+    summarized_at: float = field(default_factory=time.monotonic)
+    gained: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.balancer = Balancer(self.cores)
@@ -139,11 +154,18 @@ class CoreBudget:
         """Look at the work; move processes if the balancer says so. A stage grows only into
         cores that are free: processes told to go must have exited first, so no more than
         ``cores`` processes ever run jobs."""
-        self.next_tick = time.monotonic() + self.interval
+        now = time.monotonic()
+        self.next_tick = now + self.interval
+        self._summarize(now)
         self._settle_pauses()
+        if self.pending is None:
+            self._decide(unblock)
         if self.pending is not None:
             self._grow_into_free(self.pending, spawn)
-            return
+        if self.pending is not None:  # a core frees when a pausing process has paused
+            self.next_tick = now + PENDING_INTERVAL
+
+    def _decide(self, unblock: Callable[[int], None]) -> None:
         try:
             waiting = self._waiting()
         except (RedisUnavailableError, RedisRefusedError):
@@ -153,11 +175,39 @@ class CoreBudget:
         target = self.balancer.decide(loads, current)
         if target is None:
             return
-        self.log.info("rebalanced: {}", describe(current, target, loads))
+        self.log.debug("rebalanced: {}", describe(current, target, loads))
+        for name, n in target.items():
+            delta = n - current[name]
+            if delta > 0:
+                self.gained[name] = self.gained.get(name, 0) + delta
+                self.moves += delta
+            elif delta < 0:
+                self.lost[name] = self.lost.get(name, 0) - delta
         for group in self.groups:  # shrink first: the cores are freed before they are used
             self._shrink(group, current[group.name] - target[group.name], unblock)
         self.pending = target
-        self._grow_into_free(target, spawn)
+
+    def _summarize(self, now: float) -> None:
+        """One INFO line for the moves since the last one, at most every SUMMARY_EVERY."""
+        if not self.gained or now - self.summarized_at < SUMMARY_EVERY:
+            return
+        moved = sum(self.gained.values())
+        stages = ", ".join(
+            f"{g.name} +{self.gained.get(g.name, 0)}/-{self.lost.get(g.name, 0)}"
+            for g in self.groups
+            if g.name in self.gained or g.name in self.lost
+        )
+        counts = " ".join(f"{name}={n}" for name, n in self.current().items())
+        self.log.info(
+            "budget: {} move(s) in the last {:.1f} s: {}; now {}",
+            moved,
+            now - self.summarized_at,
+            stages,
+            counts,
+        )
+        self.summarized_at = now
+        self.gained.clear()
+        self.lost.clear()
 
     def _grow_into_free(
         self, target: dict[str, int], spawn: Callable[[WorkerHandle], object]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -11,6 +12,7 @@ import pytest
 import redis
 
 from procflow import Flow, QueueSpec, Supervisor
+from procflow.supervisor import rebalance
 from procflow.supervisor.rebalance import Limits
 from procflow.worker.status import Activity
 from tests.conftest import messages, wait_until
@@ -77,6 +79,49 @@ def test_the_budget_moves_processes_to_the_backed_up_stage_and_never_exceeds_it(
     assert moves, said
     assert any("slow 1→2" in m or "slow 0→2" in m for m in moves), moves
     assert slow_processes >= 1
+
+
+def step(job: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(job["t"])
+    return {}
+
+
+def test_under_a_steady_load_moves_are_logged_at_debug_and_summed_up_at_info_now_and_then(
+    redis_url: str, lines: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rebalance, "SUMMARY_EVERY", 1.0)
+    names = ["s1", "s2", "s3", "s4"]  # 4 stages on 2 cores: they must share the cores
+    flow = Flow(
+        "steady",
+        [
+            QueueSpec(n, next_queue=m, attributes_to_get=["t"])
+            for n, m in zip(names, [*names[1:], None], strict=True)
+        ],
+        redis_url=redis_url,
+    )
+    for name in names:
+        flow.create_workers(name, step, block_timeout=0.5)
+    with Supervisor(flow, cores=2) as sup:
+        ids: list[str] = []
+        pace = threading.Event()  # never set: the feed's clock
+        for _ in range(80):  # 40 jobs/s for 4 s, ~4 ms a stage: a third of the 2 cores
+            ids += flow.create_jobs([{"t": 0.004} for _ in range(2)])
+            pace.wait(0.05)
+        jobs = sup.wait(ids, timeout=60)
+        moved = sup.manager.budget.moves if sup.manager.budget is not None else 0
+    assert all(j["done"] for j in jobs)
+    said = [r for r in lines if r["extra"].get("worker") == "supervisor"]
+    info = [str(r["message"]) for r in said if r["level"].name == "INFO"]
+    assert not [m for m in info if m.startswith("rebalanced: ")], info  # each move: DEBUG
+    debug = [str(r["message"]) for r in said if r["level"].name == "DEBUG"]
+    assert any(m.startswith("rebalanced: ") for m in debug)
+    summaries = [r for r in said if str(r["message"]).startswith("budget: ")]
+    assert len(summaries) >= 2, info
+    times = [r["time"].timestamp() for r in summaries]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.99, gaps  # at most one summary per SUMMARY_EVERY
+    counted = sum(int(str(r["message"]).split()[1]) for r in summaries)
+    assert 0 < counted <= moved
 
 
 def test_limits_are_kept(redis_url: str, lines: list[dict[str, Any]]) -> None:
