@@ -48,6 +48,7 @@ class NodeCollector(Collector):
         table: WorkerTable,
         tally: Callable[[], dict[str, StageTally]],
         state: Callable[[], SupervisorState],
+        budget_moves: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.flow = flow
         #: each partition's definition and the store serving it (a partitioned flow's
@@ -57,6 +58,8 @@ class NodeCollector(Collector):
         self.table = table
         self.tally = tally
         self.state = state
+        #: processes the core budget moved between stages (None: no budget)
+        self.budget_moves = budget_moves
 
     def collect(self) -> Iterator[Metric]:
         flow, node = self.flow, self.node
@@ -65,6 +68,15 @@ class NodeCollector(Collector):
         yield from self._workers(flow, node)
         yield from self._queues(flow)
         yield from self._eviction(flow)
+        moved = self.budget_moves()
+        if moved is not None:
+            moves = CounterMetricFamily(
+                "procflow_budget_moves",
+                "Worker processes the core budget moved from one stage to another.",
+                labels=["flow", "node"],
+            )
+            moves.add_metric([flow, node], moved)
+            yield moves
         info = GaugeMetricFamily(
             "procflow_node_info", "This supervisor (value 1).", labels=["flow", "node", "version"]
         )

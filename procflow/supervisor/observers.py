@@ -100,6 +100,7 @@ class Observers:
                 self.table,
                 self.manager.tallies,
                 self.state,
+                lambda: None if self.manager.budget is None else self.manager.budget.moves,
             )
             self.metrics = MetricsServer(collector, self.metrics_port, self.metrics_host)
             port = self.metrics.start()

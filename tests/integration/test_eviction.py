@@ -22,7 +22,7 @@ from procflow.ops import Operator
 from procflow.server import RedisServer
 from tests.clusters import Cluster
 from tests.conftest import server_binary, shared_server
-from tests.integration.test_waiting_since import metric, scrape
+from tests.helpers import metric, scrape
 from tests.process.test_cli_first_hour import PROCFLOW, run
 
 LRU = ("--maxmemory", "50mb", "--maxmemory-policy", "allkeys-lru")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +21,7 @@ from procflow.store.session import StageSession
 from procflow.store.wire import Wire
 from procflow.worker.fanout import plan_children
 from tests.conftest import wait_until
+from tests.helpers import metric, scrape
 from tests.process.test_cli_first_hour import PROCFLOW, run
 
 LOCK_MS = 30_000
@@ -191,21 +190,6 @@ def op_status(op: Operator, flow: Flow) -> list:  # type: ignore[type-arg]
 
 
 # -- the whole path: a supervisor's worker moves jobs on; CLI and metric agree ------------------
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        return str(reply.read().decode())
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name} {labels} in:\n{text}")
 
 
 @pytest.mark.usefixtures("no_leaks")

@@ -16,6 +16,7 @@ from procflow.supervisor import rebalance
 from procflow.supervisor.rebalance import Limits
 from procflow.worker.status import Activity
 from tests.conftest import messages, wait_until
+from tests.helpers import metric, scrape
 from tests.process.test_cli import Output, cli_flow, run_cli
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -50,7 +51,7 @@ def test_the_budget_moves_processes_to_the_backed_up_stage_and_never_exceeds_it(
     flow = two_stage_flow(redis_url)
     most = {"running": 0}
     stop = threading.Event()
-    sup = Supervisor(flow, cores=2)
+    sup = Supervisor(flow, cores=2, metrics_port=0)
 
     def watch() -> None:  # every job-running process, sampled from the status records
         while not stop.is_set():
@@ -72,6 +73,10 @@ def test_the_budget_moves_processes_to_the_backed_up_stage_and_never_exceeds_it(
         slow_processes = sum(
             1 for h in flow.handles if h.group.stage.name == "slow" and h.pid is not None
         )
+        assert sup.metrics_port is not None
+        counted = metric(scrape(sup.metrics_port), "procflow_budget_moves_total", flow=flow.name)
+        assert sup.manager.budget is not None
+        assert counted == sup.manager.budget.moves >= 1
     assert all(j["done"] and j["m"] == j["n"] for j in jobs)
     assert most["running"] <= 2
     said = messages(lines)
