@@ -31,8 +31,6 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .store.keys import failed_children
-
 __all__ = [
     "ConfigurationError",
     "CreateJobsError",
@@ -325,13 +323,19 @@ class JobFailedError(ProcflowError, RuntimeError):
     """``wait(..., raise_on_failure=True)`` found jobs that failed for good, or that a parent
     stage passed on though some of their child jobs failed (``on_child_failure="mark"``).
     ``jobs`` holds every job waited for, in the order given; ``failed`` the failed ones;
-    ``incomplete`` the ones done with failed children (``children:P:failed`` lists them)."""
+    ``incomplete`` the ones done with failed children, each with their keys
+    (``children:P:failed``)."""
 
-    def __init__(self, jobs: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        jobs: Sequence[Mapping[str, Any]],
+        failed_children: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.jobs = list(jobs)
         self.failed = [j for j in self.jobs if j.get("failed") is True]
+        children = failed_children or {}
         self.incomplete = [
-            j for j in self.jobs if j.get("failed") is not True and failed_children(j)
+            j for j in self.jobs if j.get("failed") is not True and children.get(str(j.get("id")))
         ]
         parts = []
         if self.failed:
@@ -343,7 +347,7 @@ class JobFailedError(ProcflowError, RuntimeError):
             parts.append(f"{len(self.failed)} job(s) failed: {shown}{more}")
         if self.incomplete:
             shown = "; ".join(
-                f"{j.get('id')}: {len(failed_children(j))} failed, {failed_children(j)[0]} first"
+                f"{j['id']}: {len(children[j['id']])} failed, {children[j['id']][0]} first"
                 for j in self.incomplete[:3]
             )
             n = len(self.incomplete)

@@ -125,11 +125,14 @@ class Waiting:
         ``raise_on_failure`` when one failed or was passed on with failed children."""
         found = [j for j in jobs if j is not None]
         failed = sum(j.get(keys.FAILED) is True for j in found)
-        incomplete = sum(
-            j.get(keys.FAILED) is not True and bool(keys.failed_children(j)) for j in found
-        )
+        children = {
+            j["id"]: kids
+            for j in found
+            if j.get(keys.FAILED) is not True and (kids := keys.failed_children(j))
+        }
+        incomplete = len(children)
         if raise_on_failure and (failed or incomplete):
-            raise JobFailedError(found)
+            raise JobFailedError(found, children)
         if incomplete:
             self.logger.warning(
                 "wait: {} of {} job(s) went on with failed children (their children:P:failed "
