@@ -30,11 +30,12 @@ from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
 from ..store import keys
 from ..store.keys import Holder
 from ..store.redis import Store
-from ..worker import main as child
+from ..worker.main import Command
 from ..worker.status import StatusView, read_status
 from .manager import Manager
 from .observers import Observers
 from .process import (
+    SHUTDOWN,
     SUBREAPER,
     LifecycleEvent,
     SupervisorState,
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SupervisedFlow", "Supervisor"]
 
-_SHUTDOWN = "shutdown"
 _STOP_GRACE = 15.0
 #: the longest a reply may take on the supervisor's own connections (renewals, settling,
 #: CLIENT UNBLOCK): a silent server must not hold up respawns and stops for long
@@ -270,7 +270,7 @@ class Supervisor:
     def _kill(self, w: WorkerProcess) -> None:
         """SIGKILL a worker's tree as the supervisor stops; what it had started is noted, to
         be reaped when it comes here."""
-        w.kill_reason = w.kill_reason or _SHUTDOWN
+        w.kill_reason = w.kill_reason or SHUTDOWN
         self.manager.orphans.note(w.pid, kill_tree(w.pid))
 
     def _finish(self) -> None:
@@ -305,11 +305,11 @@ class Supervisor:
         try:
             workers = self.manager.call(lambda: [self.manager.spawn(h) for h in handles])
             for w in workers:
-                w.tell(child.CONNECT)
+                w.tell(Command.CONNECT)
             self._await_all(workers, (WorkerState.CONNECTED,), "connect", timeout)
             told = time.monotonic_ns()
             for w in workers:
-                w.tell(child.START)
+                w.tell(Command.START)
             self._await_all(workers, (WorkerState.STARTED,), "start", timeout, since=told)
         except BaseException:
             self._abort()
@@ -374,7 +374,7 @@ class Supervisor:
         self.manager.respawn = False
         workers = self.table.live()
         for w in workers:
-            w.kill_reason = _SHUTDOWN
+            w.kill_reason = SHUTDOWN
             self._kill(w)
         self.table.wait_for(lambda: all(w.gone for w in workers), 10)
         self._finish()
@@ -392,7 +392,7 @@ class Supervisor:
         self.monitors.stop()
         drain = self.drain_timeout if drain_timeout is None else drain_timeout
         for w in workers:
-            w.tell(child.STOP)
+            w.tell(Command.STOP)
         self._unblock(workers)
         deadline = time.monotonic() + drain
         self.table.wait_for(
@@ -416,13 +416,13 @@ class Supervisor:
                 len(left),
             )
             for w in left:
-                w.kill_reason = _SHUTDOWN
+                w.kill_reason = SHUTDOWN
                 self._kill(w)
         # what the jobs left running below them comes here when they exit: noted now, it is
         # reaped even if it has ended by then
         self.manager.orphans.note_below(w.pid for w in workers if w.pid is not None and not w.gone)
         for w in workers:
-            w.tell(child.DISCONNECT)
+            w.tell(Command.DISCONNECT)
         if not self.table.wait_for(lambda: all(w.gone for w in workers), _STOP_GRACE):
             for w in workers:
                 if not w.gone:
@@ -464,7 +464,7 @@ class Supervisor:
             self._state = SupervisorState.RUNNING
             self._ensure_core()
         w = self.manager.call(lambda: self.manager.spawn(handle))
-        w.tell(child.CONNECT)
+        w.tell(Command.CONNECT)
         self._await_all([w], (WorkerState.CONNECTED, WorkerState.STARTED), "connect", timeout)
 
     def start_worker(self, handle: WorkerHandle, timeout: float = 30.0) -> None:
@@ -472,7 +472,7 @@ class Supervisor:
         if w is None or w.gone or w.state not in (WorkerState.CONNECTED, WorkerState.STARTED):
             raise SupervisorStateError(f"worker {handle.name} must be connected before it starts")
         told = time.monotonic_ns()
-        w.tell(child.START)
+        w.tell(Command.START)
         self._await_all([w], (WorkerState.STARTED,), "start", timeout, since=told)
         self.monitors.start()  # due retries and expired locks need it, however workers start
 
@@ -480,7 +480,7 @@ class Supervisor:
         w = self.table.get(handle)
         if w is None or w.gone:
             return
-        w.tell(child.STOP)
+        w.tell(Command.STOP)
         self._unblock([w])
         self.table.wait_for(
             lambda: (
@@ -496,7 +496,7 @@ class Supervisor:
             return
         if w.state is WorkerState.STARTED:
             self.stop_worker(handle)
-        w.tell(child.DISCONNECT)
+        w.tell(Command.DISCONNECT)
         self.table.wait_for(lambda: w.gone, timeout)
         if not self.table.live():
             self.monitors.stop()

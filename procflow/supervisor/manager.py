@@ -30,12 +30,13 @@ from ..failures import FailureRecord
 from ..handles import WorkerGroup, WorkerHandle
 from ..partitions import StoreMap
 from ..settings import RedisSettings
-from ..worker import main as child
-from ..worker.main import worker_main
+from ..worker.main import Command, Report, worker_main
 from ..worker.status import Activity, StatusRecord, clear_status, read_status
 from .logs import reemit
 from .process import (
     REPORTED,
+    KillKind,
+    KillReason,
     LifecycleEvent,
     Orphans,
     SupervisorState,
@@ -58,8 +59,6 @@ T = TypeVar("T")
 
 #: the longest wait before respawning a worker that keeps crashing (seconds)
 RESPAWN_MAX = 30.0
-#: the kind of kill that stops a worker whose job was cancelled
-CANCEL = "cancel"
 #: a worker that lived this long (or finished a job) before crashing starts a new streak
 CRASH_STREAK_RESET = 30.0
 #: how often adopted processes of live workers are checked for having ended (seconds)
@@ -329,7 +328,7 @@ class Manager:
                 w.ps = None
             self.table.cond.notify_all()
         if start:
-            w.tell(child.CONNECT, child.START)
+            w.tell(Command.CONNECT, Command.START)
         self.log.bind(queue=handle.group.name).debug(
             "spawned worker {} (pid {})", handle.name, process.pid
         )
@@ -348,9 +347,8 @@ class Manager:
             if mine and w.kill_reason is None:
                 found += sorted(mine)
                 w.cancelled = mine
-                self.kill(
-                    w, f"{CANCEL}: job {', '.join(sorted(mine))} was cancelled by an operator"
-                )
+                text = f"job {', '.join(sorted(mine))} was cancelled by an operator"
+                self.kill(w, KillReason(KillKind.CANCEL, text))
         return found
 
     def tallies(self) -> dict[str, StageTally]:
@@ -358,13 +356,12 @@ class Manager:
         live = self.table.live()
         return self.tally.snapshot((w.handle.group.name, read_status(w.status)) for w in live)
 
-    def kill(self, w: WorkerProcess, reason: str) -> None:
-        """SIGKILL a worker's whole process tree; its exit is then settled with ``reason``
-        (``kind: text``)."""
+    def kill(self, w: WorkerProcess, reason: KillReason) -> None:
+        """SIGKILL a worker's whole process tree; its exit is then settled by ``reason``."""
         w.kill_reason = reason
-        if reason != "shutdown":
+        if reason.kind is not KillKind.SHUTDOWN:
             self.log.bind(queue=w.handle.group.name, worker=w.name).warning(
-                "killing worker {} (pid {}): {}", w.name, w.pid, reason.split(": ", 1)[-1]
+                "killing worker {} (pid {}): {}", w.name, w.pid, reason.text
             )
         self.orphans.note(w.pid, kill_tree(w.pid))
 
@@ -382,15 +379,20 @@ class Manager:
             w.conn = None
 
     def _message(self, w: WorkerProcess, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "log":
+        try:
+            kind = Report(message[0])
+        except ValueError:
+            self.log.debug("worker {} sent an unknown message {!r}", w.name, message[0])
+            return
+        if kind is Report.LOG:
             reemit(message[1])
             return
         with self.table.cond:
             state = REPORTED.get(kind)
             if state is not None:  # (kind, time on the shared monotonic clock, extra)
                 w.state = state
-                self.table.lifecycle.append(LifecycleEvent(w.name, kind, message[1], w.pid or 0))
+                event = LifecycleEvent(w.name, kind.value, message[1], w.pid or 0)
+                self.table.lifecycle.append(event)
                 if state is WorkerState.CONNECTED:
                     w.client_id = message[2]
                 elif state is WorkerState.STARTED:
@@ -398,7 +400,7 @@ class Manager:
                     w.started_ns = message[1]
                 elif state is WorkerState.STOPPED:
                     w.end_reason = message[2]
-            elif kind == child.CONNECT_FAILED:
+            elif kind is Report.CONNECT_FAILED:
                 w.error = message[1]
                 w.state = WorkerState.FAILED
             self.table.cond.notify_all()
@@ -445,19 +447,20 @@ class Manager:
         self._collect_orphans(ended=w)
         replace = self.budget.on_exit(w) if self.budget is not None else True
         self.tally.retire(w.handle.group.name, view)
-        if w.kill_reason == "shutdown":
+        killed = w.kill_reason
+        if killed is not None and killed.kind is KillKind.SHUTDOWN:
             self.settler.settle(stage, view, None)
-        elif w.kill_reason is not None and w.kill_reason.startswith(CANCEL):
-            self.tally.ended(w.handle.group.name, "cancel")
+        elif killed is not None and killed.kind is KillKind.CANCEL:
+            self.tally.ended(w.handle.group.name, KillKind.CANCEL.value)
             self.settler.cancel(stage, view, w.cancelled)
         elif not planned:
-            reason = w.kill_reason or f"the worker process died ({describe_exit(code)})"
+            reason = str(killed) if killed else f"the worker process died ({describe_exit(code)})"
             if w.state is WorkerState.FAILED:
                 log.error("worker {} could not connect: {}", w.name, w.error)
             else:
                 held = f"; it held job {view.job}" if view.activity.holds_job and view.job else ""
                 log.error("worker {} (pid {}) ended unexpectedly: {}{}", w.name, pid, reason, held)
-            kind = "crash" if w.kill_reason is None else w.kill_reason.split(":")[0]
+            kind = "crash" if killed is None else killed.kind.value
             self.tally.ended(w.handle.group.name, kind)
             record = FailureRecord.worker_died(reason, kind, worker=w.name, pid=pid, exitcode=code)
             self.settler.settle(stage, view, record)

@@ -1,7 +1,8 @@
 """What the supervisor knows about each worker process, and the two state machines.
 
 ``WorkerProcess`` is the supervisor's record of one worker (handle, OS process, pipe,
-status record, lifecycle state, crash count); ``WorkerTable`` holds them all behind one
+status record, lifecycle state, crash count, why the supervisor killed it: a ``KillReason``);
+``WorkerTable`` holds them all behind one
 condition that the manager thread signals and the public methods wait on. Also here: killing
 a process tree and measuring its memory.
 """
@@ -25,9 +26,13 @@ import psutil
 
 from ..handles import WorkerHandle
 from ..worker import main as child
+from ..worker.main import Command, Report
 
 __all__ = [
+    "SHUTDOWN",
     "SUBREAPER",
+    "KillKind",
+    "KillReason",
     "LifecycleEvent",
     "Orphans",
     "SupervisorState",
@@ -59,10 +64,10 @@ class WorkerState(str, Enum):
 
     NEW = "new"
     SPAWNED = "spawned"
-    CONNECTED = child.CONNECTED
-    STARTED = child.STARTED
-    STOPPED = child.STOPPED
-    DISCONNECTED = child.DISCONNECTED
+    CONNECTED = Report.CONNECTED.value
+    STARTED = Report.STARTED.value
+    STOPPED = Report.STOPPED.value
+    DISCONNECTED = Report.DISCONNECTED.value
     FAILED = "failed"
     DEAD = "dead"
 
@@ -79,14 +84,43 @@ _FAILED, _DEAD = WorkerState.FAILED, WorkerState.DEAD
 _SEND_LOCK = threading.Lock()
 #: what a worker reports → its new state
 REPORTED = {
-    s.value: s
-    for s in (
-        WorkerState.CONNECTED,
-        WorkerState.STARTED,
-        WorkerState.STOPPED,
-        WorkerState.DISCONNECTED,
-    )
+    Report.CONNECTED: WorkerState.CONNECTED,
+    Report.STARTED: WorkerState.STARTED,
+    Report.STOPPED: WorkerState.STOPPED,
+    Report.DISCONNECTED: WorkerState.DISCONNECTED,
 }
+
+
+class KillKind(str, Enum):
+    """Why the supervisor SIGKILLed a worker. ``shutdown``: the supervisor stops (a drain
+    timeout, an immediate stop, a failed start) and the job goes back to waiting; the others
+    end the job's attempt: ``cancel`` (an operator cancelled it), ``timeout`` (its stage's
+    time limit), ``memory`` (its stage's memory limit). The value is also the kind counted in
+    the tally and written in the failure record."""
+
+    SHUTDOWN = "shutdown"
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+    MEMORY = "memory"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class KillReason:
+    """A kill's kind and what to tell about it (``text``, for the log and the job's failure
+    message, which reads ``kind: text``)."""
+
+    kind: KillKind
+    text: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.text}" if self.text else self.kind.value
+
+
+#: the kill of a stopping supervisor
+SHUTDOWN = KillReason(KillKind.SHUTDOWN)
 
 
 @dataclass(frozen=True)
@@ -122,7 +156,7 @@ class WorkerProcess:
     started_ns: int = 0
     crashes: int = 0
     respawn_at: float | None = None
-    kill_reason: str | None = None
+    kill_reason: KillReason | None = None
     end_reason: str = ""
     error: str | None = None
     ps: psutil.Process | None = None
@@ -146,16 +180,16 @@ class WorkerProcess:
     def pause(self) -> None:
         """Hold this worker's core free (the core budget): it takes no job until resumed."""
         self.status.pause = 1
-        self.tell("pause")  # wakes nothing: the worker sees the flag before its next job
+        self.tell(Command.PAUSE)  # wakes nothing: the worker sees the flag before its next job
 
     def resume(self) -> None:
         self.status.pause = 0
-        self.tell("resume")  # wakes the paused worker at once
+        self.tell(Command.RESUME)  # wakes the paused worker at once
 
-    def tell(self, *commands: str) -> None:
-        """Send lifecycle commands (``child.CONNECT`` …). Never waits on the process: a
+    def tell(self, *commands: Command) -> None:
+        """Send lifecycle commands (``Command.CONNECT`` …). Never waits on the process: a
         command to a process that is gone is dropped."""
-        if child.STOP in commands:
+        if Command.STOP in commands:
             self.status.stop = 1  # the loop checks this between jobs, without a system call
         conn = self.commands
         if conn is None:

@@ -18,7 +18,7 @@ from ..errors import RedisRefusedError, RedisUnavailableError
 from ..partitions import StoreMap
 from ..store.redis import Store
 from ..worker.status import Activity, read_status
-from .process import WorkerProcess, tree_rss
+from .process import KillKind, KillReason, WorkerProcess, tree_rss
 from .tally import Tally
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class Watchdogs:
         self,
         stores: StoreMap,
         log: Logger,
-        kill: Callable[[WorkerProcess, str], None],
+        kill: Callable[[WorkerProcess, KillReason], None],
         limit_interval: float = 0.1,
         tally: Tally | None = None,
     ) -> None:
@@ -112,17 +112,18 @@ class Watchdogs:
                 continue
             timeout = stage.spec.timeout
             if timeout is not None and now - view.started > timeout:
-                self.kill(w, f"timeout: the job ran longer than its {timeout:g} s time limit")
+                text = f"the job ran longer than its {timeout:g} s time limit"
+                self.kill(w, KillReason(KillKind.TIMEOUT, text))
                 continue
             limit = stage.memory_limit
             if limit is not None and w.ps is not None:
                 used = tree_rss(w.ps)
                 if used > limit:
-                    self.kill(
-                        w,
-                        f"memory: the worker used {used / 2**20:.0f} MiB, over the queue's "
-                        f"memory limit of {limit / 2**20:.0f} MiB",
+                    text = (
+                        f"the worker used {used / 2**20:.0f} MiB, over the queue's "
+                        f"memory limit of {limit / 2**20:.0f} MiB"
                     )
+                    self.kill(w, KillReason(KillKind.MEMORY, text))
 
     # -- the manager thread's timers -----------------------------------------------------
 

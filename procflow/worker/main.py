@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from enum import Enum
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -32,32 +33,47 @@ from .payload import WorkerPayload
 from .status import StatusWriter
 
 __all__ = [
-    "CONNECT",
-    "CONNECTED",
-    "CONNECT_FAILED",
-    "DISCONNECT",
-    "DISCONNECTED",
-    "START",
-    "STARTED",
-    "STOP",
-    "STOPPED",
     "WORKER_MARK",
+    "Command",
     "Commands",
+    "Report",
     "worker_main",
 ]
 
-# What the supervisor tells a worker, in this order
-CONNECT = "connect"
-START = "start"
-STOP = "stop"
-DISCONNECT = "disconnect"
 
-# What a worker reports on its pipe: (kind, monotonic ns, extra)
-CONNECTED = "connected"  # extra: the blocking connection's client id
-STARTED = "started"
-STOPPED = "stopped"  # extra: why the loop ended ("stop" or "recycle: …")
-DISCONNECTED = "disconnected"
-CONNECT_FAILED = "connect_failed"  # (kind, error text)
+class Command(str, Enum):
+    """What the supervisor tells a worker on its command pipe. The lifecycle goes
+    connect → start → stop → disconnect; ``pause`` and ``resume`` (the core budget) only
+    wake the worker to look at its status record's pause flag."""
+
+    CONNECT = "connect"
+    START = "start"
+    STOP = "stop"
+    DISCONNECT = "disconnect"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Report(str, Enum):
+    """What a worker says on its report pipe, first in each message: ``(CONNECTED, ns,
+    client id)``, ``(STARTED, ns)``, ``(STOPPED, ns, why the loop ended: "stop" or
+    "recycle: …")``, ``(DISCONNECTED, ns)`` (ns: the shared monotonic clock),
+    ``(CONNECT_FAILED, error text)``, and ``(LOG, record)`` (``worker/logs.py``, which
+    sends the plain text ``"log"``: the values are what travels)."""
+
+    CONNECTED = "connected"
+    STARTED = "started"
+    STOPPED = "stopped"
+    DISCONNECTED = "disconnected"
+    CONNECT_FAILED = "connect_failed"
+    LOG = "log"
+
+    def __str__(self) -> str:
+        return self.value
+
 
 _PR_SET_PDEATHSIG = 1
 #: the environment variable naming a worker process (``HOLDER|PID``) in what its jobs start:
@@ -75,7 +91,7 @@ class Commands:
     def __init__(self, conn: Connection, parent_pid: int) -> None:
         self.conn = conn
         self.parent_pid = parent_pid
-        self.said: set[str] = set()
+        self.said: set[Command] = set()
 
     def take(self, timeout: float) -> bool:
         """Read what was said within ``timeout`` seconds; False if the supervisor is gone."""
@@ -83,12 +99,16 @@ class Commands:
             return False
         try:
             if self.conn.poll(timeout):
-                self.said.add(str(self.conn.recv()))
+                self._heard(self.conn.recv())
         except (EOFError, OSError):
             return False
         return True
 
-    def wait_for(self, command: str, abort: str | None = None) -> bool:
+    def _heard(self, said: object) -> None:
+        with contextlib.suppress(ValueError):  # nothing else is sent on this pipe
+            self.said.add(Command(said))
+
+    def wait_for(self, command: Command, abort: Command | None = None) -> bool:
         """Wait until ``command`` was said; False if ``abort`` was said first, or the
         supervisor is gone."""
         while command not in self.said:
@@ -98,7 +118,7 @@ class Commands:
                 return False
             try:
                 if self.conn.poll(0.5):
-                    self.said.add(str(self.conn.recv()))
+                    self._heard(self.conn.recv())
             except (EOFError, OSError):  # the supervisor closed it: it is gone
                 return False
         return True
@@ -150,10 +170,9 @@ def worker_main(
     try:
         payload: WorkerPayload = cloudpickle.loads(blob)
     except Exception as exc:  # the function's module cannot be imported here, …
+        why = f"its function could not be loaded: {type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError, ValueError):
-            conn.send(
-                (CONNECT_FAILED, f"its function could not be loaded: {type(exc).__name__}: {exc}")
-            )
+            conn.send((Report.CONNECT_FAILED, why))
         sys.exit(EXIT_CONNECT_FAILED)
     payload.worker = worker
     os.environ[WORKER_MARK] = f"{payload.holder}|{pid}"  # inherited by what the jobs start
@@ -193,28 +212,28 @@ def worker_main(
         with contextlib.suppress(OSError, ValueError):
             conn.send(message)
 
-    if not commands.wait_for(CONNECT, abort=DISCONNECT):
+    if not commands.wait_for(Command.CONNECT, abort=Command.DISCONNECT):
         return
     try:
         loop.connect()
     except Exception as exc:
-        send(CONNECT_FAILED, f"{type(exc).__name__}: {exc}")
+        send(Report.CONNECT_FAILED, f"{type(exc).__name__}: {exc}")
         sys.exit(EXIT_CONNECT_FAILED)
-    send(CONNECTED, time.monotonic_ns(), loop.client_id)
-    if not commands.wait_for(START, abort=DISCONNECT):
+    send(Report.CONNECTED, time.monotonic_ns(), loop.client_id)
+    if not commands.wait_for(Command.START, abort=Command.DISCONNECT):
         loop.disconnect()
-        send(DISCONNECTED, time.monotonic_ns())
+        send(Report.DISCONNECTED, time.monotonic_ns())
         return
-    send(STARTED, time.monotonic_ns())
+    send(Report.STARTED, time.monotonic_ns())
     try:
         reason = loop.run()
     except Exception:
         log.exception("worker loop crashed")
         sys.exit(1)
-    send(STOPPED, time.monotonic_ns(), reason)
+    send(Report.STOPPED, time.monotonic_ns(), reason)
     if reason == "stop" and not stop_signal["seen"]:
-        commands.wait_for(DISCONNECT)
+        commands.wait_for(Command.DISCONNECT)
     loop.disconnect()
-    send(DISCONNECTED, time.monotonic_ns())
+    send(Report.DISCONNECTED, time.monotonic_ns())
     sys.stdout.flush()
     sys.stderr.flush()
