@@ -22,13 +22,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from . import codec
 from .definition import FlowDefinition, Stage
 from .errors import RedisRefusedError, RedisUnavailableError
 from .failures import FailureRecord, record_failure
-from .store import keys
 from .store.redis import Store
-from .worker.fanout import children_state
+from .store.registry import Registry
+from .store.session import children_state
 
 if TYPE_CHECKING:
     from loguru import Logger
@@ -69,7 +68,8 @@ class FlowMonitor:
         self.grace = grace
         self.parked_check = parked_check
         self.log = flow.logger.bind(worker="monitor")
-        self.leader_key = keys.monitor_leader(flow.name)
+        #: the leadership is taken and given up through it (``procflow:F:monitor``)
+        self.records = Registry(flow.store)
         self.is_leader = False
         self._lockless: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
@@ -98,7 +98,7 @@ class FlowMonitor:
         """Give up leadership now (one try: the lock would expire anyway)."""
         if self.is_leader:
             with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
-                self.flow.store.release_if_holder(self.leader_key, self.holder)
+                self.records.resign_monitor(self.flow.name, self.holder)
             self.is_leader = False
 
     def step(self) -> float:
@@ -126,7 +126,8 @@ class FlowMonitor:
     def tick(self) -> float:
         """One round; returns how soon the next is wanted (seconds)."""
         store = self.flow.store
-        leader = store.acquire_or_renew(self.leader_key, self.holder, int(self.leader_ttl * 1000))
+        ttl_ms = int(self.leader_ttl * 1000)
+        leader = self.records.lead_monitor(self.flow.name, self.holder, ttl_ms)
         if leader != self.is_leader:
             self.log.info(
                 "monitor: {} the leader for flow {!r}",
@@ -179,12 +180,10 @@ class FlowMonitor:
         for stage in stages:
             if not stage.is_parent:
                 continue
-            field = keys.children_jobs_field(stage.name)
             for parent_id in store.parked_for(stage.keys, int(self.parked_check * 1000)):
-                raw = store.hash_fields(stage.keys.job(parent_id), [field])[0]
-                child_keys = codec.decode(raw) if raw else []
-                replies = store.children_status(child_keys)
-                all_done, _ = children_state(child_keys, replies)
+                with store.session(stage.keys) as session:
+                    children = session.children_of(parent_id)
+                    all_done, _ = children_state(children, session.children_status(children))
                 if all_done and store.unpark(stage.keys, parent_id):
                     self.log.bind(queue=stage.name, job=parent_id).info(
                         "parent job {} had every child done but was still parked; resumed",

@@ -90,8 +90,7 @@ class Operator:
             return self.registry
         registry = self._registries.get(name)
         if registry is None:
-            settings = self.redis.with_options(cluster_key=keys.flow_record(name))
-            registry = self._registries[name] = Registry(Store(settings))
+            registry = self._registries[name] = Registry.of_flow(self.redis, name)
         return registry
 
     # -- flows -----------------------------------------------------------------------------
@@ -225,15 +224,10 @@ class Operator:
         every registered flow (its own jobs and its child queues' jobs)."""
         names = [flow] if flow is not None else self.flows()
         for name in names:  # one round trip per flow (on a cluster each has its own slot)
-            f = self.flow(name)
-            candidates: list[tuple[str | None, str]] = [(None, f.job_key(job_id))]
-            for stage in f.stages.values():
-                if stage.parent is not None:
-                    candidates.append((stage.name, stage.keys.job(job_id)))
-            found = self._store_of(name).exists_many([key for _, key in candidates])
-            for (child, _), there in zip(candidates, found, strict=True):
-                if there:
-                    return name, child
+            children = [s.keys for s in self.flow(name).stages.values() if s.parent is not None]
+            home = self.registry_of(name).job_home(name, children, job_id)
+            if home is not None:
+                return name, home or None
         raise UnknownJobError(flow or "any registered flow", [job_id])
 
     def job(self, job_id: str, flow: str | None = None) -> dict[str, Any]:
@@ -246,8 +240,8 @@ class Operator:
             stages = [s.keys for s in f.definition.top_stages]
         else:
             stage = f.stage(child)
-            raw = self._store_of(name).get_hashes([stage.keys.job(job_id)])[0]
-            found = [f.decode(stage.keys.job(job_id), job_id, raw)] if raw else []
+            [(key, _, raw)] = self.registry_of(name).job_hashes(stage.keys, [job_id])
+            found = [f.decode(key, job_id, raw)] if raw else []
             stages = [stage.keys]
         if not found:
             raise UnknownJobError(name, [job_id])
@@ -274,7 +268,7 @@ class Operator:
         f = self.flow(name)
         if attribute not in f.lookup_attributes:
             f.get_jobs_by_key(attribute, value)  # raises UnknownLookupAttributeError
-        ids = self._store_of(name).list_range(keys.lookup(name, attribute, value), -limit, -1)
+        ids = self.registry_of(name).lookup_ids(name, attribute, value, limit)
         return list(f.get_jobs(ids))
 
     def page(self, name: str, queue: str, state: str, start: int = 0, count: int = 50) -> JobPage:
@@ -285,10 +279,9 @@ class Operator:
         page = self.registry_of(name).page(
             stage.keys, state, max(0, start), max(1, min(count, 500))
         )
-        hashes = self._store_of(name).get_hashes([stage.keys.job(i) for i in page.ids])
         jobs = [
-            f.decode(stage.keys.job(i), i, raw) if raw else {"id": i, "gone": True}
-            for i, raw in zip(page.ids, hashes, strict=True)
+            f.decode(key, i, raw) if raw else {"id": i, "gone": True}
+            for key, i, raw in self.registry_of(name).job_hashes(stage.keys, page.ids)
         ]
         return JobPage(name, queue, state, page.total, page.start, jobs, page.scores)
 
@@ -326,11 +319,7 @@ class Operator:
         """Delete everything of flow ``name``: its jobs, lookup lists, its stages' lists and
         locks, and procflow's records of it. Returns how many keys went."""
         f = self.flow(name)
-        patterns = [f"{keys.job_prefix(name)}*", f"{keys.own_prefix(name)}*"]
-        for stage in f.stages.values():
-            patterns += [f"{stage.keys.job_prefix}*", f"{keys.queue_prefix(stage.name)}*"]
-            patterns.append(f"{stage.keys.lock_prefix}*")
-        removed = self.registry_of(name).delete_matching(list(dict.fromkeys(patterns)))
+        removed = self.registry_of(name).purge(name, [s.keys for s in f.stages.values()])
         self.registry_of(name).unregister(name, list(f.stages))
         self._flows.pop(name, None)
         return removed

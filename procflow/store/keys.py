@@ -406,6 +406,11 @@ class StageKeys:
     lease_field: str
     progress_field: str
     waiting_since_field: str
+    #: a parent stage's fields of its jobs: ``children:Q:params``, ``children:Q:jobs``,
+    #: ``children:Q:failed`` (named for every stage; only a parent's jobs have them)
+    children_params_field: str
+    children_jobs_field: str
+    children_failed_field: str
     queue_json: str
     done_channel: str
     progress_channel: str
@@ -443,6 +448,9 @@ class StageKeys:
             lease_field=lease_field(queue),
             progress_field=progress_field(queue),
             waiting_since_field=waiting_since_field(queue),
+            children_params_field=children_params_field(queue),
+            children_jobs_field=children_jobs_field(queue),
+            children_failed_field=children_failed_field(queue),
             queue_json=json.dumps(queue, ensure_ascii=False),
             done_channel=done_channel(flow),
             progress_channel=progress_channel(flow),

@@ -17,12 +17,13 @@ from typing import Any
 
 from ..errors import DecodeError
 from ..ids import created_at
+from ..settings import RedisSettings
 from . import keys
 from .keys import StageKeys
 from .redis import Store
 from .wire import pack, script
 
-__all__ = ["CANCELLED_MESSAGE", "PAGE_STATES", "Page", "Registry", "StageStats"]
+__all__ = ["CANCELLED_MESSAGE", "PAGE_STATES", "JobHash", "Page", "Registry", "StageStats"]
 
 #: the ``failedErrorMsg`` of a cancelled job
 CANCELLED_MESSAGE = "cancelled by an operator"
@@ -61,6 +62,10 @@ class Page:
     start: int
     ids: list[str]
     scores: list[float] = field(default_factory=list)
+
+
+#: a job read raw: its key (for the decoder's messages), its id and its fields ({}: gone)
+JobHash = tuple[str, str, dict[bytes, bytes]]
 
 
 def _decode_json(raw: bytes | None, key: str) -> Any:
@@ -103,6 +108,12 @@ class Registry:
             self._global = Store(settings.with_options(cluster_key=keys.FLOWS))
         return self._global
 
+    @classmethod
+    def of_flow(cls, settings: RedisSettings, flow: str) -> Registry:
+        """The registry reads of flow ``flow`` on a store of its own: on Redis Cluster its
+        connections serve the slot of the flow's keys."""
+        return cls(Store(settings.with_options(cluster_key=keys.flow_record(flow))))
+
     def close(self) -> None:
         if self._global is not None:
             self._global.close()
@@ -140,6 +151,48 @@ class Registry:
             w.check(w.call("DEL", *own))
         with self.global_store.wire() as w:
             w.call("SREM", keys.FLOWS, flow)
+
+    # -- the monitor's leadership -------------------------------------------------------------
+
+    def lead_monitor(self, flow: str, holder: str, ttl_ms: int) -> bool:
+        """Take or keep the leadership of flow ``flow``'s monitors (``procflow:F:monitor``)
+        for ``ttl_ms``: True when ``holder`` has it now."""
+        return self.store.acquire_or_renew(keys.monitor_leader(flow), holder, ttl_ms)
+
+    def resign_monitor(self, flow: str, holder: str) -> bool:
+        """Give up the leadership of flow ``flow``'s monitors, if ``holder`` has it."""
+        return self.store.release_if_holder(keys.monitor_leader(flow), holder)
+
+    # -- jobs, by id -------------------------------------------------------------------------
+
+    def job_home(self, flow: str, child_stages: Sequence[StageKeys], job_id: str) -> str | None:
+        """Where job ``job_id`` of flow ``flow`` lives (one round trip): ``""`` for the flow's
+        own jobs (``job:F:ID``), a child stage's name for its jobs (``job:PARENT:CHILD:ID``),
+        None when no such hash exists."""
+        homes = [("", keys.job(flow, job_id))]
+        homes += [(stage.queue, stage.job(job_id)) for stage in child_stages]
+        found = self.store.exists_many([key for _, key in homes])
+        return next((name for (name, _), there in zip(homes, found, strict=True) if there), None)
+
+    def job_hashes(self, stage: StageKeys, job_ids: Sequence[str]) -> list[JobHash]:
+        """The raw hashes of jobs of stage ``stage`` (one round trip), each with its key."""
+        hash_keys = [stage.job(i) for i in job_ids]
+        raws = self.store.get_hashes(hash_keys)
+        return list(zip(hash_keys, job_ids, raws, strict=True))
+
+    def lookup_ids(self, flow: str, attribute: str, text: str, limit: int) -> list[str]:
+        """The ids of the last ``limit`` jobs of flow ``flow`` whose lookup attribute
+        ``attribute`` has the value written ``text`` (oldest first)."""
+        return self.store.list_range(keys.lookup(flow, attribute, text), -limit, -1)
+
+    def purge(self, flow: str, stages: Sequence[StageKeys]) -> int:
+        """Delete every key of flow ``flow``: its jobs and lookup lists, its stages' lists,
+        sets and locks, procflow's records of it (SCAN, then UNLINK). Returns how many went."""
+        patterns = [f"{keys.job_prefix(flow)}*", f"{keys.own_prefix(flow)}*"]
+        for stage in stages:
+            patterns += [f"{stage.job_prefix}*", f"{keys.queue_prefix(stage.queue)}*"]
+            patterns.append(f"{stage.lock_prefix}*")
+        return self.delete_matching(list(dict.fromkeys(patterns)))
 
     # -- node heartbeats -------------------------------------------------------------------
 

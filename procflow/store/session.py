@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import codec
+from ..errors import ParentError
 from ..failures import FailOutcome, FailureRecord, RetryPolicy
 from ..settings import RedisSettings
 from . import keys
@@ -22,7 +23,13 @@ from .keys import StageKeys, token_at
 from .records import Lease
 from .wire import Arg, Prepared, Wire, pack, script
 
-__all__ = ["ChildJob", "StageSession"]
+__all__ = [
+    "ChildJob",
+    "StageSession",
+    "children_failure_message",
+    "children_state",
+    "decoded",
+]
 
 #: scripts a worker loads when it connects (so the first job pays no NOSCRIPT round trip)
 _WORKER_SCRIPTS = (
@@ -333,7 +340,7 @@ class StageSession:
             token,
             stage.job_prefix,
             stage.lock_prefix,
-            keys.children_jobs_field(stage.queue),
+            stage.children_jobs_field,
             jobs_json,
             keys.children_pending_field(stage.queue),
             ttl,
@@ -372,8 +379,21 @@ class StageSession:
 
     def children_jobs(self, job_id: str) -> bytes | None:
         """The raw ``children:Q:jobs`` field of a parent job of this stage."""
-        field = keys.children_jobs_field(self.stage.queue)
+        field = self.stage.children_jobs_field
         value: bytes | None = self.wire.call("HMGET", self.stage.job(job_id), field)[0]
+        return value
+
+    def children_of(self, job_id: str) -> list[str]:
+        """The child job keys of parent job ``job_id`` of this stage (its decoded
+        ``children:Q:jobs``; [] before it fanned out). DecodeError or ParentError when the
+        field is not a JSON list of keys."""
+        raw = self.children_jobs(job_id)
+        if raw is None:
+            return []
+        field = self.stage.children_jobs_field
+        value = codec.decode_field(self.stage.job(job_id), field, raw)
+        if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+            raise ParentError(f"{field} must be a list of job keys")
         return value
 
     def children_status(self, child_keys: Sequence[str]) -> list[Any]:
@@ -390,10 +410,60 @@ def _leases(claims: Sequence[Any], first_token: str) -> list[Lease]:
 
 
 def children_status(wire: Wire, child_keys: Sequence[str]) -> list[Any]:
-    """Per child: EXISTS, then HMGET done failed failedErrorMsg, pipelined (see
-    fanout.children_state)."""
+    """Per child: EXISTS, then HMGET done failed failedErrorMsg, pipelined (read by
+    ``children_state`` and ``children_failure_message``)."""
     commands = []
     for key in child_keys:
         commands.append(pack("EXISTS", key))
         commands.append(pack("HMGET", key, keys.DONE, keys.FAILED, keys.FAILED_ERROR_MSG))
     return [wire.check(r) for r in wire.pipeline(commands)]
+
+
+def children_state(child_keys: Sequence[str], replies: Sequence[Any]) -> tuple[bool, list[str]]:
+    """From pipelined ``EXISTS`` / ``HMGET done failed …`` replies per child: whether every
+    child is done, and the keys of those that failed. A child whose hash is gone counts as done
+    and failed (it expired or was deleted)."""
+    all_done = True
+    failed = []
+    for n, key in enumerate(child_keys):
+        exists, fields = replies[2 * n], replies[2 * n + 1]
+        done, has_failed = fields[0], fields[1]
+        if not exists:
+            failed.append(key)
+            continue
+        if not keys.is_true(done):
+            all_done = False
+        if keys.is_true(has_failed):
+            failed.append(key)
+    return all_done, failed
+
+
+def children_failure_message(
+    child_keys: Sequence[str], replies: Sequence[Any], failed: Sequence[str]
+) -> str:
+    """The ``failedErrorMsg`` of a parent failed for its children: how many failed, and the
+    first few with their own ``failedErrorMsg`` (from the replies' third field)."""
+    errors: dict[str, str] = {}
+    for n, key in enumerate(child_keys):
+        if key not in failed:
+            continue
+        exists, fields = replies[2 * n], replies[2 * n + 1]
+        raw = fields[2] if exists and len(fields) > 2 else None
+        if not exists:
+            errors[key] = "its job hash no longer exists"
+        elif raw is None:
+            errors[key] = "failed"
+        else:
+            try:
+                errors[key] = str(codec.decode(raw))
+            except ValueError:
+                errors[key] = raw.decode("utf-8", "replace")
+    shown = "; ".join(f"{k}: {errors[k]}" for k in failed[:3])
+    more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+    return f"{len(failed)} of {len(child_keys)} child jobs failed: {shown}{more}"
+
+
+def decoded(stage: StageKeys, job_id: str, field: str, raw: bytes) -> Any:
+    """A raw field of job ``job_id`` of stage ``stage``, decoded (DecodeError names the
+    job's key and the field)."""
+    return codec.decode_field(stage.job(job_id), field, raw)

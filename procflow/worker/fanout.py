@@ -12,7 +12,7 @@ its children run, and nothing polls.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from ..errors import EncodeError, ParentError
 from ..ids import uuid7_batch
 from ..store import keys
 from ..store.keys import StageKeys
-from ..store.session import ChildJob
+from ..store.session import ChildJob, children_failure_message, children_state
 
 __all__ = [
     "ChildPlan",
@@ -72,50 +72,6 @@ def plan_children(
             raise ParentError(f"{field}[{n}]: {exc}") from None
         children.append((child_id, stage.job(child_id), stage.waiting, fields))
     return ChildPlan(children, codec.encode([c[1] for c in children]))
-
-
-def children_state(child_keys: Sequence[str], replies: Sequence[Any]) -> tuple[bool, list[str]]:
-    """From pipelined ``EXISTS`` / ``HMGET done failed …`` replies per child: whether every
-    child is done, and the keys of those that failed. A child whose hash is gone counts as done
-    and failed (it expired or was deleted)."""
-    all_done = True
-    failed = []
-    for n, key in enumerate(child_keys):
-        exists, fields = replies[2 * n], replies[2 * n + 1]
-        done, has_failed = fields[0], fields[1]
-        if not exists:
-            failed.append(key)
-            continue
-        if not keys.is_true(done):
-            all_done = False
-        if keys.is_true(has_failed):
-            failed.append(key)
-    return all_done, failed
-
-
-def children_failure_message(
-    child_keys: Sequence[str], replies: Sequence[Any], failed: Sequence[str]
-) -> str:
-    """The ``failedErrorMsg`` of a parent failed for its children: how many failed, and the
-    first few with their own ``failedErrorMsg`` (from the replies' third field)."""
-    errors: dict[str, str] = {}
-    for n, key in enumerate(child_keys):
-        if key not in failed:
-            continue
-        exists, fields = replies[2 * n], replies[2 * n + 1]
-        raw = fields[2] if exists and len(fields) > 2 else None
-        if not exists:
-            errors[key] = "its job hash no longer exists"
-        elif raw is None:
-            errors[key] = "failed"
-        else:
-            try:
-                errors[key] = str(codec.decode(raw))
-            except ValueError:
-                errors[key] = raw.decode("utf-8", "replace")
-    shown = "; ".join(f"{k}: {errors[k]}" for k in failed[:3])
-    more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
-    return f"{len(failed)} of {len(child_keys)} child jobs failed: {shown}{more}"
 
 
 def child_keys_of(field: str, value: Any) -> list[str]:

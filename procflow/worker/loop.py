@@ -26,9 +26,9 @@ from ..errors import (
     RedisUnavailableError,
 )
 from ..failures import FailureRecord, RetryPolicy, record_failure
-from ..store import keys
 from ..store.keys import TokenSeries
 from ..store.records import Lease
+from ..store.session import decoded
 from .fanout import child_keys_of, children_failure_message, children_state, plan_children
 from .lanes import Turns, index_of
 from .payload import WorkerPayload
@@ -340,11 +340,10 @@ class WorkerLoop:
 
     def _params(self, lease: Lease) -> dict[str, Any]:
         params: dict[str, Any] = {"id": lease.id}
-        key = self.keys.job(lease.id)
         fields = self.stage.fields
         names = self.lanes[self.turns.lane].names or fields  # a partition's: as written
         for field, name, raw in zip(fields, names, lease.values, strict=False):
-            params[name] = None if raw is None else codec.decode_field(key, field, raw)
+            params[name] = None if raw is None else decoded(self.keys, lease.id, field, raw)
         return params
 
     def _complete(
@@ -472,18 +471,17 @@ class WorkerLoop:
         """Fan out once (create the children, park the parent); when the parent comes back
         with every child done, act on the stage's ``on_child_failure`` policy."""
         queue = self.stage.name
-        key = self.keys.job(lease.id)
-        jobs_field = keys.children_jobs_field(queue)
-        failed_field = keys.children_failed_field(queue).encode()
+        jobs_field = self.keys.children_jobs_field
+        failed_field = self.keys.children_failed_field.encode()
         policy = self.stage.spec.on_child_failure
         try:
             raw_params, raw_jobs = lease.values[0], lease.values[1]
             if raw_jobs is None:
-                params_field = keys.children_params_field(queue)
+                params_field = self.keys.children_params_field
                 params = (
                     None
                     if raw_params is None
-                    else codec.decode_field(key, params_field, raw_params)
+                    else decoded(self.keys, lease.id, params_field, raw_params)
                 )
                 plan = plan_children(queue, params, self.child_stages)
                 if not plan.children:  # children:Q:jobs = [] as the TypeScript library writes
@@ -507,7 +505,9 @@ class WorkerLoop:
                     self.status.finished()
                     return []
                 raw_jobs = self._redis(lambda: self.session.children_jobs(lease.id)) or b"[]"
-            child_keys = child_keys_of(jobs_field, codec.decode_field(key, jobs_field, raw_jobs))
+            child_keys = child_keys_of(
+                jobs_field, decoded(self.keys, lease.id, jobs_field, raw_jobs)
+            )
         except (DecodeError, ParentError) as exc:
             return self._fail(lease, str(exc), "children")
         replies = self._redis(lambda: self.session.children_status(child_keys))
