@@ -1,8 +1,10 @@
 """The async store: every Redis command of ``procflow.aio`` is issued here.
 
 An :class:`AsyncStore` multiplexes every request on one connection (a ``link.Link``): a
-request is written whole (a job's MULTI … EXEC packed by the sync Store's own
-``pack_create``: the same bytes) and the replies are parsed as they arrive, in order.
+request is written whole and the replies are parsed as they arrive, in order. What it sends
+and how it reads the replies is ``plans.py``'s, shared with the sync Store (:meth:`run`
+drives an operation of it; ``create_jobs`` paces ``plans.pack_create``'s blocks as the sync
+Store does): the same bytes.
 Concurrent callers are pipelined, and a cancelled caller leaves the connection in step (its
 replies are read and dropped). The errors are the sync Store's: RedisUnavailableError (also a
 reply later than ``socket_timeout``; the next request reconnects) and
@@ -22,25 +24,27 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.exceptions as rex
 
-from ..errors import CreateJobsError, RedisRefusedError, RedisUnavailableError, refusal
+from ..errors import RedisRefusedError, RedisUnavailableError, refusal
 from ..settings import RedisSettings
-from . import keys
-from .eviction import READS, UNKNOWN, EvictionPolicy, check_mode, report
+from . import keys, plans
+from .eviction import EvictionPolicy
 from .keys import StageKeys
 from .link import Link, open_streams
+from .plans import CREATE_CHUNK, PRUNE_LIMIT, Exchange, Request
 from .records import NewJob
-from .redis import CREATE_CHUNK, PRUNE_LIMIT, Store, created_from
 from .replies import REDIRECTS, Route, follow
 from .subscription import note_progress
-from .wire import Arg, Script, pack, script
+from .wire import Arg, Script, pack
 
 __all__ = ["AsyncStore", "AsyncSubscription"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def follows_redirects(method: F) -> F:
@@ -59,13 +63,6 @@ def follows_redirects(method: F) -> F:
         return await method(self, *args, **kwargs)
 
     return cast(F, call)
-
-
-def _created(
-    address: str, replies: list[Any], blocks: Sequence[tuple[NewJob, int]], created: list[str]
-) -> RedisRefusedError | None:
-    """The sync store's reading of create replies, on replies read here."""
-    return created_from(address, replies, blocks, created)
 
 
 class AsyncStore:
@@ -139,45 +136,65 @@ class AsyncStore:
                 raise refusal(self.settings.address, str(item))
         return reply
 
-    async def _pipeline(self, commands: Sequence[bytes]) -> list[Any]:
+    async def _pipeline(self, commands: Sequence[bytes], writes: bool = False) -> list[Any]:
+        """Send packed commands in one write, read every reply (errors as values). Commands
+        that ``writes`` under ``durable`` get a WAIT for one replica in the same write (as
+        the sync ``Wire.pipeline``)."""
         if not commands:
             return []
-        return await (await self.link()).request(b"".join(commands), len(commands))
+        if not (writes and self.settings.durable):
+            return await (await self.link()).request(b"".join(commands), len(commands))
+        wait = pack("WAIT", 1, self.settings.durable_ms)
+        link = await self.link()
+        replies = await link.request(b"".join([*commands, wait]), len(commands) + 1)
+        self._replicated(replies.pop())
+        return replies
 
     async def call(self, *args: Arg) -> Any:
         return self._check((await self._pipeline([pack(*args)]))[0])
 
     async def _run_scripts(self, scripts: Sequence[Script], packed: Sequence[bytes]) -> list[Any]:
-        """Pipelined EVALSHA calls; scripts the server does not know are loaded and those
-        calls sent again (NOSCRIPT: the call did not run). Error replies are values."""
-        replies = await self._pipeline(packed)
+        """Pipelined EVALSHA calls (writes); scripts the server does not know are loaded and
+        those calls sent again (NOSCRIPT: the call did not run). Error replies are values."""
+        replies = await self._pipeline(packed, writes=True)
         missing = [i for i, r in enumerate(replies) if isinstance(r, rex.NoScriptError)]
         if missing:
             wanted = {scripts[i].sha: scripts[i] for i in missing}.values()
             for reply in await self._pipeline([pack("SCRIPT", "LOAD", s.source) for s in wanted]):
                 self._check(reply)
-            again = await self._pipeline([packed[i] for i in missing])
+            again = await self._pipeline([packed[i] for i in missing], writes=True)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
 
+    # -- the operations of ``plans`` -------------------------------------------------------
+
     @follows_redirects
+    async def run(self, op: Callable[P, Exchange[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Operation ``op(*args)`` of ``plans``, as ``Store.run`` drives it: each request
+        sent, its replies read (checked as it asks) and handed back; its result returned."""
+        exchange = op(*args, **kwargs)
+        try:
+            request = next(exchange)
+            while True:
+                request = exchange.send(await self._send(request))
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+    async def _send(self, request: Request) -> list[Any]:
+        if request.scripts:
+            replies = await self._run_scripts(request.scripts, request.commands)
+        else:
+            replies = await self._pipeline(request.commands, writes=request.writes)
+        return plans.checked(request, replies, self._check)
+
     async def ping(self) -> None:
         """As ``Store.ping``: PING, then the check of the server's maxmemory-policy."""
-        await self.call("PING")
-        if check_mode() != "off":
-            report(await self.eviction_policy())
+        await self.run(plans.ping, self.settings.address)
 
     async def eviction_policy(self) -> EvictionPolicy:
         """As ``Store.eviction_policy``: CONFIG GET, else INFO memory, else unknown."""
-        for command, parse, source in READS:
-            try:
-                policy = parse(await self.call(*command))
-            except RedisRefusedError:
-                continue
-            if policy:
-                return EvictionPolicy(self.settings.address, policy, source)
-        return EvictionPolicy(self.settings.address, UNKNOWN, "")
+        return await self.run(plans.eviction_policy, self.settings.address)
 
     @follows_redirects
     async def create_jobs(self, jobs: Sequence[NewJob], ttl: int) -> None:
@@ -187,7 +204,7 @@ class AsyncStore:
         raises the refusal itself)."""
         if not jobs:
             return
-        ttl_bulk = b"$%d\r\n%d\r\n" % (len(str(ttl)), ttl)
+        ttl_bulk = plans.ttl_bulk(ttl)
         created: list[str] = []
         refused: RedisRefusedError | None = None
         address = self.settings.address
@@ -196,115 +213,56 @@ class AsyncStore:
         start = 0
         while start < len(jobs) and refused is None:
             chunk = jobs[start : start + CREATE_CHUNK]
-            blocks = [Store.pack_create(j, ttl_bulk) for j in chunk]
+            blocks = [plans.pack_create(j, ttl_bulk) for j in chunk]
             future = link.submit(b"".join(b for b, _ in blocks), sum(n for _, n in blocks))
             await link.flush()
             if in_flight is not None:
-                refused = _created(address, await in_flight[0], in_flight[1], created)
+                refused = plans.created_from(address, await in_flight[0], in_flight[1], created)
             in_flight = (future, [(j, n) for j, (_, n) in zip(chunk, blocks, strict=True)])
             start += len(chunk)
         if in_flight is not None:
-            refused = _created(address, await in_flight[0], in_flight[1], created) or refused
+            replies = await in_flight[0]
+            refused = plans.created_from(address, replies, in_flight[1], created) or refused
         if refused is None and self.settings.durable:  # acknowledged once a replica has all
             [waited] = await link.request(pack("WAIT", 1, self.settings.durable_ms), 1)
             self._replicated(waited)
         if refused is not None:
-            if len(jobs) == 1:
-                raise refused
-            done = set(created)
-            raise CreateJobsError(refused, created, [j.id for j in jobs if j.id not in done])
+            raise plans.creation_refused(jobs, created, refused)
 
-    @follows_redirects
     async def get_hashes(self, hash_keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         """HGETALL of every key in one round trip (an absent key gives ``{}``)."""
-        out: list[dict[bytes, bytes]] = []
-        for reply in await self._pipeline([pack("HGETALL", k) for k in hash_keys]):
-            self._check(reply)
-            if isinstance(reply, list):  # RESP2 gives a flat list
-                out.append(dict(zip(reply[::2], reply[1::2], strict=True)))
-            else:
-                out.append(reply)
-        return out
+        return await self.run(plans.get_hashes, hash_keys)
 
-    @follows_redirects
     async def list_range(self, key: str, start: int = 0, stop: int = -1) -> list[str]:
-        return [v.decode() for v in await self.call("LRANGE", key, start, stop)]
+        return await self.run(plans.list_range, key, start, stop)
 
-    @follows_redirects
     async def hash_field_many(
         self, hash_keys: Sequence[str], fields: Sequence[str]
     ) -> list[list[Any]]:
         """HMGET the same fields from many hashes in one round trip."""
-        replies = await self._pipeline([pack("HMGET", k, *fields) for k in hash_keys])
-        return [self._check(r) for r in replies]
+        return await self.run(plans.hash_field_many, hash_keys, fields)
 
-    @follows_redirects
     async def exists_many(self, hash_keys: Sequence[str]) -> list[bool]:
-        replies = await self._pipeline([pack("EXISTS", k) for k in hash_keys])
-        return [self._check(r) == 1 for r in replies]
+        return await self.run(plans.exists_many, hash_keys)
 
-    @follows_redirects
     async def delete_job(
         self, job_key: str, job_id: str, lookup_keys: Sequence[str], stages: Sequence[StageKeys]
     ) -> int:
-        """As ``Store.delete_job``: one MULTI removing the hash, the id from its lookup lists
-        and every list and set of the stages, its locks. Returns how many keys DEL removed."""
-        commands = [pack("MULTI"), *(pack("LREM", k, 0, job_id) for k in lookup_keys)]
-        for st in stages:
-            commands += [pack("LREM", k, 0, job_id) for k in (st.waiting, st.processing, st.failed)]
-            commands += [pack("ZREM", k, job_id) for k in (st.delayed, st.parked)]
-            commands.append(pack("DEL", st.lock(job_id)))
-        commands += [pack("DEL", job_key), pack("EXEC")]
-        if self.settings.durable:  # a WAIT for one replica in the same write
-            commands.append(pack("WAIT", 1, self.settings.durable_ms))
-        replies = await self._pipeline(commands)
-        if self.settings.durable:
-            self._replicated(replies.pop())
-        return int([self._check(r) for r in replies][-1][-1])
+        """As ``Store.delete_job`` (``plans.delete_job``)."""
+        return await self.run(plans.delete_job, job_key, job_id, lookup_keys, stages)
 
-    @follows_redirects
     async def prune_failed(self, stages: Sequence[StageKeys], limit: int = PRUNE_LIMIT) -> int:
         """As ``Store.prune_failed``: drop expired jobs' ids from the failed lists."""
-        if not stages:
-            return 0
-        s = script("prune")
-        packed = [pack("EVALSHA", s.sha, 1, st.failed, st.job_prefix, limit) for st in stages]
-        replies = await self._run_scripts([s] * len(packed), packed)
-        return sum(int(self._check(r)) for r in replies)
+        return await self.run(plans.prune_failed, stages, limit)
 
-    @follows_redirects
     async def counts(self, stages: Sequence[StageKeys]) -> list[dict[str, int]]:
         """As ``Store.counts``: waiting, processing, delayed, parked and failed per stage."""
-        await self.prune_failed(stages)
-        names = ("waiting", "processing", "delayed", "parked", "failed")
-        commands = [
-            pack("ZCARD" if n in ("delayed", "parked") else "LLEN", getattr(st, n))
-            for st in stages
-            for n in names
-        ]
-        got = [int(self._check(r)) for r in await self._pipeline(commands)]
-        return [dict(zip(names, got[i : i + 5], strict=True)) for i in range(0, len(got), 5)]
+        return await self.run(plans.counts, stages)
 
-    @follows_redirects
     async def revive(self, stage: StageKeys, job_ids: Sequence[str]) -> list[str]:
         """As ``Store.revive``: failed jobs back onto their stage's waiting list with a fresh
         attempt count."""
-        if not job_ids:
-            return []
-        s = script("revive")
-        packed = pack(
-            "EVALSHA",
-            s.sha,
-            2,
-            stage.failed,
-            stage.waiting,
-            stage.job_prefix,
-            stage.attempts_field,
-            stage.stalls_field,
-            *job_ids,
-        )
-        [reply] = await self._run_scripts([s], [packed])
-        return [m.decode() for m in self._check(reply)]
+        return await self.run(plans.revive, stage, job_ids)
 
     def subscribe_done(self, flow: str, progress: bool = False) -> AsyncSubscription:
         """A subscription (not yet open) to the ids of flow ``flow``'s jobs as they become

@@ -2,7 +2,9 @@
 
 Every command procflow sends is issued here; the flow, the worker loop, the supervisor and the
 monitor call these methods and never build a key or a command themselves. State changes that
-must be atomic are the Lua scripts in ``lua/``, called by SHA.
+must be atomic are the Lua scripts in ``lua/``, called by SHA. The operations the async store
+has too are written once in ``plans.py`` (what to send, how to read the replies); here they
+are driven on a pooled connection (:meth:`Store.run`).
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
-from ..errors import CreateJobsError, RedisRefusedError, refusal
+from ..errors import RedisRefusedError
 from ..settings import RedisSettings
-from . import keys
+from . import keys, plans
 from .connect import cluster_masters
-from .eviction import READS, UNKNOWN, EvictionPolicy, check_mode, report
+from .eviction import EvictionPolicy
 from .keys import StageKeys
+from .plans import CREATE_CHUNK, PRUNE_LIMIT, Exchange, Request
 from .records import NewJob
 from .replies import REDIRECTS, follow
 from .session import StageSession, children_status
@@ -28,13 +31,8 @@ from .wire import Wire, pack, script
 __all__ = ["Store"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-CREATE_CHUNK = 500
-#: ids of a failed list checked per prune (each an EXISTS inside one script call)
-PRUNE_LIMIT = 10_000
-_MULTI = pack("MULTI")
-_EXEC = pack("EXEC")
-_EXPIRE = b"*3\r\n$6\r\nEXPIRE\r\n"
-_RPUSH = b"*3\r\n$5\r\nRPUSH\r\n"
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def _read_created(
@@ -45,27 +43,8 @@ def _read_created(
     refusal (a command refused when queued makes EXEC abort: that job was not written)."""
     if not blocks:
         return None
-    return created_from(w.settings.address, w.read_many(sum(n for _, n in blocks)), blocks, created)
-
-
-def created_from(
-    address: str, replies: Sequence[Any], blocks: Sequence[tuple[NewJob, int]], created: list[str]
-) -> RedisRefusedError | None:
-    """From the replies of create blocks (job, reply count), the ids of the jobs written go
-    to ``created``; returns the first refusal among them (sync and async stores alike)."""
-    first: RedisRefusedError | None = None
-    at = 0
-    for job, n in blocks:
-        block, at = replies[at : at + n], at + n
-        errors = [r for r in block if isinstance(r, Exception)]
-        exec_reply = block[-1]
-        if isinstance(exec_reply, list):
-            errors += [r for r in exec_reply if isinstance(r, Exception)]
-            if not isinstance(exec_reply[-1], Exception):  # the id reached the waiting list
-                created.append(job.id)
-        if errors and first is None:
-            first = refusal(address, str(errors[0]))
-    return first
+    replies = w.read_many(sum(n for _, n in blocks))
+    return plans.created_from(w.settings.address, replies, blocks, created)
 
 
 def follows_redirects(method: F) -> F:
@@ -135,34 +114,43 @@ class Store:
                 w.close()
             self._idle.clear()
 
+    # -- the operations of ``plans`` -------------------------------------------------------
+
+    @follows_redirects
+    def run(self, op: Callable[P, Exchange[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Operation ``op(*args)`` of ``plans`` on one borrowed connection: each request
+        sent, its replies read (checked as it asks) and handed back; its result returned."""
+        exchange = op(*args, **kwargs)
+        with self.wire() as w:
+            try:
+                request = next(exchange)
+                while True:
+                    request = exchange.send(self._send(w, request))
+            except StopIteration as stop:
+                return cast(T, stop.value)
+
+    @staticmethod
+    def _send(w: Wire, request: Request) -> list[Any]:
+        if request.scripts:
+            replies = w.run_scripts(request.scripts, request.commands)
+        else:
+            replies = w.pipeline(request.commands, writes=request.writes)
+        return plans.checked(request, replies, w.check)
+
     def flush_db(self) -> None:
         """Remove every key of this database (FLUSHDB) — for test servers only
         (``procflow.testing``); nothing in the library calls it."""
         with self.wire() as w:
             w.call("FLUSHDB")
 
-    @follows_redirects
     def ping(self) -> None:
         """Connect and PING (RedisUnavailableError names the address when that fails), then
-        check that the server cannot evict procflow's keys (``eviction.report``: a warning,
-        or under ``$PROCFLOW_EVICTION_CHECK=refuse`` a ConfigurationError)."""
-        with self.wire() as w:
-            w.call("PING")
-        if check_mode() != "off":
-            report(self.eviction_policy())
+        check that the server cannot evict procflow's keys (``plans.ping``)."""
+        self.run(plans.ping, self.settings.address)
 
     def eviction_policy(self) -> EvictionPolicy:
-        """The server's ``maxmemory-policy``: from CONFIG GET, else from INFO memory (CONFIG
-        refused: an ACL user, a managed service), else ``unknown``."""
-        with self.wire() as w:
-            for command, parse, source in READS:
-                try:
-                    policy = parse(w.call(*command))
-                except RedisRefusedError:
-                    continue
-                if policy:
-                    return EvictionPolicy(self.settings.address, policy, source)
-        return EvictionPolicy(self.settings.address, UNKNOWN, "")
+        """The server's ``maxmemory-policy`` (``plans.eviction_policy``)."""
+        return self.run(plans.eviction_policy, self.settings.address)
 
     def eviction_policies(self) -> list[EvictionPolicy]:
         """``eviction_policy`` of every server that holds data: on Redis Cluster each master
@@ -182,25 +170,6 @@ class Store:
 
     # -- jobs: create, read, delete ------------------------------------------------------
 
-    @staticmethod
-    def pack_create(job: NewJob, ttl: bytes) -> tuple[bytes, int]:
-        """One job's MULTI … EXEC block, packed in one pass, and how many replies it gets."""
-        key = job.key.encode()
-        ident = job.id.encode()
-        key_bulk = b"$%d\r\n%s\r\n" % (len(key), key)
-        id_bulk = b"$%d\r\n%s\r\n" % (len(ident), ident)
-        parts = [_MULTI, b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * len(job.fields)), key_bulk]
-        for f, v in job.fields:
-            parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(f), f, len(v), v))
-        parts += (_EXPIRE, key_bulk, ttl)
-        for lookup in job.lookup_keys:
-            lk = lookup.encode()
-            lk_bulk = b"$%d\r\n%s\r\n" % (len(lk), lk)
-            parts += (_RPUSH, lk_bulk, id_bulk, _EXPIRE, lk_bulk, ttl)
-        waiting = job.waiting.encode()
-        parts += (_RPUSH, b"$%d\r\n%s\r\n" % (len(waiting), waiting), id_bulk, _EXEC)
-        return b"".join(parts), 5 + 2 * len(job.lookup_keys)
-
     @follows_redirects
     def create_jobs(self, jobs: Sequence[NewJob], ttl: int) -> None:
         """Write jobs, each in its own MULTI … EXEC: the job hash and its EXPIRE, each lookup
@@ -211,7 +180,7 @@ class Store:
         single job's refusal raises the refusal itself: nothing was written)."""
         if not jobs:
             return
-        ttl_bulk = b"$%d\r\n%d\r\n" % (len(str(ttl)), ttl)
+        ttl_bulk = plans.ttl_bulk(ttl)
         created: list[str] = []
         refused: RedisRefusedError | None = None
         with self.wire() as w:
@@ -219,7 +188,7 @@ class Store:
             start = 0
             while start < len(jobs) and refused is None:
                 chunk = jobs[start : start + CREATE_CHUNK]
-                blocks = [self.pack_create(j, ttl_bulk) for j in chunk]
+                blocks = [plans.pack_create(j, ttl_bulk) for j in chunk]
                 w.send(b"".join(b for b, _ in blocks))
                 refused = _read_created(w, in_flight, created)
                 in_flight = [(j, n) for j, (_, n) in zip(chunk, blocks, strict=True)]
@@ -228,31 +197,14 @@ class Store:
             if refused is None:
                 w.wait_replicas()  # durable: acknowledged once a replica has them all
         if refused is not None:
-            if len(jobs) == 1:
-                raise refused
-            done = set(created)
-            raise CreateJobsError(refused, created, [j.id for j in jobs if j.id not in done])
+            raise plans.creation_refused(jobs, created, refused)
 
-    @follows_redirects
     def get_hashes(self, hash_keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         """HGETALL of every key in one round trip (an absent key gives ``{}``)."""
-        if not hash_keys:
-            return []
-        with self.wire() as w:
-            replies = w.pipeline([pack("HGETALL", k) for k in hash_keys])
-        out: list[dict[bytes, bytes]] = []
-        for reply in replies:
-            w.check(reply)
-            if isinstance(reply, list):  # RESP2 gives a flat list
-                out.append(dict(zip(reply[::2], reply[1::2], strict=True)))
-            else:
-                out.append(reply)
-        return out
+        return self.run(plans.get_hashes, hash_keys)
 
-    @follows_redirects
     def list_range(self, key: str, start: int = 0, stop: int = -1) -> list[str]:
-        with self.wire() as w:
-            return [v.decode() for v in w.call("LRANGE", key, start, stop)]
+        return self.run(plans.list_range, key, start, stop)
 
     @follows_redirects
     def hash_fields(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
@@ -261,21 +213,13 @@ class Store:
         with self.wire() as w:
             return list(w.call("HMGET", key, *fields))
 
-    @follows_redirects
     def hash_field_many(self, hash_keys: Sequence[str], fields: Sequence[str]) -> list[list[Any]]:
         """HMGET the same fields from many hashes in one round trip."""
-        if not hash_keys:
-            return []
-        with self.wire() as w:
-            return [w.check(r) for r in w.pipeline([pack("HMGET", k, *fields) for k in hash_keys])]
+        return self.run(plans.hash_field_many, hash_keys, fields)
 
-    @follows_redirects
     def exists_many(self, hash_keys: Sequence[str]) -> list[bool]:
         """Whether each key exists (one round trip)."""
-        if not hash_keys:
-            return []
-        with self.wire() as w:
-            return [w.check(r) == 1 for r in w.pipeline([pack("EXISTS", k) for k in hash_keys])]
+        return self.run(plans.exists_many, hash_keys)
 
     @follows_redirects
     def children_status(self, child_keys: Sequence[str]) -> list[Any]:
@@ -283,7 +227,6 @@ class Store:
         with self.wire() as w:
             return children_status(w, child_keys)
 
-    @follows_redirects
     def delete_job(
         self,
         job_key: str,
@@ -292,23 +235,9 @@ class Store:
         stages: Iterable[StageKeys],
         extra_keys: Iterable[str] = (),
     ) -> int:
-        """Remove a job in one MULTI: its hash, its id from its lookup lists and from every
-        list and set of the given stages, its locks. Returns how many keys DEL removed."""
-        commands = [pack("MULTI")]
-        for lookup in lookup_keys:
-            commands.append(pack("LREM", lookup, 0, job_id))
-        for stage in stages:
-            for list_key in (stage.waiting, stage.processing, stage.failed):
-                commands.append(pack("LREM", list_key, 0, job_id))
-            for zset_key in (stage.delayed, stage.parked):
-                commands.append(pack("ZREM", zset_key, job_id))
-            commands.append(pack("DEL", stage.lock(job_id)))
-        commands.append(pack("DEL", job_key, *extra_keys))
-        commands.append(pack("EXEC"))
-        with self.wire() as w:
-            replies = w.pipeline(commands, writes=True)
-            w.check(replies[-1])
-        return int(replies[-1][-1])
+        """Remove a job in one MULTI (``plans.delete_job``). Returns how many keys DEL
+        removed."""
+        return self.run(plans.delete_job, job_key, job_id, lookup_keys, stages, extra_keys)
 
     @follows_redirects
     def renew(self, locks: Sequence[tuple[str, str, int]]) -> list[bool]:
@@ -392,30 +321,14 @@ class Store:
         with self.wire() as w:
             return bool(w.evalsha(script("release"), (key,), (holder,)) == 1)
 
-    @follows_redirects
     def revive(self, stage: StageKeys, job_ids: Sequence[str]) -> list[str]:
         """Failed jobs back onto their stage's waiting list with a fresh attempt count."""
-        if not job_ids:
-            return []
-        with self.wire() as w:
-            moved = w.evalsha(
-                script("revive"),
-                (stage.failed, stage.waiting),
-                (stage.job_prefix, stage.attempts_field, stage.stalls_field, *job_ids),
-            )
-        return [m.decode() for m in moved]
+        return self.run(plans.revive, stage, job_ids)
 
-    @follows_redirects
     def prune_failed(self, stages: Sequence[StageKeys], limit: int = PRUNE_LIMIT) -> int:
         """Drop from each stage's failed list the ids whose job hash has expired, scanning at
         most ``limit`` ids per list (the oldest). Returns how many were dropped."""
-        if not stages:
-            return 0
-        s = script("prune")
-        with self.wire() as w:
-            packed = [w.pack_evalsha(s, (st.failed,), (st.job_prefix, limit)) for st in stages]
-            replies = [w.check(r) for r in w.run_scripts([s] * len(packed), packed)]
-        return sum(int(r) for r in replies)
+        return self.run(plans.prune_failed, stages, limit)
 
     @follows_redirects
     def waiting_counts(self, stages: Sequence[StageKeys]) -> list[int]:
@@ -425,27 +338,10 @@ class Store:
         with self.wire() as w:
             return [int(w.check(r)) for r in w.pipeline([pack("LLEN", s.waiting) for s in stages])]
 
-    @follows_redirects
     def counts(self, stages: Sequence[StageKeys]) -> list[dict[str, int]]:
         """Waiting, processing, delayed, parked and failed counts per stage (one round trip);
         failed lists are pruned of expired jobs first, so the count matches the jobs."""
-        self.prune_failed(stages)
-        commands = []
-        for st in stages:
-            commands += [
-                pack("LLEN", st.waiting),
-                pack("LLEN", st.processing),
-                pack("ZCARD", st.delayed),
-                pack("ZCARD", st.parked),
-                pack("LLEN", st.failed),
-            ]
-        with self.wire() as w:
-            replies = [w.check(r) for r in w.pipeline(commands)]
-        names = ("waiting", "processing", "delayed", "parked", "failed")
-        return [
-            dict(zip(names, (int(x) for x in replies[i * 5 : i * 5 + 5]), strict=True))
-            for i in range(len(stages))
-        ]
+        return self.run(plans.counts, stages)
 
     def unblock(self, client_ids: Iterable[int]) -> None:
         """CLIENT UNBLOCK each id: a worker blocked in BLMOVE returns at once (stop)."""
