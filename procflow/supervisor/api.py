@@ -161,9 +161,9 @@ class Supervisor:
             log=self.log,
             log_level=self.log_level,
             state=lambda: self._state,
+            slot_of=self._slot,
             limit_interval=limit_interval,
         )
-        self.manager.slot_of = self._slot
         self.observers = Observers(
             flow.name,
             [part.definition for part in flow.parts],
@@ -230,16 +230,23 @@ class Supervisor:
         """The supervisor's own connection (of a partitioned flow: to partition 0)."""
         return self.stores.first
 
-    def _ensure_core(self) -> None:
-        """Connect the flow and start the manager thread, once."""
+    def _follow_flow(self) -> None:
+        """Before a run: if the flow moved to other servers since the last (``use_redis``),
+        the supervisor's connections and the workers' payloads follow it."""
         if self.manager.alive:
             return
         fresh = StoreMap.of_parts(self.flow.parts, SUPERVISOR_SOCKET_TIMEOUT)
-        if self.stores.settings != fresh.settings:  # the flow moved (use_redis)
+        if self.stores.settings != fresh.settings:
             self.stores.close()
             self.stores = fresh
-            self.manager.use_stores(self.stores)
-            self.manager.parts = [(part.definition, part.redis) for part in self.flow.parts]
+            self.manager.repoint(self.stores, [(p.definition, p.redis) for p in self.flow.parts])
+
+    def _ensure_core(self, budgeted: bool = False) -> list[WorkerHandle]:
+        """Connect the flow and start the manager thread, once. Returns the workers to
+        start: all of the flow's, or with ``budgeted`` under a core budget the budget's
+        first ones (``rebalance.start_budget``), the budget going to the manager thread."""
+        if self.manager.alive:
+            return self.flow.handles
         self.flow.connect()
         # orphans of workers' jobs come here, to be found and killed; given back in _finish
         SUBREAPER.hold()
@@ -249,11 +256,17 @@ class Supervisor:
             self.manager.settler.reclaim(
                 [stage for part in self.flow.parts for stage in part.definition.stages.values()]
             )
+            budget, handles = None, self.flow.handles
+            if budgeted and self.cores:
+                budget, handles = start_budget(
+                    self.cores, self.flow.groups, self.stores, self.table, self.log, self.limits
+                )
             self._immediate = False
-            self.manager.start_thread()
+            self.manager.start_thread(budget)
         except BaseException:
             self._release_host()
             raise
+        return handles
 
     def _release_host(self) -> None:
         """Reap what this supervisor adopted and give the host back its subreaper setting
@@ -293,15 +306,15 @@ class Supervisor:
         """The flow connects; every worker process connects; only then does any start."""
         if self._state.active:
             raise SupervisorStateError("the supervisor is already running")
+        self._follow_flow()
         for group in self.flow.groups:
             self.manager.blob(group)  # a function that cannot be pickled fails here
         self._state = SupervisorState.STARTING
         try:
-            self._ensure_core()
+            handles = self._ensure_core(budgeted=True)
         except BaseException:
             self._state = SupervisorState.STOPPED
             raise
-        handles = self._budget_handles() if self.cores else self.flow.handles
         try:
             workers = self.manager.call(lambda: [self.manager.spawn(h) for h in handles])
             for w in workers:
@@ -325,15 +338,6 @@ class Supervisor:
             self.flow.redis.address,
             self.node_id,
         )
-
-    def _budget_handles(self) -> list[WorkerHandle]:
-        """Under a core budget: the processes to start with (see rebalance.start_budget)."""
-        assert self.cores is not None
-        budget, handles = start_budget(
-            self.cores, self.flow.groups, self.stores, self.table, self.log, self.limits
-        )
-        self.manager.budget = budget
-        return handles
 
     def _await_all(
         self,
@@ -461,6 +465,7 @@ class Supervisor:
         if self._state is SupervisorState.STOPPING:
             raise SupervisorStateError("the supervisor is stopping")
         if self._state in (SupervisorState.NEW, SupervisorState.STOPPED):
+            self._follow_flow()
             self._state = SupervisorState.RUNNING
             self._ensure_core()
         w = self.manager.call(lambda: self.manager.spawn(handle))

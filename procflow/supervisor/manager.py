@@ -67,7 +67,9 @@ ORPHAN_SCAN = 5.0
 
 class Manager:
     """The manager thread and the process work it does. ``state`` tells it the supervisor's
-    state; it respawns only while ``respawn`` is set and the supervisor is running."""
+    state; it respawns only while ``respawn`` is set and the supervisor is running.
+    ``slot_of`` gives a worker's index among all of the flow's workers (its core when
+    pinned); a run's core budget, if any, comes with ``start_thread``."""
 
     def __init__(
         self,
@@ -81,6 +83,7 @@ class Manager:
         log: Logger,
         log_level: str,
         state: Callable[[], SupervisorState],
+        slot_of: Callable[[WorkerHandle], int],
         limit_interval: float = 0.1,
     ) -> None:
         self.table = table
@@ -98,9 +101,8 @@ class Manager:
         self.state = state
         self.respawn = True
         self.orphans = Orphans(holder)
-        #: a worker's index among all of the flow's workers (its core when pinned)
-        self.slot_of: Callable[[WorkerHandle], int] = lambda handle: handle.index
-        #: the core budget, when the supervisor has one (``Supervisor(flow, cores=N)``)
+        self.slot_of = slot_of
+        #: this run's core budget, when the supervisor has one (``Supervisor(flow, cores=N)``)
         self.budget: CoreBudget | None = None
         self._next_orphans = 0.0
         self.thread: threading.Thread | None = None
@@ -109,10 +111,15 @@ class Manager:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
-    def use_stores(self, stores: StoreMap) -> None:
-        """Settle and renew through ``stores`` from now on (before the thread starts)."""
+    def repoint(
+        self, stores: StoreMap, parts: Sequence[tuple[FlowDefinition, RedisSettings]]
+    ) -> None:
+        """The flow moved to other servers (``Flow.use_redis``; before the thread starts):
+        settle and renew through ``stores`` from now on, and tell new workers ``parts``."""
         self.settler.stores = stores
         self.watchdogs.stores = stores
+        self.parts = list(parts)
+        self._blobs.clear()  # their payloads name the old servers
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -120,7 +127,9 @@ class Manager:
     def alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
-    def start_thread(self) -> None:
+    def start_thread(self, budget: CoreBudget | None = None) -> None:
+        """Start a run's thread, under ``budget`` if the supervisor has a core budget."""
+        self.budget = budget
         self.respawn = True
         for w in self.table:  # a respawn due from a previous run must not join this start early
             w.respawn_at = None

@@ -371,3 +371,21 @@ def test_a_replacement_forked_as_the_supervisor_stops_is_stopped_too(redis_url: 
     assert order == ["forked, then listed"]
     assert not sup.manager.alive
     assert sup.worker_pids() == []
+
+
+def test_a_supervisor_run_again_after_use_redis_sends_its_workers_to_the_new_server(
+    redis_url: str, fresh_server: Any
+) -> None:
+    """The payload a worker is told names the flow's servers as they are at each start, not
+    as they were when the supervisor was made or last ran."""
+    flow = Flow("moves", [QueueSpec("w")], redis_url=redis_url)
+    flow.create_workers("w", lambda j: {"ok": True}, count=1)
+    sup = Supervisor(flow, heartbeat=False)
+    with sup:
+        first = flow.create_job({"a": 1})
+        assert sup.wait([first], timeout=30)[0]["ok"] is True
+    flow.use_redis(fresh_server.url)
+    with sup:
+        second = flow.create_job({"a": 2})
+        assert sup.wait([second], timeout=30)[0]["ok"] is True
+    assert redis.Redis.from_url(fresh_server.url).exists(flow.job_key(second)) == 1
