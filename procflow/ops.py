@@ -17,7 +17,7 @@ from .errors import ConfigurationError, UnknownFlowError, UnknownJobError
 from .flow import Flow
 from .ids import created_at
 from .settings import RedisSettings
-from .store import keys
+from .store import jobfields, keys
 from .store.eviction import EvictionPolicy
 from .store.redis import Store
 from .store.registry import CANCELLED_MESSAGE, PAGE_STATES, Registry, StageStats
@@ -411,7 +411,7 @@ def as_json(value: Any) -> Any:
 def _done_state(job: dict[str, Any]) -> str:
     """A job that left its flow without failing: ``done``, or, when a parent stage passed it
     on though some children failed (``on_child_failure="mark"``), says how many."""
-    failed = keys.failed_children(job)
+    failed = jobfields.failed_children(job)
     if failed:
         return f"done, with {len(failed)} failed child job{'s' if len(failed) > 1 else ''}"
     return "done"
@@ -434,8 +434,9 @@ def where_now(flow: Flow, job: dict[str, Any], start: str | None = None) -> str:
         return f"{what} in {_short(job.get(keys.FAILED_QUEUE))}"
     if job.get(keys.DONE) is True:
         return _done_state(job)
+    fields = {_short_field(f): v for f, v in job.items()}
     for name in stages:
-        if keys.lease_field(name) in {_short_field(f) for f in job}:
+        if jobfields.is_leased(fields, name):
             return f"processing in {name}"
     completed = _short(job.get(keys.COMPLETED_QUEUE))
     if completed:
@@ -445,12 +446,11 @@ def where_now(flow: Flow, job: dict[str, Any], start: str | None = None) -> str:
         here = _short(after.spec.next_queue)
     else:
         here = _short(start) if start else _short(flow.definition.top_stages[0].name)
-    fields = {_short_field(f): v for f, v in job.items()}
-    pending = fields.get(keys.children_pending_field(here))
-    if isinstance(pending, int) and pending > 0:
+    pending = jobfields.pending_children(fields, here)
+    if pending > 0:
         return f"parked in {here} ({pending} children pending)"
-    errors = fields.get(keys.errors_field(here))
-    if isinstance(errors, list) and errors:
+    errors = jobfields.errors(fields, here)
+    if errors:
         return f"to retry in {here} ({len(errors)} failed attempt{'s' if len(errors) > 1 else ''})"
     return f"waiting in {here}"
 

@@ -17,7 +17,7 @@ from ..errors import ProcflowError
 from ..flow import Flow
 from ..ids import created_at
 from ..ops import Operator
-from ..store import keys
+from ..store import jobfields, keys
 
 __all__ = ["FlowCache", "job_view", "page_rows", "search_rows", "value_text"]
 
@@ -85,7 +85,7 @@ def value_text(value: Any, limit: int = VALUE_LIMIT) -> str:
 
 def _preview(job: dict[str, Any]) -> str:
     """The job's own fields (options and results, not procflow's) on one line, cut short."""
-    own = {k: v for k, v in job.items() if not keys.is_reserved(k)}
+    own = jobfields.own_fields(job)
     text = json.dumps(own, ensure_ascii=False, default=str)
     return text if len(text) <= PREVIEW_LIMIT else text[: PREVIEW_LIMIT - 1] + "…"
 
@@ -101,11 +101,10 @@ def _outcome(job: dict[str, Any]) -> str:
 
 
 def _last_error(job: dict[str, Any], queue: str | None) -> dict[str, Any]:
-    fields = [keys.errors_field(queue)] if queue else []
-    fields += [k for k in job if k.startswith(keys.ERRORS_PREFIX)]
-    for name in fields:
-        errors = job.get(name)
-        if isinstance(errors, list) and errors and isinstance(errors[-1], dict):
+    lists = [jobfields.errors(job, queue)] if queue else []
+    lists += jobfields.errors_anywhere(job)
+    for errors in lists:
+        if errors and isinstance(errors[-1], dict):
             return errors[-1]
     return {}
 
@@ -117,7 +116,7 @@ def _row(job: dict[str, Any], queue: str | None) -> dict[str, Any]:
         "id": job_id,
         "createdAt": created_at(job_id),
         "outcome": _outcome(job),
-        "attempts": job.get(keys.attempts_field(queue), 0) if queue else None,
+        "attempts": jobfields.attempts(job, queue) if queue else None,
         "lastStage": job.get(keys.COMPLETED_QUEUE) or job.get(keys.FAILED_QUEUE),
         "error": str(job.get(keys.FAILED_ERROR_MSG) or last.get("error") or ""),
         "kind": str(last.get("kind") or ""),
@@ -136,17 +135,6 @@ def page_rows(jobs: Sequence[dict[str, Any]], scores: Sequence[float], queue: st
 def search_rows(jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Search results' rows: newest first."""
     return [_row(job, None) for job in reversed(jobs)]
-
-
-def _child_queue(child: dict[str, Any], parent: str) -> str:
-    for name in (keys.FAILED_QUEUE, keys.COMPLETED_QUEUE):
-        if isinstance(child.get(name), str):
-            return str(child[name])
-    prefix = keys.attempts_field(f"{parent}:")
-    for name in child:
-        if name.startswith(prefix):
-            return name[len(keys.ATTEMPTS_PREFIX) :]
-    return parent
 
 
 def _errors(stage: str, value: list[Any]) -> list[dict[str, Any]]:
@@ -180,16 +168,16 @@ def job_view(detail: dict[str, Any], lookups: Sequence[str]) -> dict[str, Any]:
     errors: list[dict[str, Any]] = []
     children: list[dict[str, Any]] = []
     for name, value in detail["fields"].items():
-        if name.startswith(keys.ERRORS_PREFIX) and isinstance(value, list):
-            errors += _errors(name[len(keys.ERRORS_PREFIX) :], value)
-        elif name.startswith(keys.ATTEMPTS_PREFIX):
-            attempts.append({"stage": name[len(keys.ATTEMPTS_PREFIX) :], "count": value})
-        elif keys.is_children_jobs_field(name) and isinstance(value, list):
-            parent = name[len("children:") : -len(":jobs")]
+        what, stage = jobfields.stage_records(name) or ("", "")
+        if what == "errors" and isinstance(value, list):
+            errors += _errors(stage, value)
+        elif what == "attempts":
+            attempts.append({"stage": stage, "count": value})
+        elif what == "children" and isinstance(value, list):
             children += [
                 {
-                    "parent": parent,
-                    "queue": _child_queue(c, parent),
+                    "parent": stage,
+                    "queue": jobfields.stage_of_child(c, stage),
                     "id": str(c.get(keys.ID, "")),
                     "outcome": _outcome(c),
                     "error": str(c.get(keys.FAILED_ERROR_MSG) or ""),
@@ -200,9 +188,7 @@ def job_view(detail: dict[str, Any], lookups: Sequence[str]) -> dict[str, Any]:
         elif name != keys.ID:
             search = list(codec.lookup_texts(value)) if name in lookups else []
             fields.append({"name": name, "value": value_text(value), "search": search})
-    parent = detail["fields"].get(keys.PARENT_JOB)
-    split = keys.split_job_key(parent) if isinstance(parent, str) else None
-    fields.sort(key=lambda f: keys.is_reserved(f["name"]))  # the job's own fields first
+    fields.sort(key=lambda f: jobfields.is_bookkeeping(f["name"]))  # the job's own fields first
     errors.sort(key=lambda e: e["at"] if isinstance(e.get("at"), int | float) else 0)
     return {
         "flow": detail["flow"],
@@ -211,7 +197,7 @@ def job_view(detail: dict[str, Any], lookups: Sequence[str]) -> dict[str, Any]:
         "state": detail["state"],
         "places": detail["places"],
         "createdAt": detail["createdAt"],
-        "parent": split[1] if split else None,
+        "parent": jobfields.parent_id(detail["fields"]),
         "fields": fields,
         "attempts": attempts,
         "errors": errors,
