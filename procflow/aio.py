@@ -9,11 +9,12 @@ its jobs without blocking the event loop (a FastAPI or Starlette app, an aiohttp
         job_id = await af.create_job({"userId": 62})
         [job] = await af.wait([job_id], timeout=60)
 
-The definition, the checks and the encoding are the Flow's own (its methods that touch no
-Redis); every command is the async store's (``store/aio.py``) and goes on the wire byte for
-byte as the sync Store sends it. Workers and the supervisor stay as they are: they run in
-processes of their own, and a job created here is the same job a sync ``create_job`` makes.
-See docs/async.md.
+Every operation is the Flow's client core's (``core.ClientCore``: the checks, the encoding,
+what to read and write in which partition, the decoding), driven here on the async stores
+(``store/aio.py``, whose commands are ``store/plans.py``'s, as the sync Store's are): the same
+commands, byte for byte, as ``Flow`` sends. Workers and the supervisor stay as they are:
+they run in processes of their own, and a job created here is the same job a sync
+``create_job`` makes. See docs/async.md.
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ from typing import Any, Generic, cast
 from typing_extensions import Self, TypeVar
 
 from .aio_hub import DoneHub
+from .core import Operation, Round
 from .errors import ConfigurationError, RedisRefusedError, RedisUnavailableError
 from .flow import Flow
 from .ids import uuid7
-from .partitions import settle_creates, summed_counts
 from .store import keys
 from .store.aio import AsyncStore
-from .store.records import NewJob
 from .waiting import FirstRead, Waiting
 
 __all__ = ["AsyncFlow"]
@@ -139,82 +139,43 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _part_of(self, key: str) -> int:
-        return self.flow._part_of_key(key).index
+    async def drive(self, operation: Operation[T]) -> T:
+        """Run a ``core`` operation of the flow (as ``Flow.drive`` does, awaited): each
+        round's store calls on this AsyncFlow's stores, side by side, their results sent
+        back; the operation's result returned."""
+        try:
+            step = next(operation)
+            while True:
+                step = operation.send(await self._run_round(step))
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+    async def _run_round(self, step: Round) -> list[Any]:
+        calls = [getattr(self._store(c.part), c.method)(*c.args) for c in step.calls]
+        if len(calls) != 1:
+            return list(await asyncio.gather(*calls, return_exceptions=step.capture))
+        try:  # awaited in this task: its request is sent before the task yields
+            return [await calls[0]]
+        except Exception as exc:  # with capture: the round's outcome, settled by the core
+            if not step.capture:
+                raise
+            return [exc]
 
     async def create_job(self, options: OptionsT) -> str:
         """Create one job (one MULTI … EXEC, the same commands and bytes as
         ``Flow.create_job``) on the first queue and return its id. Options that cannot be
         stored raise EncodeError before anything is sent."""
-        flow = self.flow
-        job = flow._prepare(options, uuid7())
-        await self._store(self._part_of(job.key)).create_jobs([job], flow.key_ttl)
-        return job.id
+        core = self.flow.core
+        [job_id] = await self.drive(core.create([core.prepare(options, uuid7())]))
+        return job_id
 
     async def create_jobs(self, many: Iterable[OptionsT]) -> list[str]:
         """Create many jobs, pipelined (each its own MULTI … EXEC; a partitioned flow's
         partitions side by side). Every option is checked before anything is sent: one bad
         job raises EncodeError and writes none. A refusal part way raises CreateJobsError
         (``.created``, ``.not_created``)."""
-        jobs = self.flow._prepare_many(many)
-        if not jobs:
-            return []
-        groups: dict[int, list[NewJob]] = {}
-        for job in jobs:
-            groups.setdefault(self._part_of(job.key), []).append(job)
-        ttl = self.flow.key_ttl
-        if len(groups) == 1:
-            ((part, group),) = groups.items()
-            await self._store(part).create_jobs(group, ttl)
-            return [job.id for job in jobs]
-        results = await asyncio.gather(
-            *(self._store(part).create_jobs(group, ttl) for part, group in groups.items()),
-            return_exceptions=True,
-        )
-        settle_creates(
-            jobs,
-            list(groups.values()),
-            [r if isinstance(r, Exception) else None for r in results],
-        )
-        return [job.id for job in jobs]
-
-    async def _fetch(
-        self, refs: Sequence[tuple[str, str]], resolve: bool
-    ) -> list[dict[str, Any] | None]:
-        """Jobs by (key, id), aligned with ``refs``; None where the hash is gone (each key
-        read from its partition, the partitions side by side)."""
-        if not refs:
-            return []
-        by_part: dict[int, list[int]] = {}
-        for n, (key, _) in enumerate(refs):
-            by_part.setdefault(self._part_of(key), []).append(n)
-        raws: list[dict[bytes, bytes]] = [{} for _ in refs]
-        groups = list(by_part.items())
-        replies = await asyncio.gather(
-            *(self._store(part).get_hashes([refs[n][0] for n in ns]) for part, ns in groups)
-        )
-        for (_, ns), got in zip(groups, replies, strict=True):
-            for n, raw in zip(ns, got, strict=True):
-                raws[n] = raw
-        jobs = [
-            self.flow._decode(key, job_id, raw) if raw else None
-            for (key, job_id), raw in zip(refs, raws, strict=True)
-        ]
-        if resolve:
-            await self._resolve_children([j for j in jobs if j is not None])
-        return jobs
-
-    async def _resolve_children(self, jobs: list[dict[str, Any]]) -> None:
-        """Each ``children:Q:jobs`` list of keys becomes the child jobs (one round trip per
-        level of nesting), as ``Flow.get_jobs(..., resolve_children=True)``."""
-        wanted = [(job, name, refs) for job in jobs for name, refs in Flow._child_refs(job)]
-        if not wanted:
-            return
-        unique = list(dict.fromkeys(ref for _, _, refs in wanted for ref in refs))
-        found = await self._fetch(unique, resolve=True)
-        by_ref = {ref: child for ref, child in zip(unique, found, strict=True) if child is not None}
-        for job, name, refs in wanted:
-            job[name] = [by_ref[r] for r in refs if r in by_ref]
+        core = self.flow.core
+        return await self.drive(core.create(core.prepare_many(many)))
 
     async def get_job(self, job_id: str) -> JobT | None:
         """The decoded job hash with its ``"id"``, or None when there is no such job."""
@@ -224,9 +185,8 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
     async def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[JobT]:
         """Decoded job hashes (one round trip; a partitioned flow's partitions side by
         side), skipping ids whose hash is gone."""
-        flow = self.flow
-        jobs = await self._fetch(flow._refs_everywhere(job_ids), resolve_children)
-        return [cast("JobT", j) for j in flow._found(jobs)]
+        jobs = await self.drive(self.flow.core.get_jobs(job_ids, resolve_children))
+        return cast("list[JobT]", jobs)
 
     async def get_jobs_by_key(
         self, key: LookupT, value: str | int | float | bool | None, resolve_children: bool = False
@@ -234,63 +194,18 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         """The jobs whose lookup attribute ``key`` has ``value``, oldest first (of a
         partitioned flow: partition by partition). With ``resolve_children``, every
         ``children:Q:jobs`` field holds the child jobs."""
-        flow = self.flow
-        text = flow._lookup_text(key, value)
-        listed = await asyncio.gather(
-            *(
-                self._store(n).list_range(keys.lookup(part.name, key, text))
-                for n, part in enumerate(flow.parts)
-            )
-        )
-        pairs = zip(flow.parts, listed, strict=True)
-        refs = [(keys.job(part.name, i), i) for part, ids in pairs for i in ids]
-        jobs = await self._fetch(refs, resolve_children)
-        return [cast("JobT", j) for j in jobs if j is not None]
+        jobs = await self.drive(self.flow.core.get_jobs_by_key(key, value, resolve_children))
+        return cast("list[JobT]", jobs)
 
     async def delete_job(self, job_id: str) -> bool:
         """Remove a job: its hash, its lookup entries, its place in every queue of the flow
         and its child jobs. Returns False when there was no such job."""
-        flow = self.flow
-        parts = flow.parts
-        found = 0
-        if len(parts) > 1:  # as Flow.part_of: which partition holds it
-            there = await asyncio.gather(
-                *(
-                    self._store(n).exists_many([keys.job(p.name, job_id)])
-                    for n, p in enumerate(parts)
-                )
-            )
-            found = next((n for n, [ok] in enumerate(there) if ok), -1)
-            if found < 0:
-                return False
-        part, store = parts[found], self._store(found)
-        key = keys.job(part.name, job_id)
-        [raw] = await store.get_hashes([key])
-        if not raw:
-            return False
-        job = flow._decode(key, job_id, raw)
-        for _, child_refs in Flow._child_refs(job):
-            for child_key, child_id in child_refs:
-                child_stages = part.definition.stages_of_job(child_key)
-                await store.delete_job(child_key, child_id, (), child_stages)
-        top = [s.keys for s in part.definition.top_stages]
-        await store.delete_job(key, job_id, flow._lookup_keys(part, job), top)
-        return True
+        return await self.drive(self.flow.core.delete_job(job_id))
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """Per queue: waiting, processing, delayed, parked and failed (of a partitioned
         flow: summed over the partitions, by the queue names given)."""
-        parts = self.flow.parts
-        stages = [list(p.definition.stages.values()) for p in parts]
-        counted = await asyncio.gather(
-            *(self._store(n).counts([s.keys for s in ss]) for n, ss in enumerate(stages))
-        )
-        named = [
-            (s.name, c)
-            for ss, cs in zip(stages, counted, strict=True)
-            for s, c in zip(ss, cs, strict=True)
-        ]
-        return summed_counts(named, self.flow.partitioning)
+        return await self.drive(self.flow.core.counts())
 
     # -- failed jobs ---------------------------------------------------------------------
 
@@ -298,29 +213,13 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         """As ``Flow.failed_jobs``: ids on ``queue``'s failed list, oldest first (of a
         partitioned flow: partition by partition), expired jobs' ids dropped first."""
         flow = self.flow
-        stages = flow.stages_of(queue)
-        single = len(stages) == 1
-
-        async def listed(n: int) -> list[str]:
-            store, failed = self._store(n), stages[n].keys
-            await store.prune_failed([failed])
-            if single:
-                return await store.list_range(failed.failed, start, stop)
-            return await store.list_range(failed.failed)
-
-        found = await asyncio.gather(*(listed(n) for n in range(len(stages))))
-        ids = [i for got in found for i in got]
-        return ids if single else ids[start : None if stop == -1 else stop + 1]
+        return await self.drive(flow.core.failed_jobs(flow.stages_of(queue), start, stop))
 
     async def retry_failed(self, queue: str, job_ids: Sequence[str] | None = None) -> list[str]:
         """As ``Flow.retry_failed``: failed jobs (all of ``queue``'s, or the given ids) back
         on its waiting list with a fresh attempt count. Returns the ids moved."""
-        ids = list(job_ids) if job_ids is not None else await self.failed_jobs(queue)
-        stages = self.flow.stages_of(queue)
-        moved = await asyncio.gather(
-            *(self._store(n).revive(st.keys, ids) for n, st in enumerate(stages))
-        )
-        return [i for got in moved for i in got]
+        flow = self.flow
+        return await self.drive(flow.core.retry_failed(flow.stages_of(queue), job_ids))
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -401,8 +300,9 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
                 hub.leave(waiter)
         state.show(final=True)
         try:
+            final = flow.core.fetch
             jobs = await self._ride_out(
-                state, lambda: self._fetch(state.final_refs(), resolve=False), log=False
+                state, lambda: self.drive(final(state.final_refs(), resolve=False)), log=False
             )
         except asyncio.TimeoutError:
             raise state.timed_out() from None

@@ -12,21 +12,19 @@ from typing import TYPE_CHECKING, Any, Generic, overload
 from loguru import logger as default_logger
 from typing_extensions import TypeVar, Unpack
 
-from . import codec
+from .core import ClientCore
 from .definition import Backoff, FlowDefinition, QueueSpec, Stage
 from .errors import (
     ConfigurationError,
-    EncodeError,
     SupervisorStateError,
     UnknownQueueError,
 )
 from .handles import PARENT, WORKER, WorkerGroup, WorkerHandle
-from .ids import uuid7, uuid7_batch
-from .partitions import Part, Partitioning, for_each, settle_creates, summed_counts
+from .ids import uuid7
+from .partitions import Part, Partitioning, for_each
 from .reading import JobReads
 from .settings import DEFAULT_KEY_TTL, RedisSettings, WorkerKwargs, WorkerOptions
 from .store import acl, keys
-from .store.records import NewJob
 from .store.redis import Store
 from .store.registry import Registry
 from .supervisor import Supervisor
@@ -104,6 +102,13 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
             for i, d in enumerate(self._definitions)
         )
         self.redis = self.parts[0].redis
+        self.core = ClientCore(
+            self.parts,
+            split,
+            self._pick,
+            self.redis.max_value_bytes,
+            self._definitions[0].key_ttl,
+        )
 
     def __repr__(self) -> str:
         shown = f", partitions={len(self.parts)}" if self.partitioning else ""
@@ -191,71 +196,17 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _prepare(self, options: Mapping[str, Any], job_id: str) -> NewJob:
-        part = self.parts[self._pick(options)]
-        if part.renames:  # children:Q:params under the partition's name
-            options = {part.renames.get(k, k): v for k, v in options.items()}
-        fields = codec.encode_fields(options, max_bytes=self.redis.max_value_bytes)
-        reserved = [k for k in options if keys.is_reserved(k)]
-        if reserved:
-            raise EncodeError(
-                f"option {reserved[0]!r}",
-                "is a field procflow keeps itself (the job's id, done, the fail fields and "
-                "the stage bookkeeping); name it differently",
-            )
-        if not fields:
-            raise EncodeError(
-                "options", "a job needs at least one field (a Redis hash cannot be empty)"
-            )
-        waiting = part.definition.first_stage.keys.waiting
-        key = keys.job(part.name, job_id)
-        return NewJob(job_id, key, fields, self._lookup_keys(part, options), waiting)
-
-    def _create(self, jobs: list[NewJob]) -> None:
-        """Write prepared jobs, each partition's in one pipeline, side by side."""
-        if len(self.parts) == 1:
-            self.store.create_jobs(jobs, self.key_ttl)
-            return
-        groups: dict[int, list[NewJob]] = {}
-        for job in jobs:
-            groups.setdefault(self._part_of_key(job.key).index, []).append(job)
-
-        def write(group: tuple[int, list[NewJob]]) -> Exception | None:
-            try:
-                self.parts[group[0]].store.create_jobs(group[1], self.key_ttl)
-            except Exception as exc:  # each partition's outcome, settled together below
-                return exc
-            return None
-
-        results = for_each(list(groups.items()), write)
-        settle_creates(jobs, list(groups.values()), results)
-
     def create_job(self, options: OptionsT) -> str:
         """Create one job (one MULTI … EXEC) on the first queue and return its id. Options
         that are not JSON-encodable raise EncodeError and write nothing. A partitioned flow
         puts it in the next partition in turn, or the one its ``partition_key`` picks."""
-        job = self._prepare(options, uuid7())
-        self._create([job])
-        return job.id
-
-    def _prepare_many(self, many: Iterable[Mapping[str, Any]]) -> list[NewJob]:
-        """Every job checked and encoded, before anything is written (the sync and async
-        ``create_jobs``): one bad job raises EncodeError naming it."""
-        items = list(many)
-        jobs = []
-        for n, (options, job_id) in enumerate(zip(items, uuid7_batch(len(items)), strict=True)):
-            try:
-                jobs.append(self._prepare(options, job_id))
-            except EncodeError as exc:
-                raise EncodeError(f"job {n}: {exc.where}", exc.problem) from None
-        return jobs
+        [job_id] = self.drive(self.core.create([self.core.prepare(options, uuid7())]))
+        return job_id
 
     def create_jobs(self, many: Iterable[OptionsT]) -> list[str]:
         """Create many jobs, pipelined (each its own MULTI … EXEC). Every option is checked
         before anything is written: one bad job raises and writes none of them."""
-        jobs = self._prepare_many(many)
-        self._create(jobs)
-        return [job.id for job in jobs]
+        return self.drive(self.core.create(self.core.prepare_many(many)))
 
     def wait(
         self,
@@ -281,27 +232,12 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         """Ids on ``queue``'s failed list (jobs that used up their attempts there), oldest
         first (of a partitioned flow: partition by partition); ids whose job hash has
         expired are dropped from the list first."""
-        pairs = list(zip(self.parts, self.stages_of(queue), strict=True))
-
-        def listed(pair: tuple[Part, Stage]) -> list[str]:
-            part, stage = pair
-            part.store.prune_failed([stage.keys])
-            if len(pairs) == 1:
-                return part.store.list_range(stage.keys.failed, start, stop)
-            return part.store.list_range(stage.keys.failed)
-
-        ids = [i for found in for_each(pairs, listed) for i in found]
-        if len(pairs) == 1:
-            return ids
-        return ids[start : None if stop == -1 else stop + 1]
+        return self.drive(self.core.failed_jobs(self.stages_of(queue), start, stop))
 
     def retry_failed(self, queue: str, job_ids: Sequence[str] | None = None) -> list[str]:
         """Put failed jobs (all of ``queue``'s, or the given ids) back on its waiting list
         with a fresh attempt count. Returns the ids moved."""
-        ids = list(job_ids) if job_ids is not None else self.failed_jobs(queue)
-        pairs = list(zip(self.parts, self.stages_of(queue), strict=True))
-        moved = for_each(pairs, lambda pair: pair[0].store.revive(pair[1].keys, ids))
-        return [i for found in moved for i in found]
+        return self.drive(self.core.retry_failed(self.stages_of(queue), job_ids))
 
     def forget(self) -> None:
         """Remove procflow's records of this flow (its registry entry, node heartbeats,
@@ -322,14 +258,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
     def counts(self) -> dict[str, dict[str, int]]:
         """Per queue: waiting, processing, delayed, parked and failed (of a partitioned
         flow: summed over the partitions, by the queue names given)."""
-
-        def counted(part: Part) -> list[tuple[str, dict[str, int]]]:
-            stages = list(part.definition.stages.values())
-            found = part.store.counts([s.keys for s in stages])
-            return list(zip([s.name for s in stages], found, strict=True))
-
-        named = [pair for found in for_each(self.parts, counted) for pair in found]
-        return summed_counts(named, self.partitioning)
+        return self.drive(self.core.counts())
 
     # -- workers -------------------------------------------------------------------------
 

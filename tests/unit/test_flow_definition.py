@@ -47,6 +47,7 @@ def test_public_api_is_exactly_all() -> None:
         "dashboard",
         "partitions",
         "reading",
+        "core",
         "aio_hub",
     }
     assert public - modules == set(procflow.__all__) - {"__version__"}

@@ -72,7 +72,7 @@ def test_queues_go_by_the_names_given_or_by_a_partitions_full_name() -> None:
 
 def test_round_robin_spreads_new_jobs_evenly() -> None:
     flow = _flow(partitions=3)
-    jobs = flow._prepare_many([{"n": n} for n in range(9)])
+    jobs = flow.core.prepare_many([{"n": n} for n in range(9)])
     assert [j.key.split(":")[1] for j in jobs] == ["{pay#0}", "{pay#1}", "{pay#2}"] * 3
     assert jobs[4].waiting == "queue:{pay#1}.check:waiting"
 
@@ -80,16 +80,16 @@ def test_round_robin_spreads_new_jobs_evenly() -> None:
 def test_a_partition_key_picks_the_partition_by_the_crc32_of_the_values_json() -> None:
     flow = _flow(partitions=5, partition_key="user")
     for user, text in ((62, "62"), ("joe", '"joe"'), ([1, 2], "[1,2]"), (None, "null")):
-        job = flow._prepare({"user": user, "n": 1}, "id")
+        job = flow.core.prepare({"user": user, "n": 1}, "id")
         assert job.key == f"job:{{pay#{zlib.crc32(text.encode()) % 5}}}:id"
     with pytest.raises(EncodeError) as caught:
-        flow._prepare({"n": 1}, "id")
+        flow.core.prepare({"n": 1}, "id")
     assert "'user'" in str(caught.value) and "partition_key" in str(caught.value)
 
 
 def test_children_params_written_under_the_names_given_land_under_the_partitions() -> None:
     flow = _flow(partitions=2)
-    job = flow._prepare({"children:charge:params": [{"childName": "card"}]}, "a")
+    job = flow.core.prepare({"children:charge:params": [{"childName": "card"}]}, "a")
     assert job.key.startswith("job:{pay#0}:")
     assert [f for f, _ in job.fields] == [b"children:{pay#0}.charge:params"]
     split = flow.partitioning
@@ -167,7 +167,7 @@ def test_a_later_stage_reads_the_childrens_fields_by_the_names_given() -> None:
 
 def test_a_batch_refused_in_one_partition_says_which_jobs_were_written() -> None:
     flow = _flow(partitions=3)
-    jobs = flow._prepare_many([{"n": n} for n in range(6)])
+    jobs = flow.core.prepare_many([{"n": n} for n in range(6)])
     groups = [jobs[0::3], jobs[1::3], jobs[2::3]]
     settle_creates(jobs, groups, [None, None, None])  # all written: nothing to say
     full = RedisRefusedError("127.0.0.1:1", "OOM command not allowed")
