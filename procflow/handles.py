@@ -2,13 +2,16 @@
 
 A ``WorkerGroup`` is the definition (stage, function, how many, their options); each of
 its ``WorkerHandle`` objects stands for one worker process. The supervisor owns the
-processes; a handle's connect/start/stop/disconnect ask its owner's supervisor (a
-``WorkerController``) to act on that one worker. This module knows the controller only
-as a Protocol, so it sits below the supervisor.
+processes; a handle's connect/start/stop/disconnect ask its supervisor (a
+``WorkerController``) to act on that one worker. A handle is told its supervisor when one
+adopts it (``Supervisor(flow)`` adopts the flow's workers, ``flow.start_all`` makes one that
+does), or is given one (``handle.connect(supervisor=sup)``); it never makes one. This module
+knows the controller only as a Protocol, so it sits below the supervisor.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +31,8 @@ PARENT = "parent"
 class WorkerController(Protocol):
     """What a handle needs from a supervisor."""
 
+    @property
+    def running(self) -> bool: ...
     def worker_state(self, handle: WorkerHandle) -> str: ...
     def worker_pid(self, handle: WorkerHandle) -> int | None: ...
     def connect_worker(self, handle: WorkerHandle, timeout: float = ...) -> None: ...
@@ -37,10 +42,8 @@ class WorkerController(Protocol):
 
 
 class ControllerSource(Protocol):
-    """Where a group finds its supervisor: the Flow."""
-
-    @property
-    def supervisor(self) -> WorkerController | None: ...
+    """The group's owner (the Flow), asked for its own supervisor only by the deprecated
+    ``handle.connect()`` of a worker no supervisor adopted."""
 
     def ensure_supervisor(self) -> WorkerController: ...
 
@@ -138,11 +141,25 @@ class WorkerGroup:
 
 class WorkerHandle:
     """One worker process: ``connect`` spawns and connects it, ``start`` lets it take jobs,
-    ``stop`` lets it finish its job and stop, ``disconnect`` ends the process."""
+    ``stop`` lets it finish its job and stop, ``disconnect`` ends the process. Each asks
+    ``supervisor``: the one that adopted the worker, or the one given to ``connect``."""
 
     def __init__(self, group: WorkerGroup, index: int) -> None:
         self.group = group
         self.index = index
+        #: the supervisor running this worker (None: none has adopted it yet)
+        self.supervisor: WorkerController | None = None
+
+    def adopt(self, supervisor: WorkerController) -> None:
+        """``supervisor`` runs this worker from now on (the supervisor calls this). Raises
+        SupervisorStateError while another supervisor runs it."""
+        held = self.supervisor
+        if held is not None and held is not supervisor and held.running:
+            raise SupervisorStateError(
+                f"worker {self.name} already runs under another supervisor; stop that one "
+                "first (flow.stop_all() or its stop())"
+            )
+        self.supervisor = supervisor
 
     @property
     def name(self) -> str:
@@ -154,28 +171,43 @@ class WorkerHandle:
 
     @property
     def state(self) -> str:
-        sup = self.group.owner.supervisor
+        sup = self.supervisor
         return sup.worker_state(self) if sup is not None else "new"
 
     @property
     def pid(self) -> int | None:
-        sup = self.group.owner.supervisor
+        sup = self.supervisor
         return sup.worker_pid(self) if sup is not None else None
 
-    def connect(self, timeout: float = 30.0) -> None:
-        self.group.owner.ensure_supervisor().connect_worker(self, timeout)
+    def connect(self, timeout: float = 30.0, *, supervisor: WorkerController | None = None) -> None:
+        """Spawn and connect this worker under ``supervisor`` (which adopts it), else under
+        the supervisor that adopted it. Without either (deprecated) the flow's own supervisor
+        is made for it, as before, with a DeprecationWarning."""
+        sup = supervisor or self.supervisor
+        if sup is None:
+            warnings.warn(
+                f"worker {self.name} has no supervisor: handle.connect() made the flow's own "
+                "one for it; give it one (handle.connect(supervisor=Supervisor(flow))), or "
+                "make one first (Supervisor(flow) adopts the flow's workers)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            sup = self.group.owner.ensure_supervisor()
+        sup.connect_worker(self, timeout)
+
+    def _supervisor(self, step: str) -> WorkerController:
+        if self.supervisor is None:
+            raise SupervisorStateError(
+                f"worker {self.name} must be connected before it can {step}: it has no "
+                "supervisor (handle.connect(supervisor=…), or flow.start_all())"
+            )
+        return self.supervisor
 
     def start(self, timeout: float = 30.0) -> None:
-        self.group.owner.ensure_supervisor().start_worker(self, timeout)
+        self._supervisor("start").start_worker(self, timeout)
 
     def stop(self, timeout: float | None = None) -> None:
-        sup = self.group.owner.supervisor
-        if sup is None:
-            raise SupervisorStateError(f"worker {self.name} was never started")
-        sup.stop_worker(self, timeout)
+        self._supervisor("stop").stop_worker(self, timeout)
 
     def disconnect(self, timeout: float = 30.0) -> None:
-        sup = self.group.owner.supervisor
-        if sup is None:
-            raise SupervisorStateError(f"worker {self.name} was never connected")
-        sup.disconnect_worker(self, timeout)
+        self._supervisor("disconnect").disconnect_worker(self, timeout)

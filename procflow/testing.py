@@ -42,7 +42,6 @@ from .settings import RedisSettings
 from .store import keys
 from .store.keys import Holder, TokenSeries
 from .store.redis import Store
-from .supervisor import Supervisor
 from .worker.loop import WorkerLoop
 from .worker.status import StatusRecord, StatusWriter, read_status
 
@@ -105,16 +104,16 @@ def _check_timeout(timeout: float) -> None:
 def run_until_idle(
     flow: Flow[Any, Any, Any], timeout: float = 30.0, **supervisor_options: Any
 ) -> dict[str, dict[str, int]]:
-    """Start a ``procflow.Supervisor`` for the flow's workers (real worker processes;
-    ``supervisor_options`` are its keyword arguments), wait until no stage has a job
-    waiting, processing, delayed or parked, stop it and return ``flow.counts()``.
+    """Start the flow's workers with its own supervisor (``flow.start_all``: real worker
+    processes; ``supervisor_options`` are ``procflow.Supervisor``'s arguments), wait until
+    no stage has a job waiting, processing, delayed or parked, stop it and return
+    ``flow.counts()``.
 
     ``timeout``: seconds the workers get, once started, to make the flow idle. Past it the
     supervisor stops (running jobs get ``ABORT_DRAIN`` seconds, then are killed and put back
     on their waiting lists) and ``IdleTimeoutError`` names the stages still busy."""
     _check_timeout(timeout)
-    supervisor = Supervisor(flow, **supervisor_options)
-    supervisor.start()
+    supervisor = flow.start_all(**supervisor_options)
     try:
         deadline = time.monotonic() + timeout
         idle_once = False

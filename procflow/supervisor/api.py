@@ -60,9 +60,8 @@ SUPERVISOR_SOCKET_TIMEOUT = 2.0
 
 
 class SupervisedFlow(Protocol):
-    """What a supervisor needs of its flow (a ``procflow.Flow``)."""
-
-    supervisor: Supervisor | None
+    """What a supervisor needs of its flow (a ``procflow.Flow``). The supervisor points at
+    its flow, never the other way: it adopts the flow's worker handles, which then ask it."""
 
     @property
     def name(self) -> str: ...
@@ -126,9 +125,8 @@ class Supervisor:
         metrics_host: str = "0.0.0.0",
     ) -> None:
         self.flow = flow
-        if flow.supervisor is not None and flow.supervisor is not self and flow.supervisor.running:
-            raise SupervisorStateError(f"flow {flow.name!r} already has a running supervisor")
-        flow.supervisor = self
+        self._state = SupervisorState.NEW
+        self._adopt(flow.handles)
         self.node_id = keys.node_id(node_id)
         me = psutil.Process()
         self.pid = me.pid
@@ -145,7 +143,6 @@ class Supervisor:
         self.log = flow.logger.bind(worker="supervisor", pid=me.pid)
         #: one per partition (expired locks and due retries are per partition's keys)
         self.monitors = Monitors(flow.parts, self.holder, monitor_interval, enabled=monitor)
-        self._state = SupervisorState.NEW
         self._immediate = False
         #: whether this supervisor holds the process's subreaper setting (SUBREAPER)
         self._subreaper = False
@@ -198,6 +195,19 @@ class Supervisor:
     def lifecycle(self) -> list[LifecycleEvent]:
         """Every connect/start/stop/disconnect/exit, in order, with monotonic times."""
         return self.table.lifecycle
+
+    def _adopt(self, handles: Sequence[WorkerHandle]) -> None:
+        """These workers run under this supervisor now: their handles ask it. Raises
+        SupervisorStateError, adopting none, while another supervisor runs one of them."""
+        for handle in handles:
+            held = handle.supervisor
+            if held is not None and held is not self and held.running:
+                raise SupervisorStateError(
+                    f"flow {self.flow.name!r} already has a running supervisor "
+                    f"(worker {handle.name} runs under it); stop it first"
+                )
+        for handle in handles:
+            handle.adopt(self)
 
     def _slot(self, handle: WorkerHandle) -> int:
         """A worker's index among all of the flow's workers: pinning goes round-robin by it."""
@@ -309,6 +319,7 @@ class Supervisor:
         self._follow_flow()
         for group in self.flow.groups:
             self.manager.blob(group)  # a function that cannot be pickled fails here
+        self._adopt(self.flow.handles)
         self._state = SupervisorState.STARTING
         try:
             handles = self._ensure_core(budgeted=True)
@@ -316,6 +327,7 @@ class Supervisor:
             self._state = SupervisorState.STOPPED
             raise
         try:
+            self._adopt(self.flow.handles)  # a core budget makes its groups' handles anew
             workers = self.manager.call(lambda: [self.manager.spawn(h) for h in handles])
             for w in workers:
                 w.tell(Command.CONNECT)
@@ -462,8 +474,11 @@ class Supervisor:
     # -- lifecycle: one worker ------------------------------------------------------------
 
     def connect_worker(self, handle: WorkerHandle, timeout: float = 30.0) -> None:
+        """Spawn and connect one worker (adopting it: its handle asks this supervisor from
+        now on); the flow connects first if the supervisor was not running."""
         if self._state is SupervisorState.STOPPING:
             raise SupervisorStateError("the supervisor is stopping")
+        self._adopt([handle])
         if self._state in (SupervisorState.NEW, SupervisorState.STOPPED):
             self._follow_flow()
             self._state = SupervisorState.RUNNING

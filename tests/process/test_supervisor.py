@@ -13,7 +13,15 @@ import pytest
 import redis
 from loguru import logger
 
-from procflow import Backoff, Flow, QueueSpec, Supervisor, WaitTimeoutError, WorkerStartError
+from procflow import (
+    Backoff,
+    Flow,
+    QueueSpec,
+    Supervisor,
+    SupervisorStateError,
+    WaitTimeoutError,
+    WorkerStartError,
+)
 from procflow.worker.status import Activity
 from tests.conftest import wait_until
 from tests.helpers import lazy_client
@@ -198,16 +206,17 @@ def test_a_worker_that_cannot_connect_fails_start_and_leaves_nothing(
 def test_one_worker_by_hand(redis_url: str, r: redis.Redis) -> None:
     flow = Flow("manual", [QueueSpec("w")], redis_url=redis_url)
     handle, other = flow.create_workers("w", lambda j: {"ok": True}, count=2)
-    handle.connect()
+    sup = Supervisor(flow, heartbeat=False)
+    handle.connect(supervisor=sup)
     assert handle.state == "connected" and other.state == "new"
+    assert handle.supervisor is sup and flow.supervisor is None
     job_id = flow.create_job({"a": 1})
     assert r.llen("queue:w:waiting") == 1  # connected, not started: takes nothing
-    assert flow.supervisor is not None
-    assert flow.supervisor.worker_status(handle).activity is Activity.IDLE
+    assert sup.worker_status(handle).activity is Activity.IDLE
     handle.start()
     wait_until(lambda: (flow.get_job(job_id) or {}).get("done"), what="the job done")
     wait_until(
-        lambda: flow.supervisor.worker_status(handle).activity is Activity.WAITING,
+        lambda: sup.worker_status(handle).activity is Activity.WAITING,
         what="idle worker",
     )
     pid = handle.pid
@@ -217,7 +226,48 @@ def test_one_worker_by_hand(redis_url: str, r: redis.Redis) -> None:
     handle.disconnect()
     assert handle.pid is None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    flow.supervisor.stop()
+    sup.stop()
+
+
+def test_a_supervisor_adopts_the_flows_workers_and_the_flow_does_not_point_back(
+    redis_url: str,
+) -> None:
+    flow = Flow("adopted", [QueueSpec("w")], redis_url=redis_url)
+    handle, other = flow.create_workers("w", lambda j: {"ok": True}, count=2)
+    with pytest.raises(SupervisorStateError, match="has no supervisor"):
+        handle.start()
+    sup = Supervisor(flow, heartbeat=False)
+    assert flow.supervisor is None  # built by the user: the flow does not know it
+    assert handle.supervisor is sup and other.supervisor is sup
+    handle.connect()  # asks the supervisor that adopted it: no warning, no new supervisor
+    try:
+        assert handle.state == "connected" and flow.supervisor is None
+        with pytest.raises(SupervisorStateError, match="already has a running supervisor"):
+            flow.start_all()
+        assert handle.supervisor is sup and flow.supervisor is None
+    finally:
+        handle.disconnect()  # connected, never started: it ends at once
+        sup.stop()
+    own = flow.start_all(heartbeat=False)  # the flow's own: adopts the workers back
+    try:
+        assert flow.supervisor is own and handle.supervisor is own
+        assert own.running and not sup.running
+    finally:
+        flow.stop_all()
+    assert not own.running and handle.state in ("disconnected", "dead")
+
+
+def test_connect_without_a_supervisor_still_works_but_is_deprecated(redis_url: str) -> None:
+    flow = Flow("oldway", [QueueSpec("w")], redis_url=redis_url)
+    (handle,) = flow.create_workers("w", lambda j: {"ok": True}, count=1)
+    with pytest.warns(DeprecationWarning, match="has no supervisor"):
+        handle.connect()
+    try:
+        assert flow.supervisor is not None and handle.supervisor is flow.supervisor
+        assert handle.state == "connected"
+    finally:
+        handle.disconnect()  # connected, never started: it ends at once
+        flow.stop_all()
 
 
 def test_workers_started_by_hand_get_their_due_retries(redis_url: str, r: redis.Redis) -> None:
