@@ -10,6 +10,7 @@ call is packed once per session.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -77,6 +78,20 @@ class StageSession:
         self._lease_many = self._head("lease_many", (stage.waiting, stage.processing))
         self._claim = self._head("claim", (stage.processing,))
         self._complete: dict[str, Prepared] = {}
+        #: fail.lua's named options of the stage (ARGV[4]), packed once
+        self._fail_stage = _options(
+            {
+                "jobPrefix": stage.job_prefix,
+                "lockPrefix": stage.lock_prefix,
+                "queueJson": stage.queue_json,
+                "attemptsField": stage.attempts_field,
+                "errorsField": stage.errors_field,
+                "leaseField": stage.lease_field,
+                "stallsField": stage.stalls_field,
+                "doneChannel": stage.done_channel,
+                "pendingField": stage.parent_pending_field,
+            }
+        )
 
     @classmethod
     def open(
@@ -271,27 +286,21 @@ class StageSession:
             stage.stats,
             *self._parent_keys(),
         )
+        attempt = {
+            "kind": record.kind,
+            "maxAttempts": policy.max_attempts,
+            "maxStalls": policy.max_stalls,
+            "delays": list(policy.delays_ms),
+            "final": [x for pair in final_fields for x in pair],
+        }
         args: tuple[Arg, ...] = (
             job_id,
             token,
             mode,
-            stage.job_prefix,
-            stage.lock_prefix,
-            stage.queue_json,
-            stage.attempts_field,
-            stage.errors_field,
-            stage.lease_field,
+            self._fail_stage,
+            _options(attempt),
             record.record_json(),
             record.message_json(),
-            policy.max_attempts,
-            stage.done_channel,
-            stage.parent_pending_field,
-            record.kind,
-            stage.stalls_field,
-            policy.max_stalls,
-            len(final_fields),
-            *(x for pair in final_fields for x in pair),
-            *policy.delays_ms,
         )
         return FailOutcome.from_reply(self.wire.evalsha(script("fail"), script_keys, args))
 
@@ -399,6 +408,11 @@ class StageSession:
     def children_status(self, child_keys: Sequence[str]) -> list[Any]:
         """Per child: EXISTS, then HMGET done failed — pipelined in one round trip."""
         return children_status(self.wire, child_keys)
+
+
+def _options(options: dict[str, Any]) -> str:
+    """Named options of a script, packed in one argument (JSON, read with cjson.decode)."""
+    return json.dumps(options, separators=(",", ":"), ensure_ascii=False)
 
 
 def _leases(claims: Sequence[Any], first_token: str) -> list[Lease]:
