@@ -86,6 +86,8 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
             raise ConfigurationError("give either redis_url or redis settings, not both")
         self.logger: Logger = (logger or default_logger).bind(flow=name)
         self.groups: list[WorkerGroup] = []
+        #: the flow's own supervisor: the one ``start_all`` made (a ``Supervisor(flow)``
+        #: built elsewhere is not recorded here; it adopts the flow's workers instead)
         self.supervisor: Supervisor | None = None
         self._definitions = definitions
         self._pick = (self.partitioning or Partitioning(name, 1)).chooser()
@@ -190,7 +192,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
 
     def use_redis(self, redis: RedisSettings | str) -> None:
         """Point the flow at another server (before its workers start)."""
-        if self.supervisor is not None and self.supervisor.running:
+        if self.supervised:
             raise SupervisorStateError("cannot change the Redis of a running flow")
         self._point(redis if isinstance(redis, RedisSettings) else RedisSettings.from_url(redis))
 
@@ -286,6 +288,10 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
             partitioning=self.partitioning,
         )
         self.groups.append(group)
+        own = self.supervisor
+        if own is not None and own.running:  # workers added while the flow's own one runs
+            for handle in group.handles:
+                handle.adopt(own)
         return group.handles
 
     def _label(self, stage: Stage) -> str:
@@ -400,14 +406,22 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
 
     # -- the supervisor ------------------------------------------------------------------
 
+    @property
+    def supervised(self) -> bool:
+        """Whether a supervisor runs now: the flow's own, or one that adopted its workers."""
+        sups = [self.supervisor, *(h.supervisor for h in self.handles)]
+        return any(sup is not None and sup.running for sup in sups)
+
     def ensure_supervisor(self) -> Supervisor:
-        """The flow's supervisor, made with default options when it has none."""
+        """The flow's own supervisor, made with default options when it has none."""
         if self.supervisor is None:
             self.supervisor = Supervisor(self)
         return self.supervisor
 
     def start_all(self, **supervisor_options: Any) -> Supervisor:
-        """The flow connects; every worker process connects; then every worker starts."""
+        """The flow connects; every worker process connects; then every worker starts. The
+        supervisor doing it (made with ``supervisor_options``) is the flow's own:
+        ``flow.supervisor``, stopped by ``stop_all``."""
         if self.supervisor is None or not self.supervisor.running:
             self.supervisor = Supervisor(self, **supervisor_options)
         self.supervisor.start()
@@ -415,6 +429,6 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
 
     def stop_all(self) -> None:
         """Every worker stops (finishing its job); then every worker disconnects; the flow's
-        connection closes last."""
+        connection closes last (the flow's own supervisor: the one ``start_all`` made)."""
         if self.supervisor is not None:
             self.supervisor.stop()

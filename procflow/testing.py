@@ -204,7 +204,7 @@ def run_inline(flow: Flow[Any, Any, Any], timeout: float = 10.0) -> InlineRun:
     ``IdleTimeoutError``. Nothing interrupts a worker function: stage timeouts, memory
     limits and recycling do not apply inline (``run_until_idle`` has them)."""
     _check_timeout(timeout)
-    if flow.supervisor is not None and flow.supervisor.running:
+    if flow.supervised:
         raise SupervisorStateError(
             f"flow {flow.name!r} has a running supervisor; stop it before run_inline"
         )

@@ -85,6 +85,7 @@ def test_thousand_jobs_through_three_stages_with_fan_out(redis_url: str, r: redi
     assert r.keys("lock:*") == []
 
 
+@pytest.mark.filterwarnings("error::DeprecationWarning")  # added workers join start_all's
 def test_parent_jobs_do_not_hold_workers_and_resume_fast(redis_url: str, r: redis.Redis) -> None:
     flow = apps.three_stage_flow(redis_url)
     flow.create_workers("prepare", apps.prepare)
@@ -242,12 +243,16 @@ def test_a_supervisor_adopts_the_flows_workers_and_the_flow_does_not_point_back(
     handle.connect()  # asks the supervisor that adopted it: no warning, no new supervisor
     try:
         assert handle.state == "connected" and flow.supervisor is None
+        assert flow.supervised
+        with pytest.raises(SupervisorStateError, match="cannot change the Redis"):
+            flow.use_redis(redis_url)
         with pytest.raises(SupervisorStateError, match="already has a running supervisor"):
             flow.start_all()
         assert handle.supervisor is sup and flow.supervisor is None
     finally:
         handle.disconnect()  # connected, never started: it ends at once
         sup.stop()
+    assert not flow.supervised
     own = flow.start_all(heartbeat=False)  # the flow's own: adopts the workers back
     try:
         assert flow.supervisor is own and handle.supervisor is own
