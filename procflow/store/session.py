@@ -27,6 +27,7 @@ from .wire import Arg, Prepared, Wire, pack, script
 __all__ = [
     "ChildJob",
     "StageSession",
+    "child_job",
     "children_failure_message",
     "children_state",
     "decoded",
@@ -48,8 +49,13 @@ _WORKER_SCRIPTS = (
 _COMPLETED_QUEUE = keys.COMPLETED_QUEUE.encode()
 _DONE_TRUE = (keys.DONE.encode(), b"true")
 
-#: a child job to create: id, key, its queue's waiting list, its fields
+#: a child job to create: id, key, its queue's waiting list, its fields (``child_job``)
 ChildJob = tuple[str, str, str, Sequence[tuple[bytes, bytes]]]
+
+
+def child_job(stage: StageKeys, child_id: str, fields: Sequence[tuple[bytes, bytes]]) -> ChildJob:
+    """Child job ``child_id`` of child stage ``stage``, to create with ``fields``."""
+    return (child_id, stage.job(child_id), stage.waiting, fields)
 
 
 class StageSession:

@@ -21,7 +21,7 @@ from ..errors import EncodeError, ParentError
 from ..ids import uuid7_batch
 from ..store import keys
 from ..store.keys import StageKeys
-from ..store.session import ChildJob, children_failure_message, children_state
+from ..store.session import ChildJob, child_job, children_failure_message, children_state
 
 __all__ = [
     "ChildPlan",
@@ -70,7 +70,7 @@ def plan_children(
             )
         except EncodeError as exc:  # pragma: no cover - params were decoded from JSON
             raise ParentError(f"{field}[{n}]: {exc}") from None
-        children.append((child_id, stage.job(child_id), stage.waiting, fields))
+        children.append(child_job(stage, child_id, fields))
     return ChildPlan(children, codec.encode([c[1] for c in children]))
 
 
