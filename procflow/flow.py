@@ -19,7 +19,7 @@ from .errors import (
     SupervisorStateError,
     UnknownQueueError,
 )
-from .handles import PARENT, WORKER, WorkerGroup, WorkerHandle
+from .handles import PARENT, WORKER, WorkerGroup, WorkerHandle, WorkerKind
 from .ids import uuid7
 from .partitions import Part, Partitioning, for_each
 from .reading import JobReads
@@ -267,7 +267,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
     def _add_group(
         self,
         stages: list[Stage],
-        kind: str,
+        kind: WorkerKind,
         fn: Callable[[Any], Any] | None,
         count: int,
         options: WorkerKwargs,

@@ -20,12 +20,12 @@ from .definition import FlowDefinition, Stage
 from .errors import ConfigurationError, SupervisorStateError
 from .partitions import Partitioning
 from .settings import RedisSettings, WorkerOptions
-from .worker.payload import Lane, WorkerPayload
+from .worker.payload import Lane, WorkerKind, WorkerPayload
 
-__all__ = ["ControllerSource", "WorkerController", "WorkerGroup", "WorkerHandle"]
+__all__ = ["ControllerSource", "WorkerController", "WorkerGroup", "WorkerHandle", "WorkerKind"]
 
-WORKER = "worker"
-PARENT = "parent"
+WORKER = WorkerKind.WORKER
+PARENT = WorkerKind.PARENT
 
 
 class WorkerController(Protocol):
@@ -56,11 +56,11 @@ def _check_count(where: str, count: object) -> int:
 
 @dataclass(eq=False)
 class WorkerGroup:
-    """``count`` workers of one kind (``worker`` or ``parent``) on one stage."""
+    """``count`` workers of one kind (``WORKER`` or ``PARENT``) on one stage."""
 
     owner: ControllerSource
     stage: Stage
-    kind: str
+    kind: WorkerKind
     fn: Callable[[Any], Any] | None
     count: int
     options: WorkerOptions = field(default_factory=WorkerOptions)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from ..definition import Stage
@@ -11,7 +12,18 @@ from ..settings import RedisSettings, WorkerOptions
 from ..store.keys import StageKeys
 from ..store.session import StageSession
 
-__all__ = ["Lane", "WorkerPayload"]
+__all__ = ["Lane", "WorkerKind", "WorkerPayload"]
+
+
+class WorkerKind(str, Enum):
+    """What a worker process does: ``worker`` runs the group's function, ``parent`` fans a
+    stage with children out and waits for them."""
+
+    WORKER = "worker"
+    PARENT = "parent"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -32,15 +44,15 @@ class Lane:
 
 @dataclass
 class WorkerPayload:
-    """Everything a worker process needs. ``kind`` is ``worker`` (runs ``fn``) or ``parent``
-    (fans out to the stage's children); ``holder`` is the supervisor's name in lock values;
-    ``routes`` maps every queue name to its waiting list (a result's ``nextQueue``);
-    ``child_stages`` the child name to its keys (a parent stage)."""
+    """Everything a worker process needs. ``kind`` is ``WorkerKind.WORKER`` (runs ``fn``) or
+    ``WorkerKind.PARENT`` (fans out to the stage's children); ``holder`` is the supervisor's
+    name in lock values; ``routes`` maps every queue name to its waiting list (a result's
+    ``nextQueue``); ``child_stages`` the child name to its keys (a parent stage)."""
 
     flow: str
     redis: RedisSettings
     stage: Stage
-    kind: str
+    kind: WorkerKind
     fn: Callable[[Any], Any] | None
     options: WorkerOptions
     key_ttl: int
@@ -73,4 +85,4 @@ class WorkerPayload:
 
     @property
     def is_parent(self) -> bool:
-        return self.kind == "parent"
+        return self.kind == WorkerKind.PARENT
