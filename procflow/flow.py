@@ -6,6 +6,7 @@ store's; the processes are the supervisor's. This is the client a user holds.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, overload
 
@@ -429,6 +430,22 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
 
     def stop_all(self) -> None:
         """Every worker stops (finishing its job); then every worker disconnects; the flow's
-        connection closes last (the flow's own supervisor: the one ``start_all`` made)."""
+        connection closes last (the flow's own supervisor: the one ``start_all`` made). A
+        ``Supervisor(flow)`` built elsewhere and running the flow's workers is stopped too,
+        with a DeprecationWarning: stop it with its own ``stop()``."""
         if self.supervisor is not None:
             self.supervisor.stop()
+        others = {
+            id(sup): sup
+            for sup in (h.supervisor for h in self.handles)
+            if isinstance(sup, Supervisor) and sup is not self.supervisor and sup.running
+        }
+        if others:
+            warnings.warn(
+                "flow.stop_all() stops only the supervisor flow.start_all() made; stop a "
+                "Supervisor(flow) you built with its own stop() (or use it as a context manager)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        for sup in others.values():
+            sup.stop()

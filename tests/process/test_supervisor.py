@@ -444,3 +444,17 @@ def test_a_supervisor_run_again_after_use_redis_sends_its_workers_to_the_new_ser
         second = flow.create_job({"a": 2})
         assert sup.wait([second], timeout=30)[0]["ok"] is True
     assert redis.Redis.from_url(fresh_server.url).exists(flow.job_key(second)) == 1
+
+
+def test_stop_all_still_stops_a_supervisor_built_by_hand_but_warns(redis_url: str) -> None:
+    flow = Flow("byhand", [QueueSpec("w")], redis_url=redis_url)
+    flow.create_workers("w", lambda j: {"ok": True}, count=1)
+    sup = Supervisor(flow, heartbeat=False)
+    sup.start()
+    try:
+        assert flow.supervisor is None and flow.supervised
+        with pytest.warns(DeprecationWarning, match="stops only the supervisor"):
+            flow.stop_all()
+        assert not sup.running and sup.worker_pids() == []
+    finally:
+        sup.stop()
