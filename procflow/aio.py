@@ -33,9 +33,8 @@ from .core import Operation, Round
 from .errors import ConfigurationError, RedisRefusedError, RedisUnavailableError
 from .flow import Flow
 from .ids import uuid7
-from .store import keys
 from .store.aio import AsyncStore
-from .waiting import FirstRead, Waiting
+from .waiting import Waiting
 
 __all__ = ["AsyncFlow"]
 
@@ -152,7 +151,7 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
 
     async def _run_round(self, step: Round) -> list[Any]:
         calls = [getattr(self._store(c.part), c.method)(*c.args) for c in step.calls]
-        if len(calls) != 1:
+        if len(calls) != 1 or not step.inline:
             return list(await asyncio.gather(*calls, return_exceptions=step.capture))
         try:  # awaited in this task: its request is sent before the task yields
             return [await calls[0]]
@@ -249,23 +248,11 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         hubs = [self._done_hub(n, progress) for n in range(len(parts))]
         waiters = [hub.join(set(state.ids), event) for hub in hubs]
 
-        async def first(n: int) -> FirstRead:
-            store = self._store(n)
-            replies = await store.hash_field_many(state.job_keys(n, state.ids), [keys.DONE])
-            rest = state.not_done(state.ids, replies)
-            return replies, rest, await store.exists_many(state.job_keys(n, rest))
-
-        async def still(n: int, ids: list[str]) -> list[str]:
-            replies = await self._store(n).hash_field_many(state.job_keys(n, ids), [keys.DONE])
-            return state.not_done(ids, replies)
-
         try:
             for waiter in waiters:  # subscribed first: nothing slips past the first read
                 with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
                     await _within(waiter.ready, state.deadline)  # else: the reads ride it out
-            reads = await self._ride_out(
-                state, lambda: asyncio.gather(*(first(n) for n in range(len(parts)))), log=True
-            )
+            reads = await self._ride_out(state, lambda: self.drive(state.first_read()), log=True)
             state.place(reads)
             while state.pending:
                 pause = state.pause()
@@ -282,14 +269,8 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
                         waiter.recheck = False
                         state.lost()
                 if state.recheck_due():
-                    groups = state.recheck_groups()
                     try:
-                        state.rechecked(
-                            await _within(
-                                asyncio.gather(*(still(n, ids) for n, ids in groups)),
-                                state.deadline,
-                            )
-                        )
+                        state.rechecked(await _within(self.drive(state.recheck()), state.deadline))
                     except (RedisUnavailableError, RedisRefusedError) as exc:
                         state.unreachable(exc)
                 state.show()

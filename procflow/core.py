@@ -52,10 +52,14 @@ class Call:
 @dataclass(frozen=True, slots=True)
 class Round:
     """Store calls run side by side; their results come back in order. With ``capture``,
-    a call that raised gives its exception as its result (the round's others still run)."""
+    a call that raised gives its exception as its result (the round's others still run).
+    ``inline``: a lone call is run in the caller's own task by the async driver, so that
+    its request is sent whole before the caller can be cancelled (writes); else it runs as
+    a task of its own, as a round of several does."""
 
     calls: Sequence[Call]
     capture: bool = False
+    inline: bool = False
 
 
 #: a client operation: yields rounds, is sent their results, returns its result
@@ -167,7 +171,7 @@ class ClientCore:
             groups.setdefault(self.part_of_key(job.key).index, []).append(job)
         calls = [Call(n, "create_jobs", (group, self.key_ttl)) for n, group in groups.items()]
         if len(calls) == 1:
-            yield Round(calls)
+            yield Round(calls, inline=True)
         else:
             results = yield Round(calls, capture=True)
             settle_creates(
@@ -290,17 +294,18 @@ class ClientCore:
         if part is None:
             return False
         key = keys.job(part.name, job_id)
-        [[raw]] = yield Round([Call(part.index, "get_hashes", ([key],))])
+        [[raw]] = yield Round([Call(part.index, "get_hashes", ([key],))], inline=True)
         if not raw:
             return False
         job = self.decode(key, job_id, raw)
         for _, refs in child_refs(job):
             for child_key, child_id in refs:
                 stages = part.definition.stages_of_job(child_key)
-                yield Round([Call(part.index, "delete_job", (child_key, child_id, (), stages))])
+                call = Call(part.index, "delete_job", (child_key, child_id, (), stages))
+                yield Round([call], inline=True)
         top = [s.keys for s in part.definition.top_stages]
         lookups = self.lookup_keys(part, job)
-        yield Round([Call(part.index, "delete_job", (key, job_id, lookups, top))])
+        yield Round([Call(part.index, "delete_job", (key, job_id, lookups, top))], inline=True)
         return True
 
     def counts(self) -> Operation[dict[str, dict[str, int]]]:

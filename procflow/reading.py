@@ -76,10 +76,6 @@ class JobReads(Generic[JobT, LookupT]):
         """A raw job hash (HGETALL) decoded, with its ``"id"``."""
         return self.core.decode(key, job_id, raw)
 
-    def _fetch(self, refs: Sequence[tuple[str, str]], resolve: bool) -> list[dict[str, Any] | None]:
-        """Jobs by (key, id), aligned with ``refs``; None where the hash is gone."""
-        return self.drive(self.core.fetch(refs, resolve))
-
     def get_job(self, job_id: str) -> JobT | None:
         """The decoded job hash with its ``"id"``, or None when there is no such job."""
         found = self.get_jobs([job_id])

@@ -7,8 +7,10 @@ as they come and re-reads the rest every couple of seconds (jobs finished by ano
 library, or an announcement lost in a reconnect) — in all partitions at once.
 
 :class:`Waiting` holds what is I/O-free: a wait's ids, deadline, where each job lives,
-what is still pending, when to re-read, what to log and what to show; the two drivers here
-(:func:`wait_for_jobs`) and in ``aio.py`` (``AsyncFlow.wait``) only read and sleep.
+what is still pending, when to re-read and what (its reads are client core operations,
+``core.Operation``, as the flow's final read is), what to log and what to show; the two
+drivers here (:func:`wait_for_jobs`) and in ``aio.py`` (``AsyncFlow.wait``) only run those
+reads, take announcements and sleep.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .core import Call, ClientCore, Operation, Round
 from .errors import (
     JobFailedError,
     RedisRefusedError,
@@ -25,7 +28,7 @@ from .errors import (
     UnknownJobError,
     WaitTimeoutError,
 )
-from .partitions import Part, for_each
+from .partitions import Part
 from .store import keys
 from .store.redis import Store
 
@@ -88,6 +91,27 @@ class Waiting:
     def not_done(ids: Sequence[str], replies: Sequence[Sequence[Any]]) -> list[str]:
         """From HMGET done replies of ``ids``: the ids not done, sorted."""
         return sorted(i for i, r in zip(ids, replies, strict=True) if not keys.is_true(r[0]))
+
+    def first_read(self) -> Operation[list[FirstRead]]:
+        """Every partition's first read (side by side): HMGET done of every id, then EXISTS
+        of the ids not done there — for ``place``."""
+        parts = range(len(self.part_names))
+        done = [
+            Call(p, "hash_field_many", (self.job_keys(p, self.ids), [keys.DONE])) for p in parts
+        ]
+        replies = yield Round(done)
+        rests = [self.not_done(self.ids, r) for r in replies]
+        there = yield Round([Call(p, "exists_many", (self.job_keys(p, rests[p]),)) for p in parts])
+        return list(zip(replies, rests, there, strict=True))
+
+    def recheck(self) -> Operation[list[list[str]]]:
+        """The done flags of the ids still pending re-read, in their partitions (side by
+        side): per group of ``recheck_groups``, the ids still not done — for ``rechecked``."""
+        groups = self.recheck_groups()
+        replies = yield Round(
+            [Call(p, "hash_field_many", (self.job_keys(p, ids), [keys.DONE])) for p, ids in groups]
+        )
+        return [self.not_done(ids, r) for (_, ids), r in zip(groups, replies, strict=True)]
 
     def place(self, reads: Sequence[FirstRead]) -> None:
         """The first read of every partition: where each job lives and which are pending.
@@ -217,9 +241,9 @@ class WaitableFlow(Protocol):
     def store(self) -> Store: ...
     @property
     def logger(self) -> Logger: ...
-    def _fetch(
-        self, refs: Sequence[tuple[str, str]], resolve: bool
-    ) -> list[dict[str, Any] | None]: ...
+    @property
+    def core(self) -> ClientCore: ...
+    def drive(self, operation: Operation[T]) -> T: ...
 
 
 def _ride_out(state: Waiting, read: Callable[[], T], log: bool) -> T:
@@ -239,24 +263,12 @@ def wait_for_jobs(
 ) -> list[dict[str, Any]]:
     """See ``procflow.Flow.wait``: the blocking driver of :class:`Waiting` (one subscription
     to every partition's channels; the partitions read side by side)."""
-    parts = flow.parts
-    state = Waiting(flow.name, [p.name for p in parts], job_ids, timeout, progress, flow.logger)
+    names = [p.name for p in flow.parts]
+    state = Waiting(flow.name, names, job_ids, timeout, progress, flow.logger)
     if not state.ids:
         return []
-
-    def first(part: Part) -> FirstRead:
-        replies = part.store.hash_field_many(state.job_keys(part.index, state.ids), [keys.DONE])
-        rest = state.not_done(state.ids, replies)
-        return replies, rest, part.store.exists_many(state.job_keys(part.index, rest))
-
-    def still(group: tuple[int, list[str]]) -> list[str]:
-        part, ids = group
-        replies = parts[part].store.hash_field_many(state.job_keys(part, ids), [keys.DONE])
-        return state.not_done(ids, replies)
-
-    names = [p.name for p in parts]
     with flow.store.subscribe_done(names, progress=progress) as subscription:
-        state.place(_ride_out(state, lambda: for_each(parts, first), log=True))
+        state.place(_ride_out(state, lambda: flow.drive(state.first_read()), log=True))
         while state.pending:
             pause = state.pause()
             try:
@@ -267,13 +279,15 @@ def wait_for_jobs(
                 time.sleep(min(OUTAGE_RECHECK, pause))  # back-off while the server is away
             if state.recheck_due():
                 try:
-                    state.rechecked(for_each(state.recheck_groups(), still))
+                    state.rechecked(flow.drive(state.recheck()))
                 except (RedisUnavailableError, RedisRefusedError) as exc:
                     state.unreachable(exc)
             state.reports = subscription.progress
             state.show()
     state.show(final=True)
-    jobs = _ride_out(state, lambda: flow._fetch(state.final_refs(), False), log=False)
+    jobs = _ride_out(
+        state, lambda: flow.drive(flow.core.fetch(state.final_refs(), False)), log=False
+    )
     return state.result(jobs, raise_on_failure)
 
 
