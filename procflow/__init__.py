@@ -7,6 +7,7 @@ interoperates with it byte for byte. See docs/ for the guide.
 
 from loguru import logger as _logger
 
+from .client.flow import Flow
 from .definition import Backoff, QueueSpec
 from .errors import (
     ConfigurationError,
@@ -30,12 +31,11 @@ from .errors import (
     WaitTimeoutError,
     WorkerStartError,
 )
-from .flow import Flow
 from .handles import WorkerGroup, WorkerHandle
-from .reporting import progress
 from .settings import RedisSettings, WorkerOptions
 from .supervisor import LifecycleEvent, Supervisor
 from .version import __version__
+from .worker.reporting import progress
 
 __all__ = [
     "Backoff",

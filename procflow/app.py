@@ -19,8 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .client.flow import Flow
 from .errors import ConfigurationError
-from .flow import Flow
 from .settings import REDIS_URL_ENV, RedisSettings
 from .version import __version__
 

@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 import pytest
 
+from .client.flow import Flow
 from .errors import (
     ConfigurationError,
     IdleTimeoutError,
@@ -34,14 +35,13 @@ from .errors import (
     RedisUnavailableError,
     SupervisorStateError,
 )
-from .flow import Flow
 from .handles import WorkerGroup
-from .monitor import FlowMonitor
 from .server import RedisServer, embedded_binary
 from .settings import RedisSettings
 from .store import keys
 from .store.keys import Holder, TokenSeries
 from .store.redis import Store
+from .supervisor.monitor import FlowMonitor
 from .worker.loop import WorkerLoop
 from .worker.status import StatusRecord, StatusWriter, read_status
 
@@ -196,7 +196,7 @@ def run_inline(flow: Flow[Any, Any, Any], timeout: float = 10.0) -> InlineRun:
     Redis; they take the jobs waiting in turn. Jobs go through the same scripts as in a
     worker process: fields make the same JSON round trip, results that are not JSON fail the
     attempt, retries and fan-out/fan-in work the same. Due retries are moved back to
-    waiting between rounds (a ``procflow.monitor.FlowMonitor`` tick).
+    waiting between rounds (a ``procflow.supervisor.monitor.FlowMonitor`` tick).
 
     It returns when a round takes no job and no retry is due within ``timeout`` seconds
     (jobs still delayed beyond it, or waiting in a stage without workers, are left as they

@@ -1,4 +1,4 @@
-"""The async store: every Redis command of ``procflow.aio`` is issued here.
+"""The async store: every Redis command of ``procflow.client.aio`` is issued here.
 
 An :class:`AsyncStore` multiplexes every request on one connection (a ``link.Link``): a
 request is written whole and the replies are parsed as they arrive, in order. What it sends
@@ -66,7 +66,7 @@ def follows_redirects(method: F) -> F:
 
 
 class AsyncStore:
-    """The async twin of :class:`procflow.store.redis.Store` (the calls ``procflow.aio``
+    """The async twin of :class:`procflow.store.redis.Store` (the calls ``procflow.client.aio``
     needs), on one multiplexed connection. It belongs to the event loop it was made in."""
 
     def __init__(self, settings: RedisSettings) -> None:

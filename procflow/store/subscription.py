@@ -1,7 +1,7 @@
 """A subscription to a flow's ``done`` channel: the ids of jobs as they leave the flow.
 
 The scripts that mark a job done PUBLISH its id. A subscriber misses what was published
-while it was disconnected, so its users re-read the jobs now and then (``waiting.py``).
+while it was disconnected, so its users re-read the jobs now and then (``client/waiting.py``).
 """
 
 from __future__ import annotations

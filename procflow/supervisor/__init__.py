@@ -4,7 +4,8 @@
 and watches the workers, ``settle.py`` what happens to a dead worker's job, ``watchdogs.py``
 lock renewal and the time and memory limits, ``process.py`` the worker records and their
 states. ``python -m procflow.supervisor APP`` runs a flow's workers on a node
-(``__main__.py``; the app is loaded by ``app.py``).
+(``__main__.py``; the app is loaded by ``procflow/app.py``); ``monitor.py`` the flow's caretaker,
+a thread of every supervisor.
 """
 
 from .api import SupervisedFlow, Supervisor

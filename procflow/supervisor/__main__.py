@@ -16,9 +16,9 @@ import setproctitle
 from loguru import logger
 
 from ..app import APP_FORMS, APP_HELP, VERSION, load_app, shown, unreachable_hint
+from ..client.flow import Flow
 from ..cpus import usable_cpus
 from ..errors import ConfigurationError, ProcflowError, RedisUnavailableError
-from ..flow import Flow
 from ..settings import DEFAULT_DRAIN_TIMEOUT, REDIS_URL_ENV, RedisSettings
 from .api import Supervisor
 from .logs import format_line

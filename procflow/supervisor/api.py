@@ -24,7 +24,6 @@ from ..errors import (
     describe_exit,
 )
 from ..handles import WorkerGroup, WorkerHandle
-from ..monitor import Monitors
 from ..partitions import Part, StoreMap
 from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
 from ..store import keys
@@ -33,6 +32,7 @@ from ..store.redis import Store
 from ..worker.main import Command
 from ..worker.status import StatusView, read_status
 from .manager import Manager
+from .monitor import Monitors
 from .observers import Observers
 from .process import (
     SHUTDOWN,

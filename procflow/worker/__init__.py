@@ -1,1 +1,2 @@
-"""Everything that runs inside a worker process (never imports the supervisor)."""
+"""Everything that runs inside a worker process (never imports the supervisor): the loop, the
+process entry point, and ``reporting.py``, which a worker function calls (``procflow.progress``)."""

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .. import codec, reporting
+from .. import codec
 from ..errors import (
     DecodeError,
     EncodeError,
@@ -29,6 +29,7 @@ from ..failures import FailureRecord, RetryPolicy, record_failure
 from ..store.keys import TokenSeries
 from ..store.records import Lease
 from ..store.session import decoded
+from . import reporting
 from .fanout import child_keys_of, children_failure_message, children_state, plan_children
 from .lanes import Turns, index_of
 from .payload import WorkerPayload

@@ -13,7 +13,7 @@ fullest form: ``[`` and ``]`` are dropped, ``...``/``…`` after a word or alone
 and a metavar (``FLOW``, ``QUEUE=N``, ``URL`` …) becomes a sample value of its kind
 (``SAMPLES``), so a wrong type or choice in a synopsis fails too.
 
-``procflow`` and ``python -m procflow`` are ``procflow.cli.build_parser()``;
+``procflow`` and ``python -m procflow`` are ``procflow.operator.cli.build_parser()``;
 ``python -m procflow.supervisor`` is ``procflow.supervisor.__main__.build_parser()``.
 Commands of other programs are skipped only by the rules in ``NOT_PROCFLOW``, so a new kind of
 command in a ``sh`` block fails here until it is listed. Inline spans that name a program or
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from procflow import cli
+from procflow.operator import cli
 from procflow.supervisor import __main__ as supervisor_cli
 
 from .markdown import PAGES, blocks, read, spans

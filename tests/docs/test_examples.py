@@ -40,8 +40,8 @@ import pytest
 import redis
 
 from procflow import Backoff, Flow, QueueSpec, Supervisor
-from procflow.monitor import FlowMonitor
 from procflow.server import RedisServer
+from procflow.supervisor.monitor import FlowMonitor
 from tests.conftest import SERVER_KINDS, SESSION_SERVERS, server_binary
 
 from .markdown import FRAGMENT, PAGES, ROOT, Block, blocks, read

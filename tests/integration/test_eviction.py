@@ -18,7 +18,7 @@ import redis
 from procflow import Flow, QueueSpec
 from procflow.aio import AsyncFlow
 from procflow.errors import ConfigurationError
-from procflow.ops import Operator
+from procflow.operator.ops import Operator
 from procflow.server import RedisServer
 from tests.clusters import Cluster
 from tests.conftest import server_binary, shared_server

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-import procflow.flow as flow_module
+import procflow.client.flow as flow_module
 from procflow import Flow, QueueSpec, ids
 from procflow.errors import EncodeError
 from procflow.failures import FailureRecord, RetryPolicy
-from procflow.ops import Operator
+from procflow.operator.ops import Operator
 from procflow.store import keys
 from procflow.store.session import StageSession
 from procflow.store.wire import Wire

@@ -35,7 +35,7 @@ import pytest
 import redis
 
 from procflow import Flow, QueueSpec
-from procflow.monitor import FlowMonitor
+from procflow.supervisor.monitor import FlowMonitor
 from tests.conftest import wait_until
 from tests.interop.test_typescript import HERE, NODE_TIMEOUT, node_modules  # noqa: F401
 

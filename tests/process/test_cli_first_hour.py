@@ -17,9 +17,9 @@ import redis
 
 import procflow
 from procflow import Flow, QueueSpec, Supervisor
-from procflow.cli import build_parser as procflow_parser
-from procflow.cli import demo_flow
 from procflow.cpus import usable_cpus
+from procflow.operator.cli import build_parser as procflow_parser
+from procflow.operator.cli import demo_flow
 from procflow.supervisor.__main__ import build_parser as supervisor_parser
 from tests.conftest import wait_until
 
@@ -206,7 +206,7 @@ def test_an_app_that_cannot_be_loaded_exits_2_with_what_to_do(
     if cwd == "elsewhere":
         assert str(base / "elsewhere") in out.stderr
     assert "<frozen" not in out.stderr and "procflow/app.py" not in out.stderr
-    assert "procflow/cli.py" not in out.stderr and "__main__.py" not in out.stderr
+    assert "procflow/operator/cli.py" not in out.stderr and "__main__.py" not in out.stderr
 
 
 # -- 17: Redis not running, or refusing ---------------------------------------------------

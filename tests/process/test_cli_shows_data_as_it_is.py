@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from procflow import Flow, QueueSpec
-from procflow.ops import Operator
+from procflow.operator.ops import Operator
 from tests.process.test_cli_first_hour import PROCFLOW, SUPERVISOR, run
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from procflow import ConfigurationError, Flow, QueueSpec
-from procflow.ops import Operator
+from procflow.operator.ops import Operator
 from procflow.store.connect import slot_master
 from procflow.store.slots import key_slot
 from tests.clusters import Cluster

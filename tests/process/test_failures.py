@@ -16,8 +16,8 @@ from loguru import logger
 
 from procflow import Backoff, Flow, QueueSpec, Supervisor
 from procflow.failures import FailureRecord, RetryPolicy
-from procflow.monitor import FlowMonitor
 from procflow.server import RedisServer
+from procflow.supervisor.monitor import FlowMonitor
 from tests.conftest import SERVER_KINDS, wait_until
 from tests.helpers import lazy_client, segfault
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from procflow import ConfigurationError, Flow, JobFailedError, QueueSpec, Supervisor
-from procflow.ops import Operator, where_now
+from procflow.operator.ops import Operator, where_now
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

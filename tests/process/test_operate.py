@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from procflow import Backoff, Flow, QueueSpec
 from procflow.definition import FlowDefinition
-from procflow.ops import Operator
+from procflow.operator.ops import Operator
 from procflow.store import keys
 from tests.conftest import wait_until
 from tests.helpers import lazy_client

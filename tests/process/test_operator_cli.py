@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from procflow.ops import Operator
+from procflow.operator.ops import Operator
 from tests.conftest import wait_until
 from tests.process.test_cli import Output
 from tests.process.test_cli_first_hour import PROCFLOW, ROOT, environment, run

@@ -20,7 +20,7 @@ import redis
 
 from procflow import Backoff, EncodeError, Flow, QueueSpec, Supervisor
 from procflow.aio import AsyncFlow
-from procflow.ops import Operator
+from procflow.operator.ops import Operator
 from procflow.testing import run_inline
 from procflow.worker.lanes import TURN
 from tests.conftest import wait_until

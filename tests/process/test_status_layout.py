@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 
 from procflow import Flow, QueueSpec
-from procflow.commands import _status_view
-from procflow.ops import Operator
+from procflow.operator.commands import _status_view
+from procflow.operator.ops import Operator
 
 JOB = "01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b"
 NODE = "node-a"

@@ -15,7 +15,7 @@ import redis
 
 import procflow
 from procflow import Flow, JobFailedError, QueueSpec, Supervisor
-from procflow.waiting import _show
+from procflow.client.waiting import _show
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

@@ -16,11 +16,11 @@ import procflow
 from procflow.definition import FlowDefinition, QueueSpec
 from procflow.errors import RedisUnavailableError
 from procflow.failures import FailOutcome
-from procflow.reporting import INTERVAL
 from procflow.settings import RedisSettings, WorkerOptions
 from procflow.store.records import Lease
 from procflow.worker.loop import WorkerLoop
 from procflow.worker.payload import WorkerPayload
+from procflow.worker.reporting import INTERVAL
 from procflow.worker.status import Activity, StatusRecord, StatusView, StatusWriter, read_status
 
 HOLDER = "node|1|1.00"

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from itertools import zip_longest
 from typing import Any
 
-from .. import codec
-from ..definition import FlowDefinition
-from ..errors import ProcflowError
-from ..flow import Flow
-from ..ids import created_at
+from ... import codec
+from ...client.flow import Flow
+from ...definition import FlowDefinition
+from ...errors import ProcflowError
+from ...ids import created_at
+from ...store import jobfields, keys
 from ..ops import Operator
-from ..store import jobfields, keys
 
 __all__ = ["FlowCache", "job_view", "page_rows", "search_rows", "value_text"]
 

@@ -1,4 +1,4 @@
-"""``procflow dashboard``: a web dashboard over ``procflow.ops.Operator``.
+"""``procflow dashboard``: a web dashboard over ``procflow.operator.ops.Operator``.
 
 The pages (``app.py``: a Starlette app served by uvicorn) show the flows, each flow's stages
 as a graph with live depths and per-minute throughput, its nodes and workers, a stage's jobs a
@@ -21,9 +21,9 @@ import sys
 from types import FrameType, ModuleType
 from typing import Any
 
-from ..errors import ConfigurationError
+from ...errors import ConfigurationError
+from ...settings import REDIS_URL_ENV
 from ..ops import Operator
-from ..settings import REDIS_URL_ENV
 
 __all__ = ["DEFAULT_PORT", "TOKEN_ENV", "add_dashboard_command", "is_loopback", "run_dashboard"]
 

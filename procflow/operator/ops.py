@@ -12,15 +12,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .definition import FlowDefinition
-from .errors import ConfigurationError, UnknownFlowError, UnknownJobError
-from .flow import Flow
-from .ids import created_at
-from .settings import RedisSettings
-from .store import jobfields, keys
-from .store.eviction import EvictionPolicy
-from .store.redis import Store
-from .store.registry import CANCELLED_MESSAGE, PAGE_STATES, Registry, StageStats
+from ..client.flow import Flow
+from ..definition import FlowDefinition
+from ..errors import ConfigurationError, UnknownFlowError, UnknownJobError
+from ..ids import created_at
+from ..settings import RedisSettings
+from ..store import jobfields, keys
+from ..store.eviction import EvictionPolicy
+from ..store.redis import Store
+from ..store.registry import CANCELLED_MESSAGE, PAGE_STATES, Registry, StageStats
 
 __all__ = ["PAGE_STATES", "EvictionPolicy", "JobPage", "Operator", "StageStatus"]
 

@@ -1,4 +1,4 @@
-"""``procflow.aio``: a flow's client side for asyncio.
+"""``procflow.aio`` (this module, re-exported there): a flow's client side for asyncio.
 
 :class:`AsyncFlow` wraps a :class:`procflow.Flow` and creates, reads, deletes and waits for
 its jobs without blocking the event loop (a FastAPI or Starlette app, an aiohttp service)::
@@ -28,12 +28,12 @@ from typing import Any, Generic, cast
 
 from typing_extensions import Self, TypeVar
 
+from ..errors import ConfigurationError, RedisRefusedError, RedisUnavailableError
+from ..ids import uuid7
+from ..store.aio import AsyncStore
 from .aio_hub import DoneHub
 from .core import Operation, Round
-from .errors import ConfigurationError, RedisRefusedError, RedisUnavailableError
 from .flow import Flow
-from .ids import uuid7
-from .store.aio import AsyncStore
 from .waiting import Waiting
 
 __all__ = ["AsyncFlow"]

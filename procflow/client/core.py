@@ -22,14 +22,14 @@ from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import codec
-from .definition import Stage
-from .errors import ConfigurationError, EncodeError, UnknownLookupAttributeError
-from .ids import uuid7_batch
-from .partitions import Part, Partitioning, settle_creates, summed_counts
-from .store import keys
-from .store.records import NewJob
-from .store.slots import hash_tag
+from .. import codec
+from ..definition import Stage
+from ..errors import ConfigurationError, EncodeError, UnknownLookupAttributeError
+from ..ids import uuid7_batch
+from ..partitions import Part, Partitioning, settle_creates, summed_counts
+from ..store import keys
+from ..store.records import NewJob
+from ..store.slots import hash_tag
 
 __all__ = ["Call", "ClientCore", "Operation", "Round", "child_refs"]
 

@@ -14,8 +14,8 @@ from typing import Any, Generic, cast
 
 from typing_extensions import TypeVar
 
+from ..partitions import Part, Partitioning, for_each
 from .core import Call, ClientCore, Operation
-from .partitions import Part, Partitioning, for_each
 
 __all__ = ["JobReads"]
 

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 
-from . import codec
+from .. import codec
 
 __all__ = ["INTERVAL", "Reporter", "current", "progress"]
 

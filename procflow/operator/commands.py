@@ -20,11 +20,11 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from .app import APP_FORMS, load_app, shown
-from .errors import ConfigurationError
-from .flow import Flow
+from ..app import APP_FORMS, load_app, shown
+from ..client.flow import Flow
+from ..errors import ConfigurationError
+from ..settings import REDIS_URL_ENV
 from .ops import PAGE_STATES, Operator, StageStatus, as_json, where_now
-from .settings import REDIS_URL_ENV
 
 __all__ = ["add_operator_commands", "looks_like_app", "operator_for"]
 

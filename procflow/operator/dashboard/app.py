@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
-from ..errors import (
+from ...errors import (
     ConfigurationError,
     ProcflowError,
     RedisUnavailableError,
@@ -45,8 +45,8 @@ from ..errors import (
     UnknownJobError,
     UnknownQueueError,
 )
+from ...version import __version__
 from ..ops import PAGE_STATES, Operator, as_json
-from ..version import __version__
 from .views import FlowCache, job_view, page_rows, search_rows
 
 __all__ = ["LOOPBACK_HOSTS", "create_app"]

@@ -13,22 +13,22 @@ from typing import TYPE_CHECKING, Any, Generic, overload
 from loguru import logger as default_logger
 from typing_extensions import TypeVar, Unpack
 
-from .core import ClientCore
-from .definition import Backoff, FlowDefinition, QueueSpec, Stage
-from .errors import (
+from ..definition import Backoff, FlowDefinition, QueueSpec, Stage
+from ..errors import (
     ConfigurationError,
     SupervisorStateError,
     UnknownQueueError,
 )
-from .handles import PARENT, WORKER, WorkerGroup, WorkerHandle, WorkerKind
-from .ids import uuid7
-from .partitions import Part, Partitioning, for_each
+from ..handles import PARENT, WORKER, WorkerGroup, WorkerHandle, WorkerKind
+from ..ids import uuid7
+from ..partitions import Part, Partitioning, for_each
+from ..settings import DEFAULT_KEY_TTL, RedisSettings, WorkerKwargs, WorkerOptions
+from ..store import acl, keys
+from ..store.redis import Store
+from ..store.registry import Registry
+from ..supervisor import Supervisor
+from .core import ClientCore
 from .reading import JobReads
-from .settings import DEFAULT_KEY_TTL, RedisSettings, WorkerKwargs, WorkerOptions
-from .store import acl, keys
-from .store.redis import Store
-from .store.registry import Registry
-from .supervisor import Supervisor
 from .waiting import wait_for_jobs
 
 if TYPE_CHECKING:

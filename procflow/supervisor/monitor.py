@@ -22,12 +22,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from .definition import FlowDefinition, Stage
-from .errors import RedisRefusedError, RedisUnavailableError
-from .failures import FailureRecord, record_failure
-from .store.redis import Store
-from .store.registry import Registry
-from .store.session import children_state
+from ..definition import FlowDefinition, Stage
+from ..errors import RedisRefusedError, RedisUnavailableError
+from ..failures import FailureRecord, record_failure
+from ..store.redis import Store
+from ..store.registry import Registry
+from ..store.session import children_state
 
 if TYPE_CHECKING:
     from loguru import Logger

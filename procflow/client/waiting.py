@@ -20,17 +20,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .core import Call, ClientCore, Operation, Round
-from .errors import (
+from ..errors import (
     JobFailedError,
     RedisRefusedError,
     RedisUnavailableError,
     UnknownJobError,
     WaitTimeoutError,
 )
-from .partitions import Part
-from .store import keys
-from .store.redis import Store
+from ..partitions import Part
+from ..store import keys
+from ..store.redis import Store
+from .core import Call, ClientCore, Operation, Round
 
 if TYPE_CHECKING:
     from loguru import Logger

@@ -1,13 +1,13 @@
-"""The done hub of ``procflow.aio``: one subscription to a flow's (or a partition's)
-``procflow:F:done`` shared by every ``wait`` of an AsyncFlow (a second one, with the
-progress channel, for the waits that show progress)."""
+"""The done hub of ``procflow.aio`` (``client/aio.py``): one subscription to a flow's (or a
+partition's) ``procflow:F:done`` shared by every ``wait`` of an AsyncFlow (a second one, with
+the progress channel, for the waits that show progress)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from .errors import RedisRefusedError, RedisUnavailableError
-from .store.aio import AsyncStore
+from ..errors import RedisRefusedError, RedisUnavailableError
+from ..store.aio import AsyncStore
 
 __all__ = ["DoneHub", "Waiter"]
 

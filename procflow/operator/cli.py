@@ -16,17 +16,17 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from .app import APP_FORMS, APP_HELP, VERSION, load_app, shown, unreachable_hint
+from ..app import APP_FORMS, APP_HELP, VERSION, load_app, shown, unreachable_hint
+from ..client.flow import Flow
+from ..cpus import usable_cpus
+from ..definition import QueueSpec
+from ..errors import ProcflowError, RedisUnavailableError, ServerStartError
+from ..server import RedisServer, embedded_binary
+from ..settings import REDIS_URL_ENV, RedisSettings
+from ..store import keys
+from ..supervisor import Supervisor
 from .commands import add_operator_commands
-from .cpus import usable_cpus
 from .dashboard import add_dashboard_command
-from .definition import QueueSpec
-from .errors import ProcflowError, RedisUnavailableError, ServerStartError
-from .flow import Flow
-from .server import RedisServer, embedded_binary
-from .settings import REDIS_URL_ENV, RedisSettings
-from .store import keys
-from .supervisor import Supervisor
 
 __all__ = ["APP_HELP", "VERSION", "build_parser", "main", "unreachable_hint"]
 
