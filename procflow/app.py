@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "VERSION",
     "AppLoadError",
     "load_app",
+    "report_retried",
     "shown",
     "unreachable_hint",
     "user_traceback",
@@ -236,3 +238,21 @@ def load_app(spec: str) -> Flow[Any, Any, Any]:
             f"{spec} is a {type(target).__name__}, not a Flow or a function returning one"
         )
     return target
+
+
+def report_retried(queue: str, wanted: Sequence[str], moved: Sequence[str]) -> int:
+    """Say what a retry of ``queue``'s failed jobs did (both command lines): how many went
+    back, or that there were none; the ``wanted`` ids that were not on the failed list, on
+    stderr. Returns the exit status: 1 when some wanted id was not moved."""
+    if not wanted and not moved:
+        print(shown(f"no failed jobs in {queue}"))
+        return 0
+    print(shown(f"put {len(moved)} job(s) back on {queue!r}"))
+    unknown = [i for i in dict.fromkeys(wanted) if i not in set(moved)]
+    if unknown:
+        print(
+            shown(f"error: not on the failed list of {queue!r}: {', '.join(unknown)}"),
+            file=sys.stderr,
+        )
+        return 1
+    return 0

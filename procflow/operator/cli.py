@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from ..app import APP_FORMS, APP_HELP, VERSION, load_app, shown, unreachable_hint
+from ..app import (
+    APP_FORMS,
+    APP_HELP,
+    VERSION,
+    load_app,
+    report_retried,
+    shown,
+    unreachable_hint,
+)
 from ..client.flow import Flow
 from ..cpus import usable_cpus
 from ..definition import QueueSpec
@@ -341,19 +349,7 @@ def _load(args: argparse.Namespace) -> Flow:
 
 def _retry(flow: Flow, queue: str, wanted: list[str]) -> int:
     """Put failed jobs back: all of them, or ``wanted``; 1 when some id was not failed."""
-    moved = flow.retry_failed(queue, wanted or None)
-    if not wanted and not moved:
-        print(shown(f"no failed jobs in {queue}"))
-        return 0
-    print(shown(f"put {len(moved)} job(s) back on {queue!r}"))
-    unknown = [i for i in dict.fromkeys(wanted) if i not in set(moved)]
-    if unknown:
-        print(
-            shown(f"error: not on the failed list of {queue!r}: {', '.join(unknown)}"),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return report_retried(queue, wanted, flow.retry_failed(queue, wanted or None))
 
 
 def _failed(args: argparse.Namespace) -> int:

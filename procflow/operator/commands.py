@@ -20,7 +20,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from ..app import APP_FORMS, load_app, shown
+from ..app import APP_FORMS, load_app, report_retried, shown
 from ..client.flow import Flow
 from ..errors import ConfigurationError
 from ..settings import REDIS_URL_ENV
@@ -453,15 +453,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         moved = op.retry(args.flow, args.queue, args.ids or None)
     finally:
         op.close()
-    print(shown(f"put {len(moved)} job(s) back on {args.queue!r}"))
-    unknown = [i for i in dict.fromkeys(args.ids) if i not in set(moved)]
-    if unknown:
-        print(
-            shown(f"error: not on the failed list of {args.queue!r}: {', '.join(unknown)}"),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return report_retried(args.queue, args.ids, moved)
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
