@@ -1,9 +1,10 @@
 """``procflow dashboard``: a web dashboard over ``procflow.operator.ops.Operator``.
 
-The pages (``app.py``: a Starlette app served by uvicorn) show the flows, each flow's stages
-as a graph with live depths and per-minute throughput, its nodes and workers, a stage's jobs a
-page at a time, one job in full, and a search by lookup attribute; and act on them (retry,
-cancel, delete) unless ``--read-only``. They need the ``dashboard`` extra (starlette, uvicorn,
+The pages (a Starlette app served by uvicorn: ``routes.py``, behind ``guards.py``, showing
+``views.py``'s data) show the flows, each flow's stages as a graph with live depths and
+per-minute throughput, its nodes and workers, a stage's jobs a page at a time, one job in full,
+and a search by lookup attribute; and act on them (retry, cancel, delete) unless
+``--read-only``. They need the ``dashboard`` extra (starlette, uvicorn,
 jinja2), imported only when the command runs: the rest of the command line works without.
 
 It listens on 127.0.0.1 unless told otherwise, and refuses a non-loopback address without a
@@ -43,18 +44,18 @@ def is_loopback(host: str) -> bool:
 
 
 def _server_modules() -> tuple[ModuleType, ModuleType]:
-    """uvicorn and the app module (which imports starlette and jinja2): the optional
+    """uvicorn and the routes module (which imports starlette and jinja2): the optional
     ``dashboard`` extra, loaded only by this command."""
     try:
         # Lazy on purpose: `procflow status` and friends must work without the extra.
         import uvicorn  # noqa: PLC0415 - optional extra, loaded only when the dashboard runs
 
-        from . import app  # noqa: PLC0415 - imports starlette and jinja2 (the same extra)
+        from . import routes  # noqa: PLC0415 - imports starlette and jinja2 (the same extra)
     except ImportError as exc:
         raise ConfigurationError(
             f"the dashboard needs its extra: pip install 'procflow[dashboard]' ({exc})"
         ) from None
-    return uvicorn, app
+    return uvicorn, routes
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -1,12 +1,15 @@
-"""What the dashboard's pages show, as plain data (no web framework): the operator's flows kept
-in step with the registry, a stage page's rows, search results, one job's fields, attempts,
-errors and children. Values stay data: the page's script puts them in the page as text.
+"""What the dashboard's pages show, as plain data (no web framework): each page's data and its
+``/api`` twin's (``PageData``), the operator's flows kept in step with the registry, a stage
+page's rows, search results, one job's fields, attempts, errors and children, the banner about
+evicting servers, and the JSON text all of it travels as. Values stay data: the page's script
+puts them in the page as text.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Sequence
 from itertools import zip_longest
 from typing import Any
@@ -17,14 +20,29 @@ from ...definition import FlowDefinition
 from ...errors import ProcflowError
 from ...ids import created_at
 from ...store import jobfields, keys
-from ..ops import Operator
+from ..ops import PAGE_STATES, Operator, as_json
 
-__all__ = ["FlowCache", "job_view", "page_rows", "search_rows", "value_text"]
+__all__ = [
+    "FlowCache",
+    "PageData",
+    "dumps",
+    "job_view",
+    "page_rows",
+    "search_rows",
+    "value_text",
+]
 
 #: a field's value longer than this is cut on the job page (its end replaced by a note)
 VALUE_LIMIT = 20_000
 PREVIEW_LIMIT = 160
 _ERROR_KEYS = ("error", "kind", "at", "attempt", "exitCode", "signal", "worker", "pid")
+#: how often (seconds) the banner re-reads the servers' maxmemory-policy
+EVICTION_EVERY = 30.0
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """``value`` as the JSON text a page carries and its ``/api`` twin answers."""
+    return json.dumps(as_json(value), ensure_ascii=False, default=str, **kwargs)
 
 
 class FlowCache:
@@ -204,3 +222,85 @@ def job_view(detail: dict[str, Any], lookups: Sequence[str]) -> dict[str, Any]:
         "children": children,
         "actions": _actions(detail),
     }
+
+
+class PageData:
+    """The data each page shows, read from ``operator`` (blocking: Redis), the same for the
+    page and its ``/api`` twin; every read first brings the flows it shows up to date."""
+
+    def __init__(self, operator: Operator) -> None:
+        self.op = operator
+        self.flows = FlowCache(operator)
+        #: (when read, the banner's lines) about an evicting maxmemory-policy
+        self._eviction: tuple[float, list[str]] | None = None
+
+    def overview(self) -> dict[str, Any]:
+        self.flows.check_all()
+        return {"flows": self.op.overview(), "at": time.time()}
+
+    def flow(self, flow: str) -> dict[str, Any]:
+        self.flows.check(flow)
+        return {
+            "flow": flow,
+            "description": self.op.describe(flow),
+            "stages": self.op.status(flow),
+            "nodes": self.op.nodes(flow),
+            "at": time.time(),
+        }
+
+    def stage(self, flow: str, queue: str, state: str, start: int, count: int) -> Any:
+        if state not in PAGE_STATES:
+            raise ValueError(f"unknown state {state!r}; choose from {', '.join(PAGE_STATES)}")
+        self.flows.check(flow)
+        self.op.flow(flow).stage(queue)  # an unknown stage is an error, naming the known ones
+        stage = next(s for s in self.op.status(flow, minutes=60) if s.name == queue)
+        page = self.op.page(flow, queue, state, start, count)
+        return {
+            "flow": flow,
+            "queue": queue,
+            "state": state,
+            "states": PAGE_STATES,
+            "stage": stage,
+            "total": page.total,
+            "start": page.start,
+            "count": count,
+            "rows": page_rows(page.jobs, page.scores, queue),
+            "at": time.time(),
+        }
+
+    def job(self, job_id: str, flow: str | None) -> dict[str, Any]:
+        if flow is None:
+            self.flows.check_all()
+        else:
+            self.flows.check(flow)
+        detail = self.op.job(job_id, flow)
+        lookups = list(self.op.flow(detail["flow"]).lookup_attributes)
+        return {**job_view(detail, lookups), "at": time.time()}
+
+    def search(self, flow: str, attribute: str, value: str) -> dict[str, Any]:
+        data: dict[str, Any] = {"flow": flow, "attribute": attribute, "value": value}
+        if not (flow and attribute):
+            return {**data, "rows": None, "at": time.time()}
+        try:
+            self.flows.check(flow)
+            jobs = self.op.jobs_by(flow, attribute, value, limit=100)
+        except ProcflowError as exc:
+            return {**data, "rows": [], "error": str(exc), "at": time.time()}
+        return {**data, "rows": search_rows(jobs), "limit": 100, "at": time.time()}
+
+    def search_options(self) -> dict[str, list[str]]:
+        """The search form's choices: each registered flow's lookup attributes."""
+        return self.flows.lookup_attributes()
+
+    def eviction(self) -> list[str]:
+        """What the banner says about servers that may evict keys (their maxmemory-policy),
+        read at most every ``EVICTION_EVERY`` seconds; nothing when Redis cannot be read (the
+        page says so itself)."""
+        now = time.monotonic()
+        if self._eviction is None or now - self._eviction[0] >= EVICTION_EVERY:
+            try:
+                texts = [p.message() for p in self.op.eviction() if p.unsafe]
+            except ProcflowError:
+                texts = []
+            self._eviction = (now, texts)
+        return self._eviction[1]
