@@ -34,11 +34,11 @@ from . import keys, plans
 from .eviction import EvictionPolicy
 from .keys import StageKeys
 from .link import Link, open_streams
-from .plans import CREATE_CHUNK, PRUNE_LIMIT, Exchange, Request
+from .plans import PRUNE_LIMIT, Exchange, Request
 from .records import NewJob
 from .replies import REDIRECTS, Route, follow
 from .subscription import note_progress
-from .wire import Arg, Script, pack
+from .wire import Arg, Script, Transmission, pack, replicated, transmit
 
 __all__ = ["AsyncStore", "AsyncSubscription"]
 
@@ -121,13 +121,7 @@ class AsyncStore:
 
     def _replicated(self, reply: Any) -> None:
         """A WAIT's reply (``durable``): fewer than one replica means not durable yet."""
-        self._check(reply)
-        if int(reply) < 1:
-            raise refusal(
-                self.settings.address,
-                f"NOREPLICAS no replica acknowledged the write within "
-                f"{self.settings.durable_ms} ms (durable=1)",
-            )
+        replicated(reply, self._check, self.settings.durable_ms)
 
     def _check(self, reply: Any) -> Any:
         """Raise the refusal for an error reply, also inside a transaction's reply."""
@@ -137,35 +131,31 @@ class AsyncStore:
         return reply
 
     async def _pipeline(self, commands: Sequence[bytes], writes: bool = False) -> list[Any]:
-        """Send packed commands in one write, read every reply (errors as values). Commands
-        that ``writes`` under ``durable`` get a WAIT for one replica in the same write (as
-        the sync ``Wire.pipeline``)."""
-        if not commands:
-            return []
-        if not (writes and self.settings.durable):
-            return await (await self.link()).request(b"".join(commands), len(commands))
-        wait = pack("WAIT", 1, self.settings.durable_ms)
+        """As ``Wire.pipeline``: packed commands in one write, every reply (errors as
+        values); under ``durable``, writes get a WAIT in the same write."""
+        return await self._drive(transmit(commands, self._check, self._durable_ms, writes=writes))
+
+    async def _drive(self, transmission: Transmission) -> list[Any]:
+        """Run a ``wire.transmit`` on this store's connection."""
         link = await self.link()
-        replies = await link.request(b"".join([*commands, wait]), len(commands) + 1)
-        self._replicated(replies.pop())
-        return replies
+        try:
+            write = next(transmission)
+            while True:
+                write = transmission.send(await link.request(write.data, write.replies))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    @property
+    def _durable_ms(self) -> int | None:
+        return self.settings.durable_ms if self.settings.durable else None
 
     async def call(self, *args: Arg) -> Any:
         return self._check((await self._pipeline([pack(*args)]))[0])
 
     async def _run_scripts(self, scripts: Sequence[Script], packed: Sequence[bytes]) -> list[Any]:
-        """Pipelined EVALSHA calls (writes); scripts the server does not know are loaded and
-        those calls sent again (NOSCRIPT: the call did not run). Error replies are values."""
-        replies = await self._pipeline(packed, writes=True)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, rex.NoScriptError)]
-        if missing:
-            wanted = {scripts[i].sha: scripts[i] for i in missing}.values()
-            for reply in await self._pipeline([pack("SCRIPT", "LOAD", s.source) for s in wanted]):
-                self._check(reply)
-            again = await self._pipeline([packed[i] for i in missing], writes=True)
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
+        """As ``Wire.run_scripts``: pipelined EVALSHA calls, NOSCRIPT ones loaded and sent
+        again. Error replies are values."""
+        return await self._drive(transmit(packed, self._check, self._durable_ms, scripts=scripts))
 
     # -- the operations of ``plans`` -------------------------------------------------------
 
@@ -198,36 +188,21 @@ class AsyncStore:
 
     @follows_redirects
     async def create_jobs(self, jobs: Sequence[NewJob], ttl: int) -> None:
-        """As ``Store.create_jobs``, byte for byte: each job its own MULTI … EXEC, chunks of
-        500 pipelined with at most two in flight on one connection. CreateJobsError says
-        which jobs were written when the server refused part way (a single job's refusal
-        raises the refusal itself)."""
-        if not jobs:
+        """As ``Store.create_jobs``, byte for byte (``plans.create_jobs``, paced on one
+        connection)."""
+        link = await self.link()
+        paced = plans.create_jobs(jobs, ttl, self.settings.address, self._check, self._durable_ms)
+        pending: asyncio.Future[list[Any]] | None = None
+        try:
+            step = next(paced)
+            while True:
+                sent = link.submit(step.data, step.replies) if step.data else None
+                await link.flush()
+                replies = await pending if pending is not None else []
+                pending = sent
+                step = paced.send(replies)
+        except StopIteration:
             return
-        ttl_bulk = plans.ttl_bulk(ttl)
-        created: list[str] = []
-        refused: RedisRefusedError | None = None
-        address = self.settings.address
-        link = await self.link()  # one connection for the batch, as the sync Store
-        in_flight: tuple[asyncio.Future[list[Any]], list[tuple[NewJob, int]]] | None = None
-        start = 0
-        while start < len(jobs) and refused is None:
-            chunk = jobs[start : start + CREATE_CHUNK]
-            blocks = [plans.pack_create(j, ttl_bulk) for j in chunk]
-            future = link.submit(b"".join(b for b, _ in blocks), sum(n for _, n in blocks))
-            await link.flush()
-            if in_flight is not None:
-                refused = plans.created_from(address, await in_flight[0], in_flight[1], created)
-            in_flight = (future, [(j, n) for j, (_, n) in zip(chunk, blocks, strict=True)])
-            start += len(chunk)
-        if in_flight is not None:
-            replies = await in_flight[0]
-            refused = plans.created_from(address, replies, in_flight[1], created) or refused
-        if refused is None and self.settings.durable:  # acknowledged once a replica has all
-            [waited] = await link.request(pack("WAIT", 1, self.settings.durable_ms), 1)
-            self._replicated(waited)
-        if refused is not None:
-            raise plans.creation_refused(jobs, created, refused)
 
     async def get_hashes(self, hash_keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         """HGETALL of every key in one round trip (an absent key gives ``{}``)."""

@@ -11,10 +11,9 @@ returns the operation's result. A driver only sends and reads: ``Store.run`` and
 MOVED or ASK again where the reply points (``replies.follow``). The two stores therefore send
 the same bytes for every operation here, and read the replies the same way.
 
-Creating jobs is the one operation the drivers pace themselves (chunks of ``CREATE_CHUNK``,
-the next sent before the previous one's replies are read); what goes on the wire
-(:func:`pack_create`) and how the replies are read (:func:`created_from`,
-:func:`creation_refused`) are here.
+Creating jobs is paced (:func:`create_jobs`: chunks of ``CREATE_CHUNK``, the next sent before
+the previous one's replies are read, so neither side's buffers fill up): its steps are
+:class:`Ahead` writes, and each store has a small driver for them.
 """
 
 from __future__ import annotations
@@ -29,16 +28,19 @@ from ..errors import CreateJobsError, RedisRefusedError, refusal
 from .eviction import READS, UNKNOWN, EvictionPolicy, check_mode, report
 from .keys import StageKeys
 from .records import NewJob
-from .wire import Script, pack, script
+from .wire import Script, pack, replicated, script
 
 __all__ = [
     "COUNTS",
     "CREATE_CHUNK",
     "PRUNE_LIMIT",
+    "Ahead",
     "Exchange",
+    "Paced",
     "Request",
     "checked",
     "counts",
+    "create_jobs",
     "created_from",
     "creation_refused",
     "delete_job",
@@ -152,6 +154,56 @@ def pack_create(job: NewJob, ttl: bytes) -> tuple[bytes, int]:
     waiting = job.waiting.encode()
     parts += (_RPUSH, b"$%d\r\n%s\r\n" % (len(waiting), waiting), id_bulk, _EXEC)
     return b"".join(parts), 5 + 2 * len(job.lookup_keys)
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """A write sent before the replies of the write before it are read: the driver sends
+    ``data`` (nothing when empty), then reads the replies of the previous ``Ahead`` and
+    hands them back (``[]`` after the first); ``replies`` is how many ``data`` will get."""
+
+    data: bytes
+    replies: int
+
+
+#: a paced operation: yields writes ahead of their replies, is sent the previous one's
+Paced = Generator[Ahead, list[Any], None]
+
+
+def create_jobs(
+    jobs: Sequence[NewJob],
+    ttl: int,
+    address: str,
+    check: Callable[[Any], Any],
+    durable_ms: int | None,
+) -> Paced:
+    """Write jobs, each in its own MULTI … EXEC (``pack_create``), pipelined in chunks with
+    at most two in flight. A refusal (the server full, say) stops the sending; then
+    CreateJobsError says exactly which jobs were written (a single job's refusal raises the
+    refusal itself: nothing was written). With ``durable_ms``, the jobs are acknowledged once
+    one replica has them all (a WAIT after the last chunk)."""
+    if not jobs:
+        return
+    bulk = ttl_bulk(ttl)
+    created: list[str] = []
+    refused: RedisRefusedError | None = None
+    in_flight: list[tuple[NewJob, int]] = []
+    start = 0
+    while start < len(jobs) and refused is None:
+        chunk = jobs[start : start + CREATE_CHUNK]
+        blocks = [pack_create(j, bulk) for j in chunk]
+        replies = yield Ahead(b"".join(b for b, _ in blocks), sum(n for _, n in blocks))
+        refused = created_from(address, replies, in_flight, created)
+        in_flight = [(j, n) for j, (_, n) in zip(chunk, blocks, strict=True)]
+        start += len(chunk)
+    replies = yield Ahead(b"", 0)
+    refused = created_from(address, replies, in_flight, created) or refused
+    if refused is None and durable_ms is not None:
+        yield Ahead(pack("WAIT", 1, durable_ms), 1)
+        [waited] = yield Ahead(b"", 0)
+        replicated(waited, check, durable_ms)
+    if refused is not None:
+        raise creation_refused(jobs, created, refused)
 
 
 def created_from(

@@ -21,7 +21,7 @@ from . import keys, plans
 from .connect import cluster_masters
 from .eviction import EvictionPolicy
 from .keys import StageKeys
-from .plans import CREATE_CHUNK, PRUNE_LIMIT, Exchange, Request
+from .plans import PRUNE_LIMIT, Exchange, Request
 from .records import NewJob
 from .replies import REDIRECTS, follow
 from .session import StageSession, children_status
@@ -33,18 +33,6 @@ __all__ = ["Store"]
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 P = ParamSpec("P")
-
-
-def _read_created(
-    w: Wire, blocks: Sequence[tuple[NewJob, int]], created: list[str]
-) -> RedisRefusedError | None:
-    """Read the replies of ``blocks`` (job, reply count) — all of them, so the connection
-    stays in step — adding the ids of the jobs written to ``created``. Returns the first
-    refusal (a command refused when queued makes EXEC abort: that job was not written)."""
-    if not blocks:
-        return None
-    replies = w.read_many(sum(n for _, n in blocks))
-    return plans.created_from(w.settings.address, replies, blocks, created)
 
 
 def follows_redirects(method: F) -> F:
@@ -173,31 +161,23 @@ class Store:
     @follows_redirects
     def create_jobs(self, jobs: Sequence[NewJob], ttl: int) -> None:
         """Write jobs, each in its own MULTI … EXEC: the job hash and its EXPIRE, each lookup
-        list and its EXPIRE, then the id onto the first waiting list. Pipelined in chunks,
-        the next chunk sent before the previous one's replies are read (at most two in
-        flight, so neither side's buffers can fill up). A refusal (the server full, say)
-        stops the sending; CreateJobsError then says exactly which jobs were written (a
-        single job's refusal raises the refusal itself: nothing was written)."""
-        if not jobs:
-            return
-        ttl_bulk = plans.ttl_bulk(ttl)
-        created: list[str] = []
-        refused: RedisRefusedError | None = None
+        list and its EXPIRE, then the id onto the first waiting list (``plans.create_jobs``,
+        paced on one connection). CreateJobsError says which jobs were written when the
+        server refused part way (a single job's refusal raises the refusal itself)."""
         with self.wire() as w:
-            in_flight: list[tuple[NewJob, int]] = []
-            start = 0
-            while start < len(jobs) and refused is None:
-                chunk = jobs[start : start + CREATE_CHUNK]
-                blocks = [plans.pack_create(j, ttl_bulk) for j in chunk]
-                w.send(b"".join(b for b, _ in blocks))
-                refused = _read_created(w, in_flight, created)
-                in_flight = [(j, n) for j, (_, n) in zip(chunk, blocks, strict=True)]
-                start += len(chunk)
-            refused = _read_created(w, in_flight, created) or refused
-            if refused is None:
-                w.wait_replicas()  # durable: acknowledged once a replica has them all
-        if refused is not None:
-            raise plans.creation_refused(jobs, created, refused)
+            durable_ms = w.settings.durable_ms if w.settings.durable else None
+            paced = plans.create_jobs(jobs, ttl, w.settings.address, w.check, durable_ms)
+            pending = 0
+            try:
+                step = next(paced)
+                while True:
+                    if step.data:
+                        w.send(step.data)
+                    replies = w.read_many(pending) if pending else []
+                    pending = step.replies
+                    step = paced.send(replies)
+            except StopIteration:
+                return
 
     def get_hashes(self, hash_keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         """HGETALL of every key in one round trip (an absent key gives ``{}``)."""

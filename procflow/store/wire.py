@@ -12,7 +12,8 @@ import collections
 import hashlib
 import select
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -25,7 +26,18 @@ from ..settings import RedisSettings
 from .connect import connection_class, connection_kwargs, find_master, no_retry
 from .replies import Kind, Route, classify, with_asking
 
-__all__ = ["Arg", "Prepared", "Script", "Wire", "pack", "script"]
+__all__ = [
+    "Arg",
+    "Prepared",
+    "Script",
+    "Transmission",
+    "Wire",
+    "Write",
+    "pack",
+    "replicated",
+    "script",
+    "transmit",
+]
 
 Arg = bytes | str | int | float
 
@@ -98,6 +110,72 @@ def script(name: str) -> Script:
     lib = (folder / "_lib.lua").read_text(encoding="utf-8")
     body = (folder / f"{name}.lua").read_text(encoding="utf-8")
     return Script(name, lib + "\n" + body)
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Bytes sent in one write, and how many replies to read back (errors as values)."""
+
+    data: bytes
+    replies: int
+
+
+#: what pipelined commands cost on the wire: yields writes, is sent each one's replies,
+#: returns the commands' replies (``transmit``; driven by ``Wire.drive`` and the async store)
+Transmission = Generator[Write, list[Any], list[Any]]
+
+
+def transmit(
+    commands: Sequence[bytes],
+    check: Callable[[Any], Any],
+    durable_ms: int | None = None,
+    *,
+    writes: bool = False,
+    scripts: Sequence[Script] = (),
+) -> Transmission:
+    """Packed commands in one write; their replies, errors as values. Written once for the
+    sync and the async driver. With ``durable_ms`` (``durable=1``) writes get a WAIT for one
+    replica in the same write, whose reply ``check`` raises for when no replica acknowledged
+    in time. ``scripts``: the commands are EVALSHA calls of these (one per command; they
+    write); a NOSCRIPT reply loads the script and sends that call again (it did not run)."""
+    wait = durable_ms if writes or scripts else None
+    replies = yield from _written(commands, check, wait)
+    if not scripts:
+        return replies
+    missing = [i for i, r in enumerate(replies) if isinstance(r, rex.NoScriptError)]
+    if missing:
+        wanted = list({scripts[i].sha: scripts[i] for i in missing}.values())
+        loads = [pack("SCRIPT", "LOAD", s.source) for s in wanted]
+        for reply in (yield Write(b"".join(loads), len(loads))):
+            check(reply)
+        again = yield from _written([commands[i] for i in missing], check, wait)
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    return replies
+
+
+def _written(
+    commands: Sequence[bytes], check: Callable[[Any], Any], durable_ms: int | None
+) -> Transmission:
+    if not commands:
+        return []
+    if durable_ms is None:
+        return (yield Write(b"".join(commands), len(commands)))
+    replies = yield Write(b"".join([*commands, pack("WAIT", 1, durable_ms)]), len(commands) + 1)
+    replicated(replies.pop(), check, durable_ms)
+    return replies
+
+
+def replicated(reply: Any, check: Callable[[Any], Any], durable_ms: int) -> None:
+    """A WAIT's reply (``durable=1``): fewer than one replica means the write is not durable
+    yet — ``check`` raises the refusal."""
+    check(reply)
+    if int(reply) < 1:
+        check(
+            rex.ResponseError(
+                f"NOREPLICAS no replica acknowledged the write within {durable_ms} ms (durable=1)"
+            )
+        )
 
 
 class Wire:
@@ -291,15 +369,21 @@ class Wire:
     def pipeline(self, commands: Sequence[bytes], writes: bool = False) -> list[Any]:
         """Send packed commands in one write, read every reply (errors as values). Commands
         that ``writes`` under ``durable`` get a WAIT for one replica in the same write."""
-        if not commands:
-            return []
-        if not (writes and self.settings.durable):
-            self.send(b"".join(commands))
-            return self.read_many(len(commands))
-        self.send(b"".join([*commands, self._wait]))
-        replies = self.read_many(len(commands) + 1)
-        self._replicated(replies.pop())
-        return replies
+        return self.drive(transmit(commands, self.check, self._durable_ms, writes=writes))
+
+    def drive(self, transmission: Transmission) -> list[Any]:
+        """Run a ``transmit``: each write sent, its replies read and handed back."""
+        try:
+            write = next(transmission)
+            while True:
+                self.send(write.data)
+                write = transmission.send(self.read_many(write.replies))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    @property
+    def _durable_ms(self) -> int | None:
+        return self.settings.durable_ms if self.settings.durable else None
 
     @property
     def _wait(self) -> bytes:
@@ -307,13 +391,7 @@ class Wire:
 
     def _replicated(self, reply: Any) -> None:
         """A WAIT's reply: fewer than one replica means the write is not durable yet."""
-        if isinstance(reply, rex.ResponseError):
-            raise self.refused(reply)
-        if int(reply) < 1:
-            raise self.refused(
-                f"NOREPLICAS no replica acknowledged the write within "
-                f"{self.settings.durable_ms} ms (durable=1)"
-            )
+        replicated(reply, self.check, self.settings.durable_ms)
 
     def wait_replicas(self) -> None:
         """With ``durable``: wait until one replica has every write sent on this connection
@@ -358,15 +436,7 @@ class Wire:
     def run_scripts(self, scripts: Sequence[Script], packed: Sequence[bytes]) -> list[Any]:
         """Pipeline several EVALSHA calls; those the server did not know are loaded and sent
         again (a NOSCRIPT reply means that call did not run). Error replies are values."""
-        replies = self.pipeline(packed, writes=True)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, rex.NoScriptError)]
-        if missing:
-            for s in {scripts[i].sha: scripts[i] for i in missing}.values():
-                self.load(s)
-            again = self.pipeline([packed[i] for i in missing], writes=True)
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
+        return self.drive(transmit(packed, self.check, self._durable_ms, scripts=scripts))
 
     def load(self, script: Script) -> None:
         self.call("SCRIPT", "LOAD", script.source)
