@@ -20,7 +20,7 @@ from .definition import FlowDefinition, Stage
 from .errors import ConfigurationError, SupervisorStateError
 from .partitions import Partitioning
 from .settings import RedisSettings, WorkerOptions
-from .worker.payload import Lane, WorkerKind, WorkerPayload
+from .worker.payload import PartitionStage, WorkerKind, WorkerPayload
 
 __all__ = ["ControllerSource", "WorkerController", "WorkerGroup", "WorkerHandle", "WorkerKind"]
 
@@ -54,6 +54,26 @@ def _check_count(where: str, count: object) -> int:
     return count
 
 
+class _OnePartition:
+    """How an unpartitioned flow names its one partition: every name as given (what a
+    ``Partitioning`` does for names without its tag)."""
+
+    @staticmethod
+    def short(name: str) -> str:
+        return name
+
+    @staticmethod
+    def shown(field: str) -> str:
+        return field
+
+    @staticmethod
+    def renames(definition: FlowDefinition) -> dict[str, str]:
+        return {}
+
+
+_ONE_PARTITION = _OnePartition()
+
+
 @dataclass(eq=False)
 class WorkerGroup:
     """``count`` workers of one kind (``WORKER`` or ``PARENT``) on one stage."""
@@ -65,15 +85,15 @@ class WorkerGroup:
     count: int
     options: WorkerOptions = field(default_factory=WorkerOptions)
     handles: list[WorkerHandle] = field(default_factory=list)
-    #: the stage in each partition of a partitioned flow (``stage`` is the first); empty:
-    #: the flow has one
-    lanes: tuple[Stage, ...] = ()
+    #: the stage in each partition of the flow, in order (``stage`` is the first); empty:
+    #: the flow has one, ``stage``
+    stages: tuple[Stage, ...] = ()
     #: how a partitioned flow names its partitions (None: the flow has one)
     partitioning: Partitioning | None = None
 
     def __post_init__(self) -> None:
-        if not self.lanes:
-            self.lanes = (self.stage,)
+        if not self.stages:
+            self.stages = (self.stage,)
         self.options.check(self.where)
         self.set_count(self.count)
 
@@ -82,14 +102,19 @@ class WorkerGroup:
         return f"workers for {self.name!r}"
 
     @property
+    def naming(self) -> Partitioning | _OnePartition:
+        """How the flow names its partitions (an unpartitioned flow: as given)."""
+        return self.partitioning if self.partitioning is not None else _ONE_PARTITION
+
+    @property
     def name(self) -> str:
         """The stage's name as the user wrote it (a partitioned flow's, without the tag)."""
-        split = self.partitioning
-        return split.short(self.stage.name) if split is not None else self.stage.name
+        return self.naming.short(self.stage.name)
 
-    def lane(self, index: int) -> Stage:
-        """The stage of lane ``index`` (a worker's status record says which it is in)."""
-        return self.lanes[index] if 0 <= index < len(self.lanes) else self.stage
+    def stage_in_partition(self, index: int) -> Stage:
+        """The stage in partition ``index`` (a worker's status record says which it is
+        in)."""
+        return self.stages[index] if 0 <= index < len(self.stages) else self.stage
 
     def payload(
         self,
@@ -101,36 +126,31 @@ class WorkerGroup:
         """What each worker process of this group is told (the supervisor sends it; inline
         test runs build their loops from it too): per partition, its stage, connection,
         routes and child stages."""
-        split = self.partitioning
-        lanes = []
-        for stage, (definition, redis) in zip(self.lanes, parts, strict=True):
+        naming = self.naming
+        partitions = []
+        for stage, (definition, redis) in zip(self.stages, parts, strict=True):
             routes = definition.routes()
-            if split is not None:  # a result's nextQueue by the names the user wrote too
-                routes.update({split.short(name): w for name, w in list(routes.items())})
-            lanes.append(
-                Lane(
+            # a result's nextQueue by the names the user wrote too
+            routes.update({naming.short(name): w for name, w in list(routes.items())})
+            partitions.append(
+                PartitionStage(
                     stage=stage,
                     redis=redis,
                     routes=routes,
                     child_stages=definition.child_keys(stage) if self.kind == PARENT else {},
-                    renames=split.renames(definition) if split is not None else {},
-                    names=tuple(map(split.shown, stage.fields)) if split is not None else (),
+                    renames=naming.renames(definition),
+                    names=tuple(map(naming.shown, stage.fields)),
                 )
             )
-        first = lanes[0]
         return WorkerPayload(
             flow=flow,
-            redis=first.redis,
-            stage=first.stage,
             kind=self.kind,
             fn=self.fn,
             options=self.options,
             key_ttl=parts[0][0].key_ttl,
             holder=holder,
-            routes=first.routes,
-            child_stages=first.child_stages,
+            partitions=partitions,
             log_level=log_level,
-            lanes=lanes,
         )
 
     def set_count(self, count: int) -> None:

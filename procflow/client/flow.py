@@ -285,7 +285,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
             fn,
             count,
             built,
-            lanes=tuple(stages),
+            stages=tuple(stages),
             partitioning=self.partitioning,
         )
         self.groups.append(group)

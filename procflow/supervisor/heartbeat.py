@@ -64,7 +64,7 @@ def worker_record(w: WorkerProcess, stopping: bool, restarts: int, lane: int = 0
     since = time.time() - (time.monotonic() - view.started) if running else None
     return {
         "name": w.name,
-        "stage": w.handle.group.lane(lane).name,
+        "stage": w.handle.group.stage_in_partition(lane).name,
         "pid": None if w.gone else w.pid,
         "state": state,
         "job": view.job if running else None,
@@ -159,7 +159,10 @@ class Heartbeat:
             worker_record(w, stopping, restarts.get(w.handle.group.name, 0), self.lane)
             for w in self.table
         ]
-        named = {w.handle.group.name: w.handle.group.lane(self.lane).name for w in self.table}
+        named = {
+            w.handle.group.name: w.handle.group.stage_in_partition(self.lane).name
+            for w in self.table
+        }
         return {
             "node": self.node,
             "host": self.host,

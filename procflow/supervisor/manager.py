@@ -451,7 +451,7 @@ class Manager:
                 w.started_ns = time.monotonic_ns()
         planned = w.state is WorkerState.DISCONNECTED and code == 0
         recycled = planned and w.end_reason.startswith("recycle")
-        stage = w.handle.group.lane(view.lane)  # what it held is in the lane it was in
+        stage = w.handle.group.stage_in_partition(view.partition)  # what it held is there
         log = self.log.bind(queue=stage.name, worker=w.name, pid=pid)
         self._collect_orphans(ended=w)
         replace = self.budget.on_exit(w) if self.budget is not None else True

@@ -92,11 +92,10 @@ class CoreBudget:
         return out
 
     def _waiting(self) -> list[int]:
-        """Jobs waiting per group, summed over its lanes (a partitioned flow's
-        partitions)."""
-        stages = [stage for g in self.groups for stage in g.lanes]
+        """Jobs waiting per group, summed over the partitions of its stage."""
+        stages = [stage for g in self.groups for stage in g.stages]
         counts = iter(self.stores.waiting_counts(stages))
-        return [sum(next(counts) for _ in g.lanes) for g in self.groups]
+        return [sum(next(counts) for _ in g.stages) for g in self.groups]
 
     def current(self) -> dict[str, int]:
         return {g.name: len(self._active(g)) for g in self.groups}

@@ -64,7 +64,7 @@ class Watchdogs:
         by_store: dict[int, tuple[Store, list[tuple[str, str, int]], list[str]]] = {}
         for w in live:
             view = read_status(w.status)
-            stage = w.handle.group.lane(view.lane)
+            stage = w.handle.group.stage_in_partition(view.partition)
             store, locks, names = by_store.setdefault(
                 id(self.stores.of(stage)), (self.stores.of(stage), [], [])
             )

@@ -27,6 +27,7 @@ import setproctitle
 from loguru import logger
 
 from ..cpus import WorkerSetup, limit_loaded_pools, setup_process
+from .ending import EndReason
 from .logs import install_child_logging
 from .loop import WorkerLoop
 from .payload import WorkerPayload
@@ -60,7 +61,8 @@ class Command(str, Enum):
 class Report(str, Enum):
     """What a worker says on its report pipe, first in each message: ``(CONNECTED, ns,
     client id)``, ``(STARTED, ns)``, ``(STOPPED, ns, why the loop ended: "stop" or
-    "recycle: …")``, ``(DISCONNECTED, ns)`` (ns: the shared monotonic clock),
+    "recycle: …", an ``ending.Ending`` as text)``, ``(DISCONNECTED, ns)`` (ns: the shared
+    monotonic clock),
     ``(CONNECT_FAILED, error text)``, and ``(LOG, record)`` (``worker/logs.py``, which
     sends the plain text ``"log"``: the values are what travels)."""
 
@@ -179,11 +181,9 @@ def worker_main(
     name = title(worker, payload.flow)
     setproctitle.setproctitle(name)  # the command line ps shows, where it can be rewritten
     setproctitle.setthreadtitle(name)  # and the process name (ps -o comm), always
-    stage = payload.stage
-    install_child_logging(
-        conn, log_level, flow=payload.flow, queue=stage.name, worker=worker, pid=pid
-    )
-    log = logger.bind(flow=payload.flow, queue=stage.name, worker=worker, pid=pid)
+    queue = payload.partitions[0].stage.name  # a partitioned flow's: the first partition's
+    install_child_logging(conn, log_level, flow=payload.flow, queue=queue, worker=worker, pid=pid)
+    log = logger.bind(flow=payload.flow, queue=queue, worker=worker, pid=pid)
     late = limit_loaded_pools()  # libraries loaded before the variables were set
     if late:
         notes.append(("WARNING" if setup.slot == 0 else "DEBUG", late))
@@ -226,12 +226,12 @@ def worker_main(
         return
     send(Report.STARTED, time.monotonic_ns())
     try:
-        reason = loop.run()
+        ending = loop.run()
     except Exception:
         log.exception("worker loop crashed")
         sys.exit(1)
-    send(Report.STOPPED, time.monotonic_ns(), reason)
-    if reason == "stop" and not stop_signal["seen"]:
+    send(Report.STOPPED, time.monotonic_ns(), str(ending))
+    if ending.reason is EndReason.STOP and not stop_signal["seen"]:
         commands.wait_for(Command.DISCONNECT)
     loop.disconnect()
     send(Report.DISCONNECTED, time.monotonic_ns())

@@ -12,7 +12,7 @@ from ..settings import RedisSettings, WorkerOptions
 from ..store.keys import StageKeys
 from ..store.session import StageSession
 
-__all__ = ["Lane", "WorkerKind", "WorkerPayload"]
+__all__ = ["PartitionStage", "WorkerKind", "WorkerPayload"]
 
 
 class WorkerKind(str, Enum):
@@ -27,13 +27,16 @@ class WorkerKind(str, Enum):
 
 
 @dataclass
-class Lane:
-    """One partition a worker serves (an unpartitioned flow has one): its stage, its
-    connection settings, its routes for a result's ``nextQueue`` and its child stages."""
+class PartitionStage:
+    """The worker's stage as it is in one partition of the flow (an unpartitioned flow has
+    one): the stage, its connection settings, its routes for a result's ``nextQueue`` and,
+    for a parent stage, its child stages."""
 
     stage: Stage
     redis: RedisSettings
+    #: every queue name → its waiting list in this partition (a result's ``nextQueue``)
     routes: dict[str, str] = field(default_factory=dict)
+    #: a parent stage's child names → their keys in this partition
     child_stages: dict[str, StageKeys] = field(default_factory=dict)
     #: result fields a user writes under the names given → this partition's own
     #: (``children:charge:params`` → ``children:{pay#3}.charge:params``)
@@ -46,41 +49,37 @@ class Lane:
 class WorkerPayload:
     """Everything a worker process needs. ``kind`` is ``WorkerKind.WORKER`` (runs ``fn``) or
     ``WorkerKind.PARENT`` (fans out to the stage's children); ``holder`` is the supervisor's
-    name in lock values; ``routes`` maps every queue name to its waiting list (a result's
-    ``nextQueue``); ``child_stages`` the child name to its keys (a parent stage)."""
+    name in lock values; ``partitions`` the stage in every partition the worker serves, in
+    order (at least one)."""
 
     flow: str
-    redis: RedisSettings
-    stage: Stage
     kind: WorkerKind
     fn: Callable[[Any], Any] | None
     options: WorkerOptions
     key_ttl: int
     holder: str
-    routes: dict[str, str] = field(default_factory=dict)
-    child_stages: dict[str, StageKeys] = field(default_factory=dict)
+    partitions: list[PartitionStage]
     log_level: str = "INFO"
     #: the worker's name (``queue#index``), set in the process
     worker: str = ""
-    #: every partition the worker serves, in order (empty: the one above)
-    lanes: list[Lane] = field(default_factory=list)
 
-    def all_lanes(self) -> list[Lane]:
-        """The lanes, the first being the stage, routes and children above."""
-        return self.lanes or [Lane(self.stage, self.redis, self.routes, self.child_stages)]
+    def __post_init__(self) -> None:
+        if not self.partitions:
+            raise ValueError("a worker serves at least one partition")
 
     def open_sessions(self) -> list[StageSession]:
-        """One stage session per lane (not connected yet), as the worker loop takes them."""
+        """One stage session per partition (not connected yet), as the worker loop takes
+        them."""
         return [
             StageSession.open(
-                lane.redis,
-                lane.stage.keys,
-                fields=lane.stage.fields,
+                part.redis,
+                part.stage.keys,
+                fields=part.stage.fields,
                 lock_ms=self.options.lock_ms,
                 block_timeout=self.options.block_timeout,
-                prefetch=lane.stage.prefetch,
+                prefetch=part.stage.prefetch,
             )
-            for lane in self.all_lanes()
+            for part in self.partitions
         ]
 
     @property

@@ -113,7 +113,7 @@ class StatusRecord(ctypes.Structure):
         ("held_prefix", ctypes.c_char * TOKEN_BYTES),  # the tokens' common start
         ("held", ctypes.c_char * (HELD_ID_BYTES * MAX_PREFETCH)),
         # which partition of a partitioned flow the worker is in (what it holds is there)
-        ("lane", ctypes.c_int32),
+        ("partition", ctypes.c_int32),
     ]
 
 
@@ -136,8 +136,8 @@ class StatusView:
     #: prefetched jobs still held besides ``job`` (not started, or run and their completion
     #: not yet written): (id, lease token)
     pending: tuple[tuple[str, str], ...] = ()
-    #: the partition (lane) everything above is in
-    lane: int = 0
+    #: the partition everything above is in
+    partition: int = 0
 
     def lost_tokens(self) -> list[str]:
         """The tokens of a lease call in flight whose reply may never have been seen."""
@@ -196,7 +196,7 @@ def read_status(raw: Any) -> StatusView:
             raw.redis_errors,
             raw.lease_count,
             _pending(raw, job),
-            raw.lane,
+            raw.partition,
         )
         if not before & 1 and raw.seq == before:
             break
@@ -276,11 +276,11 @@ class StatusWriter:
         raw.held_mask = 0
         raw.seq += 1
 
-    def lane(self, index: int) -> None:
+    def in_partition(self, index: int) -> None:
         """The worker moved to partition ``index`` (it holds nothing when it moves)."""
         raw = self.raw
         raw.seq += 1
-        raw.lane = index
+        raw.partition = index
         raw.seq += 1
 
     def running(self, job: str, token: str, started: float) -> None:

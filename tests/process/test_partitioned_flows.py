@@ -22,7 +22,7 @@ from procflow import Backoff, EncodeError, Flow, QueueSpec, Supervisor
 from procflow.aio import AsyncFlow
 from procflow.operator.ops import Operator
 from procflow.testing import run_inline
-from procflow.worker.lanes import TURN
+from procflow.worker.turns import TURN
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

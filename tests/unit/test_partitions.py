@@ -16,7 +16,7 @@ from procflow.errors import (
 from procflow.partitions import Partitioning, settle_creates
 from procflow.store import keys
 from procflow.store.slots import key_slot
-from procflow.worker.lanes import TURN, Turns, index_of
+from procflow.worker.turns import TURN, Turns, index_of
 
 
 def _flow(**options: object) -> Flow:
@@ -67,7 +67,7 @@ def test_queues_go_by_the_names_given_or_by_a_partitions_full_name() -> None:
     assert "check" in str(caught.value)
     handles = flow.create_child_workers("charge", "card", lambda job: {}, count=2)
     assert [h.name for h in handles] == ["charge:card#0", "charge:card#1"]
-    assert [s.name for s in flow.groups[0].lanes] == ["{pay#0}.charge:card", "{pay#1}.charge:card"]
+    assert [s.name for s in flow.groups[0].stages] == ["{pay#0}.charge:card", "{pay#1}.charge:card"]
 
 
 def test_round_robin_spreads_new_jobs_evenly() -> None:
@@ -141,10 +141,10 @@ def test_a_workers_turns_go_round_the_partitions_that_have_work() -> None:
     turns.taken = TURN
     assert turns.over and turns.order() == [1, 2, 0]  # its turn over: the next one first
     assert turns.move(1) and turns.taken == 0 and not turns.move(1)
-    assert [turns.idle_lane(3.0) for _ in range(4)] == [(1, 1.0), (2, 1.0), (0, 1.0), (1, 1.0)]
+    assert [turns.idle_partition(3.0) for _ in range(4)] == [(1, 1.0), (2, 1.0), (0, 1.0), (1, 1.0)]
     single = Turns(1)
     single.taken = 100
-    assert not single.over and single.idle_lane(3.0) == (0, 3.0)  # one lane: never moves
+    assert not single.over and single.idle_partition(3.0) == (0, 3.0)  # one partition: never moves
     assert [index_of(n) for n in ("check#3", "check#inline", "x")] == [3, 0, 0]
 
 
@@ -162,7 +162,8 @@ def test_a_later_stage_reads_the_childrens_fields_by_the_names_given() -> None:
     assert report.fields == ("children:{pay#1}.charge:jobs", "total")
     (group,) = [flow.create_workers("report", lambda job: {})[0].group]
     payload = group.payload("pay", [(p.definition, p.redis) for p in flow.parts], "h", "INFO")
-    assert payload.lanes[1].names == ("children:charge:jobs", "total")  # what the function sees
+    # what the function sees
+    assert payload.partitions[1].names == ("children:charge:jobs", "total")
 
 
 def test_a_batch_refused_in_one_partition_says_which_jobs_were_written() -> None:

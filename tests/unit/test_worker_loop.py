@@ -18,8 +18,9 @@ from procflow.errors import RedisUnavailableError
 from procflow.failures import FailOutcome
 from procflow.settings import RedisSettings, WorkerOptions
 from procflow.store.records import Lease
+from procflow.worker.ending import STOP, Ending, EndReason
 from procflow.worker.loop import WorkerLoop
-from procflow.worker.payload import WorkerPayload
+from procflow.worker.payload import PartitionStage, WorkerKind, WorkerPayload
 from procflow.worker.reporting import INTERVAL
 from procflow.worker.status import Activity, StatusRecord, StatusView, StatusWriter, read_status
 
@@ -136,19 +137,28 @@ def make_loop(
     definition: FlowDefinition = DEFINITION,
     options: WorkerOptions | None = None,
     sleeps: list[float] | None = None,
+    more: list[FakeSession] | None = None,
 ) -> WorkerLoop:
+    """A loop on ``session`` (and, for a partitioned stage, one more partition per session
+    of ``more``, each the same stage here)."""
     stage = definition.stage(queue)
+    sessions = [session, *(more or [])]
     payload = WorkerPayload(
         flow="F",
-        redis=RedisSettings(),
-        stage=stage,
-        kind="parent" if stage.is_parent else "worker",
+        kind=WorkerKind.PARENT if stage.is_parent else WorkerKind.WORKER,
         fn=fn,
         options=options or WorkerOptions(),
         key_ttl=86400,
         holder=HOLDER,
-        routes=definition.routes(),
-        child_stages=definition.child_keys(stage) if stage.is_parent else {},
+        partitions=[
+            PartitionStage(
+                stage,
+                RedisSettings(),
+                routes=definition.routes(),
+                child_stages=definition.child_keys(stage) if stage.is_parent else {},
+            )
+            for _ in sessions
+        ],
         worker=f"{queue}#0",
     )
     status = StatusWriter(StatusRecord())
@@ -160,6 +170,7 @@ def make_loop(
         logger.bind(flow="F", queue=queue, worker=f"{queue}#0"),
         pid=PID,
         sleep=record_sleep,
+        more_sessions=sessions[1:],
     )
 
 
@@ -439,7 +450,9 @@ def test_a_completion_that_did_not_take_is_logged(
 def test_the_worker_recycles_after_max_jobs_per_child() -> None:
     session = FakeSession(lease=[leased("j1", b"1"), leased("j2", b"2")])
     loop = make_loop(session, lambda p: {}, options=WorkerOptions(max_jobs_per_child=2))
-    assert loop.run() == "recycle: 2 jobs done"
+    ending = loop.run()
+    assert ending == Ending(EndReason.RECYCLE_JOBS, "2 jobs done") and ending.recycles
+    assert str(ending) == "recycle: 2 jobs done"  # as the supervisor is told
 
     completes = session.named("complete")
     assert [c[0] for c in completes] == ["j1", "j2"]
@@ -455,15 +468,45 @@ def test_failed_attempts_count_towards_recycling() -> None:
 
     session = FakeSession(lease=[leased("j1", b"1"), leased("j2", b"2")])
     loop = make_loop(session, work, options=WorkerOptions(max_jobs_per_child=2))
-    assert loop.run() == "recycle: 2 jobs done"
+    assert loop.run() == Ending(EndReason.RECYCLE_JOBS, "2 jobs done")
     assert [c[0] for c in session.named("fail")] == ["j1", "j2"]
+
+
+def test_the_worker_recycles_at_its_max_age() -> None:
+    session = FakeSession(lease=[leased("j1", b"1")])
+    loop = make_loop(session, lambda p: {}, options=WorkerOptions(max_age=30))
+    loop.born -= 31
+    ending = loop.run()
+    assert ending == Ending(EndReason.RECYCLE_AGE, "older than 30 s")
+    assert str(ending) == "recycle: older than 30 s"
+    assert session.calls == []  # due before its first lease
+
+
+def test_the_loop_moves_to_the_partition_with_work_and_works_there_on_its_session() -> None:
+    first, second = FakeSession(), FakeSession(lease=[leased("j1", b"1")])
+    options = WorkerOptions(max_jobs_per_child=1)
+    loop = make_loop(first, lambda p: {}, options=options, more=[second])
+    assert loop.run() == Ending(EndReason.RECYCLE_JOBS, "1 jobs done")
+    assert first.names == ["lease"]  # nothing there
+    assert second.names == ["lease", "complete"]
+    assert read_status(loop.status.raw).partition == 1  # what it holds is there
+
+
+def test_a_loop_needs_a_session_per_partition() -> None:
+    with pytest.raises(ValueError, match="2 partitions need as many sessions"):
+        WorkerLoop(
+            make_loop(FakeSession(), more=[FakeSession()]).payload,
+            FakeSession(),
+            StatusWriter(StatusRecord()),
+            logger,
+        )
 
 
 def test_a_stop_request_ends_the_loop_before_the_next_lease() -> None:
     session = FakeSession()
     loop = make_loop(session, lambda p: {})
     loop.status.raw.stop = 1
-    assert loop.run() == "stop"
+    assert loop.run() == STOP
     assert session.calls == []
     assert read_status(loop.status.raw).activity is Activity.STOPPED
 
@@ -473,7 +516,7 @@ def test_the_external_stop_flag_ends_the_loop_too() -> None:
     session = FakeSession(lease=[leased("j1", b"1")])
     loop = make_loop(session, lambda p: stop.append(True) or {})
     loop._external_stop = lambda: bool(stop)
-    assert loop.run() == "stop"
+    assert loop.run() == STOP
     assert [c[0] for c in session.named("complete")] == ["j1"]
     assert session.named("complete")[0][4] == ""  # told to stop: no lease ahead
 
@@ -488,7 +531,7 @@ def test_a_lease_taken_ahead_is_given_back_when_stop_comes_during_the_completion
     ran = []
     session = FakeSession(lease=[leased("j1", b"1")], complete=[complete_then_stop])
     loop = make_loop(session, lambda p: ran.append(p["id"]) or {})
-    assert loop.run() == "stop"
+    assert loop.run() == STOP
 
     assert ran == ["j1"]
     assert session.named("requeue") == [("j2", token(2))]
@@ -538,7 +581,7 @@ def test_blocking_for_a_job_then_claiming_it_shows_in_the_status_before_each_cal
         lease=[None], wait_for_job=[wait], claim=[claim], complete=[complete_then_stop]
     )
     loop = make_loop(session, lambda p: {}, options=WorkerOptions(block_timeout=2.5))
-    assert loop.run() == "stop"
+    assert loop.run() == STOP
 
     assert session.names == ["lease", "wait_for_job", "claim", "complete"]
     assert session.named("lease") == [(token(1),)]
@@ -559,7 +602,7 @@ def test_a_job_someone_else_claimed_first_is_let_go() -> None:
 
     session = FakeSession(lease=[None], wait_for_job=["j9"], claim=[claim_lost])
     loop = make_loop(session, lambda p: {})
-    assert loop.run() == "stop"
+    assert loop.run() == STOP
     assert session.named("complete") == []
     assert session.named("fail") == []
 
@@ -579,7 +622,7 @@ def test_an_outage_during_a_lease_gives_back_what_it_may_have_leased_and_retries
         complete=[complete_then_stop],
     )
     loop = make_loop(session, lambda p: {}, sleeps=sleeps)
-    assert loop.run() == "stop"
+    assert loop.run() == STOP
 
     assert session.calls[:4] == [
         ("lease", token(1)),
@@ -627,7 +670,7 @@ def test_a_lease_broken_by_an_outage_is_given_back_when_the_worker_stops_instead
 
     session = FakeSession(lease=[broken_then_stop])
     loop = make_loop(session, lambda p: {})
-    assert loop.run() == "stop"
+    assert loop.run() == STOP
     assert ("requeue", "", token(1)) in session.calls
 
 
@@ -864,7 +907,7 @@ def test_a_paused_worker_holds_no_job_until_resumed() -> None:
         return 1, []
 
     session.answers["complete"] = [stop_after_one]
-    assert loop.run() == "stop"
+    assert loop.run() == STOP
     assert seen == [(Activity.PAUSED, [])]  # paused before it leased anything
     assert session.names[:2] == ["lease", "complete"]
 
@@ -883,5 +926,5 @@ def test_a_stop_while_paused_ends_the_loop() -> None:
     loop = make_loop(session, lambda p: {})
     loop._gate = lambda: False
     loop.status.raw.pause = 1
-    assert loop.run() == "stop"
+    assert loop.run() == STOP
     assert session.names == []

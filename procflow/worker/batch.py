@@ -1,0 +1,98 @@
+"""A prefetched batch: the jobs one lease call took, held until each has run and its
+completion is written.
+
+A stage with ``prefetch`` > 1 leases that many jobs in one call. The loop runs them in
+order; their completions wait (``deferred``) to be written in one call with the batch's last
+one — which leases the next batch in the same round trip — unless the first of them has
+waited ``DEFER_AT_MOST`` seconds (slow jobs: their results are not held back). The status
+record lists the batch (``StatusWriter.hold``), so a supervisor can account for every entry
+whatever kills the worker. A job leased alone is held here too, at index -1 (not a batch's).
+The loop makes the Redis calls; this is what it holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from ..store.records import Lease
+from .status import Outcome, StatusWriter
+
+__all__ = ["DEFER_AT_MOST", "Completion", "PrefetchBatch"]
+
+#: how long the results of a prefetched batch's jobs may wait to be written with the batch's
+#: last one (seconds); past it they are written at once
+DEFER_AT_MOST = 0.05
+
+#: a prefetched job run, its completion not yet written: (lease, its index in the batch,
+#: result fields, the waiting list it goes to)
+Completion = tuple[Lease, int, list[tuple[bytes, bytes]], str]
+
+
+class PrefetchBatch:
+    """The jobs held: ``leased`` (not started, in order, with their place in the batch),
+    ``running`` (the running job's place, -1: none or not a batch's) and ``deferred`` (run,
+    their completions to be written with the batch's last one)."""
+
+    __slots__ = ("deferred", "deferred_since", "leased", "running", "status")
+
+    def __init__(self, status: StatusWriter) -> None:
+        self.status = status
+        self.leased: collections.deque[tuple[Lease, int]] = collections.deque()
+        self.running = -1
+        self.deferred: list[Completion] = []
+        self.deferred_since = 0.0
+
+    def take(self, leases: list[Lease]) -> None:
+        """Hold newly leased jobs (several: a batch, recorded for the supervisor)."""
+        if len(leases) > 1:
+            self.status.hold([lease.id for lease in leases], leases[0].token)
+            self.leased.extend((lease, i) for i, lease in enumerate(leases))
+        elif leases:
+            self.leased.append((leases[0], -1))
+
+    def defer(
+        self, lease: Lease, pairs: list[tuple[bytes, bytes]], next_waiting: str, last: bool
+    ) -> bool:
+        """The running prefetched job completed: its completion waits for the batch's last
+        one. True when the completions waiting must be written now: other jobs of the batch
+        are still to run (not ``last``) and the first completion has waited
+        ``DEFER_AT_MOST`` (slow jobs: their results are not held back)."""
+        if not self.deferred:
+            self.deferred_since = time.monotonic()
+        self.deferred.append((lease, self.running, pairs, next_waiting))
+        self.status.finished(Outcome.COMPLETED)  # recounted if the write finds it lost
+        return not last and time.monotonic() - self.deferred_since >= DEFER_AT_MOST
+
+    def completions(self) -> list[tuple[str, str, list[tuple[bytes, bytes]], str]]:
+        """The deferred completions, as one ``complete_many`` call writes them."""
+        return [(lease.id, lease.token, pairs, nxt) for lease, _, pairs, nxt in self.deferred]
+
+    def written(self, statuses: list[int]) -> list[Lease]:
+        """The deferred completions were written (``statuses``: each one's, 1 = written);
+        returns the jobs whose lease was found lost."""
+        lost = [
+            lease
+            for (lease, _, _, _), status in zip(self.deferred, statuses, strict=True)
+            if status != 1
+        ]
+        self.status.written([index for _, index, _, _ in self.deferred], lost=len(lost))
+        self.deferred.clear()
+        return lost
+
+    def released(self) -> None:
+        """The running job's failure was written: its entry is no longer held."""
+        if self.running >= 0:
+            self.status.release(self.running)
+
+    def drop(self) -> list[Lease]:
+        """Let go of the jobs not started (the loop gives them back); the status record
+        says so when ``dropped`` is called, after they were."""
+        leases = [lease for lease, _ in self.leased]
+        self.leased.clear()
+        return leases
+
+    def dropped(self) -> None:
+        """The jobs not started were given back: nothing is held."""
+        self.status.release_held()
+        self.status.finished()
