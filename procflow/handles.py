@@ -54,26 +54,6 @@ def _check_count(where: str, count: object) -> int:
     return count
 
 
-class _OnePartition:
-    """How an unpartitioned flow names its one partition: every name as given (what a
-    ``Partitioning`` does for names without its tag)."""
-
-    @staticmethod
-    def short(name: str) -> str:
-        return name
-
-    @staticmethod
-    def shown(field: str) -> str:
-        return field
-
-    @staticmethod
-    def renames(definition: FlowDefinition) -> dict[str, str]:
-        return {}
-
-
-_ONE_PARTITION = _OnePartition()
-
-
 @dataclass(eq=False)
 class WorkerGroup:
     """``count`` workers of one kind (``WORKER`` or ``PARENT``) on one stage."""
@@ -83,13 +63,13 @@ class WorkerGroup:
     kind: WorkerKind
     fn: Callable[[Any], Any] | None
     count: int
+    #: how the flow names its partitions (a flow made without ``partitions=``: as given)
+    partitioning: Partitioning
     options: WorkerOptions = field(default_factory=WorkerOptions)
     handles: list[WorkerHandle] = field(default_factory=list)
     #: the stage in each partition of the flow, in order (``stage`` is the first); empty:
     #: the flow has one, ``stage``
     stages: tuple[Stage, ...] = ()
-    #: how a partitioned flow names its partitions (None: the flow has one)
-    partitioning: Partitioning | None = None
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -102,14 +82,9 @@ class WorkerGroup:
         return f"workers for {self.name!r}"
 
     @property
-    def naming(self) -> Partitioning | _OnePartition:
-        """How the flow names its partitions (an unpartitioned flow: as given)."""
-        return self.partitioning if self.partitioning is not None else _ONE_PARTITION
-
-    @property
     def name(self) -> str:
         """The stage's name as the user wrote it (a partitioned flow's, without the tag)."""
-        return self.naming.short(self.stage.name)
+        return self.partitioning.short(self.stage.name)
 
     def stage_in_partition(self, index: int) -> Stage:
         """The stage in partition ``index`` (a worker's status record says which it is
@@ -119,20 +94,20 @@ class WorkerGroup:
     def payload(
         self,
         flow: str,
-        parts: Sequence[tuple[FlowDefinition, RedisSettings]],
+        partitions: Sequence[tuple[FlowDefinition, RedisSettings]],
         holder: str,
         log_level: str,
     ) -> WorkerPayload:
         """What each worker process of this group is told (the supervisor sends it; inline
         test runs build their loops from it too): per partition, its stage, connection,
         routes and child stages."""
-        naming = self.naming
-        partitions = []
-        for stage, (definition, redis) in zip(self.stages, parts, strict=True):
+        naming = self.partitioning
+        served = []
+        for stage, (definition, redis) in zip(self.stages, partitions, strict=True):
             routes = definition.routes()
             # a result's nextQueue by the names the user wrote too
             routes.update({naming.short(name): w for name, w in list(routes.items())})
-            partitions.append(
+            served.append(
                 PartitionStage(
                     stage=stage,
                     redis=redis,
@@ -147,9 +122,9 @@ class WorkerGroup:
             kind=self.kind,
             fn=self.fn,
             options=self.options,
-            key_ttl=parts[0][0].key_ttl,
+            key_ttl=partitions[0][0].key_ttl,
             holder=holder,
-            partitions=partitions,
+            partitions=served,
             log_level=log_level,
         )
 

@@ -1,11 +1,13 @@
 """Partitioned flows: one flow spread over K hash tags, for a flow beyond one Redis shard.
 
-``Flow("pay", queues, partitions=K)`` is K complete flows — ``{pay#0}`` … ``{pay#K-1}``, each
-with every queue named ``{pay#i}.QUEUE`` — so that on Redis Cluster each partition's keys
-live in one slot and the partitions spread over the shards. Each is an ordinary flow of the
-fixed layout (a TypeScript worker can serve one by its full names). A ``Part`` is one of them:
-its definition, its connection settings (pinned to its slot on a cluster) and its store.
-An unpartitioned flow is one part under its own names. Nothing here sends a command.
+Every flow has K >= 1 partitions. ``Flow("pay", queues, partitions=K)`` is K complete flows —
+``{pay#0}`` … ``{pay#K-1}``, each with every queue named ``{pay#i}.QUEUE`` — so that on Redis
+Cluster each partition's keys live in one slot and the partitions spread over the shards. Each
+is an ordinary flow of the fixed layout (a TypeScript worker can serve one by its full names).
+A ``Partition`` is one of them: its definition, its connection settings (pinned to its slot on
+a cluster) and its store. A flow made without ``partitions=`` is one partition under its own
+names (``Partitioning.tagged`` false). The names themselves are written in ``store.keys``.
+Nothing here sends a command.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_PARTITIONS",
-    "Part",
+    "Partition",
     "Partitioning",
     "StoreMap",
     "for_each",
@@ -51,14 +53,24 @@ P = TypeVar("P")
 class Partitioning:
     """How a flow's jobs spread over its partitions: ``count`` tags of ``base``, a job going
     to the next one in turn, or — with ``key`` — to the one its option ``key``'s value
-    hashes to (CRC-32 of the value's JSON text, the same in every process and language)."""
+    hashes to (CRC-32 of the value's JSON text, the same in every process and language).
+
+    Every flow has one. A flow made without ``partitions=`` is one partition that is not
+    ``tagged``: its names are the ones the user wrote (the layout a TypeScript worker reads),
+    and every renaming below is the identity."""
 
     base: str
     count: int
     key: str | None = None
+    tagged: bool = True
 
     @classmethod
     def build(cls, name: str, count: object, key: object) -> Partitioning:
+        """Checked: ``count`` None is a flow of one untagged partition."""
+        if count is None:
+            if key is not None:
+                raise ConfigurationError("partition_key needs partitions=K")
+            return cls(name, 1, None, tagged=False)
         if (
             not isinstance(count, int)
             or isinstance(count, bool)
@@ -81,28 +93,37 @@ class Partitioning:
 
     def tag(self, index: int) -> str:
         """Partition ``index``'s flow name (and hash tag): ``{pay#3}``."""
-        return f"{{{self.base}#{index}}}"
+        return keys.partition(self.base, index) if self.tagged else self.base
 
     def queue(self, index: int, name: str) -> str:
         """The full name of queue ``name`` in partition ``index``: ``{pay#3}.check``."""
-        return f"{self.tag(index)}.{name}"
+        return keys.partition_queue(self.base, index, name) if self.tagged else name
+
+    def index_of(self, key: str) -> int:
+        """The partition a key belongs to, by its tag (0 for a key of no partition)."""
+        found = keys.partition_index(self.base, key, self.count) if self.tagged else None
+        return found or 0
 
     def short(self, full: str) -> str:
         """A queue's name without its partition's tag (names without one come back as
         they are)."""
-        if full.startswith(f"{{{self.base}#"):
-            return full.split("}.", 1)[-1]
-        return full
+        return keys.queue_as_given(self.base, full) if self.tagged else full
+
+    def shown(self, field: str) -> str:
+        """A job field as the user sees it: a partition's ``children:{pay#3}.charge:jobs``
+        is ``children:charge:jobs``."""
+        return keys.field_as_given(self.base, field) if self.tagged else field
 
     def renames(self, definition: FlowDefinition) -> dict[str, str]:
         """In a partition: the fields a user writes under the queue names given
         (``children:charge:params``, in options or a worker's result) → the partition's
-        own (``children:{pay#3}.charge:params``)."""
-        return {
-            keys.children_params_field(self.short(s.name)): keys.children_params_field(s.name)
+        own (``children:{pay#3}.charge:params``); none in an untagged flow."""
+        pairs = (
+            (keys.children_params_field(self.short(s.name)), keys.children_params_field(s.name))
             for s in definition.stages.values()
             if s.is_parent
-        }
+        )
+        return {given: own for given, own in pairs if given != own}
 
     def field(self, index: int, name: str, parents: set[str]) -> str:
         """A job field named by the queue names given (``children:fanout:jobs``, read by a
@@ -112,17 +133,28 @@ class Partitioning:
             return f"children:{self.queue(index, queue)}:{suffix}"
         return name
 
-    def shown(self, field: str) -> str:
-        """A job field as the user sees it: a partition's ``children:{pay#3}.charge:jobs``
-        is ``children:charge:jobs``."""
-        if field.startswith(f"children:{{{self.base}#") and "}." in field:
-            return "children:" + field.split("}.", 1)[1]
-        return field
+    def given(self, queues: Sequence[QueueSpec[Any, Any]]) -> list[QueueSpec[Any, Any]]:
+        """A partition's queues (read back from its description) as the user wrote them:
+        ``definitions`` undone."""
+
+        def back(spec: QueueSpec[Any, Any]) -> QueueSpec[Any, Any]:
+            nxt = spec.next_queue
+            return dataclasses.replace(
+                spec,
+                name=self.short(spec.name),
+                next_queue=None if nxt is None else self.short(nxt),
+                attributes_to_get=tuple(map(self.shown, spec.attributes_to_get)),
+                children=tuple(back(c) for c in spec.children),
+            )
+
+        return [back(q) for q in queues]
 
     def definitions(
         self, queues: Sequence[QueueSpec[Any, Any]], lookup: Sequence[str], key_ttl: int
     ) -> tuple[FlowDefinition, ...]:
-        """The K flows, each checked like any flow."""
+        """The K flows, each checked like any flow (an untagged flow: the one as written)."""
+        if not self.tagged:
+            return (FlowDefinition.build(self.base, queues, lookup, key_ttl),)
         for spec in queues:
             if isinstance(spec, QueueSpec) and ("{" in spec.name or "}" in spec.name):
                 raise ConfigurationError(
@@ -181,9 +213,9 @@ class Partitioning:
         return by_key
 
 
-class Part:
-    """One partition of a flow (or the whole of an unpartitioned one): its definition, its
-    connection settings and its store, opened on first use."""
+class Partition:
+    """One partition of a flow (the whole of a flow made without ``partitions=``): its
+    definition, its connection settings and its store, opened on first use."""
 
     def __init__(
         self,
@@ -202,7 +234,7 @@ class Part:
         self._store: Store | None = None
 
     def __repr__(self) -> str:
-        return f"<Part {self.definition.name!r}>"
+        return f"<Partition {self.definition.name!r}>"
 
     @property
     def name(self) -> str:
@@ -224,11 +256,11 @@ class StoreMap:
     """A supervisor's connections: one store per partition (one for all where their
     settings are the same, as off a cluster), and which stage's keys each serves."""
 
-    def __init__(self, parts: Sequence[tuple[FlowDefinition, RedisSettings]]) -> None:
-        self.settings = tuple(redis for _, redis in parts)
+    def __init__(self, partitions: Sequence[tuple[FlowDefinition, RedisSettings]]) -> None:
+        self.settings = tuple(redis for _, redis in partitions)
         by_settings: dict[RedisSettings, Store] = {}
         self._of: dict[str, Store] = {}
-        for definition, redis in parts:
+        for definition, redis in partitions:
             store = by_settings.get(redis)
             if store is None:
                 store = by_settings[redis] = Store(redis)
@@ -239,8 +271,8 @@ class StoreMap:
         self.first = self.stores[0]
 
     @classmethod
-    def of_parts(cls, parts: Sequence[Part], socket_timeout: float) -> StoreMap:
-        """Stores for ``parts`` whose replies may take at most ``socket_timeout`` seconds
+    def of_partitions(cls, partitions: Sequence[Partition], socket_timeout: float) -> StoreMap:
+        """Stores for ``partitions`` whose replies may take at most ``socket_timeout`` seconds
         (a supervisor's: a silent server must not hold up respawns and stops for long)."""
         return cls(
             [
@@ -250,7 +282,7 @@ class StoreMap:
                         part.redis, socket_timeout=min(part.redis.socket_timeout, socket_timeout)
                     ),
                 )
-                for part in parts
+                for part in partitions
             ]
         )
 
@@ -285,13 +317,12 @@ class StoreMap:
 
 
 def summed_counts(
-    named: Sequence[tuple[str, Mapping[str, int]]], split: Partitioning | None
+    named: Sequence[tuple[str, Mapping[str, int]]], split: Partitioning
 ) -> dict[str, dict[str, int]]:
-    """Per queue name, its counts — of a partitioned flow, summed over the partitions under
-    the queue names given."""
+    """Per queue name as given, its counts summed over the partitions."""
     out: dict[str, dict[str, int]] = {}
     for name, counts in named:
-        into = out.setdefault(split.short(name) if split is not None else name, {})
+        into = out.setdefault(split.short(name), {})
         for what, n in counts.items():
             into[what] = into.get(what, 0) + n
     return out

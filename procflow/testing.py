@@ -161,8 +161,8 @@ def _inline_worker(
 ) -> _Inline:
     """A WorkerLoop for ``group`` as a worker process builds it (supervisor/manager.py's
     payload, worker/main.py's session), on a plain status record."""
-    parts = [(part.definition, part.redis) for part in flow.parts]
-    payload = group.payload(flow.name, parts, holder, "INFO")
+    partitions = [(part.definition, part.redis) for part in flow.partitions]
+    payload = group.payload(flow.name, partitions, holder, "INFO")
     payload.worker = f"{group.name}#inline"
     sessions = payload.open_sessions()
     status = StatusRecord()
@@ -230,7 +230,7 @@ def run_inline(flow: Flow[Any, Any, Any], timeout: float = 10.0) -> InlineRun:
     served = {w.group.name for w in workers}  # the queue names as written
     jobs = {w.group.name: 0 for w in workers}
     # their interval is the timeout, so a tick says how soon a retry is due within it
-    monitors = [FlowMonitor(part, holder, interval=timeout) for part in flow.parts]
+    monitors = [FlowMonitor(part, holder, interval=timeout) for part in flow.partitions]
     try:
         for w in workers:
             w.loop.connect()

@@ -78,24 +78,24 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         the running loop (and made again in another loop, or after ``flow.use_redis``)."""
         return self._store(0)
 
-    def _store(self, part: int) -> AsyncStore:
+    def _store(self, partition: int) -> AsyncStore:
         loop = asyncio.get_running_loop()
-        settings = self.flow.parts[part].redis
-        store = self._stores.get(part)
+        settings = self.flow.partitions[partition].redis
+        store = self._stores.get(partition)
         if store is None or store.loop is not loop or store.settings is not settings:
             if store is not None:
                 self._drop()
-            store = self._stores[part] = AsyncStore(settings)
+            store = self._stores[partition] = AsyncStore(settings)
         return store
 
-    def _done_hub(self, part: int, progress: bool = False) -> DoneHub:
-        """Partition ``part``'s hub (the waits that show progress share another, whose
+    def _done_hub(self, partition: int, progress: bool = False) -> DoneHub:
+        """Partition ``partition``'s hub (the waits that show progress share another, whose
         subscription has the progress channel too)."""
-        store = self._store(part)
-        hub = self._hubs.get((part, progress))
+        store = self._store(partition)
+        hub = self._hubs.get((partition, progress))
         if hub is None:
-            hub = self._hubs[(part, progress)] = DoneHub(
-                store, self.flow.parts[part].name, progress
+            hub = self._hubs[(partition, progress)] = DoneHub(
+                store, self.flow.partitions[partition].name, progress
             )
         return hub
 
@@ -110,7 +110,7 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
     async def connect(self) -> None:
         """Connect now and PING (at an app's startup, say); RedisUnavailableError names the
         address."""
-        await asyncio.gather(*(self._store(i).ping() for i in range(len(self.flow.parts))))
+        await asyncio.gather(*(self._store(i).ping() for i in range(len(self.flow.partitions))))
 
     async def aclose(self) -> None:
         """Close the connections (the AsyncFlow opens them again if used afterwards)."""
@@ -150,7 +150,7 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
             return cast(T, stop.value)
 
     async def _run_round(self, step: Round) -> list[Any]:
-        calls = [getattr(self._store(c.part), c.method)(*c.args) for c in step.calls]
+        calls = [getattr(self._store(c.partition), c.method)(*c.args) for c in step.calls]
         if len(calls) != 1 or not step.inline:
             return list(await asyncio.gather(*calls, return_exceptions=step.capture))
         try:  # awaited in this task: its request is sent before the task yields
@@ -240,12 +240,14 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         partition of a partitioned flow is waited on at once, each on its subscription
         (shared by every wait of this AsyncFlow)."""
         flow = self.flow
-        parts = flow.parts
-        state = Waiting(flow.name, [p.name for p in parts], job_ids, timeout, progress, flow.logger)
+        partitions = flow.partitions
+        state = Waiting(
+            flow.name, [p.name for p in partitions], job_ids, timeout, progress, flow.logger
+        )
         if not state.ids:
             return []
         event = asyncio.Event()
-        hubs = [self._done_hub(n, progress) for n in range(len(parts))]
+        hubs = [self._done_hub(n, progress) for n in range(len(partitions))]
         waiters = [hub.join(set(state.ids), event) for hub in hubs]
 
         try:

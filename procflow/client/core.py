@@ -8,7 +8,7 @@ run side by side) and is sent their results; it returns the operation's result. 
 and the encoding (``prepare``), the decoding of a job hash and the walk through its children
 are here too.
 
-The drivers only run rounds: ``Flow`` (``reading.JobReads.drive``) on the parts' sync
+The drivers only run rounds: ``Flow`` (``reading.JobReads.drive``) on the partitions' sync
 Stores, a round's partitions on threads (``partitions.for_each``); ``AsyncFlow``
 (``aio.AsyncFlow.drive``) on its AsyncStores with ``asyncio.gather``. A store call names a
 method that ``store.redis.Store`` and ``store.aio.AsyncStore`` both have (and that sends the
@@ -26,10 +26,9 @@ from .. import codec
 from ..definition import Stage
 from ..errors import ConfigurationError, EncodeError, UnknownLookupAttributeError
 from ..ids import uuid7_batch
-from ..partitions import Part, Partitioning, settle_creates, summed_counts
+from ..partitions import Partition, Partitioning, settle_creates, summed_counts
 from ..store import keys
 from ..store.records import NewJob
-from ..store.slots import hash_tag
 
 __all__ = ["Call", "ClientCore", "Operation", "Round", "child_refs"]
 
@@ -44,7 +43,7 @@ class Call:
     """One store call: ``method(*args)`` on partition ``part``'s store (a method the sync
     and the async store both have)."""
 
-    part: int
+    partition: int
     method: str
     args: tuple[Any, ...]
 
@@ -82,17 +81,17 @@ def child_refs(job: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str]]]
 
 class ClientCore:
     """A flow's job operations without I/O, over its partitions (one for an unpartitioned
-    flow). Made by the Flow for its parts (again when it is pointed at another server)."""
+    flow). Made by the Flow for its partitions (again when it is pointed at another server)."""
 
     def __init__(
         self,
-        parts: tuple[Part, ...],
-        partitioning: Partitioning | None,
+        partitions: tuple[Partition, ...],
+        partitioning: Partitioning,
         pick: Callable[[Mapping[str, Any]], int],
         max_value_bytes: int,
         key_ttl: int,
     ) -> None:
-        self.parts = parts
+        self.partitions = partitions
         self.partitioning = partitioning
         self._pick = pick
         self._max_value_bytes = max_value_bytes
@@ -100,26 +99,21 @@ class ClientCore:
 
     @property
     def lookup_attributes(self) -> tuple[str, ...]:
-        return self.parts[0].definition.lookup_attributes
+        return self.partitions[0].definition.lookup_attributes
 
     # -- partitions ----------------------------------------------------------------------
 
-    def part_of_key(self, key: str) -> Part:
+    def partition_of_key(self, key: str) -> Partition:
         """The partition a key belongs to, by its hash tag."""
-        if self.partitioning is None:
-            return self.parts[0]
-        base, _, index = hash_tag(key).rpartition("#")
-        if base == self.partitioning.base and index.isdigit() and int(index) < len(self.parts):
-            return self.parts[int(index)]
-        return self.parts[0]
+        return self.partitions[self.partitioning.index_of(key)]
 
-    def locate(self, job_ids: Sequence[str]) -> Operation[dict[str, Part]]:
+    def locate(self, job_ids: Sequence[str]) -> Operation[dict[str, Partition]]:
         """Job id → the partition holding it (one EXISTS per id and partition, the
         partitions side by side); ids found nowhere are left out."""
-        probes = [[keys.job(p.name, i) for i in job_ids] for p in self.parts]
+        probes = [[keys.job(p.name, i) for i in job_ids] for p in self.partitions]
         flags = yield Round([Call(n, "exists_many", (ks,)) for n, ks in enumerate(probes)])
-        found: dict[str, Part] = {}
-        for part, there in zip(self.parts, flags, strict=True):
+        found: dict[str, Partition] = {}
+        for part, there in zip(self.partitions, flags, strict=True):
             for job_id, flag in zip(job_ids, there, strict=True):
                 if flag:
                     found.setdefault(job_id, part)
@@ -130,7 +124,7 @@ class ClientCore:
     def prepare(self, options: Mapping[str, Any], job_id: str) -> NewJob:
         """One job checked and encoded (EncodeError says what cannot be stored), in the
         partition it goes to."""
-        part = self.parts[self._pick(options)]
+        part = self.partitions[self._pick(options)]
         if part.renames:  # children:Q:params under the partition's name
             options = {part.renames.get(k, k): v for k, v in options.items()}
         fields = codec.encode_fields(options, max_bytes=self._max_value_bytes)
@@ -168,7 +162,7 @@ class ClientCore:
             return []
         groups: dict[int, list[NewJob]] = {}
         for job in jobs:
-            groups.setdefault(self.part_of_key(job.key).index, []).append(job)
+            groups.setdefault(self.partition_of_key(job.key).index, []).append(job)
         calls = [Call(n, "create_jobs", (group, self.key_ttl)) for n, group in groups.items()]
         if len(calls) == 1:
             yield Round(calls, inline=True)
@@ -183,7 +177,7 @@ class ClientCore:
 
     # -- reading -------------------------------------------------------------------------
 
-    def lookup_keys(self, part: Part, values: Mapping[str, Any]) -> list[str]:
+    def lookup_keys(self, part: Partition, values: Mapping[str, Any]) -> list[str]:
         return [
             keys.lookup(part.name, attr, text)
             for attr in self.lookup_attributes
@@ -205,9 +199,9 @@ class ClientCore:
     def decode(self, key: str, job_id: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
         """A raw job hash (HGETALL) decoded, with its ``"id"``."""
         job: dict[str, Any] = {keys.ID: job_id}
-        shown = self.partitioning.shown if self.partitioning is not None else None
+        shown = self.partitioning.shown
         for f, v in raw.items():
-            name = f.decode() if shown is None else shown(f.decode())
+            name = shown(f.decode())
             if name != keys.ID:  # written by another library: the real id wins
                 job[name] = codec.decode_field(key, name, v)
         return job
@@ -219,20 +213,17 @@ class ClientCore:
         if not refs:
             return []
         hash_keys = [key for key, _ in refs]
-        if len(self.parts) == 1:
-            [raws] = yield Round([Call(0, "get_hashes", (hash_keys,))])
-        else:
-            by_part: dict[int, list[int]] = {}
-            for n, key in enumerate(hash_keys):
-                by_part.setdefault(self.part_of_key(key).index, []).append(n)
-            groups = list(by_part.items())
-            got = yield Round(
-                [Call(part, "get_hashes", ([hash_keys[n] for n in ns],)) for part, ns in groups]
-            )
-            raws = [{} for _ in hash_keys]
-            for (_, ns), replies in zip(groups, got, strict=True):
-                for n, raw in zip(ns, replies, strict=True):
-                    raws[n] = raw
+        by_partition: dict[int, list[int]] = {}
+        for n, key in enumerate(hash_keys):
+            by_partition.setdefault(self.partition_of_key(key).index, []).append(n)
+        groups = list(by_partition.items())
+        got = yield Round(
+            [Call(index, "get_hashes", ([hash_keys[n] for n in ns],)) for index, ns in groups]
+        )
+        raws: list[Mapping[bytes, bytes]] = [{} for _ in hash_keys]
+        for (_, ns), replies in zip(groups, got, strict=True):
+            for n, raw in zip(ns, replies, strict=True):
+                raws[n] = raw
         jobs = [
             self.decode(key, job_id, raw) if raw else None
             for (key, job_id), raw in zip(refs, raws, strict=True)
@@ -255,14 +246,14 @@ class ClientCore:
     def get_jobs(self, job_ids: Sequence[str], resolve: bool) -> Operation[list[dict[str, Any]]]:
         """Each id's job, read in every partition at once, where it was found; ids whose
         hash is gone are skipped."""
-        k = len(self.parts)
-        refs = [(keys.job(p.name, i), i) for i in job_ids for p in self.parts]
+        k = len(self.partitions)
+        refs = [(keys.job(p.name, i), i) for i in job_ids for p in self.partitions]
         jobs = yield from self.fetch(refs, resolve)
         out = [next((j for j in jobs[n : n + k] if j), None) for n in range(0, len(jobs), k)]
         return [j for j in out if j is not None]
 
     def jobs_in(
-        self, part: Part, job_ids: Sequence[str], resolve: bool
+        self, part: Partition, job_ids: Sequence[str], resolve: bool
     ) -> Operation[list[dict[str, Any]]]:
         """``get_jobs`` of the jobs of one partition."""
         jobs = yield from self.fetch([(keys.job(part.name, i), i) for i in job_ids], resolve)
@@ -274,10 +265,12 @@ class ClientCore:
         """The jobs whose lookup attribute ``key`` has ``value``, oldest first (partition by
         partition, the lists read side by side)."""
         text = self.lookup_text(key, value)
-        lists = [keys.lookup(p.name, key, text) for p in self.parts]
+        lists = [keys.lookup(p.name, key, text) for p in self.partitions]
         listed = yield Round([Call(n, "list_range", (k,)) for n, k in enumerate(lists)])
         refs = [
-            (keys.job(p.name, i), i) for p, ids in zip(self.parts, listed, strict=True) for i in ids
+            (keys.job(p.name, i), i)
+            for p, ids in zip(self.partitions, listed, strict=True)
+            for i in ids
         ]
         jobs = yield from self.fetch(refs, resolve)
         return [j for j in jobs if j is not None]
@@ -287,8 +280,8 @@ class ClientCore:
     def delete_job(self, job_id: str) -> Operation[bool]:
         """Remove a job: its hash, its lookup entries, its place in every queue of the flow
         and its child jobs. False when there was no such job."""
-        if len(self.parts) == 1:
-            part: Part | None = self.parts[0]
+        if len(self.partitions) == 1:
+            part: Partition | None = self.partitions[0]
         else:
             part = (yield from self.locate([job_id])).get(job_id)
         if part is None:
@@ -311,7 +304,7 @@ class ClientCore:
     def counts(self) -> Operation[dict[str, dict[str, int]]]:
         """Per queue: waiting, processing, delayed, parked and failed (summed over the
         partitions, by the queue names given)."""
-        stages = [list(p.definition.stages.values()) for p in self.parts]
+        stages = [list(p.definition.stages.values()) for p in self.partitions]
         counted = yield Round(
             [Call(n, "counts", ([s.keys for s in ss],)) for n, ss in enumerate(stages)]
         )

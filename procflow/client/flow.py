@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, overload
+from typing import TYPE_CHECKING, Any, Generic, cast, overload
 
 from loguru import logger as default_logger
 from typing_extensions import TypeVar, Unpack
@@ -21,14 +21,13 @@ from ..errors import (
 )
 from ..handles import PARENT, WORKER, WorkerGroup, WorkerHandle, WorkerKind
 from ..ids import uuid7
-from ..partitions import Part, Partitioning, for_each
+from ..partitions import Partition, Partitioning, for_each
 from ..settings import DEFAULT_KEY_TTL, RedisSettings, WorkerKwargs, WorkerOptions
 from ..store import acl, keys
 from ..store.redis import Store
 from ..store.registry import Registry
 from ..supervisor import Supervisor
-from .core import ClientCore
-from .reading import JobReads
+from .core import Call, ClientCore, Operation
 from .waiting import wait_for_jobs
 
 if TYPE_CHECKING:
@@ -39,11 +38,12 @@ __all__ = ["Backoff", "Flow", "QueueSpec", "Stage"]
 JobT = TypeVar("JobT", bound=Mapping[str, Any], default=dict[str, Any])
 OptionsT = TypeVar("OptionsT", bound=Mapping[str, Any], default=dict[str, Any])
 LookupT = TypeVar("LookupT", bound=str, default=str)
+T = TypeVar("T")
 P = TypeVar("P", bound=Mapping[str, Any])
 R = TypeVar("R", bound=Mapping[str, Any])
 
 
-class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
+class Flow(Generic[JobT, OptionsT, LookupT]):
     """A named pipeline of stage queues over one Redis.
 
     ``Flow[Job, Options, Lookup]`` is generic over the union of job shapes that
@@ -71,16 +71,8 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         partitions: int | None = None,
         partition_key: str | None = None,
     ) -> None:
-        if partitions is None:
-            if partition_key is not None:
-                raise ConfigurationError("partition_key needs partitions=K")
-            self.partitioning: Partitioning | None = None
-            definitions: tuple[FlowDefinition, ...] = (
-                FlowDefinition.build(name, queues, lookup_attributes, key_ttl),
-            )
-        else:
-            self.partitioning = Partitioning.build(name, partitions, partition_key)
-            definitions = self.partitioning.definitions(queues, lookup_attributes, key_ttl)
+        self.partitioning = Partitioning.build(name, partitions, partition_key)
+        definitions = self.partitioning.definitions(queues, lookup_attributes, key_ttl)
         self._name = name
         self._queues = tuple(queues)
         if redis is not None and redis_url is not None:
@@ -91,22 +83,22 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         #: built elsewhere is not recorded here; it adopts the flow's workers instead)
         self.supervisor: Supervisor | None = None
         self._definitions = definitions
-        self._pick = (self.partitioning or Partitioning(name, 1)).chooser()
-        self.parts: tuple[Part, ...] = ()
+        self._pick = self.partitioning.chooser()
+        self.partitions: tuple[Partition, ...] = ()
         self._point(redis if redis is not None else RedisSettings.from_env(redis_url))
 
     def _point(self, settings: RedisSettings) -> None:
         """Each partition's connection settings (on a cluster: its slot's master)."""
-        for part in self.parts:
+        for part in self.partitions:
             part.close()
         split = self.partitioning
-        self.parts = tuple(
-            Part(i, d, d.on_cluster(settings), self.logger, split.renames(d) if split else {})
+        self.partitions = tuple(
+            Partition(i, d, d.on_cluster(settings), self.logger, split.renames(d))
             for i, d in enumerate(self._definitions)
         )
-        self.redis = self.parts[0].redis
+        self.redis = self.partitions[0].redis
         self.core = ClientCore(
-            self.parts,
+            self.partitions,
             split,
             self._pick,
             self.redis.max_value_bytes,
@@ -114,7 +106,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         )
 
     def __repr__(self) -> str:
-        shown = f", partitions={len(self.parts)}" if self.partitioning else ""
+        shown = f", partitions={len(self.partitions)}" if self.partitioning.tagged else ""
         return (
             f"Flow({self.name!r}, queues={[q.name for q in self.queues]}{shown}, "
             f"redis={self.redis.url!r})"
@@ -124,7 +116,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
 
     @property
     def definition(self) -> FlowDefinition:
-        """The flow's definition (of a partitioned flow: partition 0's; ``parts`` holds
+        """The flow's definition (of a partitioned flow: partition 0's; ``partitions`` holds
         every partition's)."""
         return self._definitions[0]
 
@@ -156,12 +148,10 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         """The stage called ``queue`` in every partition (one for an unpartitioned flow). A
         partitioned flow's queues go by the names given (``check``, ``fan:child``) or by a
         partition's full name."""
-        if self.partitioning is None:
-            return [self.definition.stage(queue)]
         split = self.partitioning
         short = split.short(queue)
         try:
-            return [p.definition.stages[split.queue(p.index, short)] for p in self.parts]
+            return [p.definition.stages[split.queue(p.index, short)] for p in self.partitions]
         except KeyError:
             names = [split.short(n) for n in self.definition.stages]
             raise UnknownQueueError(queue, names) from None
@@ -171,7 +161,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         return self.definition.first_stage
 
     def job_key(self, job_id: str) -> str:
-        """Job ``job_id``'s key (of a partitioned flow: in partition 0; ``part_of`` finds
+        """Job ``job_id``'s key (of a partitioned flow: in partition 0; ``partition_of`` finds
         the partition that holds it)."""
         return keys.job(self.definition.name, job_id)
 
@@ -180,15 +170,15 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
     @property
     def store(self) -> Store:
         """The flow's own Redis layer, opened on first use (of a partitioned flow:
-        partition 0's; every part in ``parts`` has its own)."""
-        return self.parts[0].store
+        partition 0's; every part in ``partitions`` has its own)."""
+        return self.partitions[0].store
 
     def connect(self) -> None:
         """Open the flow's connections now; RedisUnavailableError names the address."""
-        for_each(self.parts, lambda part: part.store.ping())
+        for_each(self.partitions, lambda part: part.store.ping())
 
     def disconnect(self) -> None:
-        for part in self.parts:
+        for part in self.partitions:
             part.close()
 
     def use_redis(self, redis: RedisSettings | str) -> None:
@@ -245,7 +235,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
     def forget(self) -> None:
         """Remove procflow's records of this flow (its registry entry, node heartbeats,
         stats, finished lists and cancel requests); jobs and queues are left alone."""
-        for part in self.parts:
+        for part in self.partitions:
             Registry(part.store).unregister(part.name, list(part.definition.stages))
 
     def acl_rules(self) -> list[str]:
@@ -253,7 +243,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         ``ACL SETUSER name on >password …``. See docs/configuration.md."""
         rules = [
             rule
-            for part in self.parts
+            for part in self.partitions
             for rule in acl.acl_rules(part.name, [s.keys for s in part.definition.stages.values()])
         ]
         return list(dict.fromkeys(rules))
@@ -262,6 +252,95 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
         """Per queue: waiting, processing, delayed, parked and failed (of a partitioned
         flow: summed over the partitions, by the queue names given)."""
         return self.drive(self.core.counts())
+
+    @property
+    def lookup_attributes(self) -> tuple[LookupT, ...]:
+        return self.core.lookup_attributes  # type: ignore[return-value]
+
+    # -- the sync driver of the core ----------------------------------------------------
+
+    def drive(self, operation: Operation[T]) -> T:
+        """Run a ``core`` operation: each round's store calls on the partitions' stores, side by
+        side, their results sent back; the operation's result returned."""
+        try:
+            step = next(operation)
+            while True:
+                step = operation.send(for_each(step.calls, self._caller(step.capture)))
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+    def _caller(self, capture: bool) -> Callable[[Call], Any]:
+        def call(c: Call) -> Any:
+            try:
+                return getattr(self.partitions[c.partition].store, c.method)(*c.args)
+            except Exception as exc:  # with capture: the round's outcome, settled by the core
+                if capture:
+                    return exc
+                raise
+
+        return call
+
+    # -- partitions ----------------------------------------------------------------------
+
+    def locate(self, job_ids: Sequence[str]) -> dict[str, Partition]:
+        """Job id → the partition holding it (one EXISTS per id and partition, the
+        partitions side by side); ids found nowhere are left out."""
+        return self.drive(self.core.locate(job_ids))
+
+    def partition_of(self, job_id: str) -> Partition | None:
+        """The partition that holds job ``job_id`` (None when there is no such job)."""
+        return self.locate([job_id]).get(job_id)
+
+    def part_of(self, job_id: str) -> Partition | None:
+        """Deprecated: ``partition_of``."""
+        warnings.warn(
+            "Flow.part_of is deprecated; use Flow.partition_of", DeprecationWarning, stacklevel=2
+        )
+        return self.partition_of(job_id)
+
+    @property
+    def parts(self) -> tuple[Partition, ...]:
+        """Deprecated: ``partitions``."""
+        warnings.warn(
+            "Flow.parts is deprecated; use Flow.partitions", DeprecationWarning, stacklevel=2
+        )
+        return self.partitions
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def decode(self, key: str, job_id: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+        """A raw job hash (HGETALL) decoded, with its ``"id"``."""
+        return self.core.decode(key, job_id, raw)
+
+    def get_job(self, job_id: str) -> JobT | None:
+        """The decoded job hash with its ``"id"``, or None when there is no such job."""
+        found = self.get_jobs([job_id])
+        return found[0] if found else None
+
+    def get_jobs(self, job_ids: Sequence[str], resolve_children: bool = False) -> list[JobT]:
+        """Decoded job hashes (one round trip; a partitioned flow's partitions side by
+        side), skipping ids whose hash is gone."""
+        return self.drive(self.core.get_jobs(job_ids, resolve_children))  # type: ignore[arg-type]
+
+    def jobs_in(
+        self, part: Partition, job_ids: Sequence[str], resolve_children: bool = False
+    ) -> list[JobT]:
+        """``get_jobs`` of the jobs of one partition (one round trip)."""
+        return self.drive(self.core.jobs_in(part, job_ids, resolve_children))  # type: ignore[arg-type]
+
+    def get_jobs_by_key(
+        self, key: LookupT, value: str | int | float | bool | None, resolve_children: bool = False
+    ) -> list[JobT]:
+        """The jobs whose lookup attribute ``key`` has ``value``, oldest first (of a
+        partitioned flow: every partition's, read side by side, partition by partition).
+        With ``resolve_children``, every ``children:Q:jobs`` field holds the child jobs."""
+        operation = self.core.get_jobs_by_key(key, value, resolve_children)
+        return self.drive(operation)  # type: ignore[arg-type]
+
+    def delete_job(self, job_id: str) -> bool:
+        """Remove a job: its hash, its lookup entries, its place in every queue of the flow
+        and its child jobs. Returns False when there was no such job."""
+        return self.drive(self.core.delete_job(job_id))
 
     # -- workers -------------------------------------------------------------------------
 
@@ -284,9 +363,9 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
             kind,
             fn,
             count,
+            self.partitioning,
             built,
             stages=tuple(stages),
-            partitioning=self.partitioning,
         )
         self.groups.append(group)
         own = self.supervisor
@@ -297,7 +376,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
 
     def _label(self, stage: Stage) -> str:
         """A stage's name as the user wrote it (without a partition's tag)."""
-        return self.partitioning.short(stage.name) if self.partitioning else stage.name
+        return self.partitioning.short(stage.name)
 
     @overload
     def create_workers(
@@ -393,7 +472,7 @@ class Flow(JobReads[JobT, LookupT], Generic[JobT, OptionsT, LookupT]):
             )
         stages = [
             part.definition.stages[parent.children[child]]
-            for part, parent in zip(self.parts, parents, strict=True)
+            for part, parent in zip(self.partitions, parents, strict=True)
         ]
         if not callable(fn):
             raise ConfigurationError(

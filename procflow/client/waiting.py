@@ -27,7 +27,7 @@ from ..errors import (
     UnknownJobError,
     WaitTimeoutError,
 )
-from ..partitions import Part
+from ..partitions import Partition
 from ..store import keys
 from ..store.redis import Store
 from .core import Call, ClientCore, Operation, Round
@@ -58,14 +58,14 @@ class Waiting:
     def __init__(
         self,
         name: str,
-        part_names: Sequence[str],
+        partition_names: Sequence[str],
         job_ids: Sequence[str],
         timeout: float | None,
         progress: bool,
         logger: Logger,
     ) -> None:
         self.name = name
-        self.part_names = tuple(part_names)
+        self.partition_names = tuple(partition_names)
         self.ids = list(job_ids)
         self.timeout = timeout
         self.progress = progress
@@ -84,8 +84,8 @@ class Waiting:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def job_keys(self, part: int, ids: Sequence[str]) -> list[str]:
-        return [keys.job(self.part_names[part], i) for i in ids]
+    def job_keys(self, partition: int, ids: Sequence[str]) -> list[str]:
+        return [keys.job(self.partition_names[partition], i) for i in ids]
 
     @staticmethod
     def not_done(ids: Sequence[str], replies: Sequence[Sequence[Any]]) -> list[str]:
@@ -95,13 +95,16 @@ class Waiting:
     def first_read(self) -> Operation[list[FirstRead]]:
         """Every partition's first read (side by side): HMGET done of every id, then EXISTS
         of the ids not done there — for ``place``."""
-        parts = range(len(self.part_names))
+        partitions = range(len(self.partition_names))
         done = [
-            Call(p, "hash_field_many", (self.job_keys(p, self.ids), [keys.DONE])) for p in parts
+            Call(p, "hash_field_many", (self.job_keys(p, self.ids), [keys.DONE]))
+            for p in partitions
         ]
         replies = yield Round(done)
         rests = [self.not_done(self.ids, r) for r in replies]
-        there = yield Round([Call(p, "exists_many", (self.job_keys(p, rests[p]),)) for p in parts])
+        there = yield Round(
+            [Call(p, "exists_many", (self.job_keys(p, rests[p]),)) for p in partitions]
+        )
         return list(zip(replies, rests, there, strict=True))
 
     def recheck(self) -> Operation[list[list[str]]]:
@@ -140,7 +143,7 @@ class Waiting:
 
     def final_refs(self) -> list[tuple[str, str]]:
         """(key, id) of every job, in the order given, for the final read."""
-        return [(keys.job(self.part_names[self.where[i]], i), i) for i in self.ids]
+        return [(keys.job(self.partition_names[self.where[i]], i), i) for i in self.ids]
 
     def result(
         self, jobs: Sequence[dict[str, Any] | None], raise_on_failure: bool
@@ -236,7 +239,7 @@ class WaitableFlow(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def parts(self) -> tuple[Part, ...]: ...
+    def partitions(self) -> tuple[Partition, ...]: ...
     @property
     def store(self) -> Store: ...
     @property
@@ -263,7 +266,7 @@ def wait_for_jobs(
 ) -> list[dict[str, Any]]:
     """See ``procflow.Flow.wait``: the blocking driver of :class:`Waiting` (one subscription
     to every partition's channels; the partitions read side by side)."""
-    names = [p.name for p in flow.parts]
+    names = [p.name for p in flow.partitions]
     state = Waiting(flow.name, names, job_ids, timeout, progress, flow.logger)
     if not state.ids:
         return []

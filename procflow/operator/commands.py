@@ -435,8 +435,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(payload)
             return 0
-        # a partitioned flow's stages, as the user wrote them, are its first partition's
-        flow = op.flow((op.partitions(args.flow) or [args.flow])[0])
+        flow = op.flow(args.flow)
         table = _jobs_table(title, jobs, flow, start, caption)
     finally:
         op.close()

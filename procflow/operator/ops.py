@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..client.flow import Flow
-from ..definition import FlowDefinition
+from ..definition import FlowDefinition, Stage
 from ..errors import ConfigurationError, UnknownFlowError, UnknownJobError
 from ..ids import created_at
+from ..partitions import Partition, Partitioning
 from ..settings import RedisSettings
 from ..store import jobfields, keys
 from ..store.eviction import EvictionPolicy
@@ -60,7 +61,9 @@ class JobPage:
 
 
 class Operator:
-    """Everything the CLI and the dashboard do, against one Redis."""
+    """Everything the CLI and the dashboard do, against one Redis. A partitioned flow is one
+    flow here, under the name it was given: every read spans its partitions and shows the
+    queue names the user wrote."""
 
     def __init__(self, redis: RedisSettings | str | None = None) -> None:
         settings = redis if isinstance(redis, RedisSettings) else RedisSettings.from_env(redis)
@@ -69,8 +72,6 @@ class Operator:
         self.registry = Registry(self.store)
         self._flows: dict[str, Flow] = {}
         self._registries: dict[str, Registry] = {}
-        #: a partitioned flow's name → its partitions' (``{pay#0}`` …)
-        self._partitions: dict[str, list[str]] = {}
 
     def close(self) -> None:
         for flow in self._flows.values():
@@ -80,12 +81,9 @@ class Operator:
         self.registry.close()
         self.store.close()
 
-    def _store_of(self, name: str) -> Store:
-        """The store for flow ``name``'s keys: on Redis Cluster the master of its slot."""
-        return self.registry_of(name).store
-
     def registry_of(self, name: str) -> Registry:
-        """The registry reads of flow ``name`` (on Redis Cluster, on its slot's master)."""
+        """The registry reads of flow (or partition) ``name``'s keys: on Redis Cluster, on
+        its slot's master."""
         if not self.redis.cluster_nodes:
             return self.registry
         registry = self._registries.get(name)
@@ -93,66 +91,93 @@ class Operator:
             registry = self._registries[name] = Registry.of_flow(self.redis, name)
         return registry
 
+    def _registry(self, part: Partition) -> Registry:
+        return self.registry_of(part.name)
+
     # -- flows -----------------------------------------------------------------------------
 
     def flows(self) -> list[str]:
-        return self.registry.flows()
+        """Every registered flow by its name, a partitioned one once (its partitions'
+        records, ``{F#i}``, say whose they are)."""
+        out: set[str] = set()
+        partitioned: dict[str, bool] = {}  # F → whether {F#0}'s record says it is F's
+        for name in self.registry.flows():
+            found = keys.partition_of_name(name)
+            if found is not None:
+                base = found[0]
+                if base not in partitioned:
+                    first = keys.partition(base, 0)
+                    data = self.registry_of(first).describe(first) or {}
+                    partitioned[base] = data.get("partitionOf") == base
+            out.add(found[0] if found is not None and partitioned[found[0]] else name)
+        return sorted(out)
+
+    def description(self, name: str) -> dict[str, Any] | None:
+        """Flow ``name``'s registered description (a partitioned flow's: its first
+        partition's, which says ``partitionOf``); None when no supervisor registered it."""
+        own = self.registry_of(name).describe(name)
+        if own is not None and own.get("partitionOf") is None:
+            return own
+        first = keys.partition(name, 0)
+        data = self.registry_of(first).describe(first)
+        if data is not None and data.get("partitionOf") == name:
+            return data
+        return own
 
     def flow(self, name: str) -> Flow:
         """The registered flow ``name``, rebuilt from its description (cached)."""
         flow = self._flows.get(name)
         if flow is None:
-            data = self.registry_of(name).describe(name)
-            if data is None:
-                raise UnknownFlowError(name, self.registry.flows())
-            d = FlowDefinition.from_description(data)
-            flow = Flow(d.name, d.queues, d.lookup_attributes, redis=self.redis, key_ttl=d.key_ttl)
-            self._flows[name] = flow
+            flow = self._flows[name] = self.rebuild(name)
         return flow
+
+    def rebuild(self, name: str, data: dict[str, Any] | None = None) -> Flow:
+        """Flow ``name`` as described (``data``, else its registered description): a
+        partitioned flow with its K partitions, under the names the user wrote."""
+        data = data if data is not None else self.description(name)
+        if data is None:
+            raise UnknownFlowError(name, self.flows())
+        d = FlowDefinition.from_description(data)
+        if data.get("partitionOf") != name:
+            return Flow(d.name, d.queues, d.lookup_attributes, redis=self.redis, key_ttl=d.key_ttl)
+        count = int(data.get("partitions") or 1)
+        queues = Partitioning.build(name, count, None).given(d.queues)
+        return Flow(
+            name,
+            queues,
+            d.lookup_attributes,
+            redis=self.redis,
+            key_ttl=d.key_ttl,
+            partitions=count,
+        )
 
     def adopt(self, flow: Flow) -> None:
         """Look at ``flow`` as it is defined in code (an APP given on the command line), even
-        before any supervisor registered it (a partitioned flow: each of its partitions)."""
+        before any supervisor registered it."""
+        old = self._flows.get(flow.name)
         self._flows[flow.name] = flow
-        if flow.partitioning is not None:
-            for part in flow.parts:
-                d = part.definition
-                self._flows[d.name] = Flow(
-                    d.name, d.queues, d.lookup_attributes, redis=self.redis, key_ttl=d.key_ttl
-                )
-            self._partitions[flow.name] = [part.name for part in flow.parts]
-
-    def partitions(self, name: str) -> list[str]:
-        """The partitions of the partitioned flow ``name`` (``{pay#0}`` …) that registered
-        themselves, in order; [] for any other name."""
-        if name not in self._partitions:
-            if name in self.flows():
-                return []
-            found = []
-            for other in self.flows():
-                data = self.registry_of(other).describe(other) or {}
-                if data.get("partitionOf") == name:
-                    found.append((int(data.get("partition") or 0), other))
-            if not found:
-                return []
-            self._partitions[name] = [other for _, other in sorted(found)]
-        return self._partitions[name]
+        if old is not None and old is not flow:
+            old.disconnect()
 
     def known(self, name: str) -> None:
         """Raise UnknownFlowError (listing the registered flows) unless ``name`` is a
-        registered flow, an adopted one, or a partitioned flow whose partitions registered."""
-        if name not in self._flows and not self.partitions(name):
-            self.flow(name)
+        registered flow or an adopted one."""
+        self.flow(name)
 
     def describe(self, name: str) -> dict[str, Any]:
-        """The flow's description: queues with their next queues and children."""
-        return self.flow(name).definition.describe()
+        """The flow's description: queues with their next queues and children (a
+        partitioned flow's as the user wrote them)."""
+        flow = self.flow(name)
+        return FlowDefinition.build(
+            name, flow.queues, flow.definition.lookup_attributes, flow.key_ttl
+        ).describe()
 
     def stage_order(self, name: str) -> list[str]:
         """Stage names in pipeline order: each top stage followed by its child stages."""
         flow = self.flow(name)
         top = [s for s in flow.stages.values() if s.parent is None]
-        return [n for s in top for n in (s.name, *s.children.values())]
+        order = [n for s in top for n in (s.name, *s.children.values())]
+        return [flow.partitioning.short(n) for n in order]
 
     # -- status ----------------------------------------------------------------------------
 
@@ -162,36 +187,43 @@ class Operator:
         return self.store.eviction_policies()
 
     def status(self, name: str, minutes: int = 60) -> list[StageStatus]:
-        """Per stage, in pipeline order: its counts, rate, oldest waiting age and totals (a
-        partitioned flow's: summed over its partitions, by the queue names given)."""
-        parts = self.partitions(name)
-        if parts:
-            return _summed([self._status(p, minutes) for p in parts])
-        return self._status(name, minutes)
-
-    def _status(self, name: str, minutes: int) -> list[StageStatus]:
+        """Per stage, in pipeline order: its counts, rate, oldest waiting age and totals
+        (summed over the flow's partitions)."""
         flow = self.flow(name)
-        stages = [flow.stage(n) for n in self.stage_order(name)]
-        counts = self._store_of(name).counts([s.keys for s in stages])
-        stats = self.registry_of(name).stats(name, [s.name for s in stages], minutes)
-        waited = self.registry_of(name).oldest_waiting([s.keys for s in stages])
-        out = []
-        for stage, c, st, age in zip(stages, counts, stats, waited, strict=True):
-            out.append(_stage_status(stage.name, stage.parent, c, st, age))
-        return out
+        order = self.stage_order(name)
+        return _summed([self._status(flow, part, order, minutes) for part in flow.partitions])
+
+    def _status(
+        self, flow: Flow, part: Partition, order: list[str], minutes: int
+    ) -> list[StageStatus]:
+        split = flow.partitioning
+        stages = [part.definition.stages[split.queue(part.index, n)] for n in order]
+        registry = self._registry(part)
+        counts = registry.store.counts([s.keys for s in stages])
+        stats = registry.stats(part.name, [s.name for s in stages], minutes)
+        waited = registry.oldest_waiting([s.keys for s in stages])
+        return [
+            _stage_status(
+                split.short(stage.name),
+                None if stage.parent is None else split.short(stage.parent),
+                c,
+                st,
+                age,
+            )
+            for stage, c, st, age in zip(stages, counts, stats, waited, strict=True)
+        ]
 
     def nodes(self, name: str) -> list[dict[str, Any]]:
-        """The live nodes of flow ``name`` with their workers (their heartbeats; a partitioned
-        flow's nodes beat in every partition: its first partition's records are shown, with
-        the stage names the user wrote)."""
-        parts = self.partitions(name)
-        own = parts[0] if parts else name
-        self.flow(own)
-        found = sorted(self.registry_of(own).nodes(own), key=lambda n: str(n.get("node")))
-        if parts:
-            for node in found:
-                for worker in node.get("workers", []):
-                    worker["stage"] = _short(worker.get("stage"))
+        """The live nodes of flow ``name`` with their workers (their heartbeats; a node beats
+        in every partition of a partitioned flow: the first partition's records are shown,
+        with the stage names the user wrote)."""
+        flow = self.flow(name)
+        first = flow.partitions[0]
+        found = sorted(self._registry(first).nodes(first.name), key=lambda n: str(n.get("node")))
+        for node in found:
+            for worker in node.get("workers", []):
+                if isinstance(worker.get("stage"), str):
+                    worker["stage"] = flow.partitioning.short(worker["stage"])
         return found
 
     def overview(self) -> list[dict[str, Any]]:
@@ -202,7 +234,7 @@ class Operator:
                 stages = self.status(name)
             except ConfigurationError:
                 continue  # an unreadable description: listed by `flows`, not summed here
-            nodes = self.registry_of(name).nodes(name)
+            nodes = self.nodes(name)
             out.append(
                 {
                     "flow": name,
@@ -219,37 +251,46 @@ class Operator:
 
     # -- jobs ------------------------------------------------------------------------------
 
+    def _find(self, job_id: str, flow: str | None) -> tuple[Flow, Partition, Stage | None]:
+        """The flow, partition and child stage (None: a job of the flow's own) of the job
+        with this id: looked up in ``flow``, else in every registered flow."""
+        names = [flow] if flow is not None else self.flows()
+        for name in names:  # one round trip per partition (on a cluster each has its slot)
+            f = self.flow(name)
+            for part in f.partitions:
+                children = [s for s in part.definition.stages.values() if s.parent is not None]
+                home = self._registry(part).job_home(part.name, [s.keys for s in children], job_id)
+                if home is not None:
+                    child = next((s for s in children if s.name == home), None)
+                    return f, part, child
+        raise UnknownJobError(flow or "any registered flow", [job_id])
+
     def find_job(self, job_id: str, flow: str | None = None) -> tuple[str, str | None]:
         """(flow, child stage or None) of the job with this id: looked up in ``flow``, else in
         every registered flow (its own jobs and its child queues' jobs)."""
-        names = [flow] if flow is not None else self.flows()
-        for name in names:  # one round trip per flow (on a cluster each has its own slot)
-            children = [s.keys for s in self.flow(name).stages.values() if s.parent is not None]
-            home = self.registry_of(name).job_home(name, children, job_id)
-            if home is not None:
-                return name, home or None
-        raise UnknownJobError(flow or "any registered flow", [job_id])
+        f, _, child = self._find(job_id, flow)
+        return f.name, None if child is None else f.partitioning.short(child.name)
 
     def job(self, job_id: str, flow: str | None = None) -> dict[str, Any]:
         """One job in full: its fields decoded (children resolved), where it is now, and per
         stage its attempts and error history."""
-        name, child = self.find_job(job_id, flow)
-        f = self.flow(name)
+        f, part, child = self._find(job_id, flow)
+        registry = self._registry(part)
         if child is None:
-            found = f.get_jobs([job_id], resolve_children=True)
-            stages = [s.keys for s in f.definition.top_stages]
+            found = f.jobs_in(part, [job_id], resolve_children=True)
+            stages = [s.keys for s in part.definition.top_stages]
         else:
-            stage = f.stage(child)
-            [(key, _, raw)] = self.registry_of(name).job_hashes(stage.keys, [job_id])
+            [(key, _, raw)] = registry.job_hashes(child.keys, [job_id])
             found = [f.decode(key, job_id, raw)] if raw else []
-            stages = [stage.keys]
+            stages = [child.keys]
         if not found:
-            raise UnknownJobError(name, [job_id])
+            raise UnknownJobError(f.name, [job_id])
         job = found[0]
-        places = self.registry_of(name).locate(stages, job_id)
+        short = f.partitioning.short
+        places = [(short(q), state) for q, state in registry.locate(stages, job_id)]
         return {
-            "flow": name,
-            "queue": child,
+            "flow": f.name,
+            "queue": None if child is None else short(child.name),
             "id": job_id,
             "state": _job_state(job, places),
             "places": [{"queue": q, "state": s} for q, s in places],
@@ -259,31 +300,42 @@ class Operator:
 
     def jobs_by(self, name: str, attribute: str, value: str, limit: int = 100) -> list[Any]:
         """Jobs of flow ``name`` whose lookup attribute has ``value`` (as text, the way the
-        lookup list is named), newest last, at most ``limit`` (of a partitioned flow: from
-        every partition, ordered by the creation time in their ids, to the millisecond)."""
-        parts = self.partitions(name)
-        if parts:
-            found = [j for p in parts for j in self.jobs_by(p, attribute, value, limit)]
-            return sorted(found, key=lambda j: created_at(str(j.get(keys.ID))) or 0.0)[-limit:]
+        lookup list is named), newest last, at most ``limit`` (from every partition, ordered
+        by the creation time in their ids, to the millisecond)."""
         f = self.flow(name)
         if attribute not in f.lookup_attributes:
             f.get_jobs_by_key(attribute, value)  # raises UnknownLookupAttributeError
-        ids = self.registry_of(name).lookup_ids(name, attribute, value, limit)
-        return list(f.get_jobs(ids))
+        found = [
+            job
+            for part in f.partitions
+            for job in f.jobs_in(
+                part, self._registry(part).lookup_ids(part.name, attribute, value, limit)
+            )
+        ]
+        return sorted(found, key=lambda j: created_at(str(j.get(keys.ID))) or 0.0)[-limit:]
 
     def page(self, name: str, queue: str, state: str, start: int = 0, count: int = 50) -> JobPage:
-        """Jobs ``start`` … ``start + count - 1`` of one stage list, decoded: a page costs the
-        same for a list of ten as for one of millions."""
+        """Jobs ``start`` … ``start + count - 1`` of one stage list, decoded (of a
+        partitioned flow: its partitions' lists one after the other): a page costs the same
+        for a list of ten as for one of millions."""
         f = self.flow(name)
-        stage = f.stage(queue)
-        page = self.registry_of(name).page(
-            stage.keys, state, max(0, start), max(1, min(count, 500))
-        )
-        jobs = [
-            f.decode(key, i, raw) if raw else {"id": i, "gone": True}
-            for key, i, raw in self.registry_of(name).job_hashes(stage.keys, page.ids)
-        ]
-        return JobPage(name, queue, state, page.total, page.start, jobs, page.scores)
+        start, count = max(0, start), max(1, min(count, 500))
+        total = 0
+        jobs: list[dict[str, Any]] = []
+        scores: list[float] = []
+        for part, stage in zip(f.partitions, f.stages_of(queue), strict=True):
+            registry = self._registry(part)
+            want = count - len(jobs)
+            page = registry.page(stage.keys, state, max(0, start - total), max(1, want))
+            if want > 0 and start < total + page.total:
+                hashes = registry.job_hashes(stage.keys, page.ids)
+                jobs += [
+                    f.decode(key, i, raw) if raw else {"id": i, "gone": True}
+                    for key, i, raw in hashes
+                ]
+                scores += page.scores
+            total += page.total
+        return JobPage(name, f.partitioning.short(queue), state, total, start, jobs, scores)
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -296,18 +348,14 @@ class Operator:
         and is now marked cancelled; ``running``: the node running it was asked to stop it
         (within a heartbeat, about two seconds); ``absent``: it is not pending anywhere (done
         already, say)."""
-        name, child = self.find_job(job_id, flow)
-        f = self.flow(name)
-        stages = (
-            [f.stage(child).keys]
-            if child is not None
-            else [s.keys for s in f.definition.top_stages]
-        )
-        return self.registry_of(name).cancel(stages, job_id, CANCELLED_MESSAGE)
+        f, part, child = self._find(job_id, flow)
+        stages = [child.keys] if child is not None else [s.keys for s in part.definition.top_stages]
+        outcome, queue = self._registry(part).cancel(stages, job_id, CANCELLED_MESSAGE)
+        return outcome, f.partitioning.short(queue)
 
     def delete(self, job_id: str, flow: str | None = None) -> bool:
-        name, _ = self.find_job(job_id, flow)
-        return self.flow(name).delete_job(job_id)
+        f, _, _ = self._find(job_id, flow)
+        return f.delete_job(job_id)
 
     def purge_failed(self, name: str, queue: str) -> int:
         """Delete every job on ``queue``'s failed list (hash, lookups, children)."""
@@ -316,12 +364,17 @@ class Operator:
         return sum(1 for i in ids if f.delete_job(i))
 
     def purge_flow(self, name: str) -> int:
-        """Delete everything of flow ``name``: its jobs, lookup lists, its stages' lists and
-        locks, and procflow's records of it. Returns how many keys went."""
+        """Delete everything of flow ``name`` (each partition's): its jobs, lookup lists, its
+        stages' lists and locks, and procflow's records of it. Returns how many keys went."""
         f = self.flow(name)
-        removed = self.registry_of(name).purge(name, [s.keys for s in f.stages.values()])
-        self.registry_of(name).unregister(name, list(f.stages))
+        removed = 0
+        for part in f.partitions:
+            registry = self._registry(part)
+            stages = list(part.definition.stages.values())
+            removed += registry.purge(part.name, [s.keys for s in stages])
+            registry.unregister(part.name, [s.name for s in stages])
         self._flows.pop(name, None)
+        f.disconnect()
         return removed
 
 
@@ -344,24 +397,16 @@ def _stage_status(
     )
 
 
-def _short(name: Any) -> Any:
-    """A partition's queue name as the user wrote it (``{pay#3}.check`` → ``check``)."""
-    if isinstance(name, str) and name.startswith("{") and "}." in name:
-        return name.split("}.", 1)[1]
-    return name
-
-
-def _summed(parts: list[list[StageStatus]]) -> list[StageStatus]:
-    """The stages of a partitioned flow's partitions (the same shape each) as one flow's,
-    named as the user wrote them: counts, rates, totals and per-minute counts summed, the
-    oldest waiting age the largest."""
+def _summed(partitions: list[list[StageStatus]]) -> list[StageStatus]:
+    """The stages of a flow's partitions (the same shape each) as one flow's: counts,
+    rates, totals and per-minute counts summed, the oldest waiting age the largest."""
 
     def added(lists: list[list[int]]) -> list[int]:
         width = max((len(x) for x in lists), default=0)
         return [sum(x[i] for x in lists if i < len(x)) for i in range(width)]
 
     out = []
-    for same in zip(*parts, strict=True):
+    for same in zip(*partitions, strict=True):
         ages = [s.oldest_waiting_s for s in same if s.oldest_waiting_s is not None]
         totals: dict[str, int] = {}
         for s in same:
@@ -369,8 +414,8 @@ def _summed(parts: list[list[StageStatus]]) -> list[StageStatus]:
                 totals[what] = totals.get(what, 0) + n
         out.append(
             StageStatus(
-                name=_short(same[0].name) or same[0].name,
-                parent=_short(same[0].parent),
+                name=same[0].name,
+                parent=same[0].parent,
                 waiting=sum(s.waiting for s in same),
                 processing=sum(s.processing for s in same),
                 delayed=sum(s.delayed for s in same),
@@ -426,26 +471,31 @@ def where_now(flow: Flow, job: dict[str, Any], start: str | None = None) -> str:
     ``nextQueue`` is not stored, so such a job shows as ``sent on from Q`` until a stage
     leases it), else ``start`` (a child job's queue), else the flow's first stage. Stage
     names are shown as the user wrote them (a partition's prefix left out)."""
-    stages = {_short(name): stage for name, stage in flow.stages.items()}
+    split = flow.partitioning
+
+    def short(name: Any) -> Any:
+        return split.short(name) if isinstance(name, str) else name
+
+    stages = {short(name): stage for name, stage in flow.stages.items()}
     if job.get("gone"):
         return "gone (its hash expired or was deleted)"
     if job.get(keys.FAILED) is True or job.get(keys.CANCELLED) is True:
         what = "cancelled" if job.get(keys.CANCELLED) is True else "failed"
-        return f"{what} in {_short(job.get(keys.FAILED_QUEUE))}"
+        return f"{what} in {short(job.get(keys.FAILED_QUEUE))}"
     if job.get(keys.DONE) is True:
         return _done_state(job)
-    fields = {_short_field(f): v for f, v in job.items()}
+    fields = {_field_as_given(split, f): v for f, v in job.items()}
     for name in stages:
         if jobfields.is_leased(fields, name):
             return f"processing in {name}"
-    completed = _short(job.get(keys.COMPLETED_QUEUE))
+    completed = short(job.get(keys.COMPLETED_QUEUE))
     if completed:
         after = stages.get(completed)
         if after is None or not after.spec.next_queue:
             return f"sent on from {completed}"
-        here = _short(after.spec.next_queue)
+        here = short(after.spec.next_queue)
     else:
-        here = _short(start) if start else _short(flow.definition.top_stages[0].name)
+        here = short(start) if start else short(flow.definition.top_stages[0].name)
     pending = jobfields.pending_children(fields, here)
     if pending > 0:
         return f"parked in {here} ({pending} children pending)"
@@ -455,8 +505,8 @@ def where_now(flow: Flow, job: dict[str, Any], start: str | None = None) -> str:
     return f"waiting in {here}"
 
 
-def _short_field(name: str) -> str:
+def _field_as_given(split: Partitioning, name: str) -> str:
     """A job field named after a partition's stage (``lease:{pay#3}.check``) as the user
     wrote it (``lease:check``)."""
     prefix, sep, rest = name.partition(":")
-    return f"{prefix}{sep}{_short(rest)}" if sep and rest.startswith("{") else name
+    return f"{prefix}{sep}{split.short(rest)}" if sep else name

@@ -48,6 +48,7 @@ __all__ = [
     "errors_field",
     "failed",
     "failed_children",
+    "field_as_given",
     "is_children_jobs_field",
     "is_reserved",
     "is_reserved_in_result",
@@ -62,9 +63,14 @@ __all__ = [
     "node_id",
     "own_prefix",
     "parked",
+    "partition",
+    "partition_index",
+    "partition_of_name",
+    "partition_queue",
     "processing",
     "progress_channel",
     "progress_field",
+    "queue_as_given",
     "queue_prefix",
     "safe_node_id",
     "split_job_key",
@@ -170,6 +176,58 @@ def split_job_key(key: str) -> tuple[str, str] | None:
         return None
     prefix, _, job_id = key.rpartition(":")
     return prefix + ":", job_id
+
+
+# --- a partitioned flow's names (procflow's: each partition is a flow of the layout above) --
+
+
+def partition(base: str, index: int) -> str:
+    """``{F#i}`` — the name (and Redis Cluster hash tag) of partition ``i`` of the flow
+    created as ``F`` with ``partitions=K``: a complete flow of the fixed layout."""
+    return f"{{{base}#{index}}}"
+
+
+def partition_queue(base: str, index: int, queue: str) -> str:
+    """``{F#i}.Q`` — queue ``Q``'s full name in partition ``i`` of flow ``F``."""
+    return f"{partition(base, index)}.{queue}"
+
+
+def partition_index(base: str, key: str, count: int) -> int | None:
+    """Which of flow ``F``'s ``count`` partitions a key, queue or field name belongs to, by
+    its ``{F#i}``; None for a name of no partition of ``F``."""
+    start = key.find(f"{{{base}#")
+    if start < 0:
+        return None
+    digits, sep, _ = key[start + len(base) + 2 :].partition("}")
+    if not sep or not digits.isdigit() or int(digits) >= count:
+        return None
+    return int(digits)
+
+
+def partition_of_name(name: str) -> tuple[str, int] | None:
+    """``{F#i}`` → (F, i): the flow and index of a partition's name; None for other names."""
+    if not (name.startswith("{") and name.endswith("}")):
+        return None
+    base, sep, digits = name[1:-1].rpartition("#")
+    if not sep or not base or not digits.isdigit() or "{" in base or "}" in base:
+        return None
+    return base, int(digits)
+
+
+def queue_as_given(base: str, name: str) -> str:
+    """A queue's name in a partition of flow ``F`` (``{F#3}.check``, ``{F#3}.fan:child``)
+    without its partition's tag (``check``, ``fan:child``); other names as they are."""
+    if name.startswith(f"{{{base}#") and "}." in name:
+        return name.split("}.", 1)[1]
+    return name
+
+
+def field_as_given(base: str, field: str) -> str:
+    """A job field named by a partition's queue (``children:{F#3}.charge:jobs``) as the user
+    wrote it (``children:charge:jobs``); other fields as they are."""
+    if field.startswith("children:"):
+        return "children:" + queue_as_given(base, field[len("children:") :])
+    return field
 
 
 # --- procflow's bookkeeping ------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..errors import (
     describe_exit,
 )
 from ..handles import WorkerGroup, WorkerHandle
-from ..partitions import Part, StoreMap
+from ..partitions import Partition, Partitioning, StoreMap
 from ..settings import DEFAULT_DRAIN_TIMEOUT, RedisSettings
 from ..store import keys
 from ..store.keys import Holder
@@ -68,7 +68,9 @@ class SupervisedFlow(Protocol):
     @property
     def redis(self) -> RedisSettings: ...
     @property
-    def parts(self) -> tuple[Part, ...]: ...
+    def partitions(self) -> tuple[Partition, ...]: ...
+    @property
+    def partitioning(self) -> Partitioning: ...
     @property
     def logger(self) -> Logger: ...
     @property
@@ -142,18 +144,18 @@ class Supervisor:
         self.log_level = log_level.upper()
         self.log = flow.logger.bind(worker="supervisor", pid=me.pid)
         #: one per partition (expired locks and due retries are per partition's keys)
-        self.monitors = Monitors(flow.parts, self.holder, monitor_interval, enabled=monitor)
+        self.monitors = Monitors(flow.partitions, self.holder, monitor_interval, enabled=monitor)
         self._immediate = False
         #: whether this supervisor holds the process's subreaper setting (SUBREAPER)
         self._subreaper = False
         self.table = WorkerTable()
-        self.stores = StoreMap.of_parts(flow.parts, SUPERVISOR_SOCKET_TIMEOUT)
+        self.stores = StoreMap.of_partitions(flow.partitions, SUPERVISOR_SOCKET_TIMEOUT)
         self.manager = Manager(
             self.table,
             Settler(self.stores, holder, self.log),
             ctx=multiprocessing.get_context(method),
             flow_name=flow.name,
-            parts=[(part.definition, part.redis) for part in flow.parts],
+            partitions=[(part.definition, part.redis) for part in flow.partitions],
             holder=self.holder,
             log=self.log,
             log_level=self.log_level,
@@ -163,7 +165,8 @@ class Supervisor:
         )
         self.observers = Observers(
             flow.name,
-            [part.definition for part in flow.parts],
+            flow.partitioning,
+            [part.definition for part in flow.partitions],
             self.manager,
             self.table,
             node=self.node_id,
@@ -245,11 +248,13 @@ class Supervisor:
         the supervisor's connections and the workers' payloads follow it."""
         if self.manager.alive:
             return
-        fresh = StoreMap.of_parts(self.flow.parts, SUPERVISOR_SOCKET_TIMEOUT)
+        fresh = StoreMap.of_partitions(self.flow.partitions, SUPERVISOR_SOCKET_TIMEOUT)
         if self.stores.settings != fresh.settings:
             self.stores.close()
             self.stores = fresh
-            self.manager.repoint(self.stores, [(p.definition, p.redis) for p in self.flow.parts])
+            self.manager.repoint(
+                self.stores, [(p.definition, p.redis) for p in self.flow.partitions]
+            )
 
     def _ensure_core(self, budgeted: bool = False) -> list[WorkerHandle]:
         """Connect the flow and start the manager thread, once. Returns the workers to
@@ -264,7 +269,11 @@ class Supervisor:
         try:
             self.table.record("flow", "connected")
             self.manager.settler.reclaim(
-                [stage for part in self.flow.parts for stage in part.definition.stages.values()]
+                [
+                    stage
+                    for part in self.flow.partitions
+                    for stage in part.definition.stages.values()
+                ]
             )
             budget, handles = None, self.flow.handles
             if budgeted and self.cores:

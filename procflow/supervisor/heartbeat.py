@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -50,8 +49,10 @@ def worker_state(w: WorkerProcess, activity: Activity, stopping: bool) -> str:
     return "running" if busy else "idle"
 
 
-def worker_record(w: WorkerProcess, stopping: bool, restarts: int, lane: int = 0) -> dict[str, Any]:
-    """One worker as its node's heartbeat shows it (in partition ``lane``'s record, under
+def worker_record(
+    w: WorkerProcess, stopping: bool, restarts: int, partition: int = 0
+) -> dict[str, Any]:
+    """One worker as its node's heartbeat shows it (in partition ``partition``'s record, under
     that partition's stage name)."""
     view = read_status(w.status)
     state = worker_state(w, view.activity, stopping)
@@ -64,7 +65,7 @@ def worker_record(w: WorkerProcess, stopping: bool, restarts: int, lane: int = 0
     since = time.time() - (time.monotonic() - view.started) if running else None
     return {
         "name": w.name,
-        "stage": w.handle.group.stage_in_partition(lane).name,
+        "stage": w.handle.group.stage_in_partition(partition).name,
         "pid": None if w.gone else w.pid,
         "state": state,
         "job": view.job if running else None,
@@ -93,13 +94,13 @@ class Heartbeat:
         log: Logger,
         extra: Callable[[], dict[str, Any]] = dict,
         interval: float = HEARTBEAT_INTERVAL,
-        lane: int = 0,
+        partition: int = 0,
         described: dict[str, Any] | None = None,
     ) -> None:
         self.registry = registry
         self.definition = definition
         #: which partition of a partitioned flow this heartbeat speaks for
-        self.lane = lane
+        self.partition = partition
         #: added to the flow's description (a partition says whose it is)
         self.described = dict(described or {})
         self.table = table
@@ -112,37 +113,21 @@ class Heartbeat:
         self.interval = interval
         self.started = time.time()
         self.host = socket.gethostname()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._next_trim = 0.0
         self._failing = False
 
-    def start(self, own_thread: bool = True) -> None:
-        """Register the flow, beat once, then keep beating on a thread of its own (without
-        ``own_thread``: the caller calls ``beat_safely`` every ``interval``)."""
+    def start(self) -> None:
+        """Register the flow and beat once; the caller (``observers.Observers``, one thread
+        for every partition's heartbeat) calls ``beat_safely`` every ``interval``."""
         description = {**self.definition.describe(), **self.described, "version": __version__}
         with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
             self.registry.register(self.definition.name, description)
-        self._stop.clear()
         self.beat()
-        if own_thread:
-            self._thread = threading.Thread(
-                target=self._run, name="procflow-heartbeat", daemon=True
-            )
-            self._thread.start()
 
     def stop(self) -> None:
-        """Stop beating and remove this node's record (it would expire anyway)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        """Remove this node's record (it would expire anyway); the caller stopped beating."""
         with contextlib.suppress(RedisUnavailableError, RedisRefusedError):
             self.registry.forget_node(self.definition.name, self.node)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.beat_safely()
 
     def beat_safely(self) -> None:
         try:
@@ -156,11 +141,11 @@ class Heartbeat:
         tallies = self.tally()
         restarts = {name: t.restarts for name, t in tallies.items()}
         workers = [
-            worker_record(w, stopping, restarts.get(w.handle.group.name, 0), self.lane)
+            worker_record(w, stopping, restarts.get(w.handle.group.name, 0), self.partition)
             for w in self.table
         ]
         named = {
-            w.handle.group.name: w.handle.group.stage_in_partition(self.lane).name
+            w.handle.group.name: w.handle.group.stage_in_partition(self.partition).name
             for w in self.table
         }
         return {

@@ -78,7 +78,7 @@ class Manager:
         *,
         ctx: Any,
         flow_name: str,
-        parts: Sequence[tuple[FlowDefinition, RedisSettings]],
+        partitions: Sequence[tuple[FlowDefinition, RedisSettings]],
         holder: str,
         log: Logger,
         log_level: str,
@@ -94,7 +94,7 @@ class Manager:
         self.ctx = ctx
         self.flow_name = flow_name
         #: each partition's definition and connection settings (one: an unpartitioned flow)
-        self.parts = list(parts)
+        self.partitions = list(partitions)
         self.holder = holder
         self.log = log
         self.log_level = log_level
@@ -112,13 +112,13 @@ class Manager:
         os.set_blocking(self._wake_w, False)
 
     def repoint(
-        self, stores: StoreMap, parts: Sequence[tuple[FlowDefinition, RedisSettings]]
+        self, stores: StoreMap, partitions: Sequence[tuple[FlowDefinition, RedisSettings]]
     ) -> None:
         """The flow moved to other servers (``Flow.use_redis``; before the thread starts):
-        settle and renew through ``stores`` from now on, and tell new workers ``parts``."""
+        settle and renew through ``stores`` from now on, and tell new workers ``partitions``."""
         self.settler.stores = stores
         self.watchdogs.stores = stores
-        self.parts = list(parts)
+        self.partitions = list(partitions)
         self._blobs.clear()  # their payloads name the old servers
 
     # -- the thread ------------------------------------------------------------------------
@@ -257,7 +257,7 @@ class Manager:
         here, in the supervisor, not in a child)."""
         blob = self._blobs.get(group)
         if blob is None:
-            payload = group.payload(self.flow_name, self.parts, self.holder, self.log_level)
+            payload = group.payload(self.flow_name, self.partitions, self.holder, self.log_level)
             try:
                 blob = cloudpickle.dumps(payload)
             except Exception as exc:

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from ..definition import FlowDefinition
 from ..errors import RedisRefusedError, RedisUnavailableError
+from ..partitions import Partitioning
 from ..store.redis import Store
 from ..store.registry import Registry
 from ..version import __version__
@@ -43,7 +44,8 @@ class NodeCollector(Collector):
     def __init__(
         self,
         flow: str,
-        parts: Sequence[tuple[FlowDefinition, Store]],
+        partitioning: Partitioning,
+        partitions: Sequence[tuple[FlowDefinition, Store]],
         node: str,
         table: WorkerTable,
         tally: Callable[[], dict[str, StageTally]],
@@ -51,9 +53,11 @@ class NodeCollector(Collector):
         budget_moves: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.flow = flow
-        #: each partition's definition and the store serving it (a partitioned flow's
-        #: queue depths are summed over its partitions, by the queue names the user wrote)
-        self.parts = list(parts)
+        #: queue names as the user wrote them (a partitioned flow's queue depths are summed
+        #: over its partitions under them)
+        self.partitioning = partitioning
+        #: each partition's definition and the store serving it
+        self.partitions = list(partitions)
         self.node = node
         self.table = table
         self.tally = tally
@@ -171,7 +175,7 @@ class NodeCollector(Collector):
         )
         depths: dict[str, Counter[str]] = {}
         ages: dict[str, float] = {}
-        for definition, store in self.parts:
+        for definition, store in self.partitions:
             stages = list(definition.stages.values())
             try:
                 counts = store.counts([s.keys for s in stages])
@@ -181,7 +185,7 @@ class NodeCollector(Collector):
                 yield up
                 return
             for stage, numbers, seconds in zip(stages, counts, waited, strict=True):
-                name = _short(stage.name) if len(self.parts) > 1 else stage.name
+                name = self.partitioning.short(stage.name)
                 depths.setdefault(name, Counter()).update(numbers)
                 ages[name] = max(ages.get(name, 0.0), seconds or 0.0)
         for name, numbers in depths.items():
@@ -202,7 +206,7 @@ class NodeCollector(Collector):
             labels=["flow", "policy"],
         )
         seen: dict[str, int] = {}
-        for _definition, store in self.parts:
+        for _definition, store in self.partitions:
             try:
                 found = store.eviction_policy()
             except (RedisUnavailableError, RedisRefusedError):
@@ -211,11 +215,6 @@ class NodeCollector(Collector):
         for policy, value in sorted(seen.items()):
             unsafe.add_metric([flow, policy], value)
         yield unsafe
-
-
-def _short(name: str) -> str:
-    """A partition's queue name without its tag (``{pay#3}.check`` → ``check``)."""
-    return name.split("}.", 1)[1] if name.startswith("{") and "}." in name else name
 
 
 class MetricsServer:

@@ -196,9 +196,15 @@ class Monitors:
     partition's keys), run on one thread, round after round; none with ``enabled=False``."""
 
     def __init__(
-        self, parts: Sequence[MonitoredFlow], holder: str, interval: float, enabled: bool = True
+        self,
+        partitions: Sequence[MonitoredFlow],
+        holder: str,
+        interval: float,
+        enabled: bool = True,
     ) -> None:
-        self.each = [FlowMonitor(p, holder, interval=interval) for p in parts] if enabled else []
+        self.each = (
+            [FlowMonitor(p, holder, interval=interval) for p in partitions] if enabled else []
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from ..definition import FlowDefinition
-from ..partitions import StoreMap
+from ..partitions import Partitioning, StoreMap
 from ..store.registry import Registry
 from .heartbeat import Heartbeat
 from .manager import Manager
@@ -31,6 +31,7 @@ class Observers:
     def __init__(
         self,
         flow: str,
+        partitioning: Partitioning,
         definitions: Sequence[FlowDefinition],
         manager: Manager,
         table: WorkerTable,
@@ -43,6 +44,7 @@ class Observers:
         metrics_host: str = "0.0.0.0",
     ) -> None:
         self.flow = flow
+        self.partitioning = partitioning
         #: one per partition (an unpartitioned flow has one): each registers and beats
         self.definitions = list(definitions)
         self.manager = manager
@@ -54,7 +56,7 @@ class Observers:
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.heartbeats: list[Heartbeat] = []
-        #: a partitioned flow's heartbeats share one thread
+        #: every partition's heartbeat beats on one thread
         self._beating = threading.Event()
         self._thread: threading.Thread | None = None
         self.metrics: MetricsServer | None = None
@@ -67,8 +69,8 @@ class Observers:
     def start(self, stores: StoreMap) -> None:
         if self.want_heartbeat:
             count = len(self.definitions)
-            for lane, definition in enumerate(self.definitions):
-                whose = {"partitionOf": self.flow, "partition": lane, "partitions": count}
+            for index, definition in enumerate(self.definitions):
+                whose = {"partitionOf": self.flow, "partition": index, "partitions": count}
                 beat = Heartbeat(
                     Registry(stores.of_flow(definition)),
                     definition,
@@ -78,23 +80,23 @@ class Observers:
                     tally=self.manager.tallies,
                     cancel=lambda ids: self.manager.call(lambda: self.manager.cancel(ids)),
                     log=self.log,
-                    lane=lane,
-                    described=whose if definition.name != self.flow else None,
+                    partition=index,
+                    described=whose if self.partitioning.tagged else None,
                 )
-                beat.start(own_thread=count == 1)  # partitions: one thread beats them all
+                beat.start()
                 self.heartbeats.append(beat)
-            if count > 1:
-                self._beating.clear()
-                self._thread = threading.Thread(
-                    target=self._beat_all, name="procflow-heartbeat", daemon=True
-                )
-                self._thread.start()
+            self._beating.clear()
+            self._thread = threading.Thread(
+                target=self._beat_all, name="procflow-heartbeat", daemon=True
+            )
+            self._thread.start()
         if self.metrics_port is not None:
             # prometheus_client (7 MiB) is loaded only by a supervisor that serves metrics
             from .metrics import MetricsServer, NodeCollector  # noqa: PLC0415
 
             collector = NodeCollector(
                 self.flow,
+                self.partitioning,
                 [(d, stores.of_flow(d)) for d in self.definitions],
                 self.node,
                 self.table,

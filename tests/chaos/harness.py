@@ -134,7 +134,7 @@ def audit(flow: Flow, ids: list[str]) -> Audit:
     r = redis.Redis(host=flow.redis.host, port=flow.redis.port, password=flow.redis.password)
     result = Audit(jobs=len(ids))
     places: Counter[str] = Counter()
-    for stage in (s for part in flow.parts for s in part.definition.stages.values()):
+    for stage in (s for part in flow.partitions for s in part.definition.stages.values()):
         k = stage.keys
         for key in (k.waiting, k.processing, k.failed):
             for member in r.lrange(key, 0, -1):

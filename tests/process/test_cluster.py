@@ -131,7 +131,7 @@ def test_a_partitioned_flow_spreads_over_the_masters_and_rides_out_a_master_kill
         redis_url=cluster.url,
         partitions=4,
     )
-    masters = [slot_master(part.redis)[1] for part in flow.parts]
+    masters = [slot_master(part.redis)[1] for part in flow.partitions]
     assert set(masters) == set(cluster.ports[:3])  # {pay#0} … {pay#3} reach every master
     flow.create_workers("check", check, count=2, lock_time=2)
     flow.create_parent_workers("charge", count=1, lock_time=2)
@@ -151,12 +151,12 @@ def test_a_partitioned_flow_spreads_over_the_masters_and_rides_out_a_master_kill
         jobs = sup.wait(ids, timeout=120)
         recovered = time.monotonic() - killed_at
     assert_all_done(jobs)
-    where = [flow.part_of(i) for i in ids]
-    assert [sum(p is part for p in where) for part in flow.parts] == [100] * 4
+    where = [flow.partition_of(i) for i in ids]
+    assert [sum(p is part for p in where) for part in flow.partitions] == [100] * 4
     ones = flow.get_jobs_by_key("user", 1, resolve_children=True)
     assert sorted(j["amount"] for j in ones) == list(range(1, 400, 4))
     assert all([c["paid"] for c in j["children:charge:jobs"]] == [j["amount"]] for j in ones)
-    assert slot_master(flow.parts[2].redis)[1] in cluster.ports[3:]  # its replica took over
+    assert slot_master(flow.partitions[2].redis)[1] in cluster.ports[3:]  # its replica took over
     print(
         f"\npartitioned flow on the cluster: 400 jobs with fan-out over 4 partitions on 3 "
         f"masters, done {recovered:.1f} s after partition 2's master was killed"

@@ -169,7 +169,7 @@ def make_case(topo: Topology, op: str, kind: str, layout: str) -> Case:
     while True:  # slots no other case has used (an ASK case leaves its slots migrating)
         base = f"pf{next(_counter)}"
         flow = build_flow(base, layout, url)
-        slots = {key_slot(keys.job(part.name, "x")) for part in flow.parts}
+        slots = {key_slot(keys.job(part.name, "x")) for part in flow.partitions}
         if not slots & USED_SLOTS:
             USED_SLOTS.update(slots)
             break
@@ -271,7 +271,7 @@ def op_wait_progress(c: Case) -> Any:
     returns on its announcement."""
     fan = c.q("fan")
     new = c.client.create_job({"n": 5, "user": "p", "fan": fan})
-    part = c.flow.part_of(new)
+    part = c.flow.partition_of(new)
     assert part is not None
     channel = keys.done_channel(part.name)
     where = part.redis
@@ -401,13 +401,13 @@ def migrate(cluster: Cluster, case: Case, finish: bool) -> None:
     importing, migrating, every key moved; with ``finish``, the slot given to the target
     (the source then answers MOVED), else left migrating (the source answers ASK)."""
     moved: list[tuple[int, int, str, str]] = []
-    sources = [slot_master(part.redis)[1] for part in case.flow.parts]
+    sources = [slot_master(part.redis)[1] for part in case.flow.partitions]
     # one target for the case (not partition 0's master): its epoch can then be made the
     # highest, so a source's claim still in flight cannot win the slot back; a partition
     # whose slot the target serves already stays where it is
     # (an ASK window needs no epochs: there every slot goes to another master)
     first_target = next(p for p in cluster.master_ports if p != sources[0])
-    for part, source_port in zip(case.flow.parts, sources, strict=True):
+    for part, source_port in zip(case.flow.partitions, sources, strict=True):
         target_port = first_target
         if source_port == target_port:
             if finish:

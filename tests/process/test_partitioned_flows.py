@@ -67,7 +67,7 @@ def test_a_partitioned_flow_with_fan_out_runs_on_fewer_workers_than_partitions(
         jobs = sup.wait(ids, timeout=60)
         late = flow.create_job({"n": 99, "user": 5})  # an idle stage still finds new work
         (last,) = flow.wait([late], timeout=30)
-        assert Operator(redis_url).flows() == [f"{{pay#{i}}}" for i in range(4)]
+        assert Operator(redis_url).flows() == ["pay"]  # one flow, however many partitions
         names = [t.name for t in threading.enumerate()]
         # four partitions' monitors and heartbeats, each kind on one thread
         assert names.count("procflow-monitor") == names.count("procflow-heartbeat") == 1
@@ -80,9 +80,16 @@ def test_a_partitioned_flow_with_fan_out_runs_on_fewer_workers_than_partitions(
             "charge",
         )
         assert first.totals["completed"] == charge.totals["completed"] == 41
-        assert op.partitions("pay") == [f"{{pay#{i}}}" for i in range(4)]
+        assert [p.name for p in op.flow("pay").partitions] == [f"{{pay#{i}}}" for i in range(4)]
         odd = op.jobs_by("pay", "user", "1")  # from all four partitions
         assert sorted(j["n"] for j in odd) == list(range(1, 40, 2))
+        # a page runs across the partitions' lists, one after the other (about 10 each)
+        page = op.page("pay", "charge", "finished", start=8, count=5)  # jobs that left the flow
+        assert (page.total, len(page.jobs), page.queue) == (41, 5, "charge")
+        assert len({j["id"] for j in page.jobs}) == 5
+        detail = op.job(ids[5])  # found in its partition, shown by the names given
+        assert (detail["flow"], detail["fields"]["n"]) == ("pay", 5)
+        assert "children:charge:jobs" in detail["fields"]
         (node,) = op.nodes("pay")
         assert {w["stage"] for w in node["workers"]} == {"check", "charge", "charge:card"}
         shown = subprocess.run(
@@ -112,7 +119,7 @@ def test_a_partitioned_flow_with_fan_out_runs_on_fewer_workers_than_partitions(
     assert set(counts) == {"check", "charge", "charge:card"}
     assert all(n == 0 for c in counts.values() for n in c.values())
     assert flow.get_job(ids[3])["n"] == 3  # type: ignore[index]
-    assert flow.part_of(ids[3]) is flow.parts[3]
+    assert flow.partition_of(ids[3]) is flow.partitions[3]
     assert flow.delete_job(ids[3]) and flow.get_job(ids[3]) is None
     assert not client.exists(f"job:{{pay#3}}:{ids[3]}")
 
@@ -150,7 +157,7 @@ def test_one_worker_takes_turns_at_partitions_that_all_have_work(
     p = _keys_for(3)
     backlog = {p[0]: 100, p[1]: 40, p[2]: 20}  # all created before the worker starts
     ids = flow.create_jobs([{"p": k} for k, n in backlog.items() for _ in range(n)])
-    assert [flow.part_of(i).index for i in (ids[0], ids[100], ids[140])] == [0, 1, 2]  # type: ignore[union-attr]
+    assert [flow.partition_of(i).index for i in (ids[0], ids[100], ids[140])] == [0, 1, 2]  # type: ignore[union-attr]
     flow.create_workers("w", record_partition, count=1)
     with Supervisor(flow) as sup:
         sup.wait(ids, timeout=60)
@@ -193,7 +200,7 @@ def test_a_worker_killed_on_a_job_of_partition_2_has_it_settled_in_partition_2(
     # can bring this job back in time; the monitor promotes its delayed retry
     with Supervisor(flow, monitor_interval=0.2) as sup:
         job_id = flow.create_job({"p": _keys_for(3)[2]})
-        assert flow.part_of(job_id) is flow.parts[2]
+        assert flow.partition_of(job_id) is flow.partitions[2]
         (job,) = sup.wait([job_id], timeout=30)
     assert job["done"] is True and "failed" not in job and job["pid"] > 0
     assert job["attempts:{settle#2}.w"] == 2
@@ -235,7 +242,7 @@ def test_the_async_client_creates_reads_and_waits_across_partitions(redis_url: s
     async def scenario() -> dict[str, Any]:
         async with AsyncFlow(flow) as af:
             ids = await af.create_jobs([{"n": n, "user": n % 2} for n in range(12)])
-            where = {flow.part_of(i).index for i in ids}  # type: ignore[union-attr]
+            where = {flow.partition_of(i).index for i in ids}  # type: ignore[union-attr]
             late = await af.create_job({"n": 99, "user": 1})
             jobs = await af.wait([*ids, late], timeout=60)
             ones = await af.get_jobs_by_key("user", 1, resolve_children=True)

@@ -34,8 +34,8 @@ def _flow(**options: object) -> Flow:
 
 def test_each_partition_is_a_complete_flow_under_its_own_tag() -> None:
     flow = _flow(partitions=3)
-    assert [p.name for p in flow.parts] == ["{pay#0}", "{pay#1}", "{pay#2}"]
-    two = flow.parts[2].definition
+    assert [p.name for p in flow.partitions] == ["{pay#0}", "{pay#1}", "{pay#2}"]
+    two = flow.partitions[2].definition
     assert list(two.stages) == ["{pay#2}.check", "{pay#2}.charge:card", "{pay#2}.charge"]
     assert two.stages["{pay#2}.check"].spec.next_queue == "{pay#2}.charge"
     assert two.first_stage.keys.waiting == "queue:{pay#2}.check:waiting"
@@ -129,7 +129,7 @@ def test_on_a_cluster_url_each_partition_is_pinned_to_its_own_slot() -> None:
         partitions=3,
         redis_url="redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
     )
-    assert [key_slot(p.redis.cluster_key or "") for p in flow.parts] == [
+    assert [key_slot(p.redis.cluster_key or "") for p in flow.partitions] == [
         key_slot(f"{{pay#{i}}}") for i in range(3)
     ]
     assert Partitioning.build("pay", 2, None).short("{pay#1}.check:x") == "check:x"
@@ -158,10 +158,10 @@ def test_a_later_stage_reads_the_childrens_fields_by_the_names_given() -> None:
         partitions=2,
         redis_url="redis://127.0.0.1:1/0",
     )
-    report = flow.parts[1].definition.stages["{pay#1}.report"]
+    report = flow.partitions[1].definition.stages["{pay#1}.report"]
     assert report.fields == ("children:{pay#1}.charge:jobs", "total")
     (group,) = [flow.create_workers("report", lambda job: {})[0].group]
-    payload = group.payload("pay", [(p.definition, p.redis) for p in flow.parts], "h", "INFO")
+    payload = group.payload("pay", [(p.definition, p.redis) for p in flow.partitions], "h", "INFO")
     # what the function sees
     assert payload.partitions[1].names == ("children:charge:jobs", "total")
 
@@ -181,3 +181,36 @@ def test_a_batch_refused_in_one_partition_says_which_jobs_were_written() -> None
     away = RedisUnavailableError("127.0.0.1:1", "connection refused")
     with pytest.raises(RedisUnavailableError):  # an outage: what was written is not known
         settle_creates(jobs, groups, [None, full, away])
+
+
+def test_the_old_name_of_a_flows_partitions_still_works_with_a_deprecation_warning() -> None:
+    flow = Flow("pay", [QueueSpec("check")], partitions=2)
+    with pytest.warns(DeprecationWarning, match="Flow.partitions"):
+        assert flow.parts == flow.partitions
+
+
+def test_a_flow_made_without_partitions_is_one_partition_under_its_own_names() -> None:
+    flow = Flow("{pay}", [QueueSpec("{pay}.fan", children=(QueueSpec("c"),))])
+    split = flow.partitioning
+    assert (split.count, split.tagged, [p.name for p in flow.partitions]) == (1, False, ["{pay}"])
+    assert split.queue(0, "{pay}.fan") == split.short("{pay}.fan") == "{pay}.fan"
+    assert split.shown("children:{pay}.fan:jobs") == "children:{pay}.fan:jobs"
+    assert split.renames(flow.definition) == {}
+    assert split.index_of("job:{pay}:x") == 0
+    assert split.given(flow.queues) == list(flow.queues)
+
+
+def test_a_partitions_names_go_back_to_the_names_given() -> None:
+    queues = [
+        QueueSpec("check", next_queue="fan", attributes_to_get=("n",)),
+        QueueSpec("fan", children=(QueueSpec("c"),), next_queue="report"),
+        QueueSpec("report", attributes_to_get=("children:fan:jobs",)),
+    ]
+    flow = Flow("pay", queues, partitions=3)
+    split = flow.partitioning
+    assert split.given(flow.partitions[2].definition.queues) == queues
+    assert split.index_of("job:{pay#2}:x") == 2
+    assert split.index_of("job:{pay#3}:x") == split.index_of("job:{other#1}:x") == 0
+    assert keys.partition_of_name("{pay#12}") == ("pay", 12)
+    assert keys.partition_of_name("{pay}") is None
+    assert keys.partition_of_name("pay#1") is None

@@ -15,8 +15,6 @@ from itertools import zip_longest
 from typing import Any
 
 from ... import codec
-from ...client.flow import Flow
-from ...definition import FlowDefinition
 from ...errors import ProcflowError
 from ...ids import created_at
 from ...store import jobfields, keys
@@ -59,7 +57,7 @@ class FlowCache:
     def check(self, name: str) -> None:
         """Make sure the operator knows flow ``name`` as registered (UnknownFlowError if it
         never was)."""
-        raw = self.op.registry_of(name).describe(name)
+        raw = self.op.description(name)
         with self._lock:  # builds each flow once, whichever request comes first
             seen = self._seen.get(name)
             if raw is None or seen is None or raw == seen:
@@ -67,13 +65,8 @@ class FlowCache:
                 if raw is not None:
                     self._seen[name] = raw
                 return
-            d = FlowDefinition.from_description(raw)
-            old = self.op.flow(name)
-            self.op.adopt(
-                Flow(d.name, d.queues, d.lookup_attributes, redis=self.op.redis, key_ttl=d.key_ttl)
-            )
+            self.op.adopt(self.op.rebuild(name, raw))  # the old one disconnected
             self._seen[name] = raw
-        old.disconnect()
 
     def check_all(self) -> None:
         for name in self.op.flows():
