@@ -28,6 +28,7 @@ from ..errors import CreateJobsError, RedisRefusedError, refusal
 from .eviction import READS, UNKNOWN, EvictionPolicy, check_mode, report
 from .keys import StageKeys
 from .records import NewJob
+from .replies import Kind, classify
 from .wire import Script, pack, replicated, script
 
 __all__ = [
@@ -95,11 +96,21 @@ Exchange = Generator[Request, list[Any], T]
 
 def checked(request: Request, replies: list[Any], check: Callable[[Any], Any]) -> list[Any]:
     """The replies of ``request``, those it asks for passed through the driver's ``check``
-    (which raises the server's refusal for an error reply)."""
+    (which raises the server's refusal for an error reply). A transaction that EXEC
+    discarded because a queued command was redirected (MOVED or ASK under Cluster: the slot
+    moved, or is moving, under it) raises that redirect, so the driver sends it again where
+    it points: nothing of it ran."""
     if request.check == "all":
         for reply in replies:
             check(reply)
     elif request.check == "last" and replies:
+        if isinstance(replies[-1], rex.ResponseError):
+            for reply in replies[:-1]:
+                if isinstance(reply, rex.ResponseError) and classify(str(reply)).kind in (
+                    Kind.MOVED,
+                    Kind.ASK,
+                ):
+                    check(reply)
         check(replies[-1])
     return replies
 

@@ -6,9 +6,11 @@ its whole transaction)."""
 from __future__ import annotations
 
 import pytest
+import redis.exceptions as rex
 
 from procflow import CreateJobsError, RedisRefusedError, RedisUnavailableError
 from procflow.settings import RedisSettings
+from procflow.store.plans import Request, checked
 from procflow.store.replies import (
     ASKING,
     ASKING_FOR,
@@ -102,3 +104,28 @@ def test_binary_values_with_crlf_inside_are_passed_through_whole() -> None:
     packed = pack("HSET", "job:{p}:1", "f", b"a\r\n*1\r\n$4\r\nPING\r\n")
     sent, flags = with_asking(packed)
     assert sent == ASKING + packed and flags == [True]
+
+
+def test_a_transaction_discarded_for_a_redirect_raises_the_redirect() -> None:
+    """A MULTI whose queued commands were answered ASK (the slot moving under it) is
+    discarded whole by EXEC: the redirect is what is raised, so the call is sent again where
+    it points, not reported as EXECABORT."""
+    raised: list[str] = []
+
+    def check(reply: object) -> object:
+        if isinstance(reply, rex.ResponseError):
+            raised.append(str(reply))
+            raise RedisRefusedError("127.0.0.1:7000", str(reply))
+        return reply
+
+    request = Request([pack("MULTI"), pack("DEL", "a"), pack("EXEC")], check="last")
+    ask = rex.ResponseError("ASK 3999 127.0.0.1:7002")
+    aborted = rex.ResponseError("EXECABORT Transaction discarded because of previous errors.")
+    with pytest.raises(RedisRefusedError):
+        checked(request, [b"OK", ask, aborted], check)
+    assert raised == ["ASK 3999 127.0.0.1:7002"]
+    other = rex.ResponseError("WRONGTYPE Operation against a key holding the wrong kind")
+    with pytest.raises(RedisRefusedError):
+        checked(request, [b"OK", other, aborted], check)  # not a redirect: EXECABORT
+    assert raised[-1].startswith("EXECABORT")
+    assert checked(request, [b"OK", b"QUEUED", [1]], check) == [b"OK", b"QUEUED", [1]]
