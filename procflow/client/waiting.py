@@ -81,6 +81,10 @@ class Waiting:
         self.outage = False
         self._warned = False
         self._shown = 0.0
+        #: when the first read placed the jobs, and how many were done by then (the batch's
+        #: ETA counts only the jobs that finished during the wait)
+        self.placed_at = self.start
+        self.placed_done = 0
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -133,6 +137,8 @@ class Waiting:
         if unknown:
             raise UnknownJobError(self.name, unknown)
         self.next_check = time.monotonic() + RECHECK
+        self.placed_at = time.monotonic()
+        self.placed_done = len(self.ids) - len(self.pending)
 
     def recheck_groups(self) -> list[tuple[int, list[str]]]:
         """The pending ids by partition, to re-read their done flags."""
@@ -218,9 +224,23 @@ class Waiting:
             self.logger.warning("wait: {}; still waiting", exc)
         return OUTAGE_RECHECK
 
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds until the batch is done, at the rate its jobs finished during this wait
+        (the jobs done since the first read, over the time since): the pending ones over
+        that rate. None until one finished during the wait; 0 when none is pending. No
+        Redis read: the announcements and re-reads the wait makes anyway."""
+        if not self.pending:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        finished = len(self.ids) - len(self.pending) - self.placed_done
+        elapsed = now - self.placed_at
+        if finished <= 0 or elapsed <= 0:
+            return None
+        return len(self.pending) * elapsed / finished
+
     def show(self, final: bool = False) -> None:
         """With ``progress``: the progress line on stderr (every 0.2 s on a terminal, else
-        every 5 s, and once at the end)."""
+        every 5 s, and once at the end), with the batch's ETA (``eta``)."""
         if not self.progress:
             return
         now = time.monotonic()
@@ -230,7 +250,7 @@ class Waiting:
         if now - self._shown > (0.2 if sys.stderr.isatty() else 5.0):
             self._shown = now
             done = len(self.ids) - len(self.pending)
-            _show(done, len(self.ids), now - self.start, self.reports, self.pending)
+            _show(done, len(self.ids), now - self.start, self.reports, self.pending, self.eta(now))
 
 
 class WaitableFlow(Protocol):
@@ -300,10 +320,13 @@ def _show(
     elapsed: float,
     reported: Mapping[str, float] | None = None,
     pending: set[str] | None = None,
+    eta: float | None = None,
     final: bool = False,
 ) -> None:
     rate = done / elapsed if elapsed > 0 else 0.0
     line = f"procflow: {done}/{total} jobs done ({rate:,.0f}/s)"
+    if not final:
+        line += f", ETA {_eta_text(eta)}"
     running = [f for i, f in (reported or {}).items() if pending is not None and i in pending]
     if running and not final:
         mean = 100 * sum(running) / len(running)
@@ -313,3 +336,14 @@ def _show(
     else:
         sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def _eta_text(seconds: float | None) -> str:
+    """``-`` (not known yet), ``12 s``, ``4 min``, ``1.5 h``."""
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

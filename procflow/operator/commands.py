@@ -24,7 +24,7 @@ from ..app import APP_FORMS, load_app, report_retried, shown
 from ..client.flow import Flow
 from ..errors import ConfigurationError
 from ..settings import REDIS_URL_ENV
-from .ops import PAGE_STATES, Operator, StageStatus, as_json, where_now
+from .ops import PAGE_STATES, Operator, StageStatus, as_json, flow_eta, where_now
 
 __all__ = ["add_operator_commands", "looks_like_app", "operator_for"]
 
@@ -76,6 +76,24 @@ def _ago(seconds: float | None) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _took(seconds: float | None) -> str:
+    """A job time, a backlog or an ETA, short: ``0.4 ms``, ``12 ms``, ``1.5 s``, ``12 min``."""
+    if seconds is None:
+        return "-"
+    if seconds == 0:
+        return "0 s"
+    if seconds < 1:
+        ms = seconds * 1000
+        return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+    if seconds < 90:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return _ago(seconds)
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return "-" if a is None and b is None else f"{_took(a)}/{_took(b)}"
 
 
 def _when(epoch: float | None) -> str:
@@ -145,15 +163,8 @@ def _stages_table(flow: str, stages: list[StageStatus], narrow: bool = False) ->
     """Per stage its counts; ``narrow``: no padding and headers on two lines, every column
     exactly as wide as its longest line, so that at 80 columns the names (never cut) and
     the numbers fit."""
-    table = Table(
-        box=box.SIMPLE,
-        title=_data(f"flow {flow}"),
-        padding=(0, 0 if narrow else 1),
-        show_edge=not narrow,
-    )
     rows = [
         [
-            shown(f"  {s.name}" if s.parent else s.name),
             str(s.waiting),
             str(s.processing),
             str(s.delayed),
@@ -165,7 +176,60 @@ def _stages_table(flow: str, stages: list[StageStatus], narrow: bool = False) ->
         ]
         for s in stages
     ]
-    headers = ["stage", *(short if narrow else wide for wide, short in _STAGE_COLUMNS)]
+    return _grid(f"flow {flow}", _STAGE_COLUMNS, stages, rows, narrow)
+
+
+#: the work table's columns: (header, header when the table must be narrow)
+_WORK_COLUMNS = (
+    ("jobs/s", "jobs/s"),
+    ("workers", "workers"),
+    ("job p50/p95", "job\np50/p95"),
+    ("cpu mean/p95", "cpu\nmean/p95"),
+    ("backlog", "backlog"),
+    ("ETA", "ETA"),
+)
+
+
+def _work_table(flow: str, stages: list[StageStatus], narrow: bool = False) -> Table:
+    """Per stage what its jobs cost (the live nodes' figures, ``procflow/cost.py``): the
+    throughput, the workers on it, job wall time p50/p95, CPU time mean/p95, the backlog in
+    work-seconds and its ETA; the flow's ETA is the caption."""
+    rows = [
+        [
+            f"{s.throughput_per_s:g}",
+            str(s.workers),
+            _pair(s.job_seconds_p50, s.job_seconds_p95),
+            _pair(s.cpu_seconds_mean, s.cpu_seconds_p95),
+            _took(s.backlog_seconds),
+            _took(s.eta_seconds),
+        ]
+        for s in stages
+    ]
+    table = _grid(f"work of {flow}", _WORK_COLUMNS, stages, rows, narrow)
+    table.caption = f"ETA of the flow: {_took(flow_eta(stages))}"
+    return table
+
+
+def _grid(
+    title: str,
+    columns: tuple[tuple[str, str], ...],
+    stages: list[StageStatus],
+    cells: list[list[str]],
+    narrow: bool,
+) -> Table:
+    """A table of one row per stage (its name first, then ``cells``), laid out as
+    ``_stages_table`` says."""
+    table = Table(
+        box=box.SIMPLE,
+        title=_data(title),
+        padding=(0, 0 if narrow else 1),
+        show_edge=not narrow,
+    )
+    rows = [
+        [shown(f"  {s.name}" if s.parent else s.name), *row]
+        for s, row in zip(stages, cells, strict=True)
+    ]
+    headers = ["stage", *(short if narrow else wide for wide, short in columns)]
     for n, header in enumerate(headers):
         longest = max(
             len(line) for text in [header, *(r[n] for r in rows)] for line in text.split("\n")
@@ -231,14 +295,18 @@ class _StatusView:
 
     def __init__(self, op: Operator, flows: list[str]) -> None:
         self.warnings = [p.message() for p in op.eviction() if p.unsafe]
-        self.flows = [(name, op.status(name), op.nodes(name)) for name in flows]
+        self.flows = []
+        for name in flows:
+            nodes = op.nodes(name)
+            self.flows.append((name, op.status(name, nodes=nodes), nodes))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         for warning in self.warnings:
             yield Text(f"WARNING: {warning}", style="bold red")
         for name, stages, nodes in self.flows:
-            table = _stages_table(name, stages)
-            yield table if _fits(console, options, table) else _stages_table(name, stages, True)
+            for make in (_stages_table, _work_table):
+                table = make(name, stages)
+                yield table if _fits(console, options, table) else make(name, stages, True)
             yield Text("nodes and workers", style="italic")
             if not nodes:
                 yield Text("no node is running this flow", style="dim")
@@ -275,12 +343,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
         flows = _status_targets(op, args.flow)
         if args.json:
             servers = [p.as_dict() for p in op.eviction()]
-            _print_json(
-                [
-                    {"flow": f, "stages": op.status(f), "nodes": op.nodes(f), "redis": servers}
-                    for f in flows
-                ]
-            )
+            shown_flows = []
+            for f in flows:
+                nodes = op.nodes(f)
+                stages = op.status(f, nodes=nodes)
+                shown_flows.append(
+                    {
+                        "flow": f,
+                        "eta_seconds": flow_eta(stages),
+                        "stages": stages,
+                        "nodes": nodes,
+                        "redis": servers,
+                    }
+                )
+            _print_json(shown_flows)
             return 0
         console = _console()
         if not flows:

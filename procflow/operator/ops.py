@@ -4,6 +4,10 @@
 and answers what the ``procflow`` command line and the dashboard show: per-stage counts and
 rates, nodes and their workers, one job in full, a stage's jobs a page at a time, lookup
 search; and does what they do: retry, cancel, delete, purge. Every read is bounded.
+
+A stage's cost figures — job wall and CPU time, throughput, backlog in work-seconds, ETA —
+come from the live nodes' heartbeats and the stats hashes, combined by the rules of
+``procflow/cost.py``: no per-job read.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .. import cost
 from ..client.flow import Flow
 from ..definition import FlowDefinition, Stage
 from ..errors import ConfigurationError, UnknownFlowError, UnknownJobError
@@ -23,7 +28,7 @@ from ..store.eviction import EvictionPolicy
 from ..store.redis import Store
 from ..store.registry import CANCELLED_MESSAGE, PAGE_STATES, Registry, StageStats
 
-__all__ = ["PAGE_STATES", "EvictionPolicy", "JobPage", "Operator", "StageStatus"]
+__all__ = ["PAGE_STATES", "EvictionPolicy", "JobPage", "Operator", "StageStatus", "flow_eta"]
 
 
 @dataclass
@@ -45,6 +50,29 @@ class StageStatus:
     totals: dict[str, int]
     completed_per_minute: list[int] = field(default_factory=list)
     failed_per_minute: list[int] = field(default_factory=list)
+    #: completions per second over the last five whole minutes (the stats hashes)
+    throughput_per_s: float = 0.0
+    #: worker processes serving the stage on the live nodes (idle, running or starting)
+    workers: int = 0
+    #: the jobs measured by the live nodes (a decayed count: see ``procflow/cost.py``)
+    jobs_measured: float = 0.0
+    #: seconds a job ran (wall time), mean, p50 and p95; None until a job of it ran
+    job_seconds_mean: float | None = None
+    job_seconds_p50: float | None = None
+    job_seconds_p95: float | None = None
+    #: CPU seconds of the worker process while a job ran, mean and p95
+    cpu_seconds_mean: float | None = None
+    cpu_seconds_p95: float | None = None
+    #: (waiting + delayed + processing) times job_seconds_mean; 0 with nothing to run, None
+    #: when there is and no job of the stage ran yet
+    backlog_seconds: float | None = None
+    #: backlog_seconds / workers; 0 with nothing to run, None when unknown or no worker
+    eta_seconds: float | None = None
+
+    @property
+    def pending(self) -> int:
+        """The jobs the stage still has to run: waiting, delayed and processing."""
+        return self.waiting + self.delayed + self.processing
 
 
 @dataclass
@@ -186,12 +214,16 @@ class Operator:
         any but ``noeviction`` may delete jobs in silence (see ``store.eviction``)."""
         return self.store.eviction_policies()
 
-    def status(self, name: str, minutes: int = 60) -> list[StageStatus]:
+    def status(
+        self, name: str, minutes: int = 60, nodes: list[dict[str, Any]] | None = None
+    ) -> list[StageStatus]:
         """Per stage, in pipeline order: its counts, rate, oldest waiting age and totals
-        (summed over the flow's partitions)."""
+        (summed over the flow's partitions), and its cost figures from the live nodes'
+        heartbeats (``nodes``, as ``nodes(name)`` returns them: read when not given)."""
         flow = self.flow(name)
         order = self.stage_order(name)
-        return _summed([self._status(flow, part, order, minutes) for part in flow.partitions])
+        stages = _summed([self._status(flow, part, order, minutes) for part in flow.partitions])
+        return _costed(stages, self.nodes(name) if nodes is None else nodes)
 
     def _status(
         self, flow: Flow, part: Partition, order: list[str], minutes: int
@@ -220,21 +252,25 @@ class Operator:
         flow = self.flow(name)
         first = flow.partitions[0]
         found = sorted(self._registry(first).nodes(first.name), key=lambda n: str(n.get("node")))
+        short = flow.partitioning.short
         for node in found:
             for worker in node.get("workers", []):
                 if isinstance(worker.get("stage"), str):
-                    worker["stage"] = flow.partitioning.short(worker["stage"])
+                    worker["stage"] = short(worker["stage"])
+            if isinstance(node.get("stages"), dict):
+                node["stages"] = {short(str(k)): v for k, v in node["stages"].items()}
         return found
 
     def overview(self) -> list[dict[str, Any]]:
-        """Every flow with its totals: stages, waiting, failed, done/min, nodes, workers."""
+        """Every flow with its totals: stages, waiting, failed, done/min, nodes, workers,
+        and its ETA (``flow_eta``)."""
         out = []
         for name in self.flows():
             try:
-                stages = self.status(name)
+                nodes = self.nodes(name)
+                stages = self.status(name, nodes=nodes)
             except ConfigurationError:
                 continue  # an unreadable description: listed by `flows`, not summed here
-            nodes = self.nodes(name)
             out.append(
                 {
                     "flow": name,
@@ -245,6 +281,7 @@ class Operator:
                     "done_per_min": round(sum(s.done_per_min for s in stages), 1),
                     "nodes": len(nodes),
                     "workers": sum(len(n.get("workers", [])) for n in nodes),
+                    "eta_seconds": flow_eta(stages),
                 }
             )
         return out
@@ -378,6 +415,38 @@ class Operator:
         return removed
 
 
+def _costed(stages: list[StageStatus], nodes: list[dict[str, Any]]) -> list[StageStatus]:
+    """``stages`` with their cost figures: the nodes' decayed job costs added up per stage,
+    the workers serving each counted, then backlog and ETA (``procflow/cost.py``)."""
+    fleet = cost.by_stage(nodes)
+    for s in stages:
+        c, s.workers = fleet.get(s.name, (cost.JobCost(), 0))
+        s.jobs_measured = round(c.jobs, 3)
+        s.job_seconds_mean = _seconds(c.wall_mean)
+        s.job_seconds_p50 = _seconds(cost.quantile(c.wall, 0.5))
+        s.job_seconds_p95 = _seconds(cost.quantile(c.wall, 0.95))
+        s.cpu_seconds_mean = _seconds(c.cpu_mean)
+        s.cpu_seconds_p95 = _seconds(cost.quantile(c.cpu, 0.95))
+        backlog = cost.backlog_seconds(s.pending, s.job_seconds_mean)
+        s.backlog_seconds = None if backlog is None else round(backlog, 3)
+        eta = cost.eta_seconds(backlog, s.workers)
+        s.eta_seconds = None if eta is None else round(eta, 3)
+    return stages
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def flow_eta(stages: Sequence[StageStatus]) -> float | None:
+    """Seconds until the flow has run what it holds (``cost.flow_eta``: the stages as a
+    pipeline, in order); None when a stage on the way has work and no ETA."""
+    found = cost.flow_eta(
+        [cost.StageWork(s.name, s.parent, s.pending, s.job_seconds_mean, s.workers) for s in stages]
+    )
+    return None if found is None else round(found, 3)
+
+
 def _stage_status(
     name: str, parent: str | None, c: dict[str, int], st: StageStats, oldest: float | None
 ) -> StageStatus:
@@ -390,6 +459,7 @@ def _stage_status(
         parked=c["parked"],
         failed=c["failed"],
         done_per_min=round(st.rate(5), 1),
+        throughput_per_s=round(st.rate(5) / 60, 3),
         oldest_waiting_s=round(oldest, 1) if oldest is not None and c["waiting"] else None,
         totals=st.totals,
         completed_per_minute=st.completed_per_minute,
@@ -422,6 +492,7 @@ def _summed(partitions: list[list[StageStatus]]) -> list[StageStatus]:
                 parked=sum(s.parked for s in same),
                 failed=sum(s.failed for s in same),
                 done_per_min=round(sum(s.done_per_min for s in same), 1),
+                throughput_per_s=round(sum(s.throughput_per_s for s in same), 3),
                 oldest_waiting_s=max(ages) if ages else None,
                 totals=totals,
                 completed_per_minute=added([s.completed_per_minute for s in same]),

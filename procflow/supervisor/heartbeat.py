@@ -4,6 +4,10 @@ Every ``interval`` seconds it writes the node's record (``procflow:F:node:NODE``
 to live of a few intervals: a dead node's record expires by itself), looks at the flow's
 cancel requests and stops the workers of this node that run a cancelled job, and once a
 minute trims per-minute counts older than a day. Redis being away only skips a beat.
+
+Per stage the record carries what its jobs cost on this node (``cost``: jobs measured, wall
+and CPU sums and histograms), decayed so that it follows the work (``cost.Decayed``: a
+job's weight halves every minute); the operator adds up the live nodes' figures.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from ..cost import Decayed
 from ..definition import FlowDefinition
 from ..errors import RedisRefusedError, RedisUnavailableError
 from ..store.registry import Registry
@@ -115,6 +120,8 @@ class Heartbeat:
         self.host = socket.gethostname()
         self._next_trim = 0.0
         self._failing = False
+        #: per stage (its group's name), what its jobs cost here, decayed
+        self._costs: dict[str, Decayed] = {}
 
     def start(self) -> None:
         """Register the flow and beat once; the caller (``observers.Observers``, one thread
@@ -139,6 +146,11 @@ class Heartbeat:
         """This node's record: who and where, then every worker."""
         stopping = self.state() is SupervisorState.STOPPING
         tallies = self.tally()
+        now = time.monotonic()
+        costs = {
+            name: self._costs.setdefault(name, Decayed()).update(t.cost(), now)
+            for name, t in tallies.items()
+        }
         restarts = {name: t.restarts for name, t in tallies.items()}
         workers = [
             worker_record(w, stopping, restarts.get(w.handle.group.name, 0), self.partition)
@@ -162,6 +174,7 @@ class Heartbeat:
                     "jobs": t.jobs,
                     "restarts": t.restarts,
                     "ended": dict(t.ended),
+                    "cost": costs[name].as_record(),
                 }
                 for name, t in tallies.items()
             },

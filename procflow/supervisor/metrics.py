@@ -4,7 +4,10 @@ No multiprocess mode: the supervisor already sees every outcome of its children 
 records and their exits), so it sums them itself at scrape time. Names have the ``procflow_``
 prefix, durations are in seconds, labels are flow, queue, outcome / state / kind and node —
 never a job id. Queue depths are read from Redis at scrape time: a fixed number of commands
-per stage, whatever the queues hold.
+per stage, whatever the queues hold. The cost figures (``procflow_stage_*``: backlog in
+work-seconds, ETA, job wall and CPU time) are the fleet's, from the live nodes' heartbeats
+(two more commands per scrape) combined as ``procflow status`` does (``procflow/cost.py``):
+every node of a flow exports the same values.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .. import cost
+from ..cost import DURATION_BUCKETS
 from ..definition import FlowDefinition
 from ..errors import RedisRefusedError, RedisUnavailableError
 from ..partitions import Partitioning
 from ..store.redis import Store
 from ..store.registry import Registry
 from ..version import __version__
-from ..worker.status import DURATION_BUCKETS, Outcome, read_status
+from ..worker.status import Outcome, read_status
 from .heartbeat import worker_state
 from .process import SupervisorState, WorkerTable
 from .tally import StageTally
@@ -119,6 +124,11 @@ class NodeCollector(Collector):
             "How long job attempts ran in the worker function.",
             labels=["flow", "queue", "node"],
         )
+        cpu = HistogramMetricFamily(
+            "procflow_job_cpu_seconds",
+            "CPU time of the worker process (all its threads) while job attempts ran.",
+            labels=["flow", "queue", "node"],
+        )
         for queue, t in sorted(tallies.items()):
             for outcome in Outcome:
                 jobs.add_metric([flow, queue, outcome.label, node], t.outcomes[outcome])
@@ -128,12 +138,9 @@ class NodeCollector(Collector):
             renewals.add_metric([flow, queue, "held", node], t.renewals - t.renewals_lost)
             renewals.add_metric([flow, queue, "lost", node], t.renewals_lost)
             errors.add_metric([flow, queue, node], t.redis_errors)
-            buckets, running = [], 0
-            for bound, n in zip((*DURATION_BUCKETS, float("inf")), t.durations, strict=True):
-                running += n
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-            durations.add_metric([flow, queue, node], buckets, t.duration_sum)
-        yield from (jobs, exits, restarts, renewals, errors, durations)
+            durations.add_metric([flow, queue, node], _buckets(t.durations), t.duration_sum)
+            cpu.add_metric([flow, queue, node], _buckets(t.cpu), t.cpu_sum)
+        yield from (jobs, exits, restarts, renewals, errors, durations, cpu)
 
     def _workers(self, flow: str, node: str) -> Iterator[Metric]:
         states = GaugeMetricFamily(
@@ -175,6 +182,13 @@ class NodeCollector(Collector):
         )
         depths: dict[str, Counter[str]] = {}
         ages: dict[str, float] = {}
+        first, first_store = self.partitions[0]
+        try:  # a node beats in every partition: the first one's records are the fleet's
+            nodes = Registry(first_store).nodes(first.name)
+        except (RedisUnavailableError, RedisRefusedError):
+            up.add_metric([flow], 0)
+            yield up
+            return
         for definition, store in self.partitions:
             stages = list(definition.stages.values())
             try:
@@ -194,6 +208,49 @@ class NodeCollector(Collector):
             age.add_metric([flow, name], ages[name])
         up.add_metric([flow], 1)
         yield from (depth, age, up)
+        yield from self._costs(flow, depths, cost.by_stage(nodes, self.partitioning.short))
+
+    def _costs(
+        self,
+        flow: str,
+        depths: dict[str, Counter[str]],
+        fleet: dict[str, tuple[cost.JobCost, int]],
+    ) -> Iterator[Metric]:
+        """Per stage, the fleet's cost figures: backlog in work-seconds and ETA (absent
+        while unknown: jobs to run and none of the stage ran yet, or no worker for the ETA),
+        job wall and CPU time (mean, p95)."""
+        backlog = GaugeMetricFamily(
+            "procflow_stage_backlog_seconds",
+            "Work-seconds a stage has to run: (waiting + delayed + processing) jobs times "
+            "the mean job wall time the live nodes measured (decayed, half-life 60 s); 0 "
+            "when none is pending; absent while no job of the stage ran.",
+            labels=["flow", "queue"],
+        )
+        eta = GaugeMetricFamily(
+            "procflow_stage_eta_seconds",
+            "The stage's backlog seconds over the worker processes serving it.",
+            labels=["flow", "queue"],
+        )
+        job = GaugeMetricFamily(
+            "procflow_stage_job_seconds",
+            "A stage's job time on the live nodes (decayed): wall or cpu, mean or p95.",
+            labels=["flow", "queue", "time", "stat"],
+        )
+        for name, numbers in sorted(depths.items()):
+            c, workers = fleet.get(name, (cost.JobCost(), 0))
+            pending = numbers["waiting"] + numbers["delayed"] + numbers["processing"]
+            seconds = cost.backlog_seconds(pending, c.wall_mean)
+            if seconds is not None:
+                backlog.add_metric([flow, name], seconds)
+            until = cost.eta_seconds(seconds, workers)
+            if until is not None:
+                eta.add_metric([flow, name], until)
+            for time_, mean, hist in (("wall", c.wall_mean, c.wall), ("cpu", c.cpu_mean, c.cpu)):
+                p95 = cost.quantile(hist, 0.95)
+                for stat, value in (("mean", mean), ("p95", p95)):
+                    if value is not None:
+                        job.add_metric([flow, name, time_, stat], value)
+        yield from (backlog, eta, job)
 
     def _eviction(self, flow: str) -> Iterator[Metric]:
         """Whether the server may evict keys: 1 per policy seen on the servers of the flow's
@@ -215,6 +272,15 @@ class NodeCollector(Collector):
         for policy, value in sorted(seen.items()):
             unsafe.add_metric([flow, policy], value)
         yield unsafe
+
+
+def _buckets(counts: Sequence[int]) -> list[tuple[str, float]]:
+    """A histogram over ``DURATION_BUCKETS`` as prometheus_client wants it: cumulative."""
+    out, running = [], 0
+    for bound, n in zip((*DURATION_BUCKETS, float("inf")), counts, strict=True):
+        running += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+    return out
 
 
 class MetricsServer:

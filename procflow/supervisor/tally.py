@@ -1,7 +1,7 @@
 """What this node's workers did, summed: the numbers behind heartbeats and metrics.
 
-Each worker process counts its own job outcomes and durations in its shared-memory status
-record (no system call, no Redis command); the supervisor adds the records of the live
+Each worker process counts its own job outcomes, durations and CPU times in its
+shared-memory status record (no Redis command); the supervisor adds the records of the live
 processes to what the processes that ended had counted, and counts itself what only it
 sees: how a worker process ended (a crash, a time or memory limit, a cancel) and how often
 one was replaced. No multiprocess mode, no files: one process sees every outcome.
@@ -14,7 +14,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..worker.status import DURATION_BUCKETS, Outcome, StatusView
+from ..cost import DURATION_BUCKETS, JobCost
+from ..worker.status import Outcome, StatusView
 
 __all__ = ["StageTally", "Tally"]
 
@@ -32,6 +33,9 @@ class StageTally:
     restarts: int = 0
     renewals: int = 0
     renewals_lost: int = 0
+    #: the CPU time of the worker processes while they ran jobs, as ``durations``
+    cpu: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    cpu_sum: float = 0.0
 
     def add(self, view: StatusView) -> None:
         for i, n in enumerate(view.outcomes):
@@ -40,6 +44,9 @@ class StageTally:
             self.durations[i] += n
         self.duration_sum += view.duration_sum
         self.redis_errors += view.redis_errors
+        for i, n in enumerate(view.cpu_durations):
+            self.cpu[i] += n
+        self.cpu_sum += view.cpu_sum
 
     def copy(self) -> StageTally:
         return StageTally(
@@ -51,6 +58,18 @@ class StageTally:
             self.restarts,
             self.renewals,
             self.renewals_lost,
+            list(self.cpu),
+            self.cpu_sum,
+        )
+
+    def cost(self) -> JobCost:
+        """Every job measured here so far, for the cost model (``cost.Decayed``)."""
+        return JobCost(
+            float(sum(self.durations)),
+            self.duration_sum,
+            self.cpu_sum,
+            [float(n) for n in self.durations],
+            [float(n) for n in self.cpu],
         )
 
     @property

@@ -2,9 +2,11 @@
 it holds.
 
 The worker writes, the supervisor reads; a sequence number (odd while a write is under way)
-lets the reader take a consistent copy. Writing costs a few attribute stores per job, no
-system call, so the supervisor always knows which job and lease token a worker holds — also
-after that worker was SIGKILLed. The supervisor writes one field: ``stop``.
+lets the reader take a consistent copy. Writing costs a few attribute stores per job, and
+two reads of the process's CPU clock (``time.process_time()``, at a job's start and end, for
+the cost model: ``procflow/cost.py``) but no other system call, so the supervisor always
+knows which job and lease token a worker holds — also after that worker was SIGKILLed. The
+supervisor writes two fields: ``stop`` and ``pause``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from ..cost import DURATION_BUCKETS
 from ..definition import MAX_PREFETCH
 from ..store.keys import token_at
 
@@ -34,25 +37,6 @@ TOKEN_BYTES = 160
 JOB_BYTES = 96
 #: a job id in the record's list of prefetched jobs (a UUID is 36 characters)
 HELD_ID_BYTES = 40
-
-#: upper bounds (seconds) of the job-duration histogram's buckets; one more counts the rest
-DURATION_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-)
 
 
 class Outcome(IntEnum):
@@ -100,6 +84,11 @@ class StatusRecord(ctypes.Structure):
         ("outcomes", ctypes.c_uint64 * len(Outcome)),
         ("durations", ctypes.c_uint64 * (len(DURATION_BUCKETS) + 1)),
         ("duration_sum", ctypes.c_double),
+        # the CPU time of this process (all its threads) while each job ran: when the job in
+        # hand started (time.process_time()), a histogram over DURATION_BUCKETS and the sum
+        ("cpu_started", ctypes.c_double),
+        ("cpu_durations", ctypes.c_uint64 * (len(DURATION_BUCKETS) + 1)),
+        ("cpu_sum", ctypes.c_double),
         ("redis_errors", ctypes.c_uint64),  # Redis calls that failed and were tried again
         # a lease call for several jobs (prefetch): its tokens are ``token`` (LEASING) or
         # ``next_token`` (COMPLETING) and the ``lease_count - 1`` that follow it
@@ -138,6 +127,9 @@ class StatusView:
     pending: tuple[tuple[str, str], ...] = ()
     #: the partition everything above is in
     partition: int = 0
+    #: the CPU time of the process while its jobs ran: histogram and sum, as ``durations``
+    cpu_durations: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
+    cpu_sum: float = 0.0
 
     def lost_tokens(self) -> list[str]:
         """The tokens of a lease call in flight whose reply may never have been seen."""
@@ -197,6 +189,8 @@ def read_status(raw: Any) -> StatusView:
             raw.lease_count,
             _pending(raw, job),
             raw.partition,
+            tuple(raw.cpu_durations),
+            raw.cpu_sum,
         )
         if not before & 1 and raw.seq == before:
             break
@@ -291,6 +285,7 @@ class StatusWriter:
         raw.token = token.encode()
         raw.next_token = b""
         raw.started = started
+        raw.cpu_started = time.process_time()
         raw.seq += 1
 
     def completing(self, next_token: str, count: int = 1) -> None:
@@ -313,9 +308,12 @@ class StatusWriter:
             took = time.monotonic() - raw.started
             raw.busy += took
             if outcome is not None:
+                cpu = max(0.0, time.process_time() - raw.cpu_started)
                 raw.outcomes[outcome] += 1
                 raw.durations[bisect.bisect_left(DURATION_BUCKETS, took)] += 1
                 raw.duration_sum += took
+                raw.cpu_durations[bisect.bisect_left(DURATION_BUCKETS, cpu)] += 1
+                raw.cpu_sum += cpu
         raw.jobs += 1
         raw.next_token = b""
         if next_job:

@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from procflow import Flow, QueueSpec
+from procflow.cost import DURATION_BUCKETS, JobCost
 from procflow.operator.commands import _status_view
 from procflow.operator.ops import Operator
 
@@ -45,6 +46,14 @@ def worker(name: str, stage: str, pid: int, job: str | None) -> dict[str, object
     }
 
 
+def cost(seconds: float, cpu: float, jobs: int) -> dict[str, object]:
+    """A stage's cost figures as a heartbeat carries them: ``jobs`` alike."""
+    wall, cpus = [0.0] * (len(DURATION_BUCKETS) + 1), [0.0] * (len(DURATION_BUCKETS) + 1)
+    wall[sum(b < seconds for b in DURATION_BUCKETS)] = jobs
+    cpus[sum(b < cpu for b in DURATION_BUCKETS)] = jobs
+    return JobCost(jobs, jobs * seconds, jobs * cpu, wall, cpus).as_record()
+
+
 @pytest.mark.parametrize("width", [80, 100, 200])
 def test_status_at_80_columns_shows_every_name_in_full(redis_url: str, width: int) -> None:
     flow = pipeline(redis_url)
@@ -57,8 +66,21 @@ def test_status_at_80_columns_shows_every_name_in_full(redis_url: str, width: in
             worker("fanout:alpha#0", "fanout:alpha", 4103, JOB),
             worker("fanout:beta#0", "fanout:beta", 4104, None),
         ]
-        record = {"node": NODE, "host": HOST, "pid": 4100, "state": "running", "workers": workers}
+        stages = {
+            "generate": {"cost": cost(0.1234, 0.1201, 5000)},
+            "fanout": {"cost": cost(0.0021, 0.0019, 5000)},
+            "fanout:alpha": {"cost": cost(312.5, 0.5, 3)},
+        }
+        record = {
+            "node": NODE,
+            "host": HOST,
+            "pid": 4100,
+            "state": "running",
+            "workers": workers,
+            "stages": stages,
+        }
         op.registry.beat(flow.name, NODE, record, 60_000)
+        flow.create_jobs([{"n": n} for n in range(12345)])
         out = io.StringIO()
         console = Console(file=out, width=width, markup=False, emoji=False, highlight=False)
         console.print(_status_view(op, [flow.name]))
@@ -78,5 +100,8 @@ def test_status_at_80_columns_shows_every_name_in_full(redis_url: str, width: in
         assert part in heading[0], (part, text)
     rows = [line for line in lines if "4103" in line]
     assert len(rows) == 1 and "fanout:alpha#0" in rows[0], text  # a worker is one row
-    for header in ("processing", "completed"):
+    for header in ("processing", "completed", "p50/p95", "backlog", "ETA"):
         assert header in text, (header, text)
+    # generate: 12345 waiting, 0.1234 s each, on one worker; fanout:alpha's jobs run 5 min
+    assert "25 min" in text and "ETA of the flow: 25 min" in text, text
+    assert "5 min/5 min" in text, text

@@ -36,6 +36,7 @@ def test_public_api_is_exactly_all() -> None:
         "version",
         "handles",
         "partitions",
+        "cost",
         "cpus",
         "app",
         "server",

@@ -18,7 +18,7 @@ from ... import codec
 from ...errors import ProcflowError
 from ...ids import created_at
 from ...store import jobfields, keys
-from ..ops import PAGE_STATES, Operator, as_json
+from ..ops import PAGE_STATES, Operator, as_json, flow_eta
 
 __all__ = [
     "FlowCache",
@@ -233,11 +233,14 @@ class PageData:
 
     def flow(self, flow: str) -> dict[str, Any]:
         self.flows.check(flow)
+        nodes = self.op.nodes(flow)
+        stages = self.op.status(flow, nodes=nodes)
         return {
             "flow": flow,
             "description": self.op.describe(flow),
-            "stages": self.op.status(flow),
-            "nodes": self.op.nodes(flow),
+            "stages": stages,
+            "eta_seconds": flow_eta(stages),
+            "nodes": nodes,
             "at": time.time(),
         }
 

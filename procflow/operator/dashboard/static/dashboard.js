@@ -53,6 +53,18 @@
     return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
       pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
   }
+  // A job time, a backlog or an ETA: 0.4 ms, 12 ms, 1.5 s, 12 min.
+  function took(seconds) {
+    if (seconds === null || seconds === undefined) return "-";
+    if (seconds === 0) return "0 s";
+    if (seconds < 1) {
+      const ms = seconds * 1000;
+      return (ms < 10 ? ms.toFixed(1) : Math.round(ms)) + " ms";
+    }
+    if (seconds < 90) return (seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)) + " s";
+    return ago(seconds);
+  }
+  const pair = (a, b) => (a === null && b === null ? "-" : took(a) + " / " + took(b));
   const mib = (bytes) => (bytes ? (bytes / 1048576).toFixed(0) + " MiB" : "-");
 
   // Replace a table body's rows, only when what it shows changed (a redraw would lose a
@@ -261,6 +273,16 @@
       cell("actions", st.failed ? button("retry all failed", "retry-all", (e) =>
         act(retryUrl(flow), { queue: st.name }, e.target)) : null)));
     fill(tbody("stages"), data.stages, stageRows, "no stages", 12);
+
+    document.getElementById("flow-eta").textContent = took(data.eta_seconds);
+    const workRows = data.stages.map((st) => h("tr", { "data-stage": st.name, class: st.parent ? "child" : "" },
+      cell("stage", st.name), ncell("throughput", st.throughput_per_s), ncell("workers", st.workers),
+      cell("job_mean", took(st.job_seconds_mean), "num"),
+      cell("job", pair(st.job_seconds_p50, st.job_seconds_p95), "num"),
+      cell("cpu", pair(st.cpu_seconds_mean, st.cpu_seconds_p95), "num"),
+      cell("backlog", took(st.backlog_seconds), "num"),
+      cell("eta", took(st.eta_seconds), "num")));
+    fill(tbody("work"), data.stages, workRows, "no stages", 8);
 
     const completed = [], failed = [];
     for (const st of data.stages) {
