@@ -254,6 +254,17 @@ def test_the_overview_and_the_flow_page_follow_a_running_flow(
         bars = browser.find_elements(By.CSS_SELECTOR, 'tr[data-stage="check"] svg rect.done')
         assert bars, "the per-minute history of check draws its completions"
         assert browser.find_elements(By.CSS_SELECTOR, "#chart svg rect.fail")
+        # what the jobs cost, from the heartbeat: every job ran, so nothing is left to run
+        work = '#work tr[data-stage="check"]'
+        wait_for(
+            browser,
+            lambda: text_of(browser, f'{work} td[data-col="job_mean"]').endswith(" ms"),
+            "check's mean job time",
+        )
+        assert text_of(browser, f'{work} td[data-col="workers"]') == "1"
+        assert text_of(browser, f'{work} td[data-col="backlog"]') == "0 s"
+        assert text_of(browser, f'{work} td[data-col="eta"]') == "0 s"
+        assert text_of(browser, "#flow-eta") == "0 s"
         # the nodes table shows the real worker processes
         worker = 'tr[data-worker="check#0"]'
         wait_for(browser, lambda: text_of(browser, f'{worker} td[data-col="jobs"]') == "3", "jobs")

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import yaml
 
-from procflow.store import keys
-
 DEPLOY = Path(__file__).resolve().parents[2] / "docs" / "deploy"
 
 
@@ -27,10 +25,16 @@ def test_the_supervisor_deployment_drains_within_its_grace_period() -> None:
     assert "--metrics-port" in command
 
 
-def test_keda_scales_on_a_waiting_list_and_on_the_queue_depth_metric() -> None:
+def test_keda_scales_on_the_backlog_in_work_seconds_and_scales_in_slowly() -> None:
     (scaled,) = load("keda-scaledobject.yaml")
     assert scaled["kind"] == "ScaledObject"
-    redis_trigger, prom_trigger = scaled["spec"]["triggers"]  # type: ignore[index]
-    queue = redis_trigger["metadata"]["listName"].split(":")[1]
-    assert redis_trigger["metadata"]["listName"] == keys.waiting(queue)
-    assert re.search(r"procflow_queue_jobs\{.*state=\"waiting\"", prom_trigger["metadata"]["query"])
+    spec = scaled["spec"]
+    (trigger,) = spec["triggers"]  # type: ignore[index]
+    assert trigger["type"] == "prometheus"
+    assert re.fullmatch(
+        r"max\(procflow_stage_backlog_seconds\{.*queue=\"\w+\".*\}\)", trigger["metadata"]["query"]
+    )
+    assert float(trigger["metadata"]["threshold"]) > 0
+    assert spec["minReplicaCount"] >= 1  # type: ignore[index]
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]  # type: ignore[index]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] > 0
