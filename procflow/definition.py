@@ -34,6 +34,9 @@ __all__ = [
 
 #: the most jobs one lease call may take (``QueueSpec.prefetch``)
 MAX_PREFETCH = 64
+#: ``QueueSpec.prefetch``: a fixed number of jobs per lease call, or ``"auto"`` (sized by each
+#: worker from the stage's measured job time: ``worker/batch.py``'s ``BatchSize``)
+Prefetch = int | Literal["auto"]
 #: how many times a job may lose its worker to a dead node or supervisor before it fails
 DEFAULT_MAX_STALLS = 3
 
@@ -84,9 +87,11 @@ class QueueSpec(Generic[ParamsT, ResultT]):
     ``retry_backoff``: the retry policy for every kind of failure. ``timeout``: seconds after
     which the supervisor kills the worker running a job. ``memory_limit``: bytes (or text like
     ``'512MiB'``) the worker's process tree may use while it runs a job. ``prefetch``: how
-    many waiting jobs one lease call takes (1 to 64; default 1). For stages of tiny jobs: the
-    worker runs them in order, each under its own lock, and the last one's completion leases
-    the next batch; a parent stage always takes one.
+    many waiting jobs one lease call takes: ``"auto"`` (the default: each worker sizes its
+    batches from the stage's measured job time, so that a batch holds a few milliseconds of
+    work — tiny jobs are leased many at a time, CPU-heavy ones one by one) or a fixed 1 to 64.
+    A batch's jobs run in order, each under its own lock, and the last one's completion
+    leases the next batch; a parent stage always takes one.
 
     Type it as ``QueueSpec[Params, Result](...)`` to have a type checker match its worker
     functions."""
@@ -99,7 +104,7 @@ class QueueSpec(Generic[ParamsT, ResultT]):
     retry_backoff: Backoff = field(default_factory=Backoff)
     timeout: float | None = None
     memory_limit: int | str | None = None
-    prefetch: int = 1
+    prefetch: Prefetch = "auto"
     on_child_failure: ChildFailurePolicy = "fail"
     max_stalls: int = DEFAULT_MAX_STALLS
 
@@ -120,14 +125,14 @@ class QueueSpec(Generic[ParamsT, ResultT]):
             raise ConfigurationError(
                 f"queue {self.name!r}: max_attempts must be an int >= 1, got {self.max_attempts!r}"
             )
-        if (
+        if self.prefetch != "auto" and (
             not isinstance(self.prefetch, int)
             or isinstance(self.prefetch, bool)
             or not 1 <= self.prefetch <= MAX_PREFETCH
         ):
             raise ConfigurationError(
-                f"queue {self.name!r}: prefetch must be an int from 1 to {MAX_PREFETCH}, "
-                f"got {self.prefetch!r}"
+                f"queue {self.name!r}: prefetch must be 'auto' or an int from 1 to "
+                f"{MAX_PREFETCH}, got {self.prefetch!r}"
             )
         if self.on_child_failure not in get_args(ChildFailurePolicy):
             raise ConfigurationError(
@@ -173,8 +178,9 @@ class Stage:
         return bool(self.children)
 
     @property
-    def prefetch(self) -> int:
-        """How many jobs one lease call of this stage takes (a parent stage: one)."""
+    def prefetch(self) -> Prefetch:
+        """How many jobs one lease call of this stage takes: a number, or ``"auto"`` (a
+        parent stage: one)."""
         return 1 if self.children else self.spec.prefetch
 
     @property
@@ -288,7 +294,7 @@ class FlowDefinition:
                 max_attempts=int(q.get("maxAttempts") or 1),
                 timeout=q.get("timeout"),
                 memory_limit=q.get("memoryLimit"),
-                prefetch=int(q.get("prefetch") or 1),
+                prefetch=_prefetch(q.get("prefetch")),
             )
 
         try:
@@ -389,3 +395,8 @@ def _resolve_stages(flow: str, queues: Sequence[QueueSpec[Any, Any]]) -> dict[st
 
 def _limit(spec: QueueSpec[Any, Any]) -> int | None:
     return None if spec.memory_limit is None else parse_size(spec.memory_limit)
+
+
+def _prefetch(described: Any) -> Prefetch:
+    """A description's ``prefetch``: ``"auto"``, or a number (1 when it says none)."""
+    return "auto" if described == "auto" else int(described or 1)

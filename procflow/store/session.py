@@ -74,7 +74,7 @@ class StageSession:
         prefetch: int = 1,
     ) -> None:
         self.wire = wire
-        #: how many jobs one lease call takes
+        #: how many jobs one lease call takes (a worker's loop sets it before each call)
         self.prefetch = max(1, prefetch)
         self.blocking = blocking
         self.stage = stage
@@ -83,7 +83,8 @@ class StageSession:
         self._lease = self._head("lease", (stage.waiting, stage.processing))
         self._lease_many = self._head("lease_many", (stage.waiting, stage.processing))
         self._claim = self._head("claim", (stage.processing,))
-        self._complete: dict[str, Prepared] = {}
+        #: complete.lua's calls packed once per (next waiting list, prefetch)
+        self._complete: dict[tuple[str, int], Prepared] = {}
         #: fail.lua's named options of the stage (ARGV[4]), packed once
         self._fail_stage = _options(
             {
@@ -202,7 +203,7 @@ class StageSession:
         given ``next_token``, lease the next ones (up to ``prefetch``) in the same call.
         Returns (status, the next leases): status 1 completed, 0 the lease was lost and
         nothing changed, -1 the job hash was gone."""
-        prepared = self._complete.get(next_waiting)
+        prepared = self._complete.get((next_waiting, self.prefetch))
         if prepared is None:
             stage = self.stage
             script_keys = (
@@ -213,7 +214,7 @@ class StageSession:
                 *self._parent_keys(),
                 *((next_waiting,) if next_waiting else ()),
             )
-            prepared = self._complete[next_waiting] = self._head(
+            prepared = self._complete[(next_waiting, self.prefetch)] = self._head(
                 "complete",
                 script_keys,
                 keys.FINISHED_KEPT,

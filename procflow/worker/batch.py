@@ -8,6 +8,9 @@ waited ``DEFER_AT_MOST`` seconds (slow jobs: their results are not held back). T
 record lists the batch (``StatusWriter.hold``), so a supervisor can account for every entry
 whatever kills the worker. A job leased alone is held here too, at index -1 (not a batch's).
 The loop makes the Redis calls; this is what it holds.
+
+How many jobs a lease call takes is ``BatchSize``'s: a stage's fixed ``prefetch``, or, with
+``prefetch="auto"``, a number sized from the stage's measured job time.
 """
 
 from __future__ import annotations
@@ -15,14 +18,22 @@ from __future__ import annotations
 import collections
 import time
 
+from ..definition import MAX_PREFETCH, Prefetch
 from ..store.records import Lease
 from .status import Outcome, StatusWriter
 
-__all__ = ["DEFER_AT_MOST", "Completion", "PrefetchBatch"]
+__all__ = ["AUTO_BATCH_SECONDS", "DEFER_AT_MOST", "BatchSize", "Completion", "PrefetchBatch"]
 
 #: how long the results of a prefetched batch's jobs may wait to be written with the batch's
 #: last one (seconds); past it they are written at once
 DEFER_AT_MOST = 0.05
+
+#: ``prefetch="auto"``: how much work (seconds of the stage's jobs, by their measured mean) a
+#: batch holds at most
+AUTO_BATCH_SECONDS = 0.005
+#: ``prefetch="auto"``: the weight of the latest job in the decayed mean (half of the mean is the
+#: last job's: a change of job time is followed within a few jobs)
+AUTO_WEIGHT = 0.5
 
 #: a prefetched job run, its completion not yet written: (lease, its index in the batch,
 #: result fields, the waiting list it goes to)
@@ -96,3 +107,37 @@ class PrefetchBatch:
         """The jobs not started were given back: nothing is held."""
         self.status.release_held()
         self.status.finished()
+
+
+class BatchSize:
+    """How many jobs the next lease call takes. A fixed ``prefetch`` is that number. With
+    ``"auto"`` it follows the stage's job time, measured by this worker (each job's function
+    run, wall clock, its mean decayed by ``AUTO_WEIGHT``): the largest power of two whose jobs
+    fit in ``AUTO_BATCH_SECONDS`` (at least 1, at most ``MAX_PREFETCH``); one before any job
+    was measured. Tiny jobs are leased many at a time (one script call for many jobs);
+    CPU-heavy ones one by one, so no worker holds work another could run."""
+
+    __slots__ = ("auto", "count", "mean")
+
+    def __init__(self, prefetch: Prefetch) -> None:
+        self.auto = prefetch == "auto"
+        #: the number the next lease call takes
+        self.count = 1 if prefetch == "auto" else int(prefetch)
+        #: the decayed mean job time (seconds; None: nothing measured yet)
+        self.mean: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        """A job of the stage took ``seconds``: the count follows (``auto`` only)."""
+        if not self.auto:
+            return
+        mean = self.mean
+        mean = seconds if mean is None else mean + AUTO_WEIGHT * (seconds - mean)
+        self.mean = mean
+        fits = int(AUTO_BATCH_SECONDS / mean) if mean > 0 else MAX_PREFETCH
+        self.count = 1 << (min(max(fits, 1), MAX_PREFETCH).bit_length() - 1)
+
+    def too_many(self, held: int) -> bool:
+        """Whether ``held`` jobs not started are more than twice what the count is now (the
+        jobs turned slow after the batch was leased: ``auto`` gives the rest back, so a
+        worker that is free can run them)."""
+        return self.auto and held > 2 * self.count

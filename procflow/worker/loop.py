@@ -27,7 +27,7 @@ from ..failures import FailureRecord, RetryPolicy, record_failure
 from ..store.keys import TokenSeries
 from ..store.records import Lease
 from . import reporting
-from .batch import PrefetchBatch
+from .batch import BatchSize, PrefetchBatch
 from .ending import STOP, Ending, EndReason
 from .fanout import FailParent, ParentStep, PassOn
 from .partition import ServedPartition
@@ -83,8 +83,8 @@ class WorkerLoop:
         #: the partition the loop is in, and its turn there
         self.partition = self.partitions[0]
         self.turns = Turns(len(self.partitions), index_of(payload.worker))
-        #: how many jobs one lease call takes (1 for a parent stage)
-        self.prefetch = self.partition.stage.prefetch
+        #: how many jobs one lease call takes (1 for a parent stage; sized by job time: auto)
+        self.size = BatchSize(self.partition.stage.prefetch)
         self.batch = PrefetchBatch(status)
         self._debug = payload.log_level in ("DEBUG", "TRACE")
         self.parent = ParentStep(payload.key_ttl, log, self._debug) if payload.is_parent else None
@@ -156,6 +156,9 @@ class WorkerLoop:
         following = self._process(lease, index, last=not batch.leased)
         if following:  # none while a batch's jobs run: their completions wait
             batch.take(following)
+        elif self.size.too_many(len(batch.leased)):  # turned slow: not ours to hoard
+            self._flush(lease_next=False)
+            self._give_back_batch()
         if not batch.leased and batch.deferred:
             hold = self.should_end() or self.status.pause_requested or self.turns.over
             batch.take(self._flush(lease_next=not hold))
@@ -199,6 +202,13 @@ class WorkerLoop:
 
     # -- leasing -------------------------------------------------------------------------
 
+    def _count(self) -> int:
+        """How many jobs the next lease call takes (told to the session, whose calls carry
+        it)."""
+        k = self.size.count
+        self.partition.session.prefetch = k
+        return k
+
     def _use(self, index: int) -> None:
         """Move to partition ``index`` (only while holding nothing)."""
         if self.turns.move(index):
@@ -207,7 +217,7 @@ class WorkerLoop:
 
     def _lease_now(self, abort_on_stop: bool = False) -> list[Lease]:
         """Lease what waits now (up to ``prefetch`` jobs, one call), without blocking."""
-        k = self.prefetch
+        k = self._count()
         token = self.tokens.next(k)
         self.status.leasing(token, count=k)
         session, call = self.partition.session, self.partition.retrier.call
@@ -287,6 +297,7 @@ class WorkerLoop:
             return self._fail(lease, str(exc), "decode")
         reporter = reporting.Reporter(lease.id, where.stage.name, self._progress_sender(lease))
         reporting.begin(reporter)
+        began = time.perf_counter()
         try:
             result = fn(params)
         except (Exception, SystemExit) as exc:
@@ -294,6 +305,7 @@ class WorkerLoop:
                 lease, f"{type(exc).__name__}: {exc}", "exception", traceback.format_exc()
             )
         finally:
+            self.size.observe(time.perf_counter() - began)
             reporting.end()
             reporter.finish()
         try:
@@ -329,7 +341,7 @@ class WorkerLoop:
             return []
         self.jobs_done += 1
         hold = not last or self.should_end() or self.status.pause_requested or self.turns.over
-        k = self.prefetch
+        k = self._count()
         next_token = "" if hold else self.tokens.next(k)
         self.status.completing(next_token, k)
         where = self.partition
@@ -365,7 +377,7 @@ class WorkerLoop:
         batch = self.batch
         if not batch.deferred:
             return []
-        k = self.prefetch
+        k = self._count()
         next_token = self.tokens.next(k) if lease_next else ""
         self.status.completing(next_token, k)  # a crash now: the next batch is given back
         entries = batch.completions()

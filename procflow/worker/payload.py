@@ -11,6 +11,7 @@ from ..definition import Stage
 from ..settings import RedisSettings, WorkerOptions
 from ..store.keys import StageKeys
 from ..store.session import StageSession
+from .batch import BatchSize
 
 __all__ = ["PartitionStage", "WorkerKind", "WorkerPayload"]
 
@@ -77,7 +78,7 @@ class WorkerPayload:
                 fields=part.stage.fields,
                 lock_ms=self.options.lock_ms,
                 block_timeout=self.options.block_timeout,
-                prefetch=part.stage.prefetch,
+                prefetch=BatchSize(part.stage.prefetch).count,
             )
             for part in self.partitions
         ]

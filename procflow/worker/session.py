@@ -26,7 +26,10 @@ T = TypeVar("T")
 
 class JobSession(Failer, Protocol):
     """The stage session a loop works through (``procflow.store.session.StageSession``);
-    its ``fail`` is ``Failer``'s."""
+    its ``fail`` is ``Failer``'s. ``prefetch``: how many jobs its next lease call takes (the
+    loop sets it: ``batch.BatchSize``)."""
+
+    prefetch: int
 
     def connect(self) -> int | None: ...
     def close(self) -> None: ...

@@ -32,14 +32,21 @@ def token(n: int) -> str:
     return f"{HOLDER}|{PID}|{n}"
 
 
+# one job per lease call (prefetch=1): the protocol these tests script call by call
 DEFINITION = FlowDefinition.build(
     "F",
-    [QueueSpec("a", next_queue="b", attributes_to_get=["x"], max_attempts=2), QueueSpec("b")],
+    [
+        QueueSpec("a", next_queue="b", attributes_to_get=["x"], max_attempts=2, prefetch=1),
+        QueueSpec("b", prefetch=1),
+    ],
     [],
     86400,
 )
 PARENT_DEFINITION = FlowDefinition.build(
-    "F", [QueueSpec("p", children=[QueueSpec("c1")], next_queue="b"), QueueSpec("b")], [], 86400
+    "F",
+    [QueueSpec("p", children=[QueueSpec("c1")], next_queue="b"), QueueSpec("b", prefetch=1)],
+    [],
+    86400,
 )
 
 
@@ -729,7 +736,7 @@ def test_a_parent_with_no_children_passes_on_at_once_with_none_failed() -> None:
 
 def policy_definition(policy: str) -> FlowDefinition:
     spec = QueueSpec("p", children=[QueueSpec("c1")], next_queue="b", on_child_failure=policy)
-    return FlowDefinition.build("F", [spec, QueueSpec("b")], [], 86400)
+    return FlowDefinition.build("F", [spec, QueueSpec("b", prefetch=1)], [], 86400)
 
 
 #: three children: A done, B done and failed (its error), C's hash gone
