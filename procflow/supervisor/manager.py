@@ -408,7 +408,7 @@ class Manager:
                     w.past_start = True
                     w.started_ns = message[1]
                 elif state is WorkerState.STOPPED:
-                    w.end_reason = message[2]
+                    w.ending = message[2]
             elif kind is Report.CONNECT_FAILED:
                 w.error = message[1]
                 w.state = WorkerState.FAILED
@@ -450,7 +450,7 @@ class Manager:
                 w.past_start = True
                 w.started_ns = time.monotonic_ns()
         planned = w.state is WorkerState.DISCONNECTED and code == 0
-        recycled = planned and w.end_reason.startswith("recycle")
+        recycled = planned and w.ending is not None and w.ending.recycles
         stage = w.handle.group.stage_in_partition(view.partition)  # what it held is there
         log = self.log.bind(queue=stage.name, worker=w.name, pid=pid)
         self._collect_orphans(ended=w)
@@ -492,7 +492,7 @@ class Manager:
             )
         )
         if recycled:
-            log.info("worker {} recycled ({}); replacing it", w.name, w.end_reason)
+            log.info("worker {} recycled ({}); replacing it", w.name, w.ending)
             w.crashes = 0
             if replace:
                 self.replace(w.handle)

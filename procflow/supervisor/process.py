@@ -26,6 +26,7 @@ import psutil
 
 from ..handles import WorkerHandle
 from ..worker import main as child
+from ..worker.ending import Ending
 from ..worker.main import Command, Report
 
 __all__ = [
@@ -157,7 +158,8 @@ class WorkerProcess:
     crashes: int = 0
     respawn_at: float | None = None
     kill_reason: KillReason | None = None
-    end_reason: str = ""
+    #: why its loop ended, as it reported (None: it did not say)
+    ending: Ending | None = None
     error: str | None = None
     ps: psutil.Process | None = None
     gone: bool = True

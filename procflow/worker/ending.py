@@ -1,7 +1,7 @@
 """Why a worker loop ended: told to stop, or due for recycling (after so many jobs, or at an
-age). The loop returns an ``Ending``; it becomes text only where it is reported — the
-``STOPPED`` report to the supervisor (``"stop"``, ``"recycle: 2 jobs done"``), which logs it
-and replaces a recycled worker.
+age). The loop returns an ``Ending`` and the ``STOPPED`` report carries it to the supervisor,
+which replaces a recycled worker (``recycles``); it becomes text only in the log
+(``"recycle: 2 jobs done"``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Ending:
         return self.reason is not EndReason.STOP
 
     def __str__(self) -> str:
-        """As the worker reports it: ``stop``, or ``recycle: `` and the detail."""
+        """As the log shows it: ``stop``, or ``recycle: `` and the detail."""
         if self.reason is EndReason.STOP:
             return "stop"
         return f"recycle: {self.detail}"

@@ -60,8 +60,8 @@ class Command(str, Enum):
 
 class Report(str, Enum):
     """What a worker says on its report pipe, first in each message: ``(CONNECTED, ns,
-    client id)``, ``(STARTED, ns)``, ``(STOPPED, ns, why the loop ended: "stop" or
-    "recycle: …", an ``ending.Ending`` as text)``, ``(DISCONNECTED, ns)`` (ns: the shared
+    client id)``, ``(STARTED, ns)``, ``(STOPPED, ns, why the loop ended: an
+    ``ending.Ending``)``, ``(DISCONNECTED, ns)`` (ns: the shared
     monotonic clock),
     ``(CONNECT_FAILED, error text)``, and ``(LOG, record)`` (``worker/logs.py``, which
     sends the plain text ``"log"``: the values are what travels)."""
@@ -230,7 +230,7 @@ def worker_main(
     except Exception:
         log.exception("worker loop crashed")
         sys.exit(1)
-    send(Report.STOPPED, time.monotonic_ns(), str(ending))
+    send(Report.STOPPED, time.monotonic_ns(), ending)
     if ending.reason is EndReason.STOP and not stop_signal["seen"]:
         commands.wait_for(Command.DISCONNECT)
     loop.disconnect()

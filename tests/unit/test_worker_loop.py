@@ -459,7 +459,7 @@ def test_the_worker_recycles_after_max_jobs_per_child() -> None:
     loop = make_loop(session, lambda p: {}, options=WorkerOptions(max_jobs_per_child=2))
     ending = loop.run()
     assert ending == Ending(EndReason.RECYCLE_JOBS, "2 jobs done") and ending.recycles
-    assert str(ending) == "recycle: 2 jobs done"  # as the supervisor is told
+    assert str(ending) == "recycle: 2 jobs done"  # as the supervisor logs it
 
     completes = session.named("complete")
     assert [c[0] for c in completes] == ["j1", "j2"]
