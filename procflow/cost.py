@@ -7,9 +7,11 @@ them per stage on its node. From there:
 
 - **A node's figures follow the work** (:class:`Decayed`): every heartbeat folds what its
   workers measured since the previous beat into figures that decay exponentially with a
-  half-life of ``HALF_LIFE`` seconds (a job's weight halves every minute), and publishes
-  them in its record (:meth:`JobCost.as_record`): the jobs measured (a decayed count), the
-  sums of their wall and CPU times and the two histograms.
+  half-life of ``HALF_LIFE`` seconds (a job's weight halves every minute), but never below
+  the weight of one job (an idle stage keeps its last figures, rescaled: its means and
+  quantiles stay as they were), and publishes them in its record
+  (:meth:`JobCost.as_record`): the jobs measured (a decayed count), the sums of their wall
+  and CPU times and the two histograms.
 - **Nodes combine by addition** (:meth:`JobCost.combined`): decayed counts, sums and
   histograms add, so the fleet's mean is the summed wall time over the summed count, and
   its p50 / p95 are read from the summed histogram (linear within a bucket:
@@ -171,7 +173,7 @@ class JobCost:
 class Decayed:
     """One stage's figures on one node, following the work: ``update`` takes the node's
     cumulative counts (they only grow) and folds what is new since the last call into
-    figures whose weight halves every ``half_life`` seconds."""
+    figures whose weight halves every ``half_life`` seconds, down to one job's weight."""
 
     def __init__(self, half_life: float = HALF_LIFE) -> None:
         self.half_life = half_life
@@ -195,6 +197,11 @@ class Decayed:
         c.cpu_sum = step(c.cpu_sum, cumulative.cpu_sum, last.cpu_sum)
         c.wall = [step(*x) for x in zip(c.wall, cumulative.wall, last.wall, strict=True)]
         c.cpu = [step(*x) for x in zip(c.cpu, cumulative.cpu, last.cpu, strict=True)]
+        if 0 < c.jobs < 1:  # an idle stage keeps its figures, as much as one job weighs
+            scale = 1 / c.jobs
+            c.jobs, c.wall_sum, c.cpu_sum = 1.0, c.wall_sum * scale, c.cpu_sum * scale
+            c.wall = [x * scale for x in c.wall]
+            c.cpu = [x * scale for x in c.cpu]
         self._last = cumulative
         self._at = now
         return c

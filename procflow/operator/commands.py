@@ -110,6 +110,7 @@ def _flows_table(rows: list[dict[str, Any]]) -> Table:
     for name in ("flow", "stages", "waiting", "processing", "failed", "done/min", "nodes"):
         table.add_column(name, justify="left" if name == "flow" else "right")
     table.add_column("workers", justify="right")
+    table.add_column("ETA", justify="right")
     for r in rows:
         table.add_row(
             _data(r["flow"]),
@@ -118,6 +119,7 @@ def _flows_table(rows: list[dict[str, Any]]) -> Table:
                 for k in ("stages", "waiting", "processing", "failed", "done_per_min", "nodes")
             ),
             str(r["workers"]),
+            _took(r.get("eta_seconds")),
         )
     if not rows:
         table.caption = "no flow registered yet: a flow registers when its supervisor starts"

@@ -174,7 +174,8 @@ class Heartbeat:
                     "jobs": t.jobs,
                     "restarts": t.restarts,
                     "ended": dict(t.ended),
-                    "cost": costs[name].as_record(),
+                    # what its jobs cost here (none yet: no entry)
+                    **({"cost": costs[name].as_record()} if costs[name].jobs > 0 else {}),
                 }
                 for name, t in tallies.items()
             },

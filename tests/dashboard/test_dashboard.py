@@ -237,6 +237,7 @@ def test_the_overview_and_the_flow_page_follow_a_running_flow(
         (refused,) = flow.create_jobs([order(13, 1)])
         wait_text(browser, f'{row} td[data-col="failed"]', "1")  # live: no reload
         assert browser.execute_script("return window.notReloaded") is True
+        wait_text(browser, f'{row} td[data-col="eta"]', "0 s")  # nothing pending
         sup.wait(flow.create_jobs([order(2, 2), order(4, 2)]), timeout=60)
 
         click(browser, f"{row} a")

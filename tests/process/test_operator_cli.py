@@ -36,6 +36,7 @@ def test_the_operator_commands_need_only_a_redis_url(redis_url: str, r: redis.Re
         (row,) = cli_json(redis_url, "flows")
         assert row["flow"] == "shop" and row["stages"] == 3 and row["failed"] == 1
         assert row["nodes"] == 1 and row["workers"] == 3
+        assert row["eta_seconds"] == 0.0  # every job left the flow: nothing to run
 
         (status,) = cli_json(redis_url, "status", "shop")
         stages = {s["name"]: s for s in status["stages"]}
@@ -43,6 +44,7 @@ def test_the_operator_commands_need_only_a_redis_url(redis_url: str, r: redis.Re
         assert stages["check"]["failed"] == 1 and stages["check"]["totals"]["completed"] == 2
         assert stages["charge:card"]["parent"] == "charge"
         assert [n["node"] for n in status["nodes"]] == ["node-a"]
+        assert status["eta_seconds"] == 0.0 and stages["check"]["backlog_seconds"] == 0.0
 
         human = run(PROCFLOW, "status", "shop", url=redis_url)
         assert human.returncode == 0, human.stderr

@@ -92,6 +92,13 @@ def test_a_partitioned_flow_with_fan_out_runs_on_fewer_workers_than_partitions(
         assert "children:charge:jobs" in detail["fields"]
         (node,) = op.nodes("pay")
         assert {w["stage"] for w in node["workers"]} == {"check", "charge", "charge:card"}
+        # the jobs' costs, from the node's (first partition's) heartbeat, by the names given
+        check_costs = wait_until(
+            lambda: (s := op.status("pay")[0]).job_seconds_mean is not None and s,
+            what="check's job costs in a heartbeat",
+        )
+        assert check_costs.workers == 1 and check_costs.cpu_seconds_mean is not None
+        assert (check_costs.backlog_seconds, check_costs.eta_seconds) == (0.0, 0.0)
         shown = subprocess.run(
             [sys.executable, "-m", "procflow", "status", "pay", "--json", "--redis-url", redis_url],
             capture_output=True,

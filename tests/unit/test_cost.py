@@ -81,6 +81,18 @@ def test_the_figures_decay_with_a_half_life_and_take_in_what_is_new() -> None:
     assert again.jobs == pytest.approx(7)
 
 
+def test_an_idle_stage_keeps_its_figures_at_the_weight_of_one_job() -> None:
+    d = Decayed(half_life=60)
+    d.update(JobCost(4, 2.0, 1.0, histogram(b0_5=4), histogram(b0_5=4)), now=0)
+    idle = d.update(JobCost(4, 2.0, 1.0, histogram(b0_5=4), histogram(b0_5=4)), now=3600)
+    assert idle.jobs == 1.0
+    assert (idle.wall_mean, idle.cpu_mean) == (pytest.approx(0.5), pytest.approx(0.25))
+    assert sum(idle.wall) == pytest.approx(1.0)
+    # the next jobs soon outweigh it
+    busy = d.update(JobCost(14, 3.0, 1.5, histogram(b0_5=4, b0_1=10), histogram(b0_5=14)), 3601)
+    assert busy.wall_mean == pytest.approx((0.5 * 0.5 ** (1 / 60) + 1.0) / (0.5 ** (1 / 60) + 10))
+
+
 def test_a_tally_gives_what_its_workers_measured() -> None:
     raw = StatusRecord()
     writer = StatusWriter(raw)

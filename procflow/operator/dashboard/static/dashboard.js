@@ -245,9 +245,10 @@
       cell("flow", h("a", { href: flowUrl(f.flow), text: f.flow })),
       ncell("stages", f.stages), ncell("waiting", f.waiting), ncell("processing", f.processing),
       cell("failed", num(f.failed), "num" + (f.failed ? " bad" : "")),
-      ncell("done_per_min", f.done_per_min), ncell("nodes", f.nodes), ncell("workers", f.workers)));
+      ncell("done_per_min", f.done_per_min), ncell("nodes", f.nodes), ncell("workers", f.workers),
+      cell("eta", took(f.eta_seconds), "num")));
     fill(tbody("flows"), data.flows, rows,
-      "no flow registered yet: a flow registers when its supervisor starts", 8);
+      "no flow registered yet: a flow registers when its supervisor starts", 9);
   }
 
   function flowPage(data) {
