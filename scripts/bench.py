@@ -1,6 +1,7 @@
 """procflow's benchmark, side by side with multiprocessing.Pool (and huey when installed).
 
     python scripts/bench.py [--runs 3] [--jobs 10000] [--server PATH] [--no-huey]
+                            [--only W1,W1e,W2,W3,W6] [--w6-jobs 20000]
 
 Workloads (docs/benchmarks.md):
   W1   10,000 jobs whose task does one Redis INCR, all enqueued first, then 2 workers started;
@@ -15,6 +16,14 @@ Workloads (docs/benchmarks.md):
   W3   idle running workers, 200 no-op jobs enqueued 20 ms apart; p50/p99 of start - enqueue
   W4   during W1: PSS of the whole worker tree (supervisor or consumer, and 2 workers);
        procflow runs W1 under ``python -m procflow.supervisor``, huey under its consumer
+  W6   20,000 jobs of a pure-Python loop calibrated to ~1 ms, 2 workers already running (and
+       warmed up), the jobs enqueued while they run, as Pool.map hands its tasks over while
+       its workers run; parallel efficiency = (20,000 x single-job time) / (2 x wall), wall
+       from the enqueue to the driver seeing the last completion (``Supervisor.wait``);
+       procflow at prefetch 1, 16 and "auto" (when this tree accepts
+       ``QueueSpec(prefetch="auto")``; the table marks QueueSpec's default), Pool(2).map with
+       chunksize 1 and with its default chunking (20,000 / (4 x 2) = 2,500), each measured
+       once per run, in an order that rotates between runs; Pool only, no huey
 Every figure is the median of --runs runs, each system measured in the same run on a private
 server started here (never the machine's shared Redis). Not run in CI.
 """
@@ -32,6 +41,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contextlib
 
-from procflow import Flow, QueueSpec, Supervisor
+from procflow import ConfigurationError, Flow, QueueSpec, Supervisor
 from procflow.server import RedisServer, find_server_binary
 
 URL = ""
+#: W6's jobs (``--w6-jobs``)
+W6_JOBS = 20_000
 #: this tree (its procflow is the one measured, also in the subprocesses)
 ROOT = str(Path(__file__).resolve().parents[1])
 _clients: dict[int, redis.Redis] = {}
@@ -142,8 +154,15 @@ def percentile(values: list[float], q: float) -> float:
 # -- procflow --------------------------------------------------------------------------------
 
 
-def pf_flow(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]], fields: list[str]) -> Flow:
-    flow = Flow(name, [QueueSpec("work", attributes_to_get=fields)], redis_url=URL)
+def pf_flow(
+    name: str,
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    fields: list[str],
+    prefetch: int | str | None = None,
+) -> Flow:
+    """A one-stage flow of 2 workers; ``prefetch`` None leaves QueueSpec's default."""
+    options: dict[str, Any] = {} if prefetch is None else {"prefetch": prefetch}
+    flow = Flow(name, [QueueSpec("work", attributes_to_get=fields, **options)], redis_url=URL)
     flow.create_workers("work", fn, count=2)
     return flow
 
@@ -245,6 +264,28 @@ def pf_w2(rounds: int) -> float:
         return time.perf_counter() - t
 
 
+def pf_w6(rounds: int, n: int, prefetch: int | str) -> float:
+    """W6's wall: 2 workers started and warmed up, then ``n`` jobs enqueued while they run,
+    to the driver seeing the last one done (what ``Pool.map`` measures in ``pool_w6``)."""
+    flush()
+    flow = pf_flow("w6", burn_task, ["rounds"], prefetch)
+    with Supervisor(flow, log_level="WARNING") as sup:
+        sup.wait(flow.create_jobs([{"rounds": 1}] * 4), timeout=60)  # as Pool's warm-up
+        t = time.perf_counter()
+        sup.wait(flow.create_jobs([{"rounds": rounds}] * n), timeout=600)
+        return time.perf_counter() - t
+
+
+def auto_prefetch() -> bool:
+    """Whether this tree accepts ``QueueSpec(prefetch="auto")`` (issue 19, part 1)."""
+    auto: Any = "auto"
+    try:
+        QueueSpec("work", prefetch=auto)
+    except ConfigurationError:
+        return False
+    return True
+
+
 def pf_w3() -> list[float]:
     r = flush()
     flow = pf_flow("w3", latency_task, ["t"])
@@ -282,6 +323,16 @@ def pool_w2(rounds: int) -> float:
         pool.map(burn, [1] * 4)
         t = time.perf_counter()
         pool.map(burn, [rounds] * 200, chunksize=1)
+        return time.perf_counter() - t
+
+
+def pool_w6(rounds: int, n: int, chunksize: int | None) -> float:
+    """W6's wall for Pool(2).map of the same task (a dict in, {} out); chunksize None: map's
+    default chunking."""
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(burn, [1] * 4)  # workers up before the clock starts
+        t = time.perf_counter()
+        pool.map(burn_task, [{"rounds": rounds}] * n, chunksize=chunksize)
         return time.perf_counter() - t
 
 
@@ -395,7 +446,9 @@ class Huey:
 # -- main ----------------------------------------------------------------------------------
 
 
-def calibrate(target: float = 0.020) -> tuple[int, float]:
+def calibrate(target: float = 0.020, repeats: int = 7) -> tuple[int, float]:
+    """Rounds of ``burn`` that take ``target`` seconds here, and the median time of
+    ``repeats`` calls of it."""
     rounds = 100_000
     while True:
         t = time.perf_counter()
@@ -406,11 +459,55 @@ def calibrate(target: float = 0.020) -> tuple[int, float]:
         rounds *= 2
     rounds = int(rounds * target / took)
     times = []
-    for _ in range(7):
+    for _ in range(repeats):
         t = time.perf_counter()
         burn(rounds)
         times.append(time.perf_counter() - t)
     return rounds, statistics.median(times)
+
+
+def print_w6(
+    args: argparse.Namespace,
+    figures: dict[str, dict[str, list[float]]],
+    single: float,
+    labels: dict[str, str],
+) -> None:
+    """W6's own table: each efficiency (median, and the runs' range) and procflow/Pool."""
+    n = args.w6_jobs
+    pool1, pool = figures.get("W6", {}).get("pool1", []), figures.get("W6", {}).get("pool", [])
+    base1 = statistics.median(pool1) if pool1 else 0.0
+    base = statistics.median(pool) if pool else 0.0
+    chunk = -(-n // (2 * 4))  # Pool.map's default: ceil(n / (4 x processes))
+    lines = [
+        (labels[k][len("W6 parallel efficiency, ") :], figures.get(k, {}).get("procflow", []))
+        for k in ("W6 p1", "W6 p16", "W6 auto")
+    ]
+    lines += [
+        ("Pool(2).map, chunksize 1", pool1),
+        (f"Pool(2).map, default chunksize ({chunk:,})", pool),
+    ]
+    print(
+        f"\nW6: {n:,} jobs of {single * 1000:.2f} ms of CPU on 2 workers, parallel efficiency "
+        f"= ({n:,} x single-job time) / (2 x wall); medians of {args.runs} runs"
+    )
+    table = [["", "efficiency", "runs' range", "/ Pool chunk 1", "/ Pool default chunks"]]
+    for label, values in lines:
+        if not values:
+            table.append([label, "—", "", "", ""])
+            continue
+        m = statistics.median(values)
+        table.append(
+            [
+                label,
+                f"{m:.3f}",
+                f"{min(values):.3f}-{max(values):.3f}",
+                f"{m / base1:.3f}x" if base1 else "—",
+                f"{m / base:.3f}x" if base else "—",
+            ]
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
 def main() -> int:
@@ -424,9 +521,10 @@ def main() -> int:
     parser.add_argument("--no-huey", action="store_true")
     parser.add_argument(
         "--only",
-        default="W1,W1e,W2,W3",
+        default="W1,W1e,W2,W3,W6",
         help="workloads to run, comma-separated (W4 comes with W1; default: all)",
     )
+    parser.add_argument("--w6-jobs", type=int, default=W6_JOBS, help="W6's jobs (20,000)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     try:
@@ -444,8 +542,20 @@ def main() -> int:
     def add(system: str, name: str, value: float) -> None:
         figures.setdefault(name, {}).setdefault(system, []).append(value)
 
+    # W6's procflow variants: (figure name, prefetch); "auto" only where this tree has it
+    w6_pf: list[tuple[str, int | str]] = [("W6 p1", 1), ("W6 p16", 16)]
+    has_auto = auto_prefetch()
+    if has_auto:
+        w6_pf.append(("W6 auto", "auto"))
+    w6_default = QueueSpec("work").prefetch
+    w6_all: list[tuple[str, str, Callable[[], float]]] = []
     try:
         rounds, single = calibrate()
+        w6_rounds, w6_single = calibrate(0.001, repeats=51) if "W6" in only else (0, 0.0)
+        for name, prefetch in w6_pf:
+            w6_all.append((name, "procflow", partial(pf_w6, w6_rounds, args.w6_jobs, prefetch)))
+        w6_all.append(("W6", "pool1", partial(pool_w6, w6_rounds, args.w6_jobs, 1)))
+        w6_all.append(("W6", "pool", partial(pool_w6, w6_rounds, args.w6_jobs, None)))
         hy = Huey(tempfile.mkdtemp(prefix="bench-huey-")) if use_huey else None
         pf_dir = tempfile.mkdtemp(prefix="bench-procflow-")
         Path(pf_dir, "bench_pf_app.py").write_text(textwrap.dedent(PF_APP))
@@ -472,6 +582,12 @@ def main() -> int:
                 for _ in range(3):  # W2 is short and this machine noisy: three pairs per run
                     add("procflow", "W2", 200 * single / (2 * pf_w2(rounds)))
                     add("pool", "W2", 200 * single / (2 * pool_w2(rounds)))
+            if "W6" in only:
+                # each once per run (a measurement is ~10 s), the order rotated between runs
+                shift = run % len(w6_all)
+                for name, system, measure in w6_all[shift:] + w6_all[:shift]:
+                    efficiency = args.w6_jobs * w6_single / (2 * measure())
+                    add(system, name, efficiency)
             if "W3" in only:
                 lat = pf_w3()
                 add("procflow", "W3 p50", percentile(lat, 0.5))
@@ -513,23 +629,37 @@ def main() -> int:
         ("W3 p99 start latency, ms", "W3 p99", ".2f", "≤ 1.0", None),
         ("W4 PSS during W1, MiB", "W4", ".1f", "≤ 45", "pool"),
     ]
+    w6_label = {
+        name: f"W6 parallel efficiency, prefetch {prefetch}"
+        + (" (default)" if prefetch == w6_default else "")
+        for name, prefetch in [*w6_pf, ("W6 auto", "auto")]
+    }
+    if not has_auto:  # to be measured once QueueSpec(prefetch="auto") lands (issue 19, part 1)
+        w6_label["W6 auto"] += ": NOT MEASURED, refused here"
+    rows += [(w6_label[name], name, ".3f", "", "pool") for name in ("W6 p1", "W6 p16", "W6 auto")]
     print()
     print(
         f"procflow benchmark — {version}, {psutil.cpu_count()} cores, Python "
         f"{sys.version.split()[0]}, medians of {args.runs} runs, "
         f"{args.jobs:,} jobs, W2 job = {single * 1000:.1f} ms"
+        + (f", W6 job = {w6_single * 1000:.2f} ms" if "W6" in only else "")
     )
     header = ["figure", "procflow", "Pool(2)", "huey", "procflow/huey", "target"]
     table = [header]
     for label, name, fmt, target, _ in rows:
+        if ("W1" if name == "W4" else name.split()[0]) not in only:
+            continue  # a workload left out by --only
         pf, pool, hy_v = med(name, "procflow"), med(name, "pool"), med(name, "huey")
         if name.startswith("W1 p16"):  # compared with the others' plain W1 figures
             base = name.replace(" p16", "")
             pool, hy_v = med(base, "pool"), med(base, "huey")
+        if name.startswith("W6"):  # Pool's W6 figures, beside each prefetch
+            pool = med("W6", "pool")
         ratio = f"{pf / hy_v:.2f}x" if pf and hy_v else "—"
         pool_text = show(pool, fmt)
-        if name in ("W1", "W1 p16"):
-            pool_text += f" (chunk 1: {show(med('W1', 'pool1'), fmt)})"
+        if name in ("W1", "W1 p16") or name.startswith("W6"):
+            base = name.split()[0]
+            pool_text += f" (chunk 1: {show(med(base, 'pool1'), fmt)})"
         table.append([label, show(pf, fmt), pool_text, show(hy_v, fmt), ratio, target])
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for n, row in enumerate(table):
@@ -540,7 +670,11 @@ def main() -> int:
     print(
         f"\nW2 procflow/Pool efficiency ratio: {w2_ratio:.3f}   "
         f"(W1 Pool uses map's default chunking; 'chunk 1' dispatches one task at a time)"
+        if "W2" in only
+        else "\n(Pool uses map's default chunking; 'chunk 1' dispatches one task at a time)"
     )
+    if "W6" in only:
+        print_w6(args, figures, w6_single, w6_label)
     print(f"total time {time.monotonic() - began:.0f} s")
     return 0
 
