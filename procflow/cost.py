@@ -1,8 +1,8 @@
 """The cost model: what a stage's jobs cost, how long its backlog will take, without I/O.
 
-Each worker process measures every job it runs — wall time and its own CPU time — in its
-status record (a histogram over ``DURATION_BUCKETS`` and a sum of each, no system call
-beyond reading the process's CPU clock, no Redis command); the supervisor's tally sums
+Each worker process measures every job it runs — wall time, and its own CPU time (of every
+job but very short ones, of which it measures a sample) — in its status record (a histogram
+over ``DURATION_BUCKETS`` and a sum of each, no Redis command); the supervisor's tally sums
 them per stage on its node. From there:
 
 - **A node's figures follow the work** (:class:`Decayed`): every heartbeat folds what its
@@ -132,7 +132,10 @@ class JobCost:
 
     @property
     def cpu_mean(self) -> float | None:
-        return self.cpu_sum / self.jobs if self.jobs > 0 else None
+        """Over the jobs whose CPU time was measured (the histogram's total: a worker
+        measures a sample of very short jobs)."""
+        measured = sum(self.cpu)
+        return self.cpu_sum / measured if measured > 0 else None
 
     def as_record(self) -> dict[str, Any]:
         """As a heartbeat carries it (rounded: the figures are estimates)."""

@@ -2,11 +2,14 @@
 it holds.
 
 The worker writes, the supervisor reads; a sequence number (odd while a write is under way)
-lets the reader take a consistent copy. Writing costs a few attribute stores per job, and
-two reads of the process's CPU clock (``time.process_time()``, at a job's start and end, for
-the cost model: ``procflow/cost.py``) but no other system call, so the supervisor always
-knows which job and lease token a worker holds — also after that worker was SIGKILLed. The
-supervisor writes two fields: ``stop`` and ``pause``.
+lets the reader take a consistent copy. Writing costs a few attribute stores per job and no
+system call, so the supervisor always knows which job and lease token a worker holds — also
+after that worker was SIGKILLed. The supervisor writes two fields: ``stop`` and ``pause``.
+
+For the cost model (``procflow/cost.py``) the writer also measures each job's CPU time, two
+reads of the process's CPU clock (``time.process_time()``, a system call of about a
+microsecond): around every job that follows one of ``CPU_EVERY_JOB_FROM`` seconds or more,
+around every ``CPU_SAMPLE``-th job after shorter ones (where a microsecond would show).
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ TOKEN_BYTES = 160
 JOB_BYTES = 96
 #: a job id in the record's list of prefetched jobs (a UUID is 36 characters)
 HELD_ID_BYTES = 40
+#: after a job of this many seconds or more, the next job's CPU time is measured
+CPU_EVERY_JOB_FROM = 0.001
+#: after a shorter job, one job in this many has its CPU time measured
+CPU_SAMPLE = 16
 
 
 class Outcome(IntEnum):
@@ -84,8 +91,9 @@ class StatusRecord(ctypes.Structure):
         ("outcomes", ctypes.c_uint64 * len(Outcome)),
         ("durations", ctypes.c_uint64 * (len(DURATION_BUCKETS) + 1)),
         ("duration_sum", ctypes.c_double),
-        # the CPU time of this process (all its threads) while each job ran: when the job in
-        # hand started (time.process_time()), a histogram over DURATION_BUCKETS and the sum
+        # the CPU time of this process (all its threads) while the jobs measured ran: when the
+        # job in hand started (time.process_time(); -1: not measured), a histogram over
+        # DURATION_BUCKETS (its total: the jobs measured) and the sum
         ("cpu_started", ctypes.c_double),
         ("cpu_durations", ctypes.c_uint64 * (len(DURATION_BUCKETS) + 1)),
         ("cpu_sum", ctypes.c_double),
@@ -128,6 +136,7 @@ class StatusView:
     #: the partition everything above is in
     partition: int = 0
     #: the CPU time of the process while its jobs ran: histogram and sum, as ``durations``
+    #: (of the jobs measured: every one, or a sample of very short ones)
     cpu_durations: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
     cpu_sum: float = 0.0
 
@@ -205,10 +214,12 @@ def clear_status(raw: Any) -> None:
 class StatusWriter:
     """The worker side: one method per transition."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("_cpu_every", "_cpu_turn", "raw")
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
+        self._cpu_every = 1  # measure the CPU time of every job, or of one in CPU_SAMPLE
+        self._cpu_turn = 0
 
     def waiting(self) -> None:
         raw = self.raw
@@ -285,7 +296,12 @@ class StatusWriter:
         raw.token = token.encode()
         raw.next_token = b""
         raw.started = started
-        raw.cpu_started = time.process_time()
+        self._cpu_turn += 1
+        if self._cpu_turn >= self._cpu_every:
+            self._cpu_turn = 0
+            raw.cpu_started = time.process_time()
+        else:
+            raw.cpu_started = -1.0
         raw.seq += 1
 
     def completing(self, next_token: str, count: int = 1) -> None:
@@ -308,12 +324,14 @@ class StatusWriter:
             took = time.monotonic() - raw.started
             raw.busy += took
             if outcome is not None:
-                cpu = max(0.0, time.process_time() - raw.cpu_started)
                 raw.outcomes[outcome] += 1
                 raw.durations[bisect.bisect_left(DURATION_BUCKETS, took)] += 1
                 raw.duration_sum += took
-                raw.cpu_durations[bisect.bisect_left(DURATION_BUCKETS, cpu)] += 1
-                raw.cpu_sum += cpu
+                if raw.cpu_started >= 0:
+                    cpu = max(0.0, time.process_time() - raw.cpu_started)
+                    raw.cpu_durations[bisect.bisect_left(DURATION_BUCKETS, cpu)] += 1
+                    raw.cpu_sum += cpu
+                self._cpu_every = 1 if took >= CPU_EVERY_JOB_FROM else CPU_SAMPLE
         raw.jobs += 1
         raw.next_token = b""
         if next_job:

@@ -3,6 +3,8 @@ combine, backlog and ETA of a stage and of a flow, and a wait's ETA for its batc
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from loguru import logger
 
@@ -20,7 +22,13 @@ from procflow.cost import (
     quantile,
 )
 from procflow.supervisor.tally import StageTally
-from procflow.worker.status import Outcome, StatusRecord, StatusWriter, read_status
+from procflow.worker.status import (
+    CPU_SAMPLE,
+    Outcome,
+    StatusRecord,
+    StatusWriter,
+    read_status,
+)
 
 
 def histogram(**at: float) -> list[float]:
@@ -108,6 +116,29 @@ def test_a_tally_gives_what_its_workers_measured() -> None:
     c = tally.cost()
     assert c.jobs == 2 and sum(c.cpu) == 2 and c.cpu_sum == pytest.approx(2 * view.cpu_sum)
     assert c.wall_sum == pytest.approx(2 * view.duration_sum)
+
+
+def test_the_cpu_time_of_very_short_jobs_is_sampled_and_of_longer_ones_measured() -> None:
+    raw = StatusRecord()
+    writer = StatusWriter(raw)
+
+    def job(seconds: float) -> None:  # a job that started ``seconds`` ago
+        writer.running("job", "tok", time.monotonic() - seconds)
+        writer.finished(Outcome.COMPLETED)
+
+    job(0.0)  # the first is measured; it was short, so from now on one in CPU_SAMPLE
+    for _ in range(2 * CPU_SAMPLE):
+        job(0.0)
+    view = read_status(raw)
+    assert sum(view.durations) == 1 + 2 * CPU_SAMPLE
+    assert sum(view.cpu_durations) == 1 + 2
+    job(0.002)  # a longer job (itself a sampled turn or not): the next one is measured
+    before = sum(read_status(raw).cpu_durations)
+    job(0.0)
+    assert sum(read_status(raw).cpu_durations) == before + 1
+    # the mean is over the jobs measured
+    cost = JobCost(100, 1.0, 0.3, histogram(b0_01=100), histogram(b0_01=10))
+    assert cost.cpu_mean == pytest.approx(0.03)
 
 
 def test_the_backlog_is_pending_jobs_times_the_mean() -> None:
