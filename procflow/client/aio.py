@@ -206,6 +206,20 @@ class AsyncFlow(Generic[JobT, OptionsT, LookupT]):
         flow: summed over the partitions, by the queue names given)."""
         return await self.drive(self.flow.core.counts())
 
+    # -- pausing a stage -----------------------------------------------------------------
+
+    async def pause(self, queue: str) -> None:
+        """As ``Flow.pause``: no worker leases from stage ``queue`` until it is resumed."""
+        await self.drive(self.flow.core.set_paused(self.flow.stages_of(queue), True))
+
+    async def resume(self, queue: str) -> None:
+        """As ``Flow.resume``."""
+        await self.drive(self.flow.core.set_paused(self.flow.stages_of(queue), False))
+
+    async def paused(self) -> dict[str, bool]:
+        """As ``Flow.paused``: per queue, whether it is paused."""
+        return await self.drive(self.flow.core.paused())
+
     # -- failed jobs ---------------------------------------------------------------------
 
     async def failed_jobs(self, queue: str, start: int = 0, stop: int = -1) -> list[str]:

@@ -18,6 +18,8 @@ operation by construction.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -314,6 +316,25 @@ class ClientCore:
             for s, c in zip(ss, cs, strict=True)
         ]
         return summed_counts(named, self.partitioning)
+
+    def set_paused(self, stages: Sequence[Stage], pause: bool) -> Operation[None]:
+        """Pause (or resume) a stage in every partition (``stages``: the queue in each):
+        ``queue:Q:paused`` written (or deleted), one write per partition, side by side."""
+        note = json.dumps({"at": int(time.time() * 1000)}) if pause else None
+        yield Round([Call(n, "set_paused", ([st.keys], note)) for n, st in enumerate(stages)])
+
+    def paused(self) -> Operation[dict[str, bool]]:
+        """Per queue (by the names given): whether it is paused (in every partition)."""
+        stages = [list(p.definition.stages.values()) for p in self.partitions]
+        found = yield Round(
+            [Call(n, "paused", ([s.keys for s in ss],)) for n, ss in enumerate(stages)]
+        )
+        out: dict[str, bool] = {}
+        for ss, flags in zip(stages, found, strict=True):
+            for stage, flag in zip(ss, flags, strict=True):
+                name = self.partitioning.short(stage.name)
+                out[name] = out.get(name, True) and flag
+        return out
 
     def failed_jobs(self, stages: Sequence[Stage], start: int, stop: int) -> Operation[list[str]]:
         """Ids on a queue's failed lists (``stages``: the queue in every partition), oldest

@@ -232,6 +232,22 @@ class Flow(Generic[JobT, OptionsT, LookupT]):
         with a fresh attempt count. Returns the ids moved."""
         return self.drive(self.core.retry_failed(self.stages_of(queue), job_ids))
 
+    def pause(self, queue: str) -> None:
+        """Pause stage ``queue`` across the fleet (every partition): from now on no worker
+        leases a job from it — procflow's lease scripts check it, atomically — while the jobs
+        it holds run to the end; its waiting jobs stay where they are. Workers blocked on an
+        empty stage give back a job that arrives and look again within half a second. The
+        TypeScript library's workers do not know of it."""
+        self.drive(self.core.set_paused(self.stages_of(queue), True))
+
+    def resume(self, queue: str) -> None:
+        """Let stage ``queue``'s workers lease again (each within half a second)."""
+        self.drive(self.core.set_paused(self.stages_of(queue), False))
+
+    def paused(self) -> dict[str, bool]:
+        """Per queue (by the names given): whether it is paused."""
+        return self.drive(self.core.paused())
+
     def forget(self) -> None:
         """Remove procflow's records of this flow (its registry entry, node heartbeats,
         stats, finished lists and cancel requests); jobs and queues are left alone."""

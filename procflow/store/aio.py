@@ -230,6 +230,14 @@ class AsyncStore:
         """As ``Store.prune_failed``: drop expired jobs' ids from the failed lists."""
         return await self.run(plans.prune_failed, stages, limit)
 
+    async def set_paused(self, stages: Sequence[StageKeys], note: str | None) -> None:
+        """As ``Store.set_paused``."""
+        await self.run(plans.set_paused, stages, note)
+
+    async def paused(self, stages: Sequence[StageKeys]) -> list[bool]:
+        """As ``Store.paused``."""
+        return await self.run(plans.paused, stages)
+
     async def counts(self, stages: Sequence[StageKeys]) -> list[dict[str, int]]:
         """As ``Store.counts``: waiting, processing, delayed, parked and failed per stage."""
         return await self.run(plans.counts, stages)

@@ -67,6 +67,7 @@ __all__ = [
     "partition_index",
     "partition_of_name",
     "partition_queue",
+    "paused",
     "processing",
     "progress_channel",
     "progress_field",
@@ -246,6 +247,13 @@ def failed(queue: str) -> str:
 def parked(queue: str) -> str:
     """``queue:Q:parked`` — sorted set of parent ids waiting for their children, score = ms."""
     return f"queue:{queue}:parked"
+
+
+def paused(queue: str) -> str:
+    """``queue:Q:paused`` — present while stage Q is paused (``flow.pause``): JSON
+    ``{"at": ms, "by": who}``. procflow's lease scripts lease nothing from a paused stage
+    (they find the key from the waiting list's name); the TypeScript library ignores it."""
+    return f"queue:{queue}:paused"
 
 
 def own_prefix(flow: str) -> str:
@@ -456,6 +464,7 @@ class StageKeys:
     delayed: str
     failed: str
     parked: str
+    paused: str
     lock_prefix: str
     job_prefix: str
     attempts_field: str
@@ -498,6 +507,7 @@ class StageKeys:
             delayed=delayed(queue),
             failed=failed(queue),
             parked=parked(queue),
+            paused=paused(queue),
             lock_prefix=lock_prefix(queue),
             job_prefix=job_prefix(queue if parent_queue is not None else flow),
             attempts_field=attempts_field(queue),

@@ -51,9 +51,11 @@ __all__ = [
     "hash_field_many",
     "list_range",
     "pack_create",
+    "paused",
     "ping",
     "prune_failed",
     "revive",
+    "set_paused",
     "ttl_bulk",
 ]
 
@@ -299,6 +301,28 @@ def delete_job(
     commands += [pack("DEL", job_key, *extra_keys), _EXEC]
     replies = yield Request(commands, writes=True, check="last")
     return int(replies[-1][-1])
+
+
+# -- pausing a stage --------------------------------------------------------------------------
+
+
+def set_paused(stages: Sequence[StageKeys], note: str | None) -> Exchange[None]:
+    """Pause the stages (``note``: the JSON their ``queue:Q:paused`` holds) or, with None,
+    resume them: one write."""
+    if note is None:
+        commands = [pack("DEL", *(stage.paused for stage in stages))] if stages else []
+    else:
+        commands = [pack("SET", stage.paused, note) for stage in stages]
+    if commands:
+        yield Request(commands, writes=True)
+
+
+def paused(stages: Sequence[StageKeys]) -> Exchange[list[bool]]:
+    """Whether each stage is paused (one round trip)."""
+    if not stages:
+        return []
+    replies = yield Request([pack("EXISTS", stage.paused) for stage in stages])
+    return [bool(reply) for reply in replies]
 
 
 # -- failed jobs, counts ---------------------------------------------------------------------

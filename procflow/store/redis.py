@@ -310,6 +310,14 @@ class Store:
         most ``limit`` ids per list (the oldest). Returns how many were dropped."""
         return self.run(plans.prune_failed, stages, limit)
 
+    def set_paused(self, stages: Sequence[StageKeys], note: str | None) -> None:
+        """Pause the stages (``note``: what ``queue:Q:paused`` holds) or, None, resume them."""
+        self.run(plans.set_paused, stages, note)
+
+    def paused(self, stages: Sequence[StageKeys]) -> list[bool]:
+        """Whether each stage is paused."""
+        return self.run(plans.paused, stages)
+
     @follows_redirects
     def waiting_counts(self, stages: Sequence[StageKeys]) -> list[int]:
         """How many jobs wait in each stage (one round trip): the core budget's view."""

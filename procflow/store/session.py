@@ -82,7 +82,9 @@ class StageSession:
         self.lock_ms = lock_ms
         self._lease = self._head("lease", (stage.waiting, stage.processing))
         self._lease_many = self._head("lease_many", (stage.waiting, stage.processing))
-        self._claim = self._head("claim", (stage.processing,))
+        self._claim = self._head("claim", (stage.processing, stage.waiting))
+        #: the stage was paused at this session's last lease (``flow.pause``): it leased nothing
+        self.paused = False
         #: complete.lua's calls packed once per (next waiting list, prefetch)
         self._complete: dict[tuple[str, int], Prepared] = {}
         #: fail.lua's named options of the stage (ARGV[4]), packed once
@@ -169,12 +171,15 @@ class StageSession:
     def lease(self, token: str) -> Lease | None:
         """LMOVE the next waiting job to processing and claim it, atomically."""
         reply = self.wire.run(self._lease, (token,))
-        return Lease.from_reply(reply, token) if reply else None
+        self.paused = reply == PAUSED
+        return Lease.from_reply(reply, token) if reply and not self.paused else None
 
     def lease_many(self, token: str) -> list[Lease]:
         """Up to ``prefetch`` waiting jobs, each claimed under its own token (``token``, then
         the tokens numbered after it), in one call."""
-        return _leases(self.wire.run(self._lease_many, (token, str(self.prefetch))), token)
+        reply = self.wire.run(self._lease_many, (token, str(self.prefetch)))
+        self.paused = reply == PAUSED
+        return [] if self.paused else _leases(reply, token)
 
     def wait_for_job(self, timeout: float) -> str | None:
         """BLMOVE waiting → processing, up to ``timeout`` s, on the blocking connection (a
@@ -189,7 +194,8 @@ class StageSession:
     def claim(self, job_id: str, token: str) -> Lease | None:
         """Lock a job that BLMOVE moved; None when someone else has it now."""
         reply = self.wire.run(self._claim, (token, job_id))
-        return Lease.from_reply(reply, token) if reply else None
+        self.paused = reply == PAUSED
+        return Lease.from_reply(reply, token) if reply and not self.paused else None
 
     def complete(
         self,
@@ -230,7 +236,7 @@ class StageSession:
         if not next_waiting:
             tail += _DONE_TRUE
         reply = self.wire.run(prepared, tail)
-        return int(reply[0]), _leases(reply[1:], next_token)
+        return int(reply[0]), self._following(reply[1:], next_token)
 
     def complete_many(
         self,
@@ -268,7 +274,13 @@ class StageSession:
             keys.FINISHED_KEPT, stage.done_channel, stage.parent_pending_field, self.prefetch
         )
         reply = self.wire.evalsha(script("complete_many"), script_keys, [*head, *tail])
-        return [int(x) for x in reply[0]], _leases(reply[1:], next_token)
+        return [int(x) for x in reply[0]], self._following(reply[1:], next_token)
+
+    def _following(self, claims: Sequence[Any], next_token: str) -> list[Lease]:
+        """The jobs a completion leased next (none when the stage is paused)."""
+        if next_token:
+            self.paused = bool(claims) and claims[0] == PAUSED
+        return [] if self.paused else _leases(claims, next_token)
 
     # -- failing and giving back -----------------------------------------------------------
 
@@ -420,6 +432,10 @@ class StageSession:
 def _options(options: dict[str, Any]) -> str:
     """Named options of a script, packed in one argument (JSON, read with cjson.decode)."""
     return json.dumps(options, separators=(",", ":"), ensure_ascii=False)
+
+
+#: a lease script's reply when the stage is paused
+PAUSED = b"paused"
 
 
 def _leases(claims: Sequence[Any], first_token: str) -> list[Lease]:

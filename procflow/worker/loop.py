@@ -43,6 +43,8 @@ __all__ = ["JobSession", "WorkerLoop"]  # JobSession is worker.session's, re-exp
 
 #: what fail.lua reported → how the status record counts the attempt
 _OUTCOMES = {"retry": Outcome.RETRIED, "failed": Outcome.FAILED}
+#: how often the workers of a paused stage look whether it was resumed (seconds)
+PAUSED_LOOK = 0.5
 
 
 class WorkerLoop:
@@ -70,6 +72,7 @@ class WorkerLoop:
         self._external_stop = stop_flag
         #: blocks while the supervisor has paused this worker; False when it must end instead
         self._gate = gate
+        self._sleep = sleep
         self.pid = os.getpid() if pid is None else pid
         self.tokens = TokenSeries(payload.holder, self.pid)
         sessions = [session, *more_sessions]
@@ -253,6 +256,9 @@ class WorkerLoop:
         leases = self._lease_any(abort_on_stop=True)
         if leases or self.should_end() or self.status.pause_requested:
             return leases
+        if all(p.session.paused for p in self.partitions):
+            self._wait_paused()  # flow.pause: no BLMOVE, look again soon
+            return []
         self.status.waiting()
         index, timeout = self.turns.idle_partition(self.options.block_timeout)
         self._use(index)
@@ -268,6 +274,14 @@ class WorkerLoop:
             return []
         self.turns.taken = 1
         return [lease]
+
+    def _wait_paused(self) -> None:
+        """The stage is paused (``flow.pause``): wait ``PAUSED_LOOK`` seconds before leasing
+        again (less when told to end)."""
+        self.status.waiting()
+        until = time.monotonic() + PAUSED_LOOK
+        while time.monotonic() < until and not (self.should_end() or self.status.pause_requested):
+            self._sleep(0.05)
 
     # -- one job ---------------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ class JobSession(Failer, Protocol):
     loop sets it: ``batch.BatchSize``)."""
 
     prefetch: int
+    #: the stage was paused at the last lease call (``flow.pause``): it leased nothing
+    paused: bool
 
     def connect(self) -> int | None: ...
     def close(self) -> None: ...

@@ -56,6 +56,8 @@ class FakeSession:
     with the call's arguments (and its result used the same way). Past the script each
     method gives its default. Every call is recorded as (name, *args)."""
 
+    paused = False
+
     MAX_CALLS = 200  # a loop that never ends fails the test instead of hanging it
 
     def __init__(self, **answers: list[Any]) -> None:

@@ -106,6 +106,13 @@ local function pf_count(stats, field)
   redis.call('HINCRBY', stats, field, 1)
 end
 
+-- Whether the stage of ``list_key`` (one of its queue:Q:… lists) is paused: procflow's own
+-- queue:Q:paused exists (flow.pause). A paused stage leases nothing; what it holds goes on.
+local function pf_paused(list_key)
+  return redis.call('EXISTS', (string.gsub(list_key, ':[^:]*$', ':paused'))) == 1
+end
+
+
 -- Lease up to k jobs from waiting into processing (one LRANGE, LTRIM and RPUSH for them
 -- all), claiming the i-th (from 0) under the token whose number is first's plus i; the
 -- claims are appended to ``claims``. ``argv`` is the calling script's ARGV with the common

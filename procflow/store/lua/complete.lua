@@ -16,7 +16,8 @@
 -- ARGV[b+7] the current minute (Unix time // 60, the worker's clock: counted in KEYS[3] as
 -- c:MINUTE)  ARGV[b+8 ..] field/value pairs to write: the result's, then completed-queue (and
 -- done = true when the job leaves the flow) last, so that procflow's own fields win
--- Returns {status} or {status, lease reply, ...} (one lease reply per job leased); status 1 done, 0 the lease was lost (nothing
+-- Returns {status}, {status, 'paused'} (the stage is paused: nothing leased) or
+-- {status, lease reply, ...} (one lease reply per job leased); status 1 done, 0 the lease was lost (nothing
 -- changed), -1 the job hash is gone.
 local f = tonumber(ARGV[6])
 local b = 7 + f
@@ -32,6 +33,7 @@ local status = pf_complete_one(id, held, token, ARGV[1], ARGV[2], ARGV[5], KEYS[
                                next_waiting, ARGV, b + 8, #ARGV, tally)
 pf_tally(tally, KEYS[3], KEYS[4], tonumber(ARGV[b]), ARGV[b + 7])
 local next_token = ARGV[b + 6]
+if next_token ~= '' and pf_paused(KEYS[2]) then return {status, 'paused'} end
 if next_token ~= '' then
   local k = tonumber(ARGV[b + 3])
   if k > 1 then

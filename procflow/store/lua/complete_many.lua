@@ -8,7 +8,8 @@
 -- ARGV[b+4] next token ('' = lease no more)  ARGV[b+5] the current minute  ARGV[b+6] N
 -- then per job: id, token, the index in KEYS of its next waiting list (0: it leaves the flow),
 -- P, then P field/value pairs.
--- Returns {{status per job}, lease reply, ...}; statuses as complete.lua's.
+-- Returns {{status per job}, lease reply, ...} ({{…}, 'paused'}: the stage is paused, nothing
+-- leased); statuses as complete.lua's.
 local f = tonumber(ARGV[6])
 local b = 7 + f
 local parent_waiting, parent_parked = nil, nil
@@ -37,6 +38,7 @@ for n = 1, count do
 end
 pf_tally(tally, KEYS[3], KEYS[4], tonumber(ARGV[b]), ARGV[b + 5])
 local reply = {statuses}
+if ARGV[b + 4] ~= '' and pf_paused(KEYS[2]) then return {statuses, 'paused'} end
 if ARGV[b + 4] ~= '' then
   pf_claim_many(reply, tonumber(ARGV[b + 3]), KEYS[2], KEYS[1], ARGV[b + 4], ARGV, f)
 end
