@@ -533,6 +533,30 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     return report_retried(args.queue, args.ids, moved)
 
 
+def _cmd_pause(args: argparse.Namespace) -> int:
+    """``procflow pause FLOW QUEUE`` / ``procflow resume FLOW QUEUE``."""
+    op = operator_for(args)
+    try:
+        flow = op.flow(args.flow)
+        if args.pause:
+            flow.pause(args.queue)
+        else:
+            flow.resume(args.queue)
+        counts = flow.counts().get(args.queue, {})
+    finally:
+        op.close()
+    if args.pause:
+        print(
+            shown(
+                f"paused {args.queue!r} of {args.flow}: no worker leases from it now; "
+                f"{counts.get('processing', 0)} running, {counts.get('waiting', 0)} waiting"
+            )
+        )
+    else:
+        print(shown(f"resumed {args.queue!r} of {args.flow}: its workers lease within 0.5 s"))
+    return 0
+
+
 def _cmd_cancel(args: argparse.Namespace) -> int:
     op = operator_for(args)
     try:
@@ -672,6 +696,16 @@ def add_operator_commands(
     retry.add_argument("flow", metavar="FLOW", help="a registered flow")
     retry.add_argument("queue", metavar="QUEUE", help="the stage (a child queue: PARENT:CHILD)")
     retry.add_argument("ids", nargs="*", metavar="ID", help="only these jobs (default: all failed)")
+    for name, text in (
+        ("pause", "pause a stage on every node: its workers lease nothing, finish what they hold"),
+        ("resume", "let a paused stage's workers lease again"),
+    ):
+        paused = command(name, text, _cmd_pause, json_out=False)
+        paused.add_argument("flow", metavar="FLOW", help="a registered flow")
+        paused.add_argument(
+            "queue", metavar="QUEUE", help="the stage (a child queue: PARENT:CHILD)"
+        )
+        paused.set_defaults(pause=name == "pause")
     cancel = command(
         "cancel",
         "cancel a job: a pending one is removed at once; a running one's worker is stopped and "

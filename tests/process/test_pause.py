@@ -5,6 +5,8 @@ resume lets them go on. Real workers on a real server."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -114,3 +116,29 @@ def test_pause_spans_the_partitions_and_is_the_same_from_asyncio(
     assert flow.paused() == {"a": False, "b": True}
     flow.resume("b")
     assert not r.exists("queue:{pp#0}.b:paused", "queue:{pp#1}.b:paused")
+
+
+def test_procflow_pause_and_resume_from_the_command_line(redis_url: str) -> None:
+    flow = two_stages(redis_url)
+    flow.create_workers("a", lambda job: {}, count=1, block_timeout=1)
+    flow.create_workers("b", lambda job: {}, count=1, block_timeout=1)
+
+    def procflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "procflow", *args, "--redis-url", redis_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    with Supervisor(flow, monitor=False):  # registers the flow
+        shown = procflow("pause", "pp", "b")
+        assert shown.returncode == 0, shown.stderr
+        assert "paused 'b' of pp" in shown.stdout
+        assert flow.paused()["b"] is True
+        shown = procflow("resume", "pp", "b")
+        assert shown.returncode == 0 and "resumed 'b'" in shown.stdout
+        assert flow.paused()["b"] is False
+        unknown = procflow("pause", "pp", "nope")
+        assert unknown.returncode != 0 and "nope" in unknown.stderr
