@@ -6,8 +6,8 @@
 Workloads (docs/benchmarks.md):
   W1   10,000 jobs whose task does one Redis INCR, all enqueued first, then 2 workers started;
        jobs/s from the first job's start to the last completion observed; procflow with
-       prefetch 1 and 16; the server's CPU per job (INFO cpu, user + sys, from the workers'
-       start to the last completion, the tasks' own INCR included)
+       prefetch 1, 16, 64 and "auto"; the server's CPU per job (INFO cpu, user + sys, from
+       the workers' start to the last completion, the tasks' own INCR included)
   W1e  the same 10,000 jobs enqueued one call per job, and in batches of 1,000; jobs/s
   W2   200 jobs of a pure-Python loop calibrated to ~20 ms, 2 workers already running;
        parallel efficiency = (200 x single-job time) / (2 x wall), procflow and Pool measured
@@ -188,7 +188,8 @@ def incr(job):
         c.set("bench:start", repr(time.time()))
     return {}
 def flow():
-    prefetch = int(os.environ.get("BENCH_PREFETCH", "1"))
+    given = os.environ.get("BENCH_PREFETCH", "1")
+    prefetch = given if given == "auto" else int(given)
     f = Flow("w1", [QueueSpec("work", prefetch=prefetch)], redis_url=URL)
     f.create_workers("work", incr, count=2)
     return f
@@ -202,7 +203,7 @@ def redis_cpu(r: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def pf_w1(n: int, directory: str, prefetch: int = 1) -> tuple[float, float, float]:
+def pf_w1(n: int, directory: str, prefetch: int | str = 1) -> tuple[float, float, float]:
     """W1 with the supervisor as operators run it (its own process), like huey's consumer:
     (jobs/s, PSS MiB, the server's CPU µs per job)."""
     r = flush()
@@ -569,6 +570,13 @@ def main() -> int:
                 rate, _, cpu = pf_w1(args.jobs, pf_dir, prefetch=16)
                 add("procflow", "W1 p16", rate)
                 add("procflow", "W1 p16 cpu", cpu)
+                rate, _, cpu = pf_w1(args.jobs, pf_dir, prefetch=64)
+                add("procflow", "W1 p64", rate)
+                add("procflow", "W1 p64 cpu", cpu)
+                if has_auto:
+                    rate, _, cpu = pf_w1(args.jobs, pf_dir, prefetch="auto")
+                    add("procflow", "W1 pauto", rate)
+                    add("procflow", "W1 pauto cpu", cpu)
                 rate, pss, cpu = pool_w1(args.jobs, None)
                 add("pool", "W1", rate)
                 add("pool", "W4", pss)
@@ -622,6 +630,10 @@ def main() -> int:
         ("W1 jobs/s, prefetch 16", "W1 p16", ",.0f", "≥ 0.9 x Pool, ≥ 2.5 x huey", "pool"),
         ("W1 Redis CPU µs/job", "W1 cpu", ".1f", "", "pool"),
         ("W1 Redis CPU µs/job, prefetch 16", "W1 p16 cpu", ".1f", "≤ 15", "pool"),
+        ("W1 jobs/s, prefetch 64", "W1 p64", ",.0f", "", "pool"),
+        ("W1 Redis CPU µs/job, prefetch 64", "W1 p64 cpu", ".1f", "", "pool"),
+        ("W1 jobs/s, prefetch auto", "W1 pauto", ",.0f", "≥ 0.95 x best fixed", "pool"),
+        ("W1 Redis CPU µs/job, prefetch auto", "W1 pauto cpu", ".1f", "", "pool"),
         ("W1e jobs/s, one call per job", "W1e one", ",.0f", "≥ 12,000", None),
         ("W1e jobs/s, batches of 1,000", "W1e batch", ",.0f", "≥ 60,000", None),
         ("W2 parallel efficiency", "W2", ".3f", "≥ 0.98 x Pool", "pool"),
@@ -650,14 +662,14 @@ def main() -> int:
         if ("W1" if name == "W4" else name.split()[0]) not in only:
             continue  # a workload left out by --only
         pf, pool, hy_v = med(name, "procflow"), med(name, "pool"), med(name, "huey")
-        if name.startswith("W1 p16"):  # compared with the others' plain W1 figures
-            base = name.replace(" p16", "")
+        if name.startswith(("W1 p16", "W1 p64", "W1 pauto")):  # beside the others' plain W1
+            base = name.replace(" p16", "").replace(" p64", "").replace(" pauto", "")
             pool, hy_v = med(base, "pool"), med(base, "huey")
         if name.startswith("W6"):  # Pool's W6 figures, beside each prefetch
             pool = med("W6", "pool")
         ratio = f"{pf / hy_v:.2f}x" if pf and hy_v else "—"
         pool_text = show(pool, fmt)
-        if name in ("W1", "W1 p16") or name.startswith("W6"):
+        if name in ("W1", "W1 p16", "W1 p64", "W1 pauto") or name.startswith("W6"):
             base = name.split()[0]
             pool_text += f" (chunk 1: {show(med(base, 'pool1'), fmt)})"
         table.append([label, show(pf, fmt), pool_text, show(hy_v, fmt), ratio, target])
@@ -673,6 +685,11 @@ def main() -> int:
         if "W2" in only
         else "\n(Pool uses map's default chunking; 'chunk 1' dispatches one task at a time)"
     )
+    fixed = [med(f"W1 {p}", "procflow") for p in ("p16", "p64")] + [med("W1", "procflow")]
+    auto = med("W1 pauto", "procflow")
+    if "W1" in only and auto and any(fixed):
+        best = max(f for f in fixed if f)
+        print(f"W1 prefetch auto / best fixed prefetch (1, 16, 64): {auto / best:.3f}")
     if "W6" in only:
         print_w6(args, figures, w6_single, w6_label)
     print(f"total time {time.monotonic() - began:.0f} s")
