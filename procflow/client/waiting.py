@@ -224,19 +224,22 @@ class Waiting:
             self.logger.warning("wait: {}; still waiting", exc)
         return OUTAGE_RECHECK
 
-    def eta(self, now: float | None = None) -> float | None:
-        """Seconds until the batch is done, at the rate its jobs finished during this wait
-        (the jobs done since the first read, over the time since): the pending ones over
-        that rate. None until one finished during the wait; 0 when none is pending. No
-        Redis read: the announcements and re-reads the wait makes anyway."""
-        if not self.pending:
-            return 0.0
+    def rate(self, now: float | None = None) -> float:
+        """Jobs of the batch finished per second during this wait (since its first read:
+        the ones done before do not count)."""
         now = time.monotonic() if now is None else now
         finished = len(self.ids) - len(self.pending) - self.placed_done
         elapsed = now - self.placed_at
-        if finished <= 0 or elapsed <= 0:
-            return None
-        return len(self.pending) * elapsed / finished
+        return finished / elapsed if finished > 0 and elapsed > 0 else 0.0
+
+    def eta(self, now: float | None = None) -> float | None:
+        """Seconds until the batch is done: the jobs pending over ``rate``. None until one
+        finished during the wait; 0 when none is pending. No Redis read: the announcements
+        and re-reads the wait makes anyway."""
+        if not self.pending:
+            return 0.0
+        rate = self.rate(now)
+        return len(self.pending) / rate if rate > 0 else None
 
     def show(self, final: bool = False) -> None:
         """With ``progress``: the progress line on stderr (every 0.2 s on a terminal, else
@@ -244,13 +247,15 @@ class Waiting:
         if not self.progress:
             return
         now = time.monotonic()
+        total = len(self.ids)
         if final:
-            _show(len(self.ids), len(self.ids), now - self.start, final=True)
+            _show(total, total, now - self.start, rate=self.rate(now), final=True)
             return
         if now - self._shown > (0.2 if sys.stderr.isatty() else 5.0):
             self._shown = now
-            done = len(self.ids) - len(self.pending)
-            _show(done, len(self.ids), now - self.start, self.reports, self.pending, self.eta(now))
+            done = total - len(self.pending)
+            eta, rate = self.eta(now), self.rate(now)
+            _show(done, total, now - self.start, self.reports, self.pending, eta, rate)
 
 
 class WaitableFlow(Protocol):
@@ -321,10 +326,15 @@ def _show(
     reported: Mapping[str, float] | None = None,
     pending: set[str] | None = None,
     eta: float | None = None,
+    rate: float | None = None,
     final: bool = False,
 ) -> None:
-    rate = done / elapsed if elapsed > 0 else 0.0
-    line = f"procflow: {done}/{total} jobs done ({rate:,.0f}/s)"
+    """The line: jobs done, the rate (``rate``, else ``done`` over ``elapsed``; left out
+    while 0), the ETA."""
+    if rate is None:
+        rate = done / elapsed if elapsed > 0 else 0.0
+    places = 0 if rate >= 10 else 1 if rate >= 1 else 2
+    line = f"procflow: {done}/{total} jobs done" + (f" ({rate:,.{places}f}/s)" if rate else "")
     if not final:
         line += f", ETA {_eta_text(eta)}"
     running = [f for i, f in (reported or {}).items() if pending is not None and i in pending]

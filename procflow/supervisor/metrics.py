@@ -245,11 +245,15 @@ class NodeCollector(Collector):
             until = cost.eta_seconds(seconds, workers)
             if until is not None:
                 eta.add_metric([flow, name], until)
-            for time_, mean, hist in (("wall", c.wall_mean, c.wall), ("cpu", c.cpu_mean, c.cpu)):
-                p95 = cost.quantile(hist, 0.95)
-                for stat, value in (("mean", mean), ("p95", p95)):
-                    if value is not None:
-                        job.add_metric([flow, name, time_, stat], value)
+            figures = (
+                ("wall", "mean", c.wall_mean),
+                ("wall", "p95", c.wall_quantile(0.95)),
+                ("cpu", "mean", c.cpu_mean),
+                ("cpu", "p95", c.cpu_quantile(0.95)),
+            )
+            for time_, stat, value in figures:
+                if value is not None:
+                    job.add_metric([flow, name, time_, stat], value)
         yield from (backlog, eta, job)
 
     def _eviction(self, flow: str) -> Iterator[Metric]:

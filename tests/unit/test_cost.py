@@ -49,6 +49,18 @@ def test_a_quantile_is_read_linearly_within_its_bucket() -> None:
     assert quantile(two, 0.95) == pytest.approx(0.5 + 0.5 * 0.9)
 
 
+def test_jobs_alike_in_one_bucket_read_near_their_mean() -> None:
+    hist = histogram(b0_05=10)  # ten jobs in (0.025, 0.05], 31 ms on average
+    assert quantile(hist, 0.5, mean=0.031) == pytest.approx(0.031)
+    assert quantile(hist, 0.95, mean=0.031) == pytest.approx(0.031 + 0.006 * 0.9)
+    assert quantile(hist, 0.5) == pytest.approx(0.0375)  # without the mean: the bucket
+    spread = histogram(b0_05=5, b0_1=5)  # two buckets: read linearly, the mean aside
+    assert quantile(spread, 0.95, mean=0.05) == quantile(spread, 0.95)
+    cost = JobCost(10, 0.31, 0.05, hist, histogram(b0_005=10))
+    assert cost.wall_quantile(0.5) == pytest.approx(0.031)
+    assert cost.cpu_quantile(0.5) == pytest.approx(0.005)  # the mean 5 ms is the bucket's top
+
+
 def test_an_empty_histogram_has_no_quantile_and_the_last_bucket_gives_its_bound() -> None:
     assert quantile([0.0] * WIDTH, 0.5) is None
     beyond = [0.0] * (WIDTH - 1) + [4.0]  # only jobs over 300 s
@@ -206,14 +218,17 @@ def test_a_wait_reckons_its_batch_eta_from_the_jobs_done_during_it() -> None:
     w.pending = {f"id-{n}" for n in range(2, 10)}
     assert w.eta(now=110.0) is None  # none finished during the wait yet
     w.pending = {f"id-{n}" for n in range(6, 10)}  # four finished in 10 s
+    assert w.rate(now=110.0) == pytest.approx(0.4)
     assert w.eta(now=110.0) == pytest.approx(4 * 10 / 4)
     w.pending = set()
     assert w.eta(now=120.0) == 0.0
 
 
 def test_the_progress_line_shows_the_batch_eta(capsys: pytest.CaptureFixture[str]) -> None:
-    _show(3, 10, 2.0, eta=150.0)
+    _show(3, 10, 2.0, eta=150.0, rate=0.04)
     _show(0, 10, 2.0)
-    first, second = capsys.readouterr().err.splitlines()
-    assert first.startswith("procflow: 3/10 jobs done") and "ETA 2 min" in first
-    assert "ETA -" in second
+    _show(10, 10, 2.0, rate=0.0, final=True)  # every job was done before the wait
+    first, second, third = capsys.readouterr().err.splitlines()
+    assert first == "procflow: 3/10 jobs done (0.04/s), ETA 2 min"
+    assert second == "procflow: 0/10 jobs done, ETA -"
+    assert third == "procflow: 10/10 jobs done"
