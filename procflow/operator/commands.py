@@ -228,7 +228,7 @@ def _grid(
         show_edge=not narrow,
     )
     rows = [
-        [shown(f"  {s.name}" if s.parent else s.name), *row]
+        [shown(("  " if s.parent else "") + s.name + (" (paused)" if s.paused else "")), *row]
         for s, row in zip(stages, cells, strict=True)
     ]
     headers = ["stage", *(short if narrow else wide for wide, short in columns)]
@@ -537,12 +537,8 @@ def _cmd_pause(args: argparse.Namespace) -> int:
     """``procflow pause FLOW QUEUE`` / ``procflow resume FLOW QUEUE``."""
     op = operator_for(args)
     try:
-        flow = op.flow(args.flow)
-        if args.pause:
-            flow.pause(args.queue)
-        else:
-            flow.resume(args.queue)
-        counts = flow.counts().get(args.queue, {})
+        op.pause(args.flow, args.queue, args.pause)
+        counts = op.flow(args.flow).counts().get(args.queue, {})
     finally:
         op.close()
     if args.pause:

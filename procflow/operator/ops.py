@@ -63,6 +63,8 @@ class StageStatus:
     #: CPU seconds of the worker process while a job ran, mean and p95
     cpu_seconds_mean: float | None = None
     cpu_seconds_p95: float | None = None
+    #: paused (``flow.pause``, ``procflow pause``): its workers lease nothing
+    paused: bool = False
     #: (waiting + delayed + processing) times job_seconds_mean; 0 with nothing to run, None
     #: when there is and no job of the stage ran yet
     backlog_seconds: float | None = None
@@ -234,6 +236,7 @@ class Operator:
         counts = registry.store.counts([s.keys for s in stages])
         stats = registry.stats(part.name, [s.name for s in stages], minutes)
         waited = registry.oldest_waiting([s.keys for s in stages])
+        paused = registry.store.paused([s.keys for s in stages])
         return [
             _stage_status(
                 split.short(stage.name),
@@ -241,8 +244,11 @@ class Operator:
                 c,
                 st,
                 age,
+                stopped,
             )
-            for stage, c, st, age in zip(stages, counts, stats, waited, strict=True)
+            for stage, c, st, age, stopped in zip(
+                stages, counts, stats, waited, paused, strict=True
+            )
         ]
 
     def nodes(self, name: str) -> list[dict[str, Any]]:
@@ -376,6 +382,14 @@ class Operator:
 
     # -- actions ---------------------------------------------------------------------------
 
+    def pause(self, name: str, queue: str, pause: bool = True) -> None:
+        """Pause (or resume) stage ``queue`` of flow ``name`` on every node."""
+        flow = self.flow(name)
+        if pause:
+            flow.pause(queue)
+        else:
+            flow.resume(queue)
+
     def retry(self, name: str, queue: str, job_ids: Sequence[str] | None = None) -> list[str]:
         """Failed jobs of ``queue`` (all, or these) back on its waiting list."""
         return self.flow(name).retry_failed(queue, job_ids)
@@ -448,9 +462,15 @@ def flow_eta(stages: Sequence[StageStatus]) -> float | None:
 
 
 def _stage_status(
-    name: str, parent: str | None, c: dict[str, int], st: StageStats, oldest: float | None
+    name: str,
+    parent: str | None,
+    c: dict[str, int],
+    st: StageStats,
+    oldest: float | None,
+    paused: bool,
 ) -> StageStatus:
     return StageStatus(
+        paused=paused,
         name=name,
         parent=parent,
         waiting=c["waiting"],
@@ -495,6 +515,7 @@ def _summed(partitions: list[list[StageStatus]]) -> list[StageStatus]:
                 throughput_per_s=round(sum(s.throughput_per_s for s in same), 3),
                 oldest_waiting_s=max(ages) if ages else None,
                 totals=totals,
+                paused=all(s.paused for s in same),
                 completed_per_minute=added([s.completed_per_minute for s in same]),
                 failed_per_minute=added([s.failed_per_minute for s in same]),
             )

@@ -180,8 +180,14 @@ class NodeCollector(Collector):
         up = GaugeMetricFamily(
             "procflow_redis_up", "Whether the last scrape could read Redis.", labels=["flow"]
         )
+        paused = GaugeMetricFamily(
+            "procflow_stage_paused",
+            "1 while the stage is paused (flow.pause, procflow pause): its workers lease nothing.",
+            labels=["flow", "queue"],
+        )
         depths: dict[str, Counter[str]] = {}
         ages: dict[str, float] = {}
+        stopped: dict[str, bool] = {}
         first, first_store = self.partitions[0]
         try:  # a node beats in every partition: the first one's records are the fleet's
             nodes = Registry(first_store).nodes(first.name)
@@ -194,20 +200,23 @@ class NodeCollector(Collector):
             try:
                 counts = store.counts([s.keys for s in stages])
                 waited = Registry(store).oldest_waiting([s.keys for s in stages])
+                flags = store.paused([s.keys for s in stages])
             except (RedisUnavailableError, RedisRefusedError):
                 up.add_metric([flow], 0)
                 yield up
                 return
-            for stage, numbers, seconds in zip(stages, counts, waited, strict=True):
+            for stage, numbers, seconds, flag in zip(stages, counts, waited, flags, strict=True):
                 name = self.partitioning.short(stage.name)
                 depths.setdefault(name, Counter()).update(numbers)
                 ages[name] = max(ages.get(name, 0.0), seconds or 0.0)
+                stopped[name] = stopped.get(name, True) and flag
         for name, numbers in depths.items():
             for state, n in numbers.items():
                 depth.add_metric([flow, name, state], n)
             age.add_metric([flow, name], ages[name])
+            paused.add_metric([flow, name], int(stopped[name]))
         up.add_metric([flow], 1)
-        yield from (depth, age, up)
+        yield from (depth, age, up, paused)
         yield from self._costs(flow, depths, cost.by_stage(nodes, self.partitioning.short))
 
     def _costs(

@@ -469,3 +469,18 @@ def test_a_server_that_may_evict_jobs_gets_a_banner_on_every_page(
         assert 'id="eviction"' not in page
     finally:
         quiet.stop()
+
+
+def test_a_stage_is_paused_and_resumed_from_the_flow_page(
+    redis_url: str, start_dashboard: Callable[..., Dashboard], browser: webdriver.Chrome
+) -> None:
+    failed_job(redis_url)  # registers the flow
+    flow = shop(redis_url)
+    dashboard = start_dashboard()
+    browser.get(f"{dashboard.base}/flows/shop")
+    click(browser, 'tr[data-stage="charge"] button[data-action="pause"]')
+    wait_text(browser, 'tr[data-stage="charge"] td[data-col="stage"]', "charge (paused)")
+    assert flow.paused() == {"check": False, "charge": True, "charge:card": False}
+    click(browser, 'tr[data-stage="charge"] button[data-action="resume"]')
+    wait_text(browser, 'tr[data-stage="charge"] td[data-col="stage"]', "charge")
+    assert flow.paused()["charge"] is False

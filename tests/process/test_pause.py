@@ -5,6 +5,7 @@ resume lets them go on. Real workers on a real server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import redis
 from procflow import Flow, QueueSpec, Supervisor
 from procflow.aio import AsyncFlow
 from tests.conftest import wait_until
+from tests.helpers import metric, scrape
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -132,11 +134,21 @@ def test_procflow_pause_and_resume_from_the_command_line(redis_url: str) -> None
             check=False,
         )
 
-    with Supervisor(flow, monitor=False):  # registers the flow
+    with Supervisor(flow, monitor=False, metrics_port=0) as sup:  # registers the flow
         shown = procflow("pause", "pp", "b")
         assert shown.returncode == 0, shown.stderr
         assert "paused 'b' of pp" in shown.stdout
         assert flow.paused()["b"] is True
+        status = procflow("status", "pp", "--json")
+        assert status.returncode == 0, status.stderr
+        (pp,) = json.loads(status.stdout)
+        assert {s["name"]: s["paused"] for s in pp["stages"]} == {"a": False, "b": True}
+        table = procflow("status", "pp")
+        assert "b (paused)" in table.stdout
+        assert sup.metrics_port is not None
+        text = scrape(sup.metrics_port)
+        assert metric(text, "procflow_stage_paused", flow="pp", queue="b") == 1
+        assert metric(text, "procflow_stage_paused", flow="pp", queue="a") == 0
         shown = procflow("resume", "pp", "b")
         assert shown.returncode == 0 and "resumed 'b'" in shown.stdout
         assert flow.paused()["b"] is False

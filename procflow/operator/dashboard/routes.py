@@ -248,6 +248,18 @@ class Dashboard:
             return JSONReply({"moved": moved, "error": error}, status_code=409)
         return JSONReply({"moved": moved, "message": message})
 
+    async def pause(self, request: Request) -> Response:
+        """Pause or resume a stage on every node: ``{"queue": Q, "pause": true | false}``."""
+        body, refused = await self._action_body(request)
+        if refused is not None:
+            return refused
+        flow, queue, pause = request.path_params["flow"], body.get("queue"), body.get("pause")
+        if not isinstance(queue, str) or not isinstance(pause, bool):
+            return error_reply(400, 'want {"queue": "Q", "pause": true or false}')
+        await run_in_threadpool(self.op.pause, flow, queue, pause)
+        done = "paused: its workers lease nothing" if pause else "resumed"
+        return JSONReply({"paused": pause, "message": f"{queue} {done}"})
+
     async def cancel(self, request: Request) -> Response:
         _, refused = await self._action_body(request)
         if refused is not None:
@@ -306,6 +318,7 @@ def create_app(
         Route("/api/jobs/{job_id}", d.api_job),
         Route("/api/search", d.api_search),
         Route("/api/flows/{flow}/retry", d.retry, methods=["POST"]),
+        Route("/api/flows/{flow}/pause", d.pause, methods=["POST"]),
         Route("/api/flows/{flow}/jobs/{job_id}/cancel", d.cancel, methods=["POST"]),
         Route("/api/flows/{flow}/jobs/{job_id}/delete", d.delete, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

@@ -157,6 +157,7 @@
     return h("button", { type: "button", class: cls, "data-action": cls, text: label, onclick });
   }
   const retryUrl = (flow) => "/api/flows/" + enc(flow) + "/retry";
+  const pauseUrl = (flow) => "/api/flows/" + enc(flow) + "/pause";
   const jobActionUrl = (flow, id, what) => "/api/flows/" + enc(flow) + "/jobs/" + enc(id) + "/" + what;
 
   // -- charts ----------------------------------------------------------------------------
@@ -262,7 +263,7 @@
       graphBox.replaceChildren(graph(data.description, byName));
     }
     const stageRows = data.stages.map((st) => h("tr", { "data-stage": st.name, class: st.parent ? "child" : "" },
-      cell("stage", h("a", { href: stageUrl(flow, st.name), text: st.name })),
+      cell("stage", h("a", { href: stageUrl(flow, st.name), text: st.name + (st.paused ? " (paused)" : "") })),
       ...["waiting", "processing", "delayed", "parked", "failed"].map((state) =>
         cell(state, h("a", { href: stageUrl(flow, st.name, state), text: num(st[state]) }),
           "num" + (state === "failed" && st.failed ? " bad" : ""))),
@@ -271,8 +272,11 @@
       ncell("completed", st.totals.completed || 0),
       ncell("failed_total", st.totals.failed || 0),
       cell("history", bars(st.completed_per_minute, st.failed_per_minute, 120, 24, false)),
-      cell("actions", st.failed ? button("retry all failed", "retry-all", (e) =>
-        act(retryUrl(flow), { queue: st.name }, e.target)) : null)));
+      cell("actions", [
+        button(st.paused ? "resume" : "pause", st.paused ? "resume" : "pause", (e) =>
+          act(pauseUrl(flow), { queue: st.name, pause: !st.paused }, e.target)),
+        st.failed ? button("retry all failed", "retry-all", (e) =>
+          act(retryUrl(flow), { queue: st.name }, e.target)) : null])));
     fill(tbody("stages"), data.stages, stageRows, "no stages", 12);
 
     document.getElementById("flow-eta").textContent = took(data.eta_seconds);
