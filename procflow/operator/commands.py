@@ -538,9 +538,28 @@ def _cmd_pause(args: argparse.Namespace) -> int:
     op = operator_for(args)
     try:
         op.pause(args.flow, args.queue, args.pause)
-        counts = op.flow(args.flow).counts().get(args.queue, {})
+        flow = op.flow(args.flow)
+        counts = flow.counts().get(args.queue, {})
+        if args.pause and args.drain is not None:
+            deadline = time.monotonic() + args.drain
+            while counts.get("processing", 0) and time.monotonic() < deadline:
+                time.sleep(0.2)  # the workers finish what they hold; each poll one round trip
+                counts = flow.counts().get(args.queue, {})
     finally:
         op.close()
+    if args.pause and args.drain is not None:
+        running = counts.get("processing", 0)
+        if running:
+            print(
+                shown(
+                    f"error: {running} job(s) of {args.queue!r} still running after "
+                    f"{args.drain:g} s (the stage stays paused)"
+                ),
+                file=sys.stderr,
+            )
+            return 1
+        print(shown(f"paused and drained {args.queue!r} of {args.flow}: nothing runs there"))
+        return 0
     if args.pause:
         print(
             shown(
@@ -701,7 +720,15 @@ def add_operator_commands(
         paused.add_argument(
             "queue", metavar="QUEUE", help="the stage (a child queue: PARENT:CHILD)"
         )
-        paused.set_defaults(pause=name == "pause")
+        paused.set_defaults(pause=name == "pause", drain=None)
+        if name == "pause":
+            paused.add_argument(
+                "--drain",
+                type=float,
+                metavar="SECONDS",
+                help="then wait until no job of the stage runs, at most SECONDS (exit 1 if some "
+                "still do)",
+            )
     cancel = command(
         "cancel",
         "cancel a job: a pending one is removed at once; a running one's worker is stopped and "

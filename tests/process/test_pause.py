@@ -23,6 +23,17 @@ from tests.helpers import metric, scrape
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
+def procflow(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m procflow ARGS --redis-url URL``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "procflow", *args, "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def two_stages(redis_url: str, **options: Any) -> Flow:
     return Flow(
         "pp",
@@ -69,9 +80,14 @@ def test_a_job_running_when_its_stage_is_paused_runs_to_the_end(
     with Supervisor(flow, monitor=False) as sup:
         first = flow.create_job({"n": 0})
         wait_until(lambda: flow.counts()["h"]["processing"] == 1, what="the first job running")
-        flow.pause("h")
+        held_on = procflow(redis_url, "pause", "hold", "h", "--drain", "0.3")
+        assert held_on.returncode == 1 and "1 job(s) of 'h' still running" in held_on.stderr
+        assert flow.paused()["h"] is True
         rest = flow.create_jobs([{"n": n} for n in range(1, 4)])
         gate.touch()
+        drained = procflow(redis_url, "pause", "hold", "h", "--drain", "30")
+        assert drained.returncode == 0, drained.stderr
+        assert "paused and drained 'h' of hold" in drained.stdout
         (done,) = sup.wait([first], timeout=30)
         assert done["ran"] is True
         counts = flow.counts()["h"]
@@ -125,32 +141,23 @@ def test_procflow_pause_and_resume_from_the_command_line(redis_url: str) -> None
     flow.create_workers("a", lambda job: {}, count=1, block_timeout=1)
     flow.create_workers("b", lambda job: {}, count=1, block_timeout=1)
 
-    def procflow(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "procflow", *args, "--redis-url", redis_url],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
     with Supervisor(flow, monitor=False, metrics_port=0) as sup:  # registers the flow
-        shown = procflow("pause", "pp", "b")
+        shown = procflow(redis_url, "pause", "pp", "b")
         assert shown.returncode == 0, shown.stderr
         assert "paused 'b' of pp" in shown.stdout
         assert flow.paused()["b"] is True
-        status = procflow("status", "pp", "--json")
+        status = procflow(redis_url, "status", "pp", "--json")
         assert status.returncode == 0, status.stderr
         (pp,) = json.loads(status.stdout)
         assert {s["name"]: s["paused"] for s in pp["stages"]} == {"a": False, "b": True}
-        table = procflow("status", "pp")
+        table = procflow(redis_url, "status", "pp")
         assert "b (paused)" in table.stdout
         assert sup.metrics_port is not None
         text = scrape(sup.metrics_port)
         assert metric(text, "procflow_stage_paused", flow="pp", queue="b") == 1
         assert metric(text, "procflow_stage_paused", flow="pp", queue="a") == 0
-        shown = procflow("resume", "pp", "b")
+        shown = procflow(redis_url, "resume", "pp", "b")
         assert shown.returncode == 0 and "resumed 'b'" in shown.stdout
         assert flow.paused()["b"] is False
-        unknown = procflow("pause", "pp", "nope")
+        unknown = procflow(redis_url, "pause", "pp", "nope")
         assert unknown.returncode != 0 and "nope" in unknown.stderr
