@@ -52,6 +52,7 @@ __all__ = [
     "eta_seconds",
     "flow_eta",
     "quantile",
+    "seconds_text",
 ]
 
 #: upper bounds (seconds) of the job-time histograms' buckets; one more counts the rest
@@ -317,3 +318,15 @@ def flow_eta(stages: Sequence[StageWork]) -> float | None:
         done = max(done, own)
         upstream += s.pending
     return done
+
+
+def seconds_text(seconds: float | None) -> str:
+    """A duration or an ETA as people read it: ``-`` (not known), ``12 s``, ``4 min``,
+    ``1.5 h``."""
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

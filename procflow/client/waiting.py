@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..cost import seconds_text
 from ..errors import (
     JobFailedError,
     RedisRefusedError,
@@ -336,7 +337,7 @@ def _show(
     places = 0 if rate >= 10 else 1 if rate >= 1 else 2
     line = f"procflow: {done}/{total} jobs done" + (f" ({rate:,.{places}f}/s)" if rate else "")
     if not final:
-        line += f", ETA {_eta_text(eta)}"
+        line += f", ETA {seconds_text(eta)}"
     running = [f for i, f in (reported or {}).items() if pending is not None and i in pending]
     if running and not final:
         mean = 100 * sum(running) / len(running)
@@ -346,14 +347,3 @@ def _show(
     else:
         sys.stderr.write(line + "\n")
     sys.stderr.flush()
-
-
-def _eta_text(seconds: float | None) -> str:
-    """``-`` (not known yet), ``12 s``, ``4 min``, ``1.5 h``."""
-    if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

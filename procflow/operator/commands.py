@@ -22,6 +22,7 @@ from rich.text import Text
 
 from ..app import APP_FORMS, load_app, report_retried, shown
 from ..client.flow import Flow
+from ..cost import seconds_text
 from ..errors import ConfigurationError
 from ..settings import REDIS_URL_ENV
 from .ops import PAGE_STATES, Operator, StageStatus, as_json, flow_eta, where_now
@@ -68,16 +69,6 @@ def _data(value: Any) -> Text:
     return Text(shown(value))
 
 
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _took(seconds: float | None) -> str:
     """A job time, a backlog or an ETA, short: ``0.4 ms``, ``12 ms``, ``1.5 s``, ``12 min``."""
     if seconds is None:
@@ -89,7 +80,7 @@ def _took(seconds: float | None) -> str:
         return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
     if seconds < 90:
         return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-    return _ago(seconds)
+    return seconds_text(seconds)
 
 
 def _pair(a: float | None, b: float | None) -> str:
@@ -173,7 +164,7 @@ def _stages_table(flow: str, stages: list[StageStatus], narrow: bool = False) ->
             str(s.parked),
             str(s.failed),
             f"{s.done_per_min:g}",
-            _ago(s.oldest_waiting_s),
+            seconds_text(s.oldest_waiting_s),
             str(s.totals.get("completed", 0)),
         ]
         for s in stages
@@ -264,7 +255,10 @@ def _workers_table(workers: list[dict[str, Any]], with_job: bool) -> Table:
     for w in workers:
         since = w.get("since")
         rss = w.get("rss")
-        busy: list[Text | str] = [_data(w.get("job") or "-"), _ago(now - since) if since else "-"]
+        busy: list[Text | str] = [
+            _data(w.get("job") or "-"),
+            seconds_text(now - since) if since else "-",
+        ]
         table.add_row(
             _data(w.get("name")),
             _data(w.get("stage")),
@@ -285,7 +279,7 @@ def _in_hand(workers: list[dict[str, Any]]) -> list[Text]:
     for w in workers:
         if w.get("job"):
             since = w.get("since")
-            held = f" for {_ago(now - since)}" if since else ""
+            held = f" for {seconds_text(now - since)}" if since else ""
             lines.append(_data(f"  {w.get('name')} holds job {w.get('job')}{held}"))
     return lines
 
