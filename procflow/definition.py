@@ -88,7 +88,7 @@ class QueueSpec(Generic[ParamsT, ResultT]):
     which the supervisor kills the worker running a job. ``memory_limit``: bytes (or text like
     ``'512MiB'``) the worker's process tree may use while it runs a job. ``prefetch``: how
     many waiting jobs one lease call takes: ``"auto"`` (the default: each worker sizes its
-    batches from the stage's measured job time, so that a batch holds a few milliseconds of
+    batches from the stage's measured job time, so that a batch holds at most 20 ms of
     work — tiny jobs are leased many at a time, CPU-heavy ones one by one) or a fixed 1 to 64.
     A batch's jobs run in order, each under its own lock, and the last one's completion
     leases the next batch; a parent stage always takes one.

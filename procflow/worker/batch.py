@@ -29,8 +29,10 @@ __all__ = ["AUTO_BATCH_SECONDS", "DEFER_AT_MOST", "BatchSize", "Completion", "Pr
 DEFER_AT_MOST = 0.05
 
 #: ``prefetch="auto"``: how much work (seconds of the stage's jobs, by their measured mean) a
-#: batch holds at most
-AUTO_BATCH_SECONDS = 0.005
+#: batch holds at most: a batch of 1 ms jobs is 16 (a round trip per 16 jobs), a job of 20 ms
+#: or more goes alone; at the end of a stage a worker holds at most this much that another,
+#: idle, could have run
+AUTO_BATCH_SECONDS = 0.02
 #: ``prefetch="auto"``: the weight of the latest job in the decayed mean (half of the mean is the
 #: last job's: a change of job time is followed within a few jobs)
 AUTO_WEIGHT = 0.5
