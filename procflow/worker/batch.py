@@ -22,7 +22,14 @@ from ..definition import MAX_PREFETCH, Prefetch
 from ..store.records import Lease
 from .status import Outcome, StatusWriter
 
-__all__ = ["AUTO_BATCH_SECONDS", "DEFER_AT_MOST", "BatchSize", "Completion", "PrefetchBatch"]
+__all__ = [
+    "AUTO_BATCH_SECONDS",
+    "AUTO_OVERDUE_SECONDS",
+    "DEFER_AT_MOST",
+    "BatchSize",
+    "Completion",
+    "PrefetchBatch",
+]
 
 #: how long the results of a prefetched batch's jobs may wait to be written with the batch's
 #: last one (seconds); past it they are written at once
@@ -33,9 +40,12 @@ DEFER_AT_MOST = 0.05
 #: or more goes alone; at the end of a stage a worker holds at most this much that another,
 #: idle, could have run
 AUTO_BATCH_SECONDS = 0.02
-#: ``prefetch="auto"``: the weight of the latest job in the decayed mean (half of the mean is the
-#: last job's: a change of job time is followed within a few jobs)
-AUTO_WEIGHT = 0.5
+#: ``prefetch="auto"``: a batch still holding jobs not started after this long (ten times
+#: what it was sized for) gives them back: its jobs turned slow after it was leased
+AUTO_OVERDUE_SECONDS = 10 * AUTO_BATCH_SECONDS
+#: ``prefetch="auto"``: the weight of the latest job in the decayed mean (a change of job time
+#: is followed within a few jobs; one odd job moves it less than a third of the way)
+AUTO_WEIGHT = 0.3
 
 #: a prefetched job run, its completion not yet written: (lease, its index in the batch,
 #: result fields, the waiting list it goes to)
@@ -47,7 +57,7 @@ class PrefetchBatch:
     ``running`` (the running job's place, -1: none or not a batch's) and ``deferred`` (run,
     their completions to be written with the batch's last one)."""
 
-    __slots__ = ("deferred", "deferred_since", "leased", "running", "status")
+    __slots__ = ("deferred", "deferred_since", "leased", "running", "status", "taken_at")
 
     def __init__(self, status: StatusWriter) -> None:
         self.status = status
@@ -55,9 +65,13 @@ class PrefetchBatch:
         self.running = -1
         self.deferred: list[Completion] = []
         self.deferred_since = 0.0
+        #: when the jobs held were leased (monotonic seconds)
+        self.taken_at = 0.0
 
     def take(self, leases: list[Lease]) -> None:
         """Hold newly leased jobs (several: a batch, recorded for the supervisor)."""
+        if leases:
+            self.taken_at = time.monotonic()
         if len(leases) > 1:
             self.status.hold([lease.id for lease in leases], leases[0].token)
             self.leased.extend((lease, i) for i, lease in enumerate(leases))
@@ -138,8 +152,9 @@ class BatchSize:
         fits = int(AUTO_BATCH_SECONDS / mean) if mean > 0 else MAX_PREFETCH
         self.count = 1 << (min(max(fits, 1), MAX_PREFETCH).bit_length() - 1)
 
-    def too_many(self, held: int) -> bool:
-        """Whether ``held`` jobs not started are more than twice what the count is now (the
-        jobs turned slow after the batch was leased: ``auto`` gives the rest back, so a
-        worker that is free can run them)."""
-        return self.auto and held > 2 * self.count
+    def overdue(self, taken_at: float, now: float) -> bool:
+        """Whether a batch leased at ``taken_at`` whose jobs are not all started has run for
+        more than ``AUTO_OVERDUE_SECONDS`` — ten times the work it was sized for: its jobs
+        turned slow after it was leased, and ``auto`` gives the rest back, so that a worker
+        that is free can run them (one slow job among fast ones does not do it)."""
+        return self.auto and now - taken_at > AUTO_OVERDUE_SECONDS

@@ -159,8 +159,8 @@ class WorkerLoop:
         following = self._process(lease, index, last=not batch.leased)
         if following:  # none while a batch's jobs run: their completions wait
             batch.take(following)
-        elif self.size.too_many(len(batch.leased)):  # turned slow: not ours to hoard
-            self._flush(lease_next=False)
+        elif batch.leased and self.size.overdue(batch.taken_at, time.monotonic()):
+            self._flush(lease_next=False)  # the jobs turned slow: not ours to hoard
             self._give_back_batch()
         if not batch.leased and batch.deferred:
             hold = self.should_end() or self.status.pause_requested or self.turns.over

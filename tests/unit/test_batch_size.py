@@ -7,7 +7,7 @@ import pytest
 
 from procflow import ConfigurationError, QueueSpec
 from procflow.definition import MAX_PREFETCH, FlowDefinition
-from procflow.worker.batch import AUTO_BATCH_SECONDS, BatchSize
+from procflow.worker.batch import AUTO_BATCH_SECONDS, AUTO_OVERDUE_SECONDS, BatchSize
 
 
 def test_a_fixed_prefetch_is_the_count_whatever_the_jobs_take() -> None:
@@ -15,7 +15,7 @@ def test_a_fixed_prefetch_is_the_count_whatever_the_jobs_take() -> None:
     for took in (0.00001, 5.0, 0.00001):
         size.observe(took)
         assert size.count == 16
-    assert not size.too_many(60)
+    assert not size.overdue(0.0, 100.0)
 
 
 def test_auto_starts_at_one_and_batches_tiny_jobs_up_to_the_cap() -> None:
@@ -41,9 +41,13 @@ def test_auto_follows_a_change_of_job_time_within_a_few_jobs() -> None:
     for _ in range(20):
         size.observe(0.000_02)
     assert size.count == MAX_PREFETCH
-    size.observe(0.05)  # the jobs turned slow: the next lease takes one
+    size.observe(0.02)  # one odd job: the count drops, the batch held is kept
+    assert 1 < size.count < MAX_PREFETCH
+    assert not size.overdue(10.0, 10.0 + AUTO_OVERDUE_SECONDS / 2)
+    for _ in range(3):  # the jobs turned slow: the next lease takes one
+        size.observe(0.05)
     assert size.count == 1
-    assert size.too_many(3) and not size.too_many(2)  # a held batch is given back
+    assert size.overdue(10.0, 10.0 + AUTO_OVERDUE_SECONDS * 1.01)  # a held batch goes back
     jobs = 0
     while size.count == 1 and jobs < 10:  # fast again
         size.observe(0.000_02)
