@@ -289,11 +289,10 @@ class Store:
 
     @follows_redirects
     def acquire_or_renew(self, key: str, holder: str, ttl_ms: int) -> bool:
-        """Take ``key`` if free, or extend it if ``holder`` has it: leader election."""
+        """Take ``key`` if free, or extend it if ``holder`` has it: leader election, one
+        round trip (``lead.lua``)."""
         with self.wire() as w:
-            if w.call("SET", key, holder, "NX", "PX", ttl_ms) is not None:
-                return True
-            return bool(w.evalsha(script("renew"), (key,), (holder, ttl_ms)) == 1)
+            return bool(w.evalsha(script("lead"), (key,), (holder, ttl_ms)) == 1)
 
     @follows_redirects
     def release_if_holder(self, key: str, holder: str) -> bool:

@@ -196,9 +196,10 @@ class Registry:
 
     # -- node heartbeats -------------------------------------------------------------------
 
-    def beat(self, flow: str, node: str, record: dict[str, Any], ttl_ms: int) -> None:
+    def beat(self, flow: str, node: str, record: dict[str, Any], ttl_ms: int) -> set[str]:
         """Write node ``node``'s heartbeat, expiring after ``ttl_ms``; drop node entries
-        whose heartbeat expired a minute ago or more (by this machine's clock)."""
+        whose heartbeat expired a minute ago or more (by this machine's clock). Returns the
+        ids of running jobs an operator asked to cancel (read in the same round trip)."""
         now = int(time.time() * 1000)
         text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
         with self.store.wire() as w:
@@ -209,9 +210,11 @@ class Registry:
                     pack("ZADD", keys.nodes(flow), now + ttl_ms, node),
                     pack("ZREMRANGEBYSCORE", keys.nodes(flow), "-inf", now - 60_000),
                     pack("EXEC"),
+                    pack("SMEMBERS", keys.cancel_requests(flow)),
                 ]
             )
-            w.check(replies[-1])
+            w.check(replies[-2])
+        return {m.decode() for m in w.check(replies[-1])}
 
     def forget_node(self, flow: str, node: str) -> None:
         """A node that stops cleanly removes its heartbeat at once."""

@@ -186,8 +186,7 @@ class Heartbeat:
         name = self.definition.name
         try:
             ttl = int(self.interval * HEARTBEAT_TTL_BEATS * 1000)
-            self.registry.beat(name, self.node, self.record(), ttl)
-            wanted = self.registry.cancel_requests(name)
+            wanted = self.registry.beat(name, self.node, self.record(), ttl)
             if wanted:
                 self.cancel(wanted)
             if time.monotonic() >= self._next_trim:

@@ -73,6 +73,8 @@ class WorkerLoop:
         #: blocks while the supervisor has paused this worker; False when it must end instead
         self._gate = gate
         self._sleep = sleep
+        #: the partition whose BLMOVE last came back empty (None: the last wait found a job)
+        self._blocked_empty: int | None = None
         self.pid = os.getpid() if pid is None else pid
         self.tokens = TokenSeries(payload.holder, self.pid)
         sessions = [session, *more_sessions]
@@ -237,10 +239,13 @@ class WorkerLoop:
         )
         return leases or []
 
-    def _lease_any(self, abort_on_stop: bool = False) -> list[Lease]:
+    def _lease_any(self, abort_on_stop: bool = False, skip: int | None = None) -> list[Lease]:
         """What waits now in this partition — or, its turn over or nothing there, in the
-        next partition that has work (``turns.Turns``)."""
+        next partition that has work (``turns.Turns``); not in partition ``skip`` (a BLMOVE
+        there just found nothing: a job that came since is the next BLMOVE's)."""
         for index in self.turns.order():
+            if index == skip:
+                continue
             self._use(index)
             leases = self._lease_now(abort_on_stop)
             if leases:
@@ -253,7 +258,8 @@ class WorkerLoop:
     def _next_leases(self) -> list[Lease]:
         """What waits now; else block in BLMOVE for the next job and claim it (a partitioned
         stage waits on its partitions in turn: ``turns.Turns.idle_partition``)."""
-        leases = self._lease_any(abort_on_stop=True)
+        leases = self._lease_any(abort_on_stop=True, skip=self._blocked_empty)
+        self._blocked_empty = None
         if leases or self.should_end() or self.status.pause_requested:
             return leases
         if all(p.session.paused for p in self.partitions):
@@ -265,6 +271,7 @@ class WorkerLoop:
         session, call = self.partition.session, self.partition.retrier.call
         job_id = call(lambda: session.wait_for_job(timeout), abort_on_stop=True)
         if job_id is None:
+            self._blocked_empty = index  # an idle worker: one round trip per block_timeout
             return []
         token = self.tokens.next()
         self.status.leasing(token, job_id)
